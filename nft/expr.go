@@ -244,10 +244,21 @@ func iifname(name string, invert bool) part {
 	)
 }
 
-var tcpProto = fixed("meta l4proto tcp",
-	&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
-	&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_TCP}},
-)
+// tcpDport is "tcp dport @set".
+func tcpDport(set string) part {
+	return part{
+		text: "tcp dport @" + set,
+		exprs: func(refs setRefs) []expr.Any {
+			s := refs(set)
+			return []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_TCP}},
+				dportField.load(reg1),
+				&expr.Lookup{SourceRegister: reg1, SetName: s.Name, SetID: s.ID},
+			}
+		},
+	}
+}
 
 var counter = fixed("counter", &expr.Counter{})
 

@@ -217,7 +217,7 @@ func (cfg Config) chains() []chainSpec {
 		header: "type filter hook prerouting priority dstnat; policy accept;"}
 	output := chainSpec{name: chainOutput, hook: nftables.ChainHookOutput,
 		priority: nftables.ChainPriorityNATDest, typ: nftables.ChainTypeFilter,
-		header: "type filter hook output priority dstnat; policy accept;"}
+		header: "type filter hook output priority -100; policy accept;"}
 	for _, c := range []*chainSpec{&prerouting, &output} {
 		for _, f := range families {
 			c.rules = append(c.rules, rule{parts: []part{
@@ -257,7 +257,7 @@ func (cfg Config) chains() []chainSpec {
 	// KUBE-IPVS-FILTER: a VIP answers only on its Service ports.
 	serviceFilter := chainSpec{name: chainServiceFilter}
 	serviceFilter.rules = append(serviceFilter.rules, rule{parts: []part{
-		tcpProto, inSet(0, HealthCheckNodePorts.kernel(), false, dportField), accept,
+		tcpDport(HealthCheckNodePorts.kernel()), accept,
 	}})
 	for _, f := range families {
 		svc := []matchField{daddrField(f), l4protoField, dportField}

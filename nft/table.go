@@ -322,8 +322,11 @@ func (t *Table) Programmed() []kernelElement {
 
 func sortElements(es []kernelElement) {
 	slices.SortFunc(es, func(a, b kernelElement) int {
-		if c := strings.Compare(a.kernelSet(), b.kernelSet()); c != 0 {
+		if c := strings.Compare(string(a.Set), string(b.Set)); c != 0 {
 			return c
+		}
+		if fa, fb := a.family(), b.family(); fa != fb {
+			return int(fa) - int(fb)
 		}
 		return compareElements(a.Element, b.Element)
 	})

@@ -4,6 +4,7 @@ package netnstest
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"runtime"
@@ -75,7 +76,13 @@ func (n *NS) Run(t testing.TB, name string, args ...string) string {
 
 // Try runs a command inside the namespace and returns its output and error.
 func (n *NS) Try(name string, args ...string) (string, error) {
+	return n.TryStdin(nil, name, args...)
+}
+
+// TryStdin is Try with the command's standard input read from stdin.
+func (n *NS) TryStdin(stdin io.Reader, name string, args ...string) (string, error) {
 	cmd := exec.Command("ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+	cmd.Stdin = stdin
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }

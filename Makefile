@@ -1,0 +1,57 @@
+# nftvs — see README.md. Every target installs what it needs (as root).
+SHELL := /bin/bash
+GO ?= go
+export PATH := /usr/local/go/bin:$(PATH)
+
+# Packages whose tests need a real IPVS kernel: run inside the VM.
+VM_PKGS := ./e2e/vm/ ./ipvs/
+VMEXEC := $(CURDIR)/e2e/vm/vmexec
+# Debian release of the VM kernel: bookworm (6.1), bullseye (5.10), trixie (6.12).
+NFTVS_KERNEL ?= bookworm
+export NFTVS_KERNEL
+
+.PHONY: all build deps lint test test-unit test-vm test-kernels bench bench-vm demo clean
+
+all: build
+
+build:
+	$(GO) build -o bin/ ./...
+
+deps:
+	@bash e2e/deps.sh
+	@$(GO) mod download
+
+lint:
+	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags vmtest ./...
+
+# Unit tests and host kernel tests (nftables and conntrack in throwaway
+# network namespaces; they need root and say so loudly when skipped).
+test-unit: deps
+	$(GO) test -count=1 ./...
+
+# Tests that need IPVS, in a VM with Debian's kernel (e2e/vm/README.md).
+test-vm: deps
+	$(GO) test -count=1 -tags vmtest -exec $(VMEXEC) $(VM_PKGS)
+
+test: lint test-unit test-vm
+
+# The VM suites on every kernel we support.
+test-kernels: deps
+	@set -e; for k in bullseye bookworm trixie; do \
+	  echo "=== kernel $$k"; \
+	  NFTVS_KERNEL=$$k $(GO) test -count=1 -tags vmtest -exec $(VMEXEC) $(VM_PKGS); \
+	done
+
+# Go benchmarks: nftables on the host kernel, IPVS in the VM.
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./nft/
+	$(GO) test -run '^$$' -tags vmtest -bench . -benchtime 3x -exec $(VMEXEC) ./ipvs/
+
+demo:
+	@echo "make demo is not there yet: it needs the nftvs command and the control-plane harness (issues #5 and #7)." >&2
+	@exit 1
+
+clean:
+	rm -rf bin

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine (run as root):
+# tools the kernel tests drive (nft, ip, conntrack, ipvsadm) and what the VM
+# harness boots (qemu, busybox, cpio, kmod, socat). Idempotent and quiet
+# when everything is present.
+set -euo pipefail
+
+# command → Debian package
+declare -A want=(
+  [nft]=nftables [ip]=iproute2 [conntrack]=conntrack [ipvsadm]=ipvsadm
+  [qemu-system-x86_64]=qemu-system-x86 [cpio]=cpio [depmod]=kmod
+  [socat]=socat [curl]=curl
+)
+missing=()
+for cmd in "${!want[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
+done
+# busybox-static ships /bin/busybox; a dynamic busybox would not run in
+# the initramfs.
+if ! { [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; }; then
+  missing+=(busybox-static)
+fi
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps: missing packages ${missing[*]}; run as root to install them" >&2
+  exit 1
+fi
+echo "deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

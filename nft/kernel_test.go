@@ -1,0 +1,321 @@
+package nft
+
+// Kernel tests: the table programmed for real in a throwaway network
+// namespace on the host, read back over netlink and with `nft`.
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+
+	"github.com/nftvs/nftvs/internal/netnstest"
+)
+
+func kernelTable(t testing.TB, ns *netnstest.NS, cfg Config) *Table {
+	t.Helper()
+	tbl, err := New(cfg, WithNetNS(ns.FD()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tbl
+}
+
+// everySet builds one element for every set and both families.
+func everySet(i int) []Element {
+	v4 := netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})
+	v6 := netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x96, 14: byte(i >> 8), 15: byte(i)})
+	var es []Element
+	for _, a := range []netip.Addr{v4, v6} {
+		src := netip.PrefixFrom(a, a.BitLen()-8).Masked()
+		es = append(es,
+			Element{Set: ClusterIPs, Addr: a, Protocol: TCP, Port: 80},
+			Element{Set: ExternalIPs, Addr: a, Protocol: UDP, Port: 53},
+			Element{Set: ExternalIPsLocal, Addr: a, Protocol: SCTP, Port: 9},
+			Element{Set: LoadBalancerIPs, Addr: a, Protocol: TCP, Port: 443},
+			Element{Set: LoadBalancerIPsLocal, Addr: a, Protocol: TCP, Port: 8443},
+			Element{Set: LoadBalancerFirewall, Addr: a, Protocol: TCP, Port: 443},
+			Element{Set: LoadBalancerSourceRanges, Addr: a, Protocol: TCP, Port: 443, Source: src},
+			Element{Set: Hairpin, Addr: a, Protocol: TCP, Port: 8080},
+			Element{Set: IPVSAddresses, Addr: a},
+			Element{Set: LocalPolicyFWMarks, Addr: a, Protocol: TCP, Port: 8443, Mark: uint32(i+1)<<16 | 0x4000},
+		)
+	}
+	return append(es,
+		Element{Set: NodePorts, Protocol: TCP, Port: uint16(30000 + i)},
+		Element{Set: NodePortsLocal, Protocol: UDP, Port: uint16(30000 + i)},
+		Element{Set: NodePortFWMarks, Protocol: UDP, Port: uint16(30000 + i), Mark: uint32(i+1)<<16 | 0x4000},
+		Element{Set: HealthCheckNodePorts, Port: uint16(32000 + i)},
+	)
+}
+
+// kernelElements reads every element of every set of the table back over
+// netlink, as "set key[-keyend][=value]" strings.
+func kernelElements(t testing.TB, ns *netnstest.NS, table string) []string {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(ns.FD()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
+	sets, err := c.GetSets(tbl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, s := range sets {
+		if strings.HasPrefix(s.Name, setExcludeCIDRs) || strings.HasPrefix(s.Name, setPodCIDRs) {
+			continue
+		}
+		es, err := c.GetSetElements(s)
+		if err != nil {
+			t.Fatalf("elements of %s: %v", s.Name, err)
+		}
+		for _, e := range es {
+			out = append(out, elementString(s.Name, e.Key, e.KeyEnd, e.Val))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func elementString(set string, key, keyEnd, val []byte) string {
+	s := fmt.Sprintf("%s %x", set, key)
+	if len(keyEnd) > 0 {
+		s += fmt.Sprintf("-%x", keyEnd)
+	}
+	if len(val) > 0 {
+		s += fmt.Sprintf("=%x", val)
+	}
+	return s
+}
+
+// mirrorElements is what the table believes it programmed, in the same
+// form.
+func mirrorElements(tbl *Table) []string {
+	var out []string
+	for _, e := range tbl.Programmed() {
+		k, ke := e.key()
+		var v []byte
+		if setSpecs[e.Set].isMap {
+			v = e.value()
+		}
+		out = append(out, elementString(e.kernelSet(), k, ke, v))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func requireSameElements(t testing.TB, ns *netnstest.NS, tbl *Table) {
+	t.Helper()
+	got, want := kernelElements(t, ns, tbl.cfg.TableName), mirrorElements(tbl)
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("kernel holds %d elements, mirror %d:\nkernel:\n%s\nmirror:\n%s",
+			len(got), len(want), strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+var counterRE = regexp.MustCompile(`counter packets \d+ bytes \d+`)
+
+// TestKernelReadsBackWhatWasRendered programs every set in both families
+// and checks, element by element over netlink, that the kernel holds what
+// the mirror says; and that `nft list table` prints every rule exactly as
+// Render does and every element with its Service comment.
+func TestKernelReadsBackWhatWasRendered(t *testing.T) {
+	ns := netnstest.New(t)
+	cfg := Config{
+		LocalTraffic: LocalTraffic{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}},
+		ExcludeCIDRs: []netip.Prefix{netip.MustParsePrefix("10.50.0.0/16"), netip.MustParsePrefix("10.51.0.0/17"), netip.MustParsePrefix("fd00:50::/64")},
+		DropInvalid:  true,
+	}
+	tbl := kernelTable(t, ns, cfg)
+	for i := range 3 {
+		if err := tbl.SetElements(fmt.Sprintf("ns/svc-%d:p", i), everySet(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := mustSync(t, tbl, false)
+	if !res.Rebuilt || res.Elements != 3*24 {
+		t.Fatalf("first sync %+v, want a rebuild with %d elements", res, 3*24)
+	}
+	requireSameElements(t, ns, tbl)
+
+	listed := counterRE.ReplaceAllString(ns.Run(t, "nft", "list", "table", "inet", "nftvs"), "counter")
+	lines := map[string]bool{}
+	for _, l := range strings.Split(listed, "\n") {
+		lines[strings.TrimSpace(l)] = true
+	}
+	rules := 0
+	for _, c := range tbl.cfg.chains() {
+		if c.header != "" && !lines[c.header] {
+			t.Errorf("chain %s: nft does not list %q", c.name, c.header)
+		}
+		for _, r := range c.rules {
+			rules++
+			if !lines[r.text()] {
+				t.Errorf("chain %s: nft does not list rule %q", c.name, r.text())
+			}
+		}
+	}
+	if rules != res.Rules {
+		t.Errorf("rendered %d rules, sync reports %d", rules, res.Rules)
+	}
+	for _, e := range tbl.Programmed() {
+		if !strings.Contains(listed, e.text()) {
+			t.Errorf("nft does not list element %q", e.text())
+		}
+	}
+	for _, want := range []string{"10.50.0.0-10.51.127.255", "fd00:50::/64", "10.244.0.0/16"} {
+		if !strings.Contains(listed, want) {
+			t.Errorf("configuration interval %s not listed", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("nft list table inet nftvs:\n%s", listed)
+	}
+}
+
+func TestKernelIncrementalSync(t *testing.T) {
+	ns := netnstest.New(t)
+	tbl := kernelTable(t, ns, Config{})
+	for i := range 100 {
+		_ = tbl.SetElements(fmt.Sprintf("ns/svc-%d:p", i), everySet(i))
+	}
+	mustSync(t, tbl, false)
+	// Remove half, change the endpoints of others, share one element.
+	for i := range 50 {
+		_ = tbl.SetElements(fmt.Sprintf("ns/svc-%d:p", i), nil)
+	}
+	_ = tbl.SetElements("ns/svc-60:p", svc(60, "10.244.0.60"))
+	_ = tbl.SetElements("other/shared:p", []Element{{Set: IPVSAddresses, Addr: netip.AddrFrom4([4]byte{10, 96, 0, 70})}})
+	res := mustSync(t, tbl, false)
+	if res.Rebuilt {
+		t.Fatal("incremental sync rebuilt the table")
+	}
+	requireSameElements(t, ns, tbl)
+	listed := ns.Run(t, "nft", "list", "set", "inet", "nftvs", "ipvs-addresses-v4")
+	if !strings.Contains(listed, `10.96.0.70 comment "ns/svc-70:p, other/shared:p"`) {
+		t.Fatalf("shared element comment not updated:\n%s", listed)
+	}
+	_ = tbl.SetElements("ns/svc-70:p", nil)
+	mustSync(t, tbl, false)
+	requireSameElements(t, ns, tbl)
+	if listed := ns.Run(t, "nft", "list", "set", "inet", "nftvs", "ipvs-addresses-v4"); !strings.Contains(listed, `10.96.0.70 comment "other/shared:p"`) {
+		t.Fatalf("shared element lost with its first owner:\n%s", listed)
+	}
+}
+
+func TestKernelFullSyncRepairsDrift(t *testing.T) {
+	ns := netnstest.New(t)
+	tbl := kernelTable(t, ns, Config{})
+	for i := range 10 {
+		_ = tbl.SetElements(fmt.Sprintf("ns/svc-%d:p", i), everySet(i))
+	}
+	mustSync(t, tbl, false)
+	before := ns.Run(t, "nft", "list", "table", "inet", "nftvs")
+	if res := mustSync(t, tbl, true); res.Rebuilt {
+		t.Fatal("full sync rebuilt although nobody changed the ruleset")
+	}
+	// Someone deletes an element, flushes a chain and deletes a rule.
+	ns.Run(t, "nft", "delete", "element", "inet", "nftvs", "cluster-ips-v4", "{ 10.96.0.3 . tcp . 80 }")
+	ns.Run(t, "nft", "flush", "chain", "inet", "nftvs", "masquerading")
+	ns.Run(t, "nft", "add", "element", "inet", "nftvs", "node-ports", "{ tcp . 31999 }")
+	res := mustSync(t, tbl, true)
+	if !res.Rebuilt {
+		t.Fatal("full sync did not notice the drift")
+	}
+	requireSameElements(t, ns, tbl)
+	if after := ns.Run(t, "nft", "list", "table", "inet", "nftvs"); after != before {
+		t.Fatalf("table not repaired:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// TestKernelOnlyOwnTableIsTouched: foreign tables (an iptables-nft style
+// table and another inet table) survive syncs, rebuilds and cleanup
+// byte for byte.
+func TestKernelOnlyOwnTableIsTouched(t *testing.T) {
+	ns := netnstest.New(t)
+	ns.Run(t, "nft", "-f", "-", "-c") // nft works in the namespace
+	foreign := `table ip filter {
+	chain INPUT { type filter hook input priority filter; policy accept; tcp dport 22 counter accept; }
+}
+table inet firewalld {
+	set allowed { type ipv4_addr; elements = { 198.51.100.1 } }
+	chain filter_INPUT { type filter hook input priority filter + 10; policy accept; ip saddr @allowed accept; }
+}
+`
+	runStdin(t, ns, foreign, "nft", "-f", "-")
+	want := ns.Run(t, "nft", "list", "table", "ip", "filter") + ns.Run(t, "nft", "list", "table", "inet", "firewalld")
+	tbl := kernelTable(t, ns, Config{})
+	_ = tbl.SetElements("ns/a:p", everySet(1))
+	mustSync(t, tbl, false)
+	_ = tbl.SetElements("ns/a:p", everySet(2))
+	mustSync(t, tbl, false)
+	ns.Run(t, "nft", "add", "element", "inet", "firewalld", "allowed", "{ 198.51.100.2 }")
+	ns.Run(t, "nft", "delete", "element", "inet", "firewalld", "allowed", "{ 198.51.100.2 }")
+	mustSync(t, tbl, true) // generation moved: rebuild of our table only
+	if err := tbl.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	got := ns.Run(t, "nft", "list", "table", "ip", "filter") + ns.Run(t, "nft", "list", "table", "inet", "firewalld")
+	if got != want {
+		t.Fatalf("foreign tables changed:\nbefore:\n%s\nafter:\n%s", want, got)
+	}
+	if out, err := ns.Try("nft", "list", "table", "inet", "nftvs"); err == nil {
+		t.Fatalf("table still there after cleanup:\n%s", out)
+	}
+	if err := tbl.Cleanup(); err != nil {
+		t.Fatalf("second cleanup: %v", err)
+	}
+}
+
+func runStdin(t testing.TB, ns *netnstest.NS, stdin string, name string, args ...string) {
+	t.Helper()
+	out, err := ns.TryStdin(strings.NewReader(stdin), name, args...)
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+}
+
+// TestKernelLargeTransaction sends 100k elements in one sync: the element
+// lists are split across messages inside one transaction.
+func TestKernelLargeTransaction(t *testing.T) {
+	ns := netnstest.New(t)
+	tbl := kernelTable(t, ns, Config{})
+	const services = 25000 // 4 elements each
+	for i := range services {
+		_ = tbl.SetElements(fmt.Sprintf("ns/svc-%d:http", i), bigSvc(i))
+	}
+	res := mustSync(t, tbl, false)
+	if res.Elements != 4*services {
+		t.Fatalf("%d elements, want %d", res.Elements, 4*services)
+	}
+	got := kernelElements(t, ns, "nftvs")
+	if len(got) != 4*services {
+		t.Fatalf("kernel holds %d elements, want %d", len(got), 4*services)
+	}
+	// And one change on top of it is one small transaction.
+	_ = tbl.SetElements("ns/svc-1:http", nil)
+	if res := mustSync(t, tbl, false); res.Deleted != 4 || res.Added != 0 {
+		t.Fatalf("incremental sync after a large one: %+v", res)
+	}
+	if n := len(kernelElements(t, ns, "nftvs")); n != 4*services-4 {
+		t.Fatalf("kernel holds %d elements after removing one Service", n)
+	}
+}
+
+// bigSvc is a Service port for scale tests: ClusterIP, VIP and two
+// hairpin endpoints, all distinct across i < 65536.
+func bigSvc(i int) []Element {
+	ip := netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})
+	return []Element{
+		{Set: ClusterIPs, Addr: ip, Protocol: TCP, Port: 80},
+		{Set: IPVSAddresses, Addr: ip},
+		{Set: Hairpin, Addr: netip.AddrFrom4([4]byte{10, 244, byte(i >> 8), byte(i)}), Protocol: TCP, Port: 8080},
+		{Set: Hairpin, Addr: netip.AddrFrom4([4]byte{10, 245, byte(i >> 8), byte(i)}), Protocol: TCP, Port: 8080},
+	}
+}
