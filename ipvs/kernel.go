@@ -1,0 +1,220 @@
+package ipvs
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	mobyipvs "github.com/moby/ipvs"
+	"golang.org/x/sys/unix"
+)
+
+// Kernel is the kernel's IPVS table over one generic netlink socket
+// (github.com/moby/ipvs). The socket answers one request at a time, so
+// calls are serialised.
+type Kernel struct {
+	mu sync.Mutex
+	h  *mobyipvs.Handle
+}
+
+var _ Interface = (*Kernel)(nil)
+
+// NewKernel opens IPVS in the network namespace at netnsPath ("" is the
+// calling thread's). The first call in a process runs `modprobe ip_vs`.
+func NewKernel(netnsPath string) (*Kernel, error) {
+	h, err := mobyipvs.New(netnsPath)
+	if err != nil {
+		return nil, fmt.Errorf("open IPVS netlink socket: %w", err)
+	}
+	// moby/ipvs only logs when it cannot resolve the IPVS generic netlink
+	// family; a cheap read tells now rather than at the first sync.
+	if _, err := h.GetConfig(); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("IPVS does not answer (is the ip_vs module available?): %w", err)
+	}
+	return &Kernel{h: h}, nil
+}
+
+// Close closes the netlink socket.
+func (k *Kernel) Close() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.h.Close()
+}
+
+func (k *Kernel) GetVirtualServers() ([]VirtualServer, error) {
+	k.mu.Lock()
+	svcs, err := k.h.GetServices()
+	k.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("list virtual servers: %w", err)
+	}
+	out := make([]VirtualServer, 0, len(svcs))
+	for _, s := range svcs {
+		v, err := fromService(s)
+		if err != nil {
+			return nil, fmt.Errorf("list virtual servers: %w", err)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func (k *Kernel) AddVirtualServer(v VirtualServer) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.h.NewService(toService(v)); err != nil {
+		return fmt.Errorf("add virtual server %s: %w", v, err)
+	}
+	return nil
+}
+
+func (k *Kernel) UpdateVirtualServer(v VirtualServer) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.h.UpdateService(toService(v)); err != nil {
+		return fmt.Errorf("update virtual server %s: %w", v, err)
+	}
+	return nil
+}
+
+func (k *Kernel) DeleteVirtualServer(key VSKey) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.h.DelService(toService(VirtualServer{VSKey: key})); err != nil {
+		return fmt.Errorf("delete virtual server %s: %w", key, err)
+	}
+	return nil
+}
+
+func (k *Kernel) GetRealServers(key VSKey) ([]RealServer, error) {
+	k.mu.Lock()
+	dests, err := k.h.GetDestinations(toService(VirtualServer{VSKey: key}))
+	k.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("list real servers of %s: %w", key, err)
+	}
+	out := make([]RealServer, 0, len(dests))
+	for _, d := range dests {
+		a, ok := netip.AddrFromSlice(d.Address)
+		if !ok {
+			return nil, fmt.Errorf("list real servers of %s: kernel reported address %v", key, d.Address)
+		}
+		out = append(out, RealServer{Address: a.Unmap(), Port: d.Port, Weight: d.Weight})
+	}
+	return out, nil
+}
+
+func (k *Kernel) AddRealServer(key VSKey, r RealServer) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.h.NewDestination(toService(VirtualServer{VSKey: key}), toDestination(r)); err != nil {
+		return fmt.Errorf("add real server %s to %s: %w", r.AddrPort(), key, err)
+	}
+	return nil
+}
+
+func (k *Kernel) UpdateRealServer(key VSKey, r RealServer) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.h.UpdateDestination(toService(VirtualServer{VSKey: key}), toDestination(r)); err != nil {
+		return fmt.Errorf("update real server %s of %s to weight %d: %w", r.AddrPort(), key, r.Weight, err)
+	}
+	return nil
+}
+
+func (k *Kernel) DeleteRealServer(key VSKey, r RealServer) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.h.DelDestination(toService(VirtualServer{VSKey: key}), toDestination(r)); err != nil {
+		return fmt.Errorf("delete real server %s from %s: %w", r.AddrPort(), key, err)
+	}
+	return nil
+}
+
+func (k *Kernel) SetTimeouts(tcp, tcpFin, udp time.Duration) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.h.SetConfig(&mobyipvs.Config{TimeoutTCP: tcp, TimeoutTCPFin: tcpFin, TimeoutUDP: udp}); err != nil {
+		return fmt.Errorf("set IPVS timeouts (tcp %v, tcpfin %v, udp %v): %w", tcp, tcpFin, udp, err)
+	}
+	return nil
+}
+
+// Timeouts returns the IPVS connection timeouts (ipvsadm -L --timeout).
+func (k *Kernel) Timeouts() (tcp, tcpFin, udp time.Duration, err error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	c, err := k.h.GetConfig()
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("get IPVS timeouts: %w", err)
+	}
+	return c.TimeoutTCP, c.TimeoutTCPFin, c.TimeoutUDP, nil
+}
+
+func toService(v VirtualServer) *mobyipvs.Service {
+	v = v.normalized()
+	s := &mobyipvs.Service{
+		SchedName:     v.Scheduler,
+		Flags:         uint32(v.Flags),
+		Timeout:       v.Timeout,
+		AddressFamily: unix.AF_INET,
+		// The persistence netmask: one client address, as ipvsadm and
+		// kube-proxy set it. For IPv6 it is a prefix length, and the
+		// kernel refuses 0.
+		Netmask: 0xffffffff,
+	}
+	if v.IPv6 {
+		s.AddressFamily, s.Netmask = unix.AF_INET6, 128
+	}
+	if v.FWMark != 0 {
+		s.FWMark = v.FWMark
+		return s
+	}
+	s.Address = net.IP(v.Address.AsSlice())
+	s.Protocol = v.Protocol.Number()
+	s.Port = v.Port
+	return s
+}
+
+// toDestination builds a masquerading destination. moby/ipvs does not send
+// the address family: the kernel then takes the virtual server's, which
+// is right since nftvs never mixes families.
+func toDestination(r RealServer) *mobyipvs.Destination {
+	d := &mobyipvs.Destination{
+		Address:         net.IP(r.Address.Unmap().AsSlice()),
+		Port:            r.Port,
+		Weight:          r.Weight,
+		ConnectionFlags: mobyipvs.ConnectionFlagMasq,
+		AddressFamily:   unix.AF_INET,
+	}
+	if r.Address.Unmap().Is6() {
+		d.AddressFamily = unix.AF_INET6
+	}
+	return d
+}
+
+func fromService(s *mobyipvs.Service) (VirtualServer, error) {
+	v := VirtualServer{Scheduler: s.SchedName, Flags: Flags(s.Flags), Timeout: s.Timeout}
+	switch s.AddressFamily {
+	case unix.AF_INET:
+	case unix.AF_INET6:
+		v.IPv6 = true
+	default:
+		return v, fmt.Errorf("kernel reported a virtual server of address family %d", s.AddressFamily)
+	}
+	if s.FWMark != 0 {
+		v.FWMark = s.FWMark
+		return v, nil
+	}
+	a, ok := netip.AddrFromSlice(s.Address)
+	if !ok {
+		return v, fmt.Errorf("kernel reported a virtual server with address %v", s.Address)
+	}
+	v.Address = a.Unmap()
+	v.Protocol = protocolFromNumber(s.Protocol)
+	v.Port = s.Port
+	return v, nil
+}

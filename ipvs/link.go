@@ -1,0 +1,436 @@
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// DummyName is the link upstream kube-proxy's IPVS mode binds Service
+// addresses to; nftvs keeps the name so `ip addr show kube-ipvs0` reads
+// the same.
+const DummyName = "kube-ipvs0"
+
+// Addresses is the dummy link that holds every Service address (ClusterIP,
+// ExternalIP, LoadBalancer IP) as a local /32 or /128, so the node accepts
+// packets to them and IPVS's LOCAL_IN hook sees them. The link is kept DOWN,
+// as kube-proxy keeps it: a local address needs no carrier, and a down link
+// answers nothing itself.
+type Addresses interface {
+	// EnsureDummy creates the dummy link if it is missing and sets it
+	// down if it is up. A link of that name that is not a dummy is an
+	// error, and is left alone.
+	EnsureDummy(name string) error
+	// SyncAddresses makes the link hold exactly want (as /32 and /128):
+	// it adds what is missing and removes what is not wanted. A wanted
+	// address that already lives on another interface is not bound again;
+	// those are reported in an *AddressInUseError (errors.As), which
+	// alone means everything else was synced.
+	SyncAddresses(name string, want []netip.Addr) (added, removed []netip.Addr, err error)
+	// ListAddresses returns the link's addresses, sorted.
+	ListAddresses(name string) ([]netip.Addr, error)
+	// DeleteDummy deletes the link, if it exists, with its addresses.
+	DeleteDummy(name string) error
+}
+
+// AddressInUseError lists wanted addresses that SyncAddresses left unbound
+// because another interface already holds them (an ExternalIP or
+// LoadBalancer IP that is the node's own, for example). The caller logs
+// it; it is not a failure of the sync.
+type AddressInUseError struct {
+	Link  string // the dummy link
+	InUse []AddressInUse
+}
+
+// AddressInUse is one address and the interface that holds it.
+type AddressInUse struct {
+	Addr netip.Addr
+	Link string
+}
+
+func (e *AddressInUseError) Error() string {
+	parts := make([]string, len(e.InUse))
+	for i, a := range e.InUse {
+		parts[i] = fmt.Sprintf("%s (on %s)", a.Addr, a.Link)
+	}
+	return fmt.Sprintf("not bound to %s, already on another interface: %s", e.Link, strings.Join(parts, ", "))
+}
+
+// NetlinkAddresses is Addresses over rtnetlink.
+type NetlinkAddresses struct {
+	h *netlink.Handle
+}
+
+var _ Addresses = (*NetlinkAddresses)(nil)
+
+// NewNetlinkAddresses manages links in the network namespace at netnsPath
+// ("" is the calling thread's).
+func NewNetlinkAddresses(netnsPath string) (*NetlinkAddresses, error) {
+	var (
+		h   *netlink.Handle
+		err error
+	)
+	if netnsPath == "" {
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+	} else {
+		var ns netns.NsHandle
+		ns, err = netns.GetFromPath(netnsPath)
+		if err != nil {
+			return nil, fmt.Errorf("open network namespace %s: %w", netnsPath, err)
+		}
+		defer ns.Close()
+		h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open rtnetlink socket: %w", err)
+	}
+	return &NetlinkAddresses{h: h}, nil
+}
+
+// Close closes the netlink socket.
+func (n *NetlinkAddresses) Close() { n.h.Close() }
+
+func (n *NetlinkAddresses) EnsureDummy(name string) error {
+	l, err := n.h.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			return fmt.Errorf("look up link %s: %w", name, err)
+		}
+		err := n.h.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: name}})
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("create dummy link %s: %w", name, err)
+		}
+		if l, err = n.h.LinkByName(name); err != nil {
+			return fmt.Errorf("look up link %s: %w", name, err)
+		}
+	}
+	if l.Type() != "dummy" {
+		return fmt.Errorf("link %s is a %s, not a dummy: not touching it", name, l.Type())
+	}
+	if l.Attrs().Flags&net.FlagUp != 0 {
+		// Down, as upstream: an up dummy would answer neighbour
+		// solicitations for the addresses itself. Taking it down drops
+		// its IPv6 addresses; SyncAddresses puts them back.
+		if err := n.h.LinkSetDown(l); err != nil {
+			return fmt.Errorf("set link %s down: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func (n *NetlinkAddresses) DeleteDummy(name string) error {
+	l, err := n.h.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("look up link %s: %w", name, err)
+	}
+	if l.Type() != "dummy" {
+		return fmt.Errorf("link %s is a %s, not a dummy: not deleting it", name, l.Type())
+	}
+	if err := n.h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete link %s: %w", name, err)
+	}
+	return nil
+}
+
+// addrList dumps every address of every link; a dump interrupted by a
+// concurrent change is retried, a few times.
+func (n *NetlinkAddresses) addrList() ([]netlink.Addr, error) {
+	var err error
+	for range 5 {
+		var addrs []netlink.Addr
+		addrs, err = n.h.AddrList(nil, netlink.FAMILY_ALL)
+		if err == nil {
+			return addrs, nil
+		}
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	return nil, fmt.Errorf("list addresses: %w", err)
+}
+
+func (n *NetlinkAddresses) ListAddresses(name string) ([]netip.Addr, error) {
+	l, err := n.h.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("look up link %s: %w", name, err)
+	}
+	all, err := n.addrList()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, a := range all {
+		if a.LinkIndex != l.Attrs().Index {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			out = append(out, ip.Unmap())
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out, nil
+}
+
+func (n *NetlinkAddresses) SyncAddresses(name string, want []netip.Addr) (added, removed []netip.Addr, err error) {
+	l, err := n.h.LinkByName(name)
+	if err != nil {
+		return nil, nil, fmt.Errorf("look up link %s: %w", name, err)
+	}
+	index := l.Attrs().Index
+	all, err := n.addrList()
+	if err != nil {
+		return nil, nil, err
+	}
+	ours := map[netip.Addr]*netlink.Addr{}
+	elsewhere := map[netip.Addr]int{} // address -> link index
+	for i := range all {
+		ip, ok := netip.AddrFromSlice(all[i].IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if all[i].LinkIndex == index {
+			ours[ip] = &all[i]
+		} else {
+			elsewhere[ip] = all[i].LinkIndex
+		}
+	}
+	wanted, toAdd := map[netip.Addr]bool{}, []netip.Addr(nil)
+	var inUse []AddressInUse
+	for _, a := range want {
+		if !a.IsValid() {
+			continue
+		}
+		a = a.Unmap()
+		if wanted[a] {
+			continue
+		}
+		wanted[a] = true
+		if ours[a] != nil {
+			continue
+		}
+		if idx, ok := elsewhere[a]; ok {
+			inUse = append(inUse, AddressInUse{Addr: a, Link: n.linkName(idx)})
+			continue
+		}
+		toAdd = append(toAdd, a)
+	}
+	slices.SortFunc(toAdd, netip.Addr.Compare)
+	var errs []error
+	for _, a := range toAdd {
+		err := n.h.AddrAdd(l, &netlink.Addr{IPNet: hostNet(a)})
+		switch {
+		case err == nil:
+			added = append(added, a)
+		case errors.Is(err, unix.EEXIST):
+			// Added since the dump: it is there, which is what we want.
+		default:
+			errs = append(errs, fmt.Errorf("add address %s to %s: %w", a, name, err))
+		}
+	}
+	var toDel []netip.Addr
+	for a := range ours {
+		if !wanted[a] {
+			toDel = append(toDel, a)
+		}
+	}
+	slices.SortFunc(toDel, netip.Addr.Compare)
+	for _, a := range toDel {
+		err := n.h.AddrDel(l, ours[a])
+		switch {
+		case err == nil:
+			removed = append(removed, a)
+		case errors.Is(err, unix.EADDRNOTAVAIL), errors.Is(err, unix.ENOENT):
+			// Gone since the dump.
+		default:
+			errs = append(errs, fmt.Errorf("delete address %s from %s: %w", a, name, err))
+		}
+	}
+	if len(inUse) > 0 {
+		slices.SortFunc(inUse, func(a, b AddressInUse) int { return a.Addr.Compare(b.Addr) })
+		errs = append(errs, &AddressInUseError{Link: name, InUse: inUse})
+	}
+	return added, removed, errors.Join(errs...)
+}
+
+func (n *NetlinkAddresses) linkName(index int) string {
+	if l, err := n.h.LinkByIndex(index); err == nil {
+		return l.Attrs().Name
+	}
+	return fmt.Sprintf("ifindex %d", index)
+}
+
+func hostNet(a netip.Addr) *net.IPNet {
+	return &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
+}
+
+// FakeAddresses is an in-memory Addresses. Links other than dummies are
+// made with AddLink, to hold addresses SyncAddresses must not bind again.
+type FakeAddresses struct {
+	mu    sync.Mutex
+	links map[string]*fakeLink
+}
+
+type fakeLink struct {
+	dummy bool
+	up    bool
+	addrs map[netip.Addr]bool
+}
+
+var _ Addresses = (*FakeAddresses)(nil)
+
+// NewFakeAddresses returns a namespace with no links.
+func NewFakeAddresses() *FakeAddresses {
+	return &FakeAddresses{links: map[string]*fakeLink{}}
+}
+
+// AddLink adds a non-dummy, up link holding addrs.
+func (f *FakeAddresses) AddLink(name string, addrs ...netip.Addr) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := &fakeLink{up: true, addrs: map[netip.Addr]bool{}}
+	for _, a := range addrs {
+		l.addrs[a.Unmap()] = true
+	}
+	f.links[name] = l
+}
+
+// SetUp sets a link up or down, as an admin might behind our back.
+func (f *FakeAddresses) SetUp(name string, up bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if l := f.links[name]; l != nil {
+		l.up = up
+	}
+}
+
+// IsUp reports whether the link exists and is up.
+func (f *FakeAddresses) IsUp(name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := f.links[name]
+	return l != nil && l.up
+}
+
+// Exists reports whether the link exists.
+func (f *FakeAddresses) Exists(name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.links[name] != nil
+}
+
+func (f *FakeAddresses) EnsureDummy(name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := f.links[name]
+	if l == nil {
+		f.links[name] = &fakeLink{dummy: true, addrs: map[netip.Addr]bool{}}
+		return nil
+	}
+	if !l.dummy {
+		return fmt.Errorf("link %s is not a dummy: not touching it", name)
+	}
+	if l.up {
+		l.up = false
+		for a := range l.addrs {
+			if a.Is6() {
+				delete(l.addrs, a) // as the kernel does on link down
+			}
+		}
+	}
+	return nil
+}
+
+func (f *FakeAddresses) DeleteDummy(name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := f.links[name]
+	if l == nil {
+		return nil
+	}
+	if !l.dummy {
+		return fmt.Errorf("link %s is not a dummy: not deleting it", name)
+	}
+	delete(f.links, name)
+	return nil
+}
+
+func (f *FakeAddresses) ListAddresses(name string) ([]netip.Addr, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := f.links[name]
+	if l == nil {
+		return nil, fmt.Errorf("look up link %s: %w", name, netlink.LinkNotFoundError{})
+	}
+	out := make([]netip.Addr, 0, len(l.addrs))
+	for a := range l.addrs {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out, nil
+}
+
+func (f *FakeAddresses) SyncAddresses(name string, want []netip.Addr) (added, removed []netip.Addr, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := f.links[name]
+	if l == nil {
+		return nil, nil, fmt.Errorf("look up link %s: %w", name, netlink.LinkNotFoundError{})
+	}
+	wanted := map[netip.Addr]bool{}
+	var inUse []AddressInUse
+	for _, a := range want {
+		if !a.IsValid() {
+			continue
+		}
+		a = a.Unmap()
+		if wanted[a] {
+			continue
+		}
+		wanted[a] = true
+		if l.addrs[a] {
+			continue
+		}
+		if other := f.holder(a, name); other != "" {
+			inUse = append(inUse, AddressInUse{Addr: a, Link: other})
+			continue
+		}
+		l.addrs[a] = true
+		added = append(added, a)
+	}
+	for a := range l.addrs {
+		if !wanted[a] {
+			delete(l.addrs, a)
+			removed = append(removed, a)
+		}
+	}
+	slices.SortFunc(added, netip.Addr.Compare)
+	slices.SortFunc(removed, netip.Addr.Compare)
+	if len(inUse) > 0 {
+		slices.SortFunc(inUse, func(a, b AddressInUse) int { return a.Addr.Compare(b.Addr) })
+		return added, removed, &AddressInUseError{Link: name, InUse: inUse}
+	}
+	return added, removed, nil
+}
+
+func (f *FakeAddresses) holder(a netip.Addr, except string) string {
+	for name, l := range f.links {
+		if name != except && l.addrs[a] {
+			return name
+		}
+	}
+	return ""
+}

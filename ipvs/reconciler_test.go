@@ -1,0 +1,566 @@
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// Tiny builders, so a case reads like `ipvsadm -Ln`.
+
+func key(proto Protocol, addrPort string) VSKey {
+	ap := netip.MustParseAddrPort(addrPort)
+	return VSKey{Address: ap.Addr(), Protocol: proto, Port: ap.Port()}
+}
+
+func fwmark(mark uint32, ipv6 bool) VSKey { return VSKey{FWMark: mark, IPv6: ipv6} }
+
+func rs(addrPort string, weight int) RealServer {
+	ap := netip.MustParseAddrPort(addrPort)
+	return RealServer{Address: ap.Addr(), Port: ap.Port(), Weight: weight}
+}
+
+func svc(k VSKey, scheduler string, rss ...RealServer) Service {
+	return Service{VirtualServer: VirtualServer{VSKey: k, Scheduler: scheduler}, RealServers: rss}
+}
+
+func sticky(s Service, timeout uint32) Service {
+	s.Flags |= FlagPersistent
+	s.Timeout = timeout
+	return s
+}
+
+func dedent(s string) string {
+	var out []string
+	for _, l := range strings.Split(strings.Trim(s, "\n"), "\n") {
+		out = append(out, strings.TrimPrefix(strings.TrimLeft(l, "\t"), "|"))
+	}
+	return strings.Join(out, "\n") + "\n"
+}
+
+func removedStrings(rs []RemovedRealServer) []string {
+	var out []string
+	for _, r := range rs {
+		out = append(out, r.String())
+	}
+	return out
+}
+
+var (
+	web  = key(TCP, "10.96.0.10:80")
+	dns  = key(UDP, "10.96.0.53:53")
+	sctp = key(SCTP, "10.96.0.9:9")
+	web6 = key(TCP, "[fd00:96::10]:80")
+)
+
+func TestReconcilerApply(t *testing.T) {
+	base := []Service{
+		svc(web, "rr", rs("10.0.1.1:8080", 1), rs("10.0.1.2:8080", 1)),
+		svc(dns, "rr", rs("10.0.1.1:53", 1)),
+	}
+	for _, tc := range []struct {
+		name        string
+		initial     []Service
+		upserts     []Service
+		deletes     []VSKey
+		wantWrites  WriteCounts
+		wantRemoved []string
+		wantErr     string
+		want        string      // the fake kernel, as ipvsadm -Ln
+		wantAgain   WriteCounts // writes of the same Apply once more
+	}{{
+		name:       "create",
+		upserts:    base,
+		wantWrites: WriteCounts{AddVirtualServer: 2, AddRealServer: 3},
+		want: `
+			|TCP  10.96.0.10:80 rr
+			|  -> 10.0.1.1:8080                Masq 1
+			|  -> 10.0.1.2:8080                Masq 1
+			|UDP  10.96.0.53:53 rr
+			|  -> 10.0.1.1:53                  Masq 1`,
+	}, {
+		name:       "nothing changed: no writes",
+		initial:    base,
+		upserts:    base,
+		wantWrites: WriteCounts{},
+	}, {
+		name:       "scheduler changed in place, real servers untouched",
+		initial:    base,
+		upserts:    []Service{svc(web, "wrr", rs("10.0.1.1:8080", 1), rs("10.0.1.2:8080", 1))},
+		wantWrites: WriteCounts{UpdateVirtualServer: 1},
+		want: `
+			|TCP  10.96.0.10:80 wrr
+			|  -> 10.0.1.1:8080                Masq 1
+			|  -> 10.0.1.2:8080                Masq 1
+			|UDP  10.96.0.53:53 rr
+			|  -> 10.0.1.1:53                  Masq 1`,
+	}, {
+		name:       "session affinity set in place",
+		initial:    base,
+		upserts:    []Service{sticky(svc(dns, "rr", rs("10.0.1.1:53", 1)), 10800)},
+		wantWrites: WriteCounts{UpdateVirtualServer: 1},
+		want: `
+			|TCP  10.96.0.10:80 rr
+			|  -> 10.0.1.1:8080                Masq 1
+			|  -> 10.0.1.2:8080                Masq 1
+			|UDP  10.96.0.53:53 rr persistent timeout 10800
+			|  -> 10.0.1.1:53                  Masq 1`,
+	}, {
+		name:        "real servers added, removed, re-weighted",
+		initial:     base,
+		upserts:     []Service{svc(web, "rr", rs("10.0.1.2:8080", 0), rs("10.0.1.3:8080", 1))},
+		wantWrites:  WriteCounts{AddRealServer: 1, UpdateRealServer: 1, DeleteRealServer: 1},
+		wantRemoved: []string{"TCP  10.96.0.10:80 -> 10.0.1.1:8080"},
+		want: `
+			|TCP  10.96.0.10:80 rr
+			|  -> 10.0.1.2:8080                Masq 0
+			|  -> 10.0.1.3:8080                Masq 1
+			|UDP  10.96.0.53:53 rr
+			|  -> 10.0.1.1:53                  Masq 1`,
+	}, {
+		name:        "delete reports the real servers that went with it",
+		initial:     base,
+		deletes:     []VSKey{web},
+		wantWrites:  WriteCounts{DeleteVirtualServer: 1},
+		wantRemoved: []string{"TCP  10.96.0.10:80 -> 10.0.1.1:8080", "TCP  10.96.0.10:80 -> 10.0.1.2:8080"},
+		want: `
+			|UDP  10.96.0.53:53 rr
+			|  -> 10.0.1.1:53                  Masq 1`,
+	}, {
+		name:       "delete of a virtual server never applied: no write",
+		initial:    base,
+		deletes:    []VSKey{key(TCP, "10.96.0.99:80"), fwmark(7, false)},
+		wantWrites: WriteCounts{},
+	}, {
+		name:       "upsert wins over delete of the same key",
+		initial:    base,
+		upserts:    []Service{svc(dns, "rr", rs("10.0.1.1:53", 1))},
+		deletes:    []VSKey{dns},
+		wantWrites: WriteCounts{},
+	}, {
+		name: "IPv6, SCTP and fwmark",
+		upserts: []Service{
+			svc(web6, "mh", rs("[fd00:1::1]:8080", 1)),
+			svc(sctp, "sh", rs("10.0.1.1:9", 1)),
+			svc(fwmark(0x4001, true), "rr", rs("[fd00:1::1]:8080", 1)),
+			svc(fwmark(0x4001, false), "rr", rs("10.0.1.1:8080", 1)),
+		},
+		wantWrites: WriteCounts{AddVirtualServer: 4, AddRealServer: 4},
+		want: `
+			|SCTP  10.96.0.9:9 sh
+			|  -> 10.0.1.1:9                   Masq 1
+			|FWM  16385 rr
+			|  -> 10.0.1.1:8080                Masq 1
+			|TCP  [fd00:96::10]:80 mh
+			|  -> [fd00:1::1]:8080             Masq 1
+			|FWM  16385 IPv6 rr
+			|  -> [fd00:1::1]:8080             Masq 1`,
+	}, {
+		name: "invalid services are refused, the others applied",
+		upserts: []Service{
+			svc(key("ICMP", "10.96.0.1:1"), "rr"),
+			svc(key(TCP, "10.96.0.2:80"), "rr", rs("[fd00::1]:80", 1)),
+			svc(key(TCP, "10.96.0.3:80"), "rr", rs("10.0.0.1:80", -1)),
+			svc(key(TCP, "10.96.0.4:80"), "rr", rs("10.0.0.1:80", 1), rs("10.0.0.1:80", 2)),
+			svc(key(TCP, "10.96.0.5:80"), "rr", rs("10.0.0.1:80", 1)),
+			svc(key(TCP, "10.96.0.5:80"), "wrr", rs("10.0.0.2:80", 1)),
+		},
+		wantWrites: WriteCounts{AddVirtualServer: 1, AddRealServer: 1},
+		wantErr:    `unknown protocol "ICMP"|address family differs|weight -1 out of range|listed twice|given twice`,
+		want: `
+			|TCP  10.96.0.5:80 rr
+			|  -> 10.0.0.1:80                  Masq 1`,
+	}, {
+		name:       "a scheduler the kernel lacks fails that virtual server only",
+		upserts:    []Service{svc(web, "nope", rs("10.0.1.1:8080", 1)), svc(dns, "rr")},
+		wantWrites: WriteCounts{AddVirtualServer: 2},
+		wantErr:    `add virtual server TCP  10.96.0.10:80 nope: no such file or directory`,
+		wantAgain:  WriteCounts{AddVirtualServer: 1},
+		want: `
+			|UDP  10.96.0.53:53 rr`,
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := NewFake()
+			f.MissingSchedulers = map[string]bool{"nope": true}
+			r := NewReconciler(f, nil)
+			if _, err := r.Apply(tc.initial, nil); err != nil {
+				t.Fatalf("initial apply: %v", err)
+			}
+			before := f.String()
+			f.ResetCounts()
+
+			res, err := r.Apply(tc.upserts, tc.deletes)
+			checkErr(t, err, tc.wantErr)
+			if res.Writes != tc.wantWrites {
+				t.Errorf("writes = %+v, want %+v", res.Writes, tc.wantWrites)
+			}
+			if res.Writes != f.Writes {
+				t.Errorf("result says %+v writes, the kernel saw %+v", res.Writes, f.Writes)
+			}
+			if f.Reads != 0 {
+				t.Errorf("Apply read the kernel %d times, want 0", f.Reads)
+			}
+			if got := fmt.Sprint(removedStrings(res.Removed)); got != fmt.Sprint(tc.wantRemoved) {
+				t.Errorf("removed = %v, want %v", got, tc.wantRemoved)
+			}
+			want := before
+			if tc.want != "" {
+				want = dedent(tc.want)
+			}
+			if got := f.String(); got != want {
+				t.Errorf("kernel:\n%s\nwant:\n%s", got, want)
+			}
+			checkCacheTruthful(t, r, f)
+
+			// The same again sends nothing, but what failed.
+			f.ResetCounts()
+			if res, _ = r.Apply(tc.upserts, tc.deletes); res.Writes != tc.wantAgain {
+				t.Errorf("second apply sent %+v, want %+v", res.Writes, tc.wantAgain)
+			}
+		})
+	}
+}
+
+func checkErr(t *testing.T, err error, want string) {
+	t.Helper()
+	if want == "" {
+		if err != nil {
+			t.Fatalf("unexpected error: %v", err)
+		}
+		return
+	}
+	if err == nil {
+		t.Fatalf("no error, want %q", want)
+	}
+	for _, w := range strings.Split(want, "|") {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not mention %q", err, w)
+		}
+	}
+}
+
+// checkCacheTruthful compares what the Reconciler believes with the kernel.
+func checkCacheTruthful(t *testing.T, r *Reconciler, f *Fake) {
+	t.Helper()
+	var kernel []Service
+	for _, s := range f.Services() {
+		if _, cached := r.Lookup(s.VSKey); cached || !r.Excluded(s.VSKey) {
+			kernel = append(kernel, s)
+		}
+	}
+	if got, want := Format(r.Services()), Format(kernel); got != want {
+		t.Errorf("cache:\n%s\nkernel (less excluded):\n%s", got, want)
+	}
+}
+
+func TestReconcilerPartialFailureAndRetry(t *testing.T) {
+	f := NewFake()
+	r := NewReconciler(f, nil)
+	desired := []Service{
+		svc(web, "rr", rs("10.0.1.1:8080", 1), rs("10.0.1.2:8080", 1), rs("10.0.1.3:8080", 1)),
+		svc(dns, "rr", rs("10.0.1.1:53", 1)),
+		svc(sctp, "rr", rs("10.0.1.1:9", 1)),
+	}
+	// The kernel refuses one real server of web and the whole of dns.
+	f.Inject = func(op Op, k VSKey, r *RealServer) error {
+		switch {
+		case op == OpAddRealServer && k == web && r.Address == netip.MustParseAddr("10.0.1.2"):
+			return syscall.ENOMEM
+		case op == OpAddVirtualServer && k == dns:
+			return syscall.EPERM
+		}
+		return nil
+	}
+	res, err := r.Apply(desired, nil)
+	checkErr(t, err, "add real server 10.0.1.2:8080 to TCP  10.96.0.10:80: cannot allocate memory|add virtual server UDP  10.96.0.53:53 rr: operation not permitted")
+	if want := (WriteCounts{AddVirtualServer: 3, AddRealServer: 4}); res.Writes != want {
+		t.Errorf("writes = %+v, want %+v", res.Writes, want)
+	}
+	checkCacheTruthful(t, r, f)
+	if _, ok := r.Lookup(dns); ok {
+		t.Errorf("dns is in the cache but not in the kernel")
+	}
+
+	// The retry redoes only what failed.
+	f.Inject = nil
+	f.ResetCounts()
+	res, err = r.Apply(desired, nil)
+	checkErr(t, err, "")
+	if want := (WriteCounts{AddVirtualServer: 1, AddRealServer: 2}); res.Writes != want {
+		t.Errorf("retry writes = %+v, want %+v", res.Writes, want)
+	}
+	checkCacheTruthful(t, r, f)
+
+	// Failed deletes and updates stay to be redone; the rest proceeds.
+	f.Inject = func(op Op, k VSKey, r *RealServer) error {
+		switch op {
+		case OpDeleteRealServer:
+			return syscall.EBUSY
+		case OpUpdateVirtualServer:
+			return syscall.EINVAL
+		case OpDeleteVirtualServer:
+			return syscall.EAGAIN
+		}
+		return nil
+	}
+	next := []Service{
+		svc(web, "wrr", rs("10.0.1.1:8080", 5), rs("10.0.1.4:8080", 1)),
+		svc(dns, "rr", rs("10.0.1.1:53", 1)),
+	}
+	f.ResetCounts()
+	res, err = r.Apply(next, []VSKey{sctp})
+	checkErr(t, err, "update virtual server TCP  10.96.0.10:80 wrr: invalid argument|delete real server 10.0.1.2:8080 from TCP  10.96.0.10:80: device or resource busy|delete virtual server SCTP  10.96.0.9:9: resource temporarily unavailable")
+	if len(res.Removed) != 0 {
+		t.Errorf("removed %v, want none (every delete failed)", res.Removed)
+	}
+	checkCacheTruthful(t, r, f)
+
+	f.Inject = nil
+	f.ResetCounts()
+	res, err = r.Apply(next, []VSKey{sctp})
+	checkErr(t, err, "")
+	if want := (WriteCounts{UpdateVirtualServer: 1, DeleteRealServer: 2, DeleteVirtualServer: 1}); res.Writes != want {
+		t.Errorf("retry writes = %+v, want %+v", res.Writes, want)
+	}
+	if got, want := fmt.Sprint(removedStrings(res.Removed)), "[SCTP  10.96.0.9:9 -> 10.0.1.1:9 TCP  10.96.0.10:80 -> 10.0.1.2:8080 TCP  10.96.0.10:80 -> 10.0.1.3:8080]"; got != want {
+		t.Errorf("removed = %s, want %s", got, want)
+	}
+	checkCacheTruthful(t, r, f)
+	f.ResetCounts()
+	if res, _ := r.Apply(next, []VSKey{sctp}); res.Writes.Total() != 0 {
+		t.Errorf("third apply sent %+v, want nothing", res.Writes)
+	}
+}
+
+func TestReconcilerResync(t *testing.T) {
+	f := NewFake()
+	exclude := []netip.Prefix{
+		netip.MustParsePrefix("192.0.2.0/24"),
+		netip.MustParsePrefix("2001:db8::/32"),
+	}
+	// What others (and a previous nftvs) left in the kernel.
+	other := []Service{
+		svc(key(TCP, "192.0.2.10:80"), "wlc", rs("192.0.2.100:80", 3)),       // excluded: kept
+		svc(key(UDP, "[2001:db8::1]:53"), "rr", rs("[2001:db8::100]:53", 1)), // excluded: kept
+		svc(key(TCP, "10.96.7.7:80"), "rr", rs("10.0.9.9:80", 1)),            // stale: deleted
+		svc(fwmark(0x99, false), "rr", rs("10.0.9.9:80", 1)),                 // fwmark: never excluded
+		svc(key(TCP, "[fd00:96::7]:443"), "rr"),                              // stale IPv6
+		svc(web, "lc", rs("10.0.1.1:8080", 7), rs("10.0.1.9:8080", 1)),       // drifted
+		svc(key(TCP, "192.0.2.20:443"), "rr", rs("192.0.2.200:443", 1)),      // excluded but desired
+	}
+	for _, s := range other {
+		if err := f.AddVirtualServer(s.VirtualServer); err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range s.RealServers {
+			if err := f.AddRealServer(s.VSKey, x); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	desired := []Service{
+		svc(web, "rr", rs("10.0.1.1:8080", 1), rs("10.0.1.2:8080", 1)),
+		svc(dns, "rr", rs("10.0.1.1:53", 1)),
+		svc(key(TCP, "192.0.2.20:443"), "rr", rs("192.0.2.201:443", 1)),
+	}
+	r := NewReconciler(f, exclude)
+	f.ResetCounts()
+	res, err := r.Resync(desired)
+	checkErr(t, err, "")
+	want := dedent(`
+		|TCP  10.96.0.10:80 rr
+		|  -> 10.0.1.1:8080                Masq 1
+		|  -> 10.0.1.2:8080                Masq 1
+		|UDP  10.96.0.53:53 rr
+		|  -> 10.0.1.1:53                  Masq 1
+		|TCP  192.0.2.10:80 wlc
+		|  -> 192.0.2.100:80               Masq 3
+		|TCP  192.0.2.20:443 rr
+		|  -> 192.0.2.201:443              Masq 1
+		|UDP  [2001:db8::1]:53 rr
+		|  -> [2001:db8::100]:53           Masq 1`)
+	if got := f.String(); got != want {
+		t.Errorf("kernel:\n%s\nwant:\n%s", got, want)
+	}
+	wantWrites := WriteCounts{
+		AddVirtualServer:    1, // dns
+		UpdateVirtualServer: 1, // web lc -> rr
+		DeleteVirtualServer: 3, // 10.96.7.7:80, fwmark 0x99, [fd00:96::7]:443
+		AddRealServer:       3, // web 10.0.1.2, dns, 192.0.2.201
+		UpdateRealServer:    1, // web 10.0.1.1 weight 7 -> 1
+		DeleteRealServer:    2, // web 10.0.1.9, 192.0.2.200
+	}
+	if res.Writes != wantWrites {
+		t.Errorf("writes = %+v, want %+v", res.Writes, wantWrites)
+	}
+	wantRemoved := "[TCP  10.96.0.10:80 -> 10.0.1.9:8080 TCP  10.96.7.7:80 -> 10.0.9.9:80 TCP  192.0.2.20:443 -> 192.0.2.200:443 FWM  153 -> 10.0.9.9:80]"
+	if got := fmt.Sprint(removedStrings(res.Removed)); got != wantRemoved {
+		t.Errorf("removed = %s\nwant %s", got, wantRemoved)
+	}
+	// The excluded ones are not even dumped for real servers: 1 dump of
+	// virtual servers, then one per non-excluded (or desired) one.
+	if want := 1 + 5; f.Reads != want {
+		t.Errorf("reads = %d, want %d", f.Reads, want)
+	}
+
+	// Again: reads, but no writes (the kernel's hashed flag is masked).
+	f.ResetCounts()
+	res, err = r.Resync(desired)
+	checkErr(t, err, "")
+	if res.Writes.Total() != 0 {
+		t.Errorf("second resync sent %+v, want nothing", res.Writes)
+	}
+	// And Apply after Resync trusts the rebuilt cache.
+	f.ResetCounts()
+	if res, _ := r.Apply(desired, nil); res.Writes.Total() != 0 || f.Reads != 0 {
+		t.Errorf("apply after resync sent %+v with %d reads, want nothing", res.Writes, f.Reads)
+	}
+
+	// Drift behind the Reconciler's back: a virtual server deleted, a real
+	// server re-weighted, one added. Apply trusts its cache; Resync
+	// repairs.
+	_ = f.DeleteVirtualServer(dns)
+	_ = f.UpdateRealServer(web, rs("10.0.1.2:8080", 9))
+	_ = f.AddRealServer(web, rs("10.0.1.5:8080", 1))
+	f.ResetCounts()
+	res, err = r.Resync(desired)
+	checkErr(t, err, "")
+	if want := (WriteCounts{AddVirtualServer: 1, AddRealServer: 1, UpdateRealServer: 1, DeleteRealServer: 1}); res.Writes != want {
+		t.Errorf("repair writes = %+v, want %+v", res.Writes, want)
+	}
+	checkCacheTruthful(t, r, f)
+}
+
+func TestReconcilerResyncDumpFails(t *testing.T) {
+	f := NewFake()
+	r := NewReconciler(f, nil)
+	desired := []Service{svc(web, "rr", rs("10.0.1.1:8080", 1))}
+	if _, err := r.Apply(desired, nil); err != nil {
+		t.Fatal(err)
+	}
+	f.Inject = func(op Op, _ VSKey, _ *RealServer) error {
+		if op == OpGetVirtualServers {
+			return syscall.ENOBUFS
+		}
+		return nil
+	}
+	res, err := r.Resync(nil)
+	checkErr(t, err, "resync: list virtual servers: no buffer space available")
+	if res.Writes.Total() != 0 {
+		t.Errorf("a resync without a dump wrote %+v", res.Writes)
+	}
+	if _, ok := r.Lookup(web); !ok {
+		t.Errorf("a failed dump emptied the cache")
+	}
+
+	// A real-server dump that fails leaves that virtual server to be
+	// adopted: it is desired, so it is kept and synced through EEXIST.
+	f.ResetCounts()
+	f.Inject = func(op Op, _ VSKey, _ *RealServer) error {
+		// Reads counts this call: 1 is the virtual servers' dump.
+		if op == OpGetRealServers && f.Reads == 2 {
+			return syscall.EINTR
+		}
+		return nil
+	}
+	desired = []Service{svc(web, "rr", rs("10.0.1.1:8080", 2))}
+	res, err = r.Resync(desired)
+	checkErr(t, err, "resync: list real servers of TCP  10.96.0.10:80: interrupted system call")
+	if got := f.String(); !strings.Contains(got, "10.0.1.1:8080                Masq 2") {
+		t.Errorf("kernel:\n%s", got)
+	}
+	checkCacheTruthful(t, r, f)
+}
+
+func TestReconcilerAdoptsWhatTheKernelHas(t *testing.T) {
+	// A restarted nftvs that Applies before any Resync finds its virtual
+	// servers already there.
+	f := NewFake()
+	_ = f.AddVirtualServer(VirtualServer{VSKey: web, Scheduler: "rr"})
+	_ = f.AddRealServer(web, rs("10.0.1.1:8080", 1))
+	_ = f.AddRealServer(web, rs("10.0.1.7:8080", 1))
+	r := NewReconciler(f, nil)
+	f.ResetCounts()
+	res, err := r.Apply([]Service{svc(web, "rr", rs("10.0.1.1:8080", 1), rs("10.0.1.2:8080", 1))}, nil)
+	checkErr(t, err, "")
+	want := WriteCounts{AddVirtualServer: 1, UpdateVirtualServer: 1, AddRealServer: 1, DeleteRealServer: 1}
+	if res.Writes != want {
+		t.Errorf("writes = %+v, want %+v", res.Writes, want)
+	}
+	checkCacheTruthful(t, r, f)
+}
+
+func TestReconcilerRecreatesVanishedVirtualServer(t *testing.T) {
+	f := NewFake()
+	r := NewReconciler(f, nil)
+	if _, err := r.Apply([]Service{svc(web, "rr", rs("10.0.1.1:8080", 1), rs("10.0.1.2:8080", 1))}, nil); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.DeleteVirtualServer(web) // behind its back
+	f.ResetCounts()
+	res, err := r.Apply([]Service{svc(web, "rr", rs("10.0.1.1:8080", 1), rs("10.0.1.3:8080", 1))}, nil)
+	checkErr(t, err, "")
+	if got, want := f.String(), dedent(`
+		|TCP  10.96.0.10:80 rr
+		|  -> 10.0.1.1:8080                Masq 1
+		|  -> 10.0.1.3:8080                Masq 1`); got != want {
+		t.Errorf("kernel:\n%s\nwant:\n%s", got, want)
+	}
+	if got, want := fmt.Sprint(removedStrings(res.Removed)), "[TCP  10.96.0.10:80 -> 10.0.1.2:8080]"; got != want {
+		t.Errorf("removed = %s, want %s", got, want)
+	}
+	checkCacheTruthful(t, r, f)
+
+	// A virtual server that keeps vanishing is an error, not a loop.
+	f.Inject = func(op Op, _ VSKey, _ *RealServer) error {
+		if op == OpAddRealServer {
+			return syscall.ESRCH
+		}
+		return nil
+	}
+	_, err = r.Apply([]Service{svc(web, "rr", rs("10.0.1.4:8080", 1))}, nil)
+	if !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("err = %v, want ESRCH", err)
+	}
+}
+
+func TestVSKey(t *testing.T) {
+	mapped := VSKey{Address: netip.MustParseAddr("::ffff:10.0.0.1"), Protocol: TCP, Port: 80}
+	if got := mapped.Key(); got != key(TCP, "10.0.0.1:80") {
+		t.Errorf("mapped key = %+v", got)
+	}
+	fw := VSKey{Address: netip.MustParseAddr("10.0.0.1"), Protocol: TCP, Port: 80, FWMark: 5}
+	if got := fw.Key(); got != fwmark(5, false) {
+		t.Errorf("fwmark key = %+v", got)
+	}
+	if got := (VirtualServer{VSKey: web, Flags: FlagPersistent | FlagHashed | FlagMHPort, Timeout: 30}).String(); got != "TCP  10.96.0.10:80 rr persistent|flag-2 timeout 30" {
+		t.Errorf("String = %q", got)
+	}
+	if !(VirtualServer{VSKey: web, Scheduler: "rr", Flags: FlagHashed}).Equal(VirtualServer{VSKey: web}) {
+		t.Errorf("hashed flag or default scheduler not ignored")
+	}
+	if p := Protocol("50"); p.Number() != 50 || protocolFromNumber(50) != p {
+		t.Errorf("protocol numbers do not round-trip")
+	}
+	if SchedulerFlags("mh") != FlagMHPort || SchedulerFlags("rr") != 0 {
+		t.Errorf("SchedulerFlags")
+	}
+}
+
+func TestCounting(t *testing.T) {
+	f := NewFake()
+	c := NewCounting(f)
+	r := NewReconciler(c, nil)
+	res, err := r.Resync([]Service{svc(web, "rr", rs("10.0.1.1:8080", 1))})
+	checkErr(t, err, "")
+	if c.Writes() != res.Writes || c.Writes() != f.Writes || c.Reads() != 1 {
+		t.Errorf("counting %+v/%d, result %+v, fake %+v", c.Writes(), c.Reads(), res.Writes, f.Writes)
+	}
+	c.Reset()
+	if c.Writes().Total() != 0 || c.Reads() != 0 {
+		t.Errorf("reset did not reset")
+	}
+}
