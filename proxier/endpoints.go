@@ -1,0 +1,227 @@
+package proxier
+
+import (
+	"net/netip"
+	"slices"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+)
+
+// Endpoint is one backend of a Service port, as the EndpointSlices say.
+type Endpoint struct {
+	IP          netip.Addr
+	Port        uint16
+	NodeName    string
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	ZoneHints   []string
+	NodeHints   []string
+}
+
+// Local reports whether the endpoint runs on node.
+func (e Endpoint) Local(node string) bool { return e.NodeName != "" && e.NodeName == node }
+
+// AddrPort is the endpoint's address and port.
+func (e Endpoint) AddrPort() netip.AddrPort { return netip.AddrPortFrom(e.IP, e.Port) }
+
+// endpointsForPort collects the endpoints of one Service port and family
+// from the Service's EndpointSlices. Slices of another address family, and
+// endpoints with unusable addresses, are ignored; an endpoint listed twice
+// (slices overlap while the controller moves it) counts once, the most
+// ready copy winning.
+func endpointsForPort(slices_ []*discovery.EndpointSlice, portName string, proto v1.Protocol, ipv6 bool) []Endpoint {
+	want := discovery.AddressTypeIPv4
+	if ipv6 {
+		want = discovery.AddressTypeIPv6
+	}
+	byAddr := map[netip.AddrPort]Endpoint{}
+	for _, s := range slices_ {
+		if s == nil || s.AddressType != want {
+			continue
+		}
+		var port uint16
+		found := false
+		for _, p := range s.Ports {
+			name := ""
+			if p.Name != nil {
+				name = *p.Name
+			}
+			pr := v1.ProtocolTCP
+			if p.Protocol != nil {
+				pr = *p.Protocol
+			}
+			if name == portName && pr == proto && p.Port != nil && *p.Port > 0 && *p.Port < 65536 {
+				port, found = uint16(*p.Port), true
+				break
+			}
+		}
+		if !found {
+			continue
+		}
+		for _, ep := range s.Endpoints {
+			if len(ep.Addresses) == 0 {
+				continue
+			}
+			// Like kube-proxy: only the first address of an endpoint is used.
+			ip, err := netip.ParseAddr(ep.Addresses[0])
+			if err != nil || ip.Is6() != ipv6 || ip.Zone() != "" {
+				continue
+			}
+			ip = ip.Unmap()
+			e := Endpoint{IP: ip, Port: port}
+			// Unset conditions: ready means ready; serving defaults to
+			// ready; terminating to false (the EndpointSlice API's rules).
+			e.Ready = ep.Conditions.Ready == nil || *ep.Conditions.Ready
+			e.Serving = e.Ready
+			if ep.Conditions.Serving != nil {
+				e.Serving = *ep.Conditions.Serving
+			}
+			e.Terminating = ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
+			if e.Terminating {
+				// A terminating endpoint is never Ready, whatever it says.
+				e.Ready = false
+			}
+			if ep.NodeName != nil {
+				e.NodeName = *ep.NodeName
+			}
+			if ep.Hints != nil {
+				for _, z := range ep.Hints.ForZones {
+					e.ZoneHints = append(e.ZoneHints, z.Name)
+				}
+				for _, n := range ep.Hints.ForNodes {
+					e.NodeHints = append(e.NodeHints, n.Name)
+				}
+			}
+			if old, ok := byAddr[e.AddrPort()]; ok && rank(old) >= rank(e) {
+				continue
+			}
+			byAddr[e.AddrPort()] = e
+		}
+	}
+	out := make([]Endpoint, 0, len(byAddr))
+	for _, e := range byAddr {
+		out = append(out, e)
+	}
+	slices.SortFunc(out, func(a, b Endpoint) int { return a.AddrPort().Compare(b.AddrPort()) })
+	return out
+}
+
+func rank(e Endpoint) int {
+	switch {
+	case e.Ready:
+		return 2
+	case e.Serving:
+		return 1
+	}
+	return 0
+}
+
+// Weighted is an endpoint with the IPVS weight it gets: 1 carries new
+// connections, 0 drains (kept for the connections it has, bounded by the
+// proxier's drain timer).
+type Weighted struct {
+	Endpoint
+	Weight int
+}
+
+// epSelection is the endpoints one virtual server uses.
+type epSelection []Weighted
+
+// topologyMode is "", "PreferSameNode" or "PreferSameZone", chosen from
+// the hints as kube-proxy does: hints are used only when every ready
+// endpoint has them and at least one is for this node (zone).
+func topologyMode(eps []Endpoint, node, zone string) string {
+	anyReady, allNode, forNode, allZone, forZone := false, true, false, true, false
+	for _, e := range eps {
+		if !e.Ready {
+			continue
+		}
+		anyReady = true
+		if len(e.NodeHints) == 0 {
+			allNode = false
+		} else if slices.Contains(e.NodeHints, node) {
+			forNode = true
+		}
+		if len(e.ZoneHints) == 0 {
+			allZone = false
+		} else if slices.Contains(e.ZoneHints, zone) {
+			forZone = true
+		}
+	}
+	switch {
+	case !anyReady:
+		return ""
+	case allNode && forNode:
+		return v1.ServiceTrafficDistributionPreferSameNode
+	case allZone && forZone && zone != "":
+		return v1.ServiceTrafficDistributionPreferSameZone
+	}
+	return ""
+}
+
+func availableForTopology(e Endpoint, mode, node, zone string) bool {
+	switch mode {
+	case v1.ServiceTrafficDistributionPreferSameNode:
+		return slices.Contains(e.NodeHints, node)
+	case v1.ServiceTrafficDistributionPreferSameZone:
+		return slices.Contains(e.ZoneHints, zone)
+	}
+	return true
+}
+
+// selectEndpoints chooses the real servers of a virtual server from the
+// candidate endpoints (already restricted to local ones for a Local
+// traffic policy):
+//   - ready endpoints (within the topology when hints apply) get weight 1;
+//   - when there are none, serving-and-terminating endpoints get weight 1
+//     (the terminating-endpoint fallback);
+//   - other endpoints that still exist and serve or may serve again (not
+//     ready, serving while terminating, or outside the topology) get
+//     weight 0 and drain;
+//   - terminating endpoints that no longer serve are dropped: they are gone.
+func selectEndpoints(eps []Endpoint, useTopology bool, node, zone string) epSelection {
+	mode := ""
+	if useTopology {
+		mode = topologyMode(eps, node, zone)
+	}
+	active := map[netip.AddrPort]bool{}
+	for _, e := range eps {
+		if e.Ready && availableForTopology(e, mode, node, zone) {
+			active[e.AddrPort()] = true
+		}
+	}
+	if len(active) == 0 {
+		for _, e := range eps {
+			if e.Serving && e.Terminating {
+				active[e.AddrPort()] = true
+			}
+		}
+	}
+	var out epSelection
+	for _, e := range eps {
+		switch {
+		case active[e.AddrPort()]:
+			out = append(out, Weighted{e, 1})
+		case e.Terminating && !e.Serving:
+			// Gone: removed at once (and its flows cleaned up).
+		default:
+			// Not ready, serving while terminating, or ready but outside
+			// this node's topology: no new connections, but the ones it
+			// has may finish (the proxier bounds how long).
+			out = append(out, Weighted{e, 0})
+		}
+	}
+	return out
+}
+
+func localOnly(eps []Endpoint, node string) []Endpoint {
+	var out []Endpoint
+	for _, e := range eps {
+		if e.Local(node) {
+			out = append(out, e)
+		}
+	}
+	return out
+}

@@ -1,0 +1,538 @@
+package proxier
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+
+	"github.com/nftvs/nftvs/ipvs"
+)
+
+const thisNode = "node-a"
+
+func testConfig() *PlanConfig {
+	return &PlanConfig{
+		Node: Node{
+			Name: thisNode, Zone: "zone-a",
+			IPs:               []netip.Addr{netip.MustParseAddr("192.168.0.10")},
+			NodePortAddresses: []netip.Addr{netip.MustParseAddr("192.168.0.10"), netip.MustParseAddr("fd00::10")},
+		},
+		Scheduler: "rr", IPv4: true, IPv6: true,
+	}
+}
+
+// dump prints plans the way a reviewer reads them: virtual servers with
+// real servers (ipvsadm style), kube-ipvs0 addresses, nft elements.
+func dump(plans []PortPlan) string {
+	var b strings.Builder
+	for _, p := range plans {
+		fmt.Fprintf(&b, "%s\n", p.Name)
+		for _, s := range p.Services {
+			fmt.Fprintf(&b, "  %s %s", vsString(s.VSKey), s.Scheduler)
+			if s.Flags&ipvs.FlagPersistent != 0 {
+				fmt.Fprintf(&b, " persistent %d", s.Timeout)
+			}
+			if s.Flags&ipvs.FlagMHPort != 0 {
+				fmt.Fprintf(&b, " mh-flags")
+			}
+			var rs []string
+			for _, r := range s.RealServers {
+				rs = append(rs, fmt.Sprintf("%s w%d", netip.AddrPortFrom(r.Address, r.Port), r.Weight))
+			}
+			fmt.Fprintf(&b, " -> [%s]\n", strings.Join(rs, ", "))
+		}
+		for _, a := range p.Addresses {
+			fmt.Fprintf(&b, "  addr %s\n", a)
+		}
+		for _, e := range p.Elements {
+			fmt.Fprintf(&b, "  %s %s\n", e.Set, e)
+		}
+		if p.HealthCheckNodePort != 0 {
+			fmt.Fprintf(&b, "  healthcheck %d local=%d\n", p.HealthCheckNodePort, p.LocalEndpoints)
+		}
+		if p.ExternalNoLocal || p.InternalNoLocal {
+			fmt.Fprintf(&b, "  no-local external=%v internal=%v\n", p.ExternalNoLocal, p.InternalNoLocal)
+		}
+	}
+	return b.String()
+}
+
+func vsString(k ipvs.VSKey) string {
+	if k.FWMark != 0 {
+		fam := "v4"
+		if k.IPv6 {
+			fam = "v6"
+		}
+		return fmt.Sprintf("FWM %#x %s", k.FWMark, fam)
+	}
+	return fmt.Sprintf("%s %s", k.Protocol, netip.AddrPortFrom(k.Address, k.Port))
+}
+
+func trim(s string) string {
+	var out []string
+	for _, l := range strings.Split(strings.TrimSpace(s), "\n") {
+		out = append(out, strings.TrimRight(strings.TrimLeft(l, "\t"), " "))
+	}
+	return strings.Join(out, "\n") + "\n"
+}
+
+type planCase struct {
+	name   string
+	svc    *v1.Service
+	slices func(*v1.Service) []*discovery.EndpointSlice
+	cfg    func(*PlanConfig)
+	want   string
+	err    string
+}
+
+func runPlanCases(t *testing.T, cases []planCase) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := testConfig()
+			if c.cfg != nil {
+				c.cfg(cfg)
+			}
+			var slices []*discovery.EndpointSlice
+			if c.slices != nil {
+				slices = c.slices(c.svc)
+			}
+			plans, err := PlanService(c.svc, slices, cfg)
+			if c.err == "" && err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			if c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
+				t.Fatalf("error %v, want one containing %q", err, c.err)
+			}
+			if got, want := dump(plans), trim(c.want); strings.TrimSpace(want) == "" && got != "" || strings.TrimSpace(want) != "" && got != want {
+				t.Fatalf("plan:\n%s\nwant:\n%s", got, want)
+			}
+			for _, p := range plans {
+				for _, e := range p.Elements {
+					if err := e.Validate(); err != nil {
+						t.Errorf("planned element invalid: %v", err)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestPlanClusterIP(t *testing.T) {
+	runPlanCases(t, []planCase{{
+		name: "ready endpoints, hairpin for local ones",
+		svc:  makeService("ns", "web"),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{httpSlice(s, ready("10.244.1.5", thisNode), ready("10.244.2.5", "node-b"))}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.1.5:8080 w1, 10.244.2.5:8080 w1]
+		  addr 10.96.0.10
+		  hairpin 10.244.1.5 . tcp . 8080 . 10.244.1.5
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
+		name: "no endpoints: virtual server without real servers",
+		svc:  makeService("ns", "web"),
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> []
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
+		name: "dual-stack, UDP and SCTP ports, unnamed slices per family",
+		svc: makeService("ns", "dns", clusterIPs("10.96.0.53", "fd00:96::53"), ports(
+			v1.ServicePort{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP},
+			v1.ServicePort{Name: "sig", Port: 9, Protocol: v1.ProtocolSCTP})),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{
+				makeSlice(s, discovery.AddressTypeIPv4, "dns", 5353, v1.ProtocolUDP, ready("10.244.2.1", "node-b")),
+				makeSlice(s, discovery.AddressTypeIPv6, "dns", 5353, v1.ProtocolUDP, ready("fd00:244::1", "node-b")),
+				makeSlice(s, discovery.AddressTypeIPv4, "sig", 9999, v1.ProtocolSCTP, ready("10.244.2.1", "node-b")),
+			}
+		},
+		want: `
+		ns/dns:dns
+		  UDP 10.96.0.53:53 rr -> [10.244.2.1:5353 w1]
+		  UDP [fd00:96::53]:53 rr -> [[fd00:244::1]:5353 w1]
+		  addr 10.96.0.53
+		  addr fd00:96::53
+		  cluster-ips 10.96.0.53 . udp . 53
+		  ipvs-addresses 10.96.0.53
+		  cluster-ips fd00:96::53 . udp . 53
+		  ipvs-addresses fd00:96::53
+		ns/dns:sig
+		  SCTP 10.96.0.53:9 rr -> [10.244.2.1:9999 w1]
+		  SCTP [fd00:96::53]:9 rr -> []
+		  addr 10.96.0.53
+		  addr fd00:96::53
+		  cluster-ips 10.96.0.53 . sctp . 9
+		  ipvs-addresses 10.96.0.53
+		  cluster-ips fd00:96::53 . sctp . 9
+		  ipvs-addresses fd00:96::53
+		`,
+	}, {
+		name: "IPv6 family disabled on this node",
+		svc:  makeService("ns", "web", clusterIPs("fd00:96::10")),
+		cfg:  func(c *PlanConfig) { c.IPv6 = false },
+		want: ``,
+	}, {
+		name: "session affinity with timeout, and the default timeout",
+		svc:  makeService("ns", "web", affinity(600)),
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr persistent 600 -> []
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
+		name: "default affinity timeout, mh scheduler flags",
+		svc:  makeService("ns", "web", affinity(0)),
+		cfg:  func(c *PlanConfig) { c.Scheduler = "mh" },
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 mh persistent 10800 mh-flags -> []
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
+		name: "internalTrafficPolicy Local: only local endpoints",
+		svc:  makeService("ns", "web", itpLocal),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{httpSlice(s, ready("10.244.1.5", thisNode), ready("10.244.2.5", "node-b"))}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.1.5:8080 w1]
+		  addr 10.96.0.10
+		  hairpin 10.244.1.5 . tcp . 8080 . 10.244.1.5
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
+		name: "internalTrafficPolicy Local without local endpoints",
+		svc:  makeService("ns", "web", itpLocal),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{httpSlice(s, ready("10.244.2.5", "node-b"))}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> []
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		  no-local external=false internal=true
+		`,
+	}})
+}
+
+func TestPlanEndpointLifecycle(t *testing.T) {
+	runPlanCases(t, []planCase{{
+		name: "not ready and serving-terminating drain at weight 0; terminated ones are gone",
+		svc:  makeService("ns", "web"),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{httpSlice(s,
+				ready("10.244.2.1", "node-b"), notReady("10.244.2.2", "node-b"),
+				servingTerminating("10.244.2.3", "node-b"), terminatingGone("10.244.2.4", "node-b"))}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.2.1:8080 w1, 10.244.2.2:8080 w0, 10.244.2.3:8080 w0]
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
+		name: "no ready endpoint: serving-terminating ones carry traffic",
+		svc:  makeService("ns", "web"),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{httpSlice(s,
+				notReady("10.244.2.2", "node-b"), servingTerminating("10.244.2.3", "node-b"), terminatingGone("10.244.2.4", "node-b"))}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.2.2:8080 w0, 10.244.2.3:8080 w1]
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
+		name: "endpoint in two slices counts once, the ready copy wins",
+		svc:  makeService("ns", "web"),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{
+				httpSlice(s, notReady("10.244.2.1", "node-b")),
+				httpSlice(s, ready("10.244.2.1", "node-b")),
+			}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.2.1:8080 w1]
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
+		name: "slices of other ports, protocols and families are ignored",
+		svc:  makeService("ns", "web"),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{
+				makeSlice(s, discovery.AddressTypeIPv4, "metrics", 9090, v1.ProtocolTCP, ready("10.244.2.1", "node-b")),
+				makeSlice(s, discovery.AddressTypeIPv4, "http", 8080, v1.ProtocolUDP, ready("10.244.2.2", "node-b")),
+				makeSlice(s, discovery.AddressTypeIPv6, "http", 8080, v1.ProtocolTCP, ready("fd00::1", "node-b")),
+				makeSlice(s, discovery.AddressTypeFQDN, "http", 8080, v1.ProtocolTCP, ready("example.com", "node-b")),
+			}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> []
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}})
+}
+
+func TestPlanTopology(t *testing.T) {
+	runPlanCases(t, []planCase{{
+		name: "zone hints for this zone: others drain at weight 0",
+		svc:  makeService("ns", "web"),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{httpSlice(s,
+				ready("10.244.1.1", "node-x").inZones("zone-a"), ready("10.244.2.1", "node-b").inZones("zone-b"))}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.1.1:8080 w1, 10.244.2.1:8080 w0]
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
+		name: "hints ignored when one endpoint lacks them",
+		svc:  makeService("ns", "web"),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{httpSlice(s,
+				ready("10.244.1.1", "node-x").inZones("zone-a"), ready("10.244.2.1", "node-b"))}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.1.1:8080 w1, 10.244.2.1:8080 w1]
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
+		name: "hints ignored when none is for this zone",
+		svc:  makeService("ns", "web"),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{httpSlice(s,
+				ready("10.244.1.1", "node-x").inZones("zone-c"), ready("10.244.2.1", "node-b").inZones("zone-b"))}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.1.1:8080 w1, 10.244.2.1:8080 w1]
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
+		name: "node hints (PreferSameNode) win over zone hints",
+		svc:  makeService("ns", "web"),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{httpSlice(s,
+				ready("10.244.1.1", thisNode).inZones("zone-a").forNodes(thisNode),
+				ready("10.244.1.2", "node-x").inZones("zone-a").forNodes("node-x"))}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.1.1:8080 w1, 10.244.1.2:8080 w0]
+		  addr 10.96.0.10
+		  hairpin 10.244.1.1 . tcp . 8080 . 10.244.1.1
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}})
+}
+
+func TestPlanExternal(t *testing.T) {
+	two := func(s *v1.Service) []*discovery.EndpointSlice {
+		return []*discovery.EndpointSlice{httpSlice(s, ready("10.244.1.5", thisNode), ready("10.244.2.5", "node-b"))}
+	}
+	runPlanCases(t, []planCase{{
+		name:   "NodePort on every node-port address of the family",
+		svc:    makeService("ns", "web", nodePort(30080)),
+		slices: two,
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.1.5:8080 w1, 10.244.2.5:8080 w1]
+		  TCP 192.168.0.10:30080 rr -> [10.244.1.5:8080 w1, 10.244.2.5:8080 w1]
+		  addr 10.96.0.10
+		  hairpin 10.244.1.5 . tcp . 8080 . 10.244.1.5
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		  node-ports tcp . 30080
+		`,
+	}, {
+		name:   "LoadBalancer with externalIPs and source ranges; node allowed",
+		svc:    makeService("ns", "web", loadBalancer(30080, "192.0.2.10"), externalIPs("198.51.100.7"), sourceRanges("203.0.113.0/24", "192.168.0.0/16")),
+		slices: two,
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.1.5:8080 w1, 10.244.2.5:8080 w1]
+		  TCP 198.51.100.7:80 rr -> [10.244.1.5:8080 w1, 10.244.2.5:8080 w1]
+		  TCP 192.0.2.10:80 rr -> [10.244.1.5:8080 w1, 10.244.2.5:8080 w1]
+		  TCP 192.168.0.10:30080 rr -> [10.244.1.5:8080 w1, 10.244.2.5:8080 w1]
+		  addr 10.96.0.10
+		  addr 192.0.2.10
+		  addr 198.51.100.7
+		  hairpin 10.244.1.5 . tcp . 8080 . 10.244.1.5
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		  external-ips 198.51.100.7 . tcp . 80
+		  ipvs-addresses 198.51.100.7
+		  load-balancer-ips 192.0.2.10 . tcp . 80
+		  ipvs-addresses 192.0.2.10
+		  load-balancer-firewall 192.0.2.10 . tcp . 80
+		  load-balancer-source-ranges 192.0.2.10 . tcp . 80 . 203.0.113.0/24
+		  load-balancer-source-ranges 192.0.2.10 . tcp . 80 . 192.168.0.0/16
+		  load-balancer-source-ranges 192.0.2.10 . tcp . 80 . 192.0.2.10/32
+		  node-ports tcp . 30080
+		`,
+	}, {
+		name: "LoadBalancer ipMode Proxy is not bound",
+		svc: makeService("ns", "web", loadBalancer(0, "192.0.2.10"), func(s *v1.Service) {
+			m := v1.LoadBalancerIPModeProxy
+			s.Status.LoadBalancer.Ingress[0].IPMode = &m
+		}),
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> []
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
+		name:   "externalTrafficPolicy Local: local endpoints outside, all endpoints inside via fwmark",
+		svc:    makeService("ns", "web", loadBalancer(30080, "192.0.2.10"), etpLocal(32100)),
+		slices: two,
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.1.5:8080 w1, 10.244.2.5:8080 w1]
+		  TCP 192.0.2.10:80 rr -> [10.244.1.5:8080 w1]
+		  TCP 192.168.0.10:30080 rr -> [10.244.1.5:8080 w1]
+		  FWM 0x75805000 v4 rr -> [10.244.1.5:8080 w1, 10.244.2.5:8080 w1]
+		  addr 10.96.0.10
+		  addr 192.0.2.10
+		  hairpin 10.244.1.5 . tcp . 8080 . 10.244.1.5
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		  load-balancer-ips-local 192.0.2.10 . tcp . 80
+		  ipvs-addresses 192.0.2.10
+		  local-policy-fwmarks 192.0.2.10 . tcp . 80 : 0x75805000
+		  node-ports-local tcp . 30080
+		  node-port-fwmarks tcp . 30080 : 0x75805000
+		  health-check-node-ports 32100
+		  healthcheck 32100 local=1
+		`,
+	}, {
+		name: "externalTrafficPolicy Local without local endpoints: nothing for external clients",
+		svc:  makeService("ns", "web", nodePort(30080), etpLocal(0)),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{httpSlice(s, ready("10.244.2.5", "node-b"))}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.2.5:8080 w1]
+		  TCP 192.168.0.10:30080 rr -> []
+		  FWM 0x75805000 v4 rr -> [10.244.2.5:8080 w1]
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		  node-ports-local tcp . 30080
+		  node-port-fwmarks tcp . 30080 : 0x75805000
+		  no-local external=true internal=false
+		`,
+	}})
+}
+
+func TestPlanIgnoredAndBadServices(t *testing.T) {
+	runPlanCases(t, []planCase{
+		{name: "headless", svc: makeService("ns", "h", clusterIPs("None"))},
+		{name: "ExternalName", svc: makeService("ns", "x", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeExternalName })},
+		{name: "another proxy's Service", svc: makeService("ns", "o", func(s *v1.Service) {
+			s.Labels = map[string]string{"service.kubernetes.io/service-proxy-name": "other"}
+		})},
+		{
+			name: "a bad IP and a bad port are reported, the rest is planned",
+			svc: makeService("ns", "web", externalIPs("not-an-ip", "198.51.100.7"), ports(
+				v1.ServicePort{Name: "http", Port: 80},
+				v1.ServicePort{Name: "icmp", Port: 1, Protocol: "ICMP"},
+				v1.ServicePort{Name: "huge", Port: 70000})),
+			err: `externalIPs: invalid IP "not-an-ip"`,
+			want: `
+			ns/web:http
+			  TCP 10.96.0.10:80 rr -> []
+			  TCP 198.51.100.7:80 rr -> []
+			  addr 10.96.0.10
+			  addr 198.51.100.7
+			  cluster-ips 10.96.0.10 . tcp . 80
+			  ipvs-addresses 10.96.0.10
+			  external-ips 198.51.100.7 . tcp . 80
+			  ipvs-addresses 198.51.100.7
+			`,
+		},
+	})
+}
+
+// FuzzPlanService feeds arbitrary Services and EndpointSlices (as JSON)
+// to the planner: it must never panic, and whatever it plans must be
+// programmable (valid nft elements, valid virtual server keys).
+func FuzzPlanService(f *testing.F) {
+	svc := makeService("ns", "web", loadBalancer(30080, "192.0.2.10"), etpLocal(32100), sourceRanges("10.0.0.0/8"))
+	seed, _ := json.Marshal(struct {
+		Service *v1.Service
+		Slices  []*discovery.EndpointSlice
+	}{svc, []*discovery.EndpointSlice{httpSlice(svc, ready("10.244.1.5", thisNode), servingTerminating("10.244.2.5", "n"))}})
+	f.Add(seed)
+	f.Add([]byte(`{"Service":{"spec":{"clusterIP":"::ffff:1.2.3.4","clusterIPs":["1.2.3.4","zz"],"ports":[{"port":0},{"port":1,"nodePort":-1}],"externalIPs":["0.0.0.0"]}}}`))
+	f.Add([]byte(`{"Service":{"spec":{"clusterIP":"fe80::1%eth0","ports":[{"port":5}],"loadBalancerSourceRanges":["1.2.3.4/40","::/0"]}},"Slices":[{"addressType":"IPv4","ports":[{"port":99999}],"endpoints":[{"addresses":[]}]}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var in struct {
+			Service *v1.Service
+			Slices  []*discovery.EndpointSlice
+		}
+		if json.Unmarshal(data, &in) != nil || in.Service == nil {
+			return
+		}
+		plans, _ := PlanService(in.Service, in.Slices, testConfig())
+		for _, p := range plans {
+			for _, e := range p.Elements {
+				if err := e.Validate(); err != nil {
+					t.Fatalf("invalid element planned: %v", err)
+				}
+			}
+			for _, s := range p.Services {
+				if s.FWMark == 0 && (!s.Address.IsValid() || s.Port == 0) {
+					t.Fatalf("invalid virtual server planned: %+v", s.VSKey)
+				}
+				for _, r := range s.RealServers {
+					if !r.Address.IsValid() || r.Port == 0 || r.Address.Is4() != (s.FWMark == 0 && s.Address.Is4() || s.FWMark != 0 && !s.IPv6) {
+						t.Fatalf("invalid real server %+v in %+v", r, s.VSKey)
+					}
+				}
+			}
+		}
+	})
+}

@@ -1,0 +1,320 @@
+package proxier
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/nftvs/nftvs/ipvs"
+	"github.com/nftvs/nftvs/nft"
+)
+
+// fakeNode is a proxier over in-memory kernels, with a settable clock.
+type fakeNode struct {
+	p     *Proxier
+	ipvs  *ipvs.Counting
+	kern  *ipvs.Fake
+	addrs *ipvs.FakeAddresses
+	nft   *nft.Fake
+	table *nft.Table
+	now   time.Time
+}
+
+func newFakeNode(t testing.TB) *fakeNode {
+	t.Helper()
+	table, nf, err := nft.NewFake(nft.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kern := ipvs.NewFake()
+	counting := ipvs.NewCounting(kern)
+	f := &fakeNode{ipvs: counting, kern: kern, addrs: ipvs.NewFakeAddresses(), nft: nf, table: table,
+		now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	cfg := Config{PlanConfig: *testConfig(), DrainTimeout: time.Minute, Now: func() time.Time { return f.now }}
+	f.p = New(cfg, Kernel{IPVS: ipvs.NewReconciler(counting, nil), Addresses: f.addrs, NFT: table})
+	f.p.SetSynced(true, true)
+	return f
+}
+
+func (f *fakeNode) addService(svc *v1.Service, slices ...*discovery.EndpointSlice) {
+	f.p.OnServiceUpdate(types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}, svc)
+	for _, s := range slices {
+		f.p.OnEndpointSliceUpdate(s.Namespace, s.Name, s, svc.Name)
+	}
+}
+
+func (f *fakeNode) sync(t testing.TB, full bool) SyncResult {
+	t.Helper()
+	res, err := f.p.Sync(full)
+	if err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	return res
+}
+
+func (f *fakeNode) ipvsText() string { return ipvs.Format(f.kern.Services()) }
+
+func (f *fakeNode) addresses(t testing.TB) []netip.Addr {
+	t.Helper()
+	as, err := f.addrs.ListAddresses(ipvs.DummyName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return as
+}
+
+func TestProxierProgramsAllThreeKernels(t *testing.T) {
+	f := newFakeNode(t)
+	svc := makeService("ns", "web", nodePort(30080))
+	f.addService(svc, httpSlice(svc, ready("10.244.1.5", thisNode), ready("10.244.2.5", "node-b")))
+	f.sync(t, false)
+	got := f.ipvsText()
+	for _, want := range []string{"TCP  10.96.0.10:80 rr", "TCP  192.168.0.10:30080 rr", "10.244.1.5:8080", "10.244.2.5:8080"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("IPVS lacks %q:\n%s", want, got)
+		}
+	}
+	if as := f.addresses(t); len(as) != 1 || as[0] != netip.MustParseAddr("10.96.0.10") {
+		t.Errorf("kube-ipvs0 holds %v, want the ClusterIP only", as)
+	}
+	dump := f.nft.Dump()
+	for _, want := range []string{`10.96.0.10 . tcp . 80 comment "ns/web:http"`, `tcp . 30080 comment "ns/web:http"`,
+		`10.244.1.5 . tcp . 8080 . 10.244.1.5 comment "ns/web:http"`} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("nft table lacks %q", want)
+		}
+	}
+
+	// Deleting the Service removes everything it had.
+	f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: "web"}, nil)
+	f.sync(t, false)
+	if s := f.kern.Services(); len(s) != 0 {
+		t.Errorf("virtual servers left: %v", s)
+	}
+	if as := f.addresses(t); len(as) != 0 {
+		t.Errorf("addresses left: %v", as)
+	}
+	if es := f.nft.Elements(); len(es) != 0 {
+		t.Errorf("elements left: %v", es)
+	}
+}
+
+func TestProxierWaitsForCachesAndSyncsOnlyWhatChanged(t *testing.T) {
+	f := newFakeNode(t)
+	for i := range 100 {
+		svc := makeService("ns", fmt.Sprintf("svc-%d", i), clusterIPs(fmt.Sprintf("10.96.1.%d", i)))
+		f.addService(svc, namedSlice(fmt.Sprintf("svc-%d", i), httpSlice(svc, ready(fmt.Sprintf("10.244.2.%d", i), "node-b"))))
+	}
+	if res := f.sync(t, false); res.ServicesSeen != 100 {
+		t.Fatalf("first sync planned %d Services", res.ServicesSeen)
+	}
+	f.ipvs.Reset()
+	nftWrites := f.nft.Writes
+	// One endpoint of one Service changes.
+	svc := makeService("ns", "svc-7", clusterIPs("10.96.1.7"))
+	f.p.OnEndpointSliceUpdate("ns", "svc-7", httpSlice(svc, ready("10.244.3.7", "node-b")), "svc-7")
+	res := f.sync(t, false)
+	if res.ServicesSeen != 1 {
+		t.Fatalf("one endpoint change replanned %d Services", res.ServicesSeen)
+	}
+	if w := f.ipvs.Writes(); w.Total() != 2 || w.AddRealServer != 1 || w.DeleteRealServer != 1 || f.ipvs.Reads() != 0 {
+		t.Fatalf("IPVS writes %+v, reads %d: want one real server replaced and no dump", w, f.ipvs.Reads())
+	}
+	if len(res.Removed) != 1 || res.Removed[0].RealServer.Address != netip.MustParseAddr("10.244.2.7") {
+		t.Fatalf("removed real servers %v, want 10.244.2.7", res.Removed)
+	}
+	if f.nft.Writes-nftWrites != 0 {
+		t.Fatalf("%d nft writes for an endpoint change of a remote endpoint", f.nft.Writes-nftWrites)
+	}
+	// Nothing changed: nothing sent.
+	f.ipvs.Reset()
+	f.sync(t, false)
+	if w := f.ipvs.Writes(); w.Total() != 0 {
+		t.Fatalf("idle sync wrote %+v", w)
+	}
+}
+
+func TestProxierProgramsNothingBeforeCachesSync(t *testing.T) {
+	f := newFakeNode(t)
+	f.p = New(f.p.cfg, f.p.k) // a fresh proxier, caches not synced
+	svc := makeService("ns", "web")
+	f.addService(svc)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	f.p.Run(ctx, func(SyncResult, error) { t.Error("synced before the caches") })
+	if len(f.kern.Services()) != 0 {
+		t.Fatal("programmed before caches synced")
+	}
+}
+
+func TestProxierBoundsDrains(t *testing.T) {
+	f := newFakeNode(t)
+	svc := makeService("ns", "web")
+	f.addService(svc, namedSlice("web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), ready("10.244.2.2", "node-b"))))
+	f.sync(t, false)
+	// 10.244.2.2 starts terminating but still serves: weight 0.
+	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), servingTerminating("10.244.2.2", "node-b")), "web")
+	f.sync(t, false)
+	if !strings.Contains(f.ipvsText(), w0("10.244.2.2:8080")) {
+		t.Fatalf("terminating endpoint not drained at weight 0:\n%s", f.ipvsText())
+	}
+	if d := f.p.nextDrainDeadline(); !d.Equal(f.now.Add(time.Minute)) {
+		t.Fatalf("drain deadline %v, want %v", d, f.now.Add(time.Minute))
+	}
+	f.now = f.now.Add(30 * time.Second)
+	f.sync(t, false)
+	if !strings.Contains(f.ipvsText(), w0("10.244.2.2:8080")) {
+		t.Fatal("drain cut short")
+	}
+	f.now = f.now.Add(31 * time.Second)
+	res := f.sync(t, false)
+	if strings.Contains(f.ipvsText(), "10.244.2.2") || len(res.Removed) != 1 {
+		t.Fatalf("drain not bounded (removed %v):\n%s", res.Removed, f.ipvsText())
+	}
+	// Back in service: weight 1 again, and a later drain starts afresh.
+	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), ready("10.244.2.2", "node-b")), "web")
+	f.sync(t, false)
+	if !strings.Contains(f.ipvsText(), w1("10.244.2.2:8080")) {
+		t.Fatalf("endpoint back in service not restored:\n%s", f.ipvsText())
+	}
+}
+
+func TestProxierKeepsGoodServicesBesideBadOnes(t *testing.T) {
+	f := newFakeNode(t)
+	good := makeService("ns", "good")
+	bad := makeService("ns", "bad", clusterIPs("10.96.0.11"), externalIPs("256.1.1.1"), ports(
+		v1.ServicePort{Name: "http", Port: 80}, v1.ServicePort{Name: "x", Port: 1, Protocol: "ICMP"}))
+	f.addService(good, httpSlice(good, ready("10.244.2.1", "node-b")))
+	f.addService(bad)
+	f.sync(t, false)
+	got := f.ipvsText()
+	if !strings.Contains(got, "10.96.0.10:80") || !strings.Contains(got, "10.96.0.11:80") {
+		t.Fatalf("good parts not programmed:\n%s", got)
+	}
+}
+
+func TestProxierFullSyncRepairsDrift(t *testing.T) {
+	f := newFakeNode(t)
+	svc := makeService("ns", "web")
+	f.addService(svc, httpSlice(svc, ready("10.244.2.1", "node-b")))
+	f.sync(t, false)
+	// Someone deletes the virtual server and adds a stranger.
+	_ = f.kern.DeleteVirtualServer(ipvs.VSKey{Address: netip.MustParseAddr("10.96.0.10"), Protocol: ipvs.TCP, Port: 80})
+	_ = f.kern.AddVirtualServer(ipvs.VirtualServer{VSKey: ipvs.VSKey{Address: netip.MustParseAddr("10.99.0.1"), Protocol: ipvs.TCP, Port: 1}, Scheduler: "rr"})
+	f.sync(t, true)
+	got := f.ipvsText()
+	if !strings.Contains(got, "10.96.0.10:80") || strings.Contains(got, "10.99.0.1") {
+		t.Fatalf("drift not repaired:\n%s", got)
+	}
+}
+
+// TestProxierWatchesTheAPI drives the proxier through real informers over
+// a fake clientset, with kube-proxy's ignore rules.
+func TestProxierWatchesTheAPI(t *testing.T) {
+	f := newFakeNode(t)
+	f.p = New(f.p.cfg, f.p.k)
+	web := makeService("ns", "web")
+	other := makeService("ns", "other", clusterIPs("10.96.0.99"), func(s *v1.Service) {
+		s.Labels = map[string]string{labelServiceProxyName: "someone-else"}
+	})
+	slice := httpSlice(web, ready("10.244.2.1", "node-b"))
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: thisNode, Labels: map[string]string{v1.LabelTopologyZone: "zone-a"}}}
+	client := fake.NewClientset(web, other, slice, node)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := f.p.Watch(ctx, client, thisNode, 0); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { f.p.Run(ctx, nil); close(done) }()
+	waitFor(t, func() bool { return strings.Contains(f.ipvsText(), "10.244.2.1:8080") })
+	if strings.Contains(f.ipvsText(), "10.96.0.99") {
+		t.Fatal("a Service of another proxy was programmed")
+	}
+	// An endpoint added through the API shows up.
+	slice2 := slice.DeepCopy()
+	slice2.Endpoints = append(slice2.Endpoints, discovery.Endpoint{Addresses: []string{"10.244.2.2"}})
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, slice2, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return strings.Contains(f.ipvsText(), "10.244.2.2:8080") })
+	if err := client.CoreV1().Services("ns").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return !strings.Contains(f.ipvsText(), "10.96.0.10") })
+	cancel()
+	<-done
+}
+
+func namedSlice(name string, s *discovery.EndpointSlice) *discovery.EndpointSlice {
+	s.Name = name
+	return s
+}
+
+// w0 and w1 match a real server line of ipvs.Format with its weight.
+func w0(rs string) string { return fmt.Sprintf("-> %-28s Masq 0", rs) }
+func w1(rs string) string { return fmt.Sprintf("-> %-28s Masq 1", rs) }
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// BenchmarkProxierSync measures plan+apply over fakes at 10k Services × 10
+// endpoints: the first sync, and one endpoint change after it.
+func BenchmarkProxierSync(b *testing.B) {
+	const services, endpoints = 10000, 10
+	build := func() *fakeNode {
+		f := newFakeNode(b)
+		for i := range services {
+			svc := makeService("ns", fmt.Sprintf("svc-%d", i), clusterIPs(fmt.Sprintf("10.%d.%d.%d", 96+i>>16, (i>>8)&0xff, i&0xff)))
+			var eps []ep
+			for j := range endpoints {
+				eps = append(eps, ready(fmt.Sprintf("10.%d.%d.%d", 128+j, (i>>8)&0xff, i&0xff), "node-b"))
+			}
+			f.addService(svc, namedSlice(svc.Name, httpSlice(svc, eps...)))
+		}
+		return f
+	}
+	b.Run("first", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			b.StopTimer()
+			f := build()
+			b.StartTimer()
+			f.sync(b, false)
+		}
+	})
+	b.Run("one-endpoint-change", func(b *testing.B) {
+		f := build()
+		f.sync(b, false)
+		svc := makeService("ns", "svc-7", clusterIPs("10.96.0.7"))
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := range b.N {
+			eps := []ep{ready(fmt.Sprintf("10.200.%d.%d", i>>8&0xff, i&0xff), "node-b")}
+			for j := 1; j < endpoints; j++ {
+				eps = append(eps, ready(fmt.Sprintf("10.%d.0.7", 128+j), "node-b"))
+			}
+			f.p.OnEndpointSliceUpdate("ns", "svc-7", httpSlice(svc, eps...), "svc-7")
+			if res := f.sync(b, false); res.ServicesSeen != 1 {
+				b.Fatalf("replanned %d", res.ServicesSeen)
+			}
+		}
+	})
+}

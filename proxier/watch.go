@@ -1,0 +1,128 @@
+package proxier
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+)
+
+// Labels kube-proxy honours when watching.
+const (
+	labelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	labelHeadless         = "service.kubernetes.io/headless"
+)
+
+// Watch starts informers for Services, EndpointSlices and this Node, feeds
+// the proxier, and returns once the caches have synced (or ctx ends).
+// Like kube-proxy, it ignores objects labelled with another proxy's name
+// and EndpointSlices of headless Services.
+func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, nodeName string, resync time.Duration) error {
+	noProxyName, err := labels.NewRequirement(labelServiceProxyName, selection.DoesNotExist, nil)
+	if err != nil {
+		return err
+	}
+	noHeadless, err := labels.NewRequirement(labelHeadless, selection.DoesNotExist, nil)
+	if err != nil {
+		return err
+	}
+	sel := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
+	factory := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel }))
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", nodeName).String()
+		}))
+
+	svcInformer := factory.Core().V1().Services().Informer()
+	sliceInformer := factory.Discovery().V1().EndpointSlices().Informer()
+	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
+
+	onService := func(obj any, deleted bool) {
+		svc, ok := unwrap[*v1.Service](obj)
+		if !ok {
+			return
+		}
+		name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+		if deleted {
+			svc = nil
+		}
+		p.OnServiceUpdate(name, svc)
+	}
+	onSlice := func(obj any, deleted bool) {
+		s, ok := unwrap[*discovery.EndpointSlice](obj)
+		if !ok {
+			return
+		}
+		owner := s.Labels[discovery.LabelServiceName]
+		if deleted {
+			s = nil
+		}
+		p.OnEndpointSliceUpdate(sliceNamespace(obj), sliceName(obj), s, owner)
+	}
+	onNode := func(obj any, deleted bool) {
+		n, ok := unwrap[*v1.Node](obj)
+		if !ok || deleted {
+			return
+		}
+		var ips []netip.Addr
+		for _, a := range n.Status.Addresses {
+			if a.Type != v1.NodeInternalIP && a.Type != v1.NodeExternalIP {
+				continue
+			}
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				ips = append(ips, ip.Unmap())
+			}
+		}
+		p.OnNodeUpdate(n.Labels[v1.LabelTopologyZone], ips)
+	}
+	for inf, fn := range map[cache.SharedIndexInformer]func(any, bool){svcInformer: onService, sliceInformer: onSlice, nodeInformer: onNode} {
+		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(o any) { fn(o, false) },
+			UpdateFunc: func(_, o any) { fn(o, false) },
+			DeleteFunc: func(o any) { fn(o, true) },
+		}); err != nil {
+			return fmt.Errorf("add event handler: %w", err)
+		}
+	}
+	factory.Start(ctx.Done())
+	nodeFactory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), svcInformer.HasSynced, sliceInformer.HasSynced, nodeInformer.HasSynced) {
+		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
+	}
+	klog.InfoS("Informer caches synced", "services", len(svcInformer.GetStore().ListKeys()),
+		"endpointSlices", len(sliceInformer.GetStore().ListKeys()))
+	p.SetSynced(true, true)
+	return nil
+}
+
+// unwrap handles the tombstones informers hand to delete handlers.
+func unwrap[T any](obj any) (T, bool) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	v, ok := obj.(T)
+	return v, ok
+}
+
+func sliceName(obj any) string {
+	s, _ := unwrap[*discovery.EndpointSlice](obj)
+	return s.Name
+}
+
+func sliceNamespace(obj any) string {
+	s, _ := unwrap[*discovery.EndpointSlice](obj)
+	return s.Namespace
+}
