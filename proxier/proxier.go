@@ -552,3 +552,55 @@ func portsByName(plans []PortPlan) map[ServicePortName]PortPlan {
 	}
 	return m
 }
+
+// ServiceHealth is what a Service port's health check node port answers
+// (externalTrafficPolicy Local LoadBalancers).
+type ServiceHealth struct {
+	Name           ServicePortName
+	NodePort       int
+	LocalEndpoints int
+}
+
+// HealthChecks lists the health check node ports of the Services as last
+// applied.
+func (p *Proxier) HealthChecks() []ServiceHealth {
+	p.syncMu.Lock()
+	defer p.syncMu.Unlock()
+	var out []ServiceHealth
+	for _, plans := range p.applied {
+		for _, pl := range plans {
+			if pl.HealthCheckNodePort > 0 {
+				out = append(out, ServiceHealth{Name: pl.Name, NodePort: pl.HealthCheckNodePort, LocalEndpoints: pl.LocalEndpoints})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b ServiceHealth) int { return a.NodePort - b.NodePort })
+	return out
+}
+
+// NoLocalEndpoints counts Service ports with a Local traffic policy and no
+// local endpoint, per traffic kind ("internal", "external"), as kube-proxy's
+// sync_proxy_rules_no_local_endpoints_total gauge reports them.
+func (p *Proxier) NoLocalEndpoints() (internal, external int) {
+	p.syncMu.Lock()
+	defer p.syncMu.Unlock()
+	for _, plans := range p.applied {
+		for _, pl := range plans {
+			if pl.InternalNoLocal {
+				internal++
+			}
+			if pl.ExternalNoLocal {
+				external++
+			}
+		}
+	}
+	return internal, external
+}
+
+// Pending counts Services changed but not yet synced (for the
+// sync_proxy_rules_*_changes_pending gauges).
+func (p *Proxier) Pending() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.dirty)
+}
