@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
+	"github.com/nftvs/nftvs/conntrack"
 	"github.com/nftvs/nftvs/ipvs"
 	"github.com/nftvs/nftvs/nft"
 )
@@ -44,11 +45,14 @@ const (
 	DefaultDrainTimeout  = 30 * time.Second
 )
 
-// Kernel is what the proxier programs: the three kernel adapters.
+// Kernel is what the proxier programs: the kernel adapters.
 type Kernel struct {
 	IPVS      *ipvs.Reconciler
 	Addresses ipvs.Addresses
 	NFT       nft.Interface
+	// Conntrack, when set, deletes the conntrack entries of flows to
+	// removed real servers after each sync (nil: the cleaner is off).
+	Conntrack conntrack.Interface
 }
 
 // SyncResult says what one sync did, for metrics and logs.
@@ -59,7 +63,11 @@ type SyncResult struct {
 	NFT           []nft.SyncResult
 	AddressesSync bool
 	Removed       []ipvs.RemovedRealServer
-	Duration      time.Duration
+	// Stale is what the conntrack cleaner was asked to delete, and
+	// Conntrack what it did.
+	Stale     []conntrack.Stale
+	Conntrack conntrack.Result
+	Duration  time.Duration
 }
 
 // Proxier watches Services and EndpointSlices and keeps IPVS, kube-ipvs0
@@ -453,6 +461,10 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	}
 
 	// 5. nft: owners keep only their new elements; gone ports lose theirs.
+	oldPlans := make(map[types.NamespacedName][]PortPlan, len(planned))
+	for n := range planned {
+		oldPlans[n] = p.applied[n]
+	}
 	for n, plans := range planned {
 		now := portsByName(plans)
 		for _, pl := range plans {
@@ -475,6 +487,22 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 		errs = append(errs, fmt.Errorf("nftables: %w", err))
 	}
 
+	// 6. Flows to real servers that are gone: IPVS flushed its own
+	// connections when the real server was deleted (kernel 5.9+ with
+	// expire_nodest_conn), the cleaner removes the conntrack entries that
+	// would otherwise make a reused 5-tuple hit a dead pod
+	// (kubernetes#81775).
+	res.Stale = staleFlows(res.Removed, oldPlans, planned)
+	if p.k.Conntrack != nil && len(res.Stale) > 0 {
+		r, err := p.k.Conntrack.Clean(res.Stale)
+		res.Conntrack = r
+		if err != nil {
+			// Not worth failing the sync for: the entries expire by
+			// themselves; log and go on.
+			klog.ErrorS(err, "Cleaning conntrack entries of removed endpoints")
+		}
+	}
+
 	if len(errs) > 0 {
 		p.requeue(work)
 	} else {
@@ -482,6 +510,88 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	}
 	res.Duration = p.cfg.Now().Sub(start)
 	return res, errors.Join(errs...)
+}
+
+// staleFlows turns removed real servers into conntrack deletions: entries
+// whose original destination is a frontend of the virtual server (for a
+// fwmark virtual server, every frontend of its Service port) and whose
+// reply comes from the removed real server. UDP ports that had no
+// endpoint and now have one also get their entries to the frontends
+// flushed whatever the reply source, as kube-proxy does: datagrams sent
+// while there was no endpoint left entries that would blackhole the flow.
+func staleFlows(removed []ipvs.RemovedRealServer, old map[types.NamespacedName][]PortPlan, planned map[types.NamespacedName][]PortPlan) []conntrack.Stale {
+	type target struct {
+		proto     v1.Protocol
+		frontends []netip.AddrPort
+	}
+	targets := map[ipvs.VSKey]target{}
+	add := func(plans map[types.NamespacedName][]PortPlan) {
+		for _, ps := range plans {
+			for _, pl := range ps {
+				for _, s := range pl.Services {
+					k := s.Key()
+					if _, done := targets[k]; done {
+						continue
+					}
+					t := target{proto: pl.Name.Protocol}
+					for _, o := range pl.Services {
+						ok := o.Key()
+						// A fwmark virtual server is reached through every
+						// frontend of its port and family.
+						if ok.FWMark == 0 && (ok == k || k.FWMark != 0 && ok.Address.Is6() == k.IPv6) {
+							t.frontends = append(t.frontends, netip.AddrPortFrom(ok.Address, ok.Port))
+						}
+					}
+					targets[k] = t
+				}
+			}
+		}
+	}
+	add(old)
+	add(planned)
+	var out []conntrack.Stale
+	for _, r := range removed {
+		t, ok := targets[r.VirtualServer.Key()]
+		if !ok || len(t.frontends) == 0 {
+			continue
+		}
+		out = append(out, conntrack.Stale{Protocol: conntrack.Protocol(t.proto),
+			Frontends: t.frontends, Endpoint: r.RealServer.AddrPort()})
+	}
+	for n, plans := range planned {
+		before := portsByName(old[n])
+		for _, pl := range plans {
+			if pl.Name.Protocol != v1.ProtocolUDP {
+				continue
+			}
+			for _, s := range pl.Services {
+				if s.FWMark != 0 || !servesAny(s) || servesAny(findService(before[pl.Name], s.Key())) {
+					continue
+				}
+				out = append(out, conntrack.Stale{Protocol: conntrack.ProtocolUDP,
+					Frontends: []netip.AddrPort{netip.AddrPortFrom(s.Address, s.Port)}})
+			}
+		}
+	}
+	return out
+}
+
+func servesAny(s ipvs.Service) bool {
+	for _, r := range s.RealServers {
+		if r.Weight > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func findService(pl PortPlan, k ipvs.VSKey) ipvs.Service {
+	for _, s := range pl.Services {
+		if s.Key() == k {
+			return s
+		}
+	}
+	return ipvs.Service{}
 }
 
 func (p *Proxier) requeue(work map[types.NamespacedName]bool) {
