@@ -3,8 +3,9 @@ SHELL := /bin/bash
 GO ?= go
 export PATH := /usr/local/go/bin:$(PATH)
 
-# Packages whose tests need a real IPVS kernel: run inside the VM.
-VM_PKGS := ./e2e/vm/ ./ipvs/
+# Packages whose tests need a real IPVS kernel (a _test.go file behind the
+# vmtest build tag): they run as root inside the VM, one VM per package.
+VM_PKGS ?= $(sort $(dir $(shell grep -rl --include='*_test.go' -e '^//go:build.*vmtest' .)))
 VMEXEC := $(CURDIR)/e2e/vm/vmexec
 # Debian release of the VM kernel: bookworm (6.1), bullseye (5.10), trixie (6.12).
 NFTVS_KERNEL ?= bookworm
@@ -33,7 +34,8 @@ test-unit: deps
 
 # Tests that need IPVS, in a VM with Debian's kernel (e2e/vm/README.md).
 test-vm: deps
-	$(GO) test -count=1 -tags vmtest -exec $(VMEXEC) $(VM_PKGS)
+	e2e/vm/build-initramfs.sh $(NFTVS_KERNEL) >/dev/null
+	$(GO) test -count=1 -p 1 -tags vmtest -exec $(VMEXEC) $(VM_PKGS)
 
 test: lint test-unit test-vm
 
@@ -41,7 +43,8 @@ test: lint test-unit test-vm
 test-kernels: deps
 	@set -e; for k in bullseye bookworm trixie; do \
 	  echo "=== kernel $$k"; \
-	  NFTVS_KERNEL=$$k $(GO) test -count=1 -tags vmtest -exec $(VMEXEC) $(VM_PKGS); \
+	  e2e/vm/build-initramfs.sh $$k >/dev/null; \
+	  NFTVS_KERNEL=$$k $(GO) test -count=1 -p 1 -tags vmtest -exec $(VMEXEC) $(VM_PKGS); \
 	done
 
 # Go benchmarks: nftables on the host kernel, IPVS in the VM.
