@@ -12,7 +12,7 @@
 //     (net/ipv4/vs/*, forwarding, strict ARP).
 //
 // What it must never touch: virtual servers inside the exclude CIDRs
-// (they are not even read), any link but the dummy it is given (an address
+// (listed in a dump, but their real servers are not even read), any link but the dummy it is given (an address
 // another interface holds is reported, not bound again; a non-dummy link
 // of the dummy's name is an error, not deleted), addresses, routes and
 // the IPVS connection table (there is no netlink call to delete one IPVS
@@ -28,12 +28,20 @@
 //   - Addresses: the dummy link (NetlinkAddresses, FakeAddresses);
 //   - Sysctl, EnsureSysctls and ProbeScheduler for start-up.
 //
-// Kernel behaviour designed around: the kernel reports FlagHashed on every
-// virtual server (masked when comparing); a missing virtual server is
-// ESRCH, a missing real server ENOENT, an existing one EEXIST; a real
-// server's address family defaults to its virtual server's (moby/ipvs
-// never sends it, and nftvs never mixes families); an IPv6 virtual server
-// needs a persistence netmask of 128 (a prefix length), an IPv4 one
-// 255.255.255.255; dumping the real servers of a missing virtual server
-// returns none, without error.
+// Kernel behaviour designed around (each checked by a vmtest):
+//   - the kernel reports FlagHashed on every virtual server: masked when
+//     comparing;
+//   - a missing virtual server is ESRCH, a missing real server ENOENT, an
+//     existing one EEXIST; dumping the real servers of a missing virtual
+//     server returns none, without error;
+//   - moby/ipvs never sends a real server's address family, so the kernel
+//     takes the virtual server's: IPv6 real servers just work, but one of
+//     the other family is stored mangled (2001:db8::1 on an IPv4 virtual
+//     server becomes 32.1.13.184), so the Reconciler refuses mixed
+//     families;
+//   - an IPv6 virtual server's persistence netmask is a prefix length
+//     (128; 0 is refused), an IPv4 one a mask (255.255.255.255);
+//   - a /32 or /128 on a down dummy is a local address, IPv6 too; setting
+//     a link down drops its IPv6 addresses (EnsureDummy does that to an up
+//     kube-ipvs0; the next SyncAddresses restores them).
 package ipvs

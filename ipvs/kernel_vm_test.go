@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	mobyipvs "github.com/moby/ipvs"
 )
 
 func TestKernelContract(t *testing.T) {
@@ -264,5 +266,25 @@ func TestKernelMixedFamilyQuirk(t *testing.T) {
 	_, err := r.Apply([]Service{svc(key(TCP, "203.0.113.11:80"), "rr", rs("[2001:db8::1]:8080", 1))}, nil)
 	if err == nil || !strings.Contains(err.Error(), "address family differs") {
 		t.Errorf("Reconciler took a mixed-family real server: %v", err)
+	}
+}
+
+// TestKernelIPv6NetmaskQuirk: the persistence netmask of an IPv6 virtual
+// server is a prefix length, and 0 (what a zero Netmask sends) is refused;
+// toService always sends 128.
+func TestKernelIPv6NetmaskQuirk(t *testing.T) {
+	_, ns := newKernel(t)
+	h, err := mobyipvs.New(nsPath(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	s := toService(VirtualServer{VSKey: key(TCP, "[2001:db8::10]:80"), Scheduler: "rr"})
+	if s.Netmask != 128 {
+		t.Errorf("toService sends netmask %d for IPv6, want 128", s.Netmask)
+	}
+	s.Netmask = 0
+	if err := h.NewService(s); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("IPv6 virtual server with netmask 0: err = %v, want EINVAL", err)
 	}
 }

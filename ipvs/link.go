@@ -427,8 +427,13 @@ func (f *FakeAddresses) SyncAddresses(name string, want []netip.Addr) (added, re
 }
 
 func (f *FakeAddresses) holder(a netip.Addr, except string) string {
-	for name, l := range f.links {
-		if name != except && l.addrs[a] {
+	names := make([]string, 0, len(f.links))
+	for name := range f.links {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if name != except && f.links[name].addrs[a] {
 			return name
 		}
 	}

@@ -85,7 +85,7 @@ func (r *Reconciler) Lookup(k VSKey) (Service, bool) {
 	if !ok {
 		return Service{}, false
 	}
-	return a.service(), true
+	return a.service(k.Key()), true
 }
 
 // Services returns everything the Reconciler believes is in the kernel,
@@ -94,15 +94,18 @@ func (r *Reconciler) Services() []Service {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]Service, 0, len(r.cache))
-	for _, a := range r.cache {
-		out = append(out, a.service())
+	for k, a := range r.cache {
+		out = append(out, a.service(k))
 	}
 	slices.SortFunc(out, func(a, b Service) int { return a.VSKey.Compare(b.VSKey) })
 	return out
 }
 
-func (a *applied) service() Service {
+// service is what the cache holds for k. An adopted virtual server whose
+// update failed has unknown scheduling: only its key is told.
+func (a *applied) service(k VSKey) Service {
 	s := Service{VirtualServer: a.vs}
+	s.VSKey = k
 	for _, rs := range a.rs {
 		s.RealServers = append(s.RealServers, rs)
 	}
@@ -123,9 +126,8 @@ func (r *Reconciler) Apply(upserts []Service, deletes []VSKey) (Result, error) {
 	defer r.mu.Unlock()
 	var res Result
 	ups, errs := sortedServices(upserts)
-	wanted := make(map[VSKey]bool, len(ups))
+	wanted := wantedKeys(upserts)
 	for _, s := range ups {
-		wanted[s.Key()] = true
 		errs = append(errs, r.sync(s, &res)...)
 	}
 	dels := make([]VSKey, 0, len(deletes))
@@ -154,10 +156,7 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 	defer r.mu.Unlock()
 	var res Result
 	ups, errs := sortedServices(all)
-	wanted := make(map[VSKey]bool, len(ups))
-	for _, s := range ups {
-		wanted[s.Key()] = true
-	}
+	wanted := wantedKeys(all)
 
 	kernel, err := r.h.GetVirtualServers()
 	if err != nil {
@@ -211,6 +210,16 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 	}
 	sortRemoved(res.Removed)
 	return res, errors.Join(errs...)
+}
+
+// wantedKeys are the keys of services, invalid ones included: a Service
+// refused for a bad real server must not have its virtual server deleted.
+func wantedKeys(services []Service) map[VSKey]bool {
+	m := make(map[VSKey]bool, len(services))
+	for _, s := range services {
+		m[s.Key()] = true
+	}
+	return m
 }
 
 // sortedServices validates, normalizes and sorts services, dropping (with

@@ -434,6 +434,26 @@ func TestReconcilerResync(t *testing.T) {
 	checkCacheTruthful(t, r, f)
 }
 
+func TestReconcilerInvalidServiceIsNotDeleted(t *testing.T) {
+	f := NewFake()
+	r := NewReconciler(f, nil)
+	good := svc(web, "rr", rs("10.0.1.1:8080", 1))
+	if _, err := r.Apply([]Service{good}, nil); err != nil {
+		t.Fatal(err)
+	}
+	bad := svc(web, "rr", rs("10.0.1.1:8080", -5))
+	f.ResetCounts()
+	if _, err := r.Apply([]Service{bad}, []VSKey{web}); err == nil {
+		t.Errorf("no error for a negative weight")
+	}
+	if _, err := r.Resync([]Service{bad}); err == nil {
+		t.Errorf("no error for a negative weight")
+	}
+	if f.Writes.Total() != 0 || f.String() != Format([]Service{good}) {
+		t.Errorf("an invalid Service changed the kernel (%+v):\n%s", f.Writes, f)
+	}
+}
+
 func TestReconcilerResyncDumpFails(t *testing.T) {
 	f := NewFake()
 	r := NewReconciler(f, nil)
