@@ -102,7 +102,7 @@ func terminatingGone(ip, node string) ep {
 	return ep{ip: ip, node: node, ready: &f, serving: &f, terminating: &t}
 }
 
-func (e ep) inZones(z ...string) ep { e.zones = z; return e }
+func (e ep) inZones(z ...string) ep  { e.zones = z; return e }
 func (e ep) forNodes(n ...string) ep { e.nodes = n; return e }
 
 var sliceSeq int

@@ -20,11 +20,11 @@ func flow(proto conntrack.Protocol, client, frontend, endpoint string) conntrack
 func TestRemovedEndpointFlowsAreCleaned(t *testing.T) {
 	f := newFakeNode(t)
 	ct := conntrack.NewFake(
-		flow(conntrack.ProtocolTCP, "10.0.0.1:40000", "10.96.0.10:80", "10.244.2.1:8080"),    // ClusterIP via gone endpoint
+		flow(conntrack.ProtocolTCP, "10.0.0.1:40000", "10.96.0.10:80", "10.244.2.1:8080"),      // ClusterIP via gone endpoint
 		flow(conntrack.ProtocolTCP, "10.0.0.1:40001", "192.168.0.10:30080", "10.244.2.1:8080"), // NodePort via gone endpoint
-		flow(conntrack.ProtocolTCP, "10.0.0.1:40002", "10.96.0.10:80", "10.244.2.2:8080"),    // other endpoint
-		flow(conntrack.ProtocolTCP, "10.0.0.1:40003", "10.244.2.1:8080", "10.244.2.1:8080"),  // direct to the pod
-		flow(conntrack.ProtocolTCP, "10.0.0.1:40004", "10.96.0.10:80", "10.244.2.3:8080"),    // draining endpoint
+		flow(conntrack.ProtocolTCP, "10.0.0.1:40002", "10.96.0.10:80", "10.244.2.2:8080"),      // other endpoint
+		flow(conntrack.ProtocolTCP, "10.0.0.1:40003", "10.244.2.1:8080", "10.244.2.1:8080"),    // direct to the pod
+		flow(conntrack.ProtocolTCP, "10.0.0.1:40004", "10.96.0.10:80", "10.244.2.3:8080"),      // draining endpoint
 	)
 	f.p.k.Conntrack = ct
 	svc := makeService("ns", "web", nodePort(30080))

@@ -31,6 +31,12 @@ type Config struct {
 	DrainTimeout time.Duration
 	// DummyName is the link holding Service addresses (kube-ipvs0).
 	DummyName string
+	// IPVSResyncPeriod is how often a full sync also dumps IPVS to repair
+	// drift. A dump costs one netlink round trip per virtual server (IPVS
+	// cannot list every real server at once), so at 10k Services it is
+	// kept off the SyncPeriod path; other full syncs diff against the
+	// cache. Default 5 minutes; the first sync always dumps.
+	IPVSResyncPeriod time.Duration
 	// NodePortAddresses, when set, is called on every full sync to
 	// refresh Node.NodePortAddresses (local addresses change).
 	NodePortAddresses func() ([]netip.Addr, error)
@@ -43,6 +49,8 @@ const (
 	DefaultMinSyncPeriod = time.Second
 	DefaultSyncPeriod    = 30 * time.Second
 	DefaultDrainTimeout  = 30 * time.Second
+	// DefaultIPVSResyncPeriod bounds how long IPVS drift can last.
+	DefaultIPVSResyncPeriod = 5 * time.Minute
 )
 
 // Kernel is what the proxier programs: the kernel adapters.
@@ -58,7 +66,8 @@ type Kernel struct {
 // SyncResult says what one sync did, for metrics and logs.
 type SyncResult struct {
 	Full          bool
-	ServicesSeen  int // Services recomputed
+	IPVSResync    bool // IPVS was dumped and repaired
+	ServicesSeen  int  // Services recomputed
 	IPVS          ipvs.Result
 	NFT           []nft.SyncResult
 	AddressesSync bool
@@ -92,6 +101,9 @@ type Proxier struct {
 	drains    map[drainKey]time.Time // first seen at weight 0
 	draining  map[types.NamespacedName]time.Time
 	needFull  bool
+	// lastIPVSResync is when IPVS was last dumped and repaired (zero:
+	// never, so the first sync adopts or removes what it finds).
+	lastIPVSResync time.Time
 }
 
 type drainKey struct {
@@ -112,6 +124,9 @@ func New(cfg Config, k Kernel) *Proxier {
 	}
 	if cfg.DummyName == "" {
 		cfg.DummyName = ipvs.DummyName
+	}
+	if cfg.IPVSResyncPeriod <= 0 {
+		cfg.IPVSResyncPeriod = DefaultIPVSResyncPeriod
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -384,7 +399,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 			}
 		}
 	}
-	if full {
+	if full && (p.lastIPVSResync.IsZero() || start.Sub(p.lastIPVSResync) >= p.cfg.IPVSResyncPeriod) {
 		var all []ipvs.Service
 		for n, plans := range p.applied {
 			if _, replanned := planned[n]; replanned {
@@ -397,9 +412,13 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 		all = append(all, upserts...)
 		r, err := p.k.IPVS.Resync(all)
 		res.IPVS = r
+		res.IPVSResync = true
 		res.Removed = append(res.Removed, r.Removed...)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("ipvs resync: %w", err))
+		} else {
+			p.lastIPVSResync = start
+			deletes = nil // Resync removed every virtual server not in all
 		}
 	} else {
 		r, err := p.k.IPVS.Apply(upserts, nil)
@@ -451,7 +470,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	}
 
 	// 4. Virtual servers no longer wanted (their addresses are gone).
-	if !full && len(deletes) > 0 {
+	if len(deletes) > 0 {
 		r, err := p.k.IPVS.Apply(nil, deletes)
 		res.IPVS.Writes = res.IPVS.Writes.Add(r.Writes)
 		res.Removed = append(res.Removed, r.Removed...)

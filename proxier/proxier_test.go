@@ -210,7 +210,16 @@ func TestProxierFullSyncRepairsDrift(t *testing.T) {
 	// Someone deletes the virtual server and adds a stranger.
 	_ = f.kern.DeleteVirtualServer(ipvs.VSKey{Address: netip.MustParseAddr("10.96.0.10"), Protocol: ipvs.TCP, Port: 80})
 	_ = f.kern.AddVirtualServer(ipvs.VirtualServer{VSKey: ipvs.VSKey{Address: netip.MustParseAddr("10.99.0.1"), Protocol: ipvs.TCP, Port: 1}, Scheduler: "rr"})
-	f.sync(t, true)
+	// A full sync within the IPVS resync period diffs against the cache
+	// only: no dump of every virtual server's real servers.
+	f.ipvs.Reset()
+	if res := f.sync(t, true); res.IPVSResync || f.ipvs.Reads() != 0 {
+		t.Fatalf("full sync dumped IPVS %d times before the resync period", f.ipvs.Reads())
+	}
+	f.now = f.now.Add(DefaultIPVSResyncPeriod)
+	if res := f.sync(t, true); !res.IPVSResync {
+		t.Fatal("no IPVS resync after the resync period")
+	}
 	got := f.ipvsText()
 	if !strings.Contains(got, "10.96.0.10:80") || strings.Contains(got, "10.99.0.1") {
 		t.Fatalf("drift not repaired:\n%s", got)
