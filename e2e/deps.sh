@@ -9,7 +9,7 @@ set -euo pipefail
 declare -A want=(
   [nft]=nftables [ip]=iproute2 [conntrack]=conntrack [ipvsadm]=ipvsadm
   [qemu-system-x86_64]=qemu-system-x86 [cpio]=cpio [depmod]=kmod
-  [socat]=socat [curl]=curl
+  [socat]=socat [curl]=curl [etcd]=etcd-server
 )
 missing=()
 for cmd in "${!want[@]}"; do
