@@ -82,6 +82,13 @@ const (
 	// NodePortFWMarks is LocalPolicyFWMarks for node ports: protocol . port
 	// to firewall mark.
 	NodePortFWMarks SetName = "node-port-fwmarks"
+	// NoLocalEndpoints holds external IP / load-balancer IP . protocol .
+	// port of ETP Local Services without a local endpoint: traffic from
+	// outside is dropped, as the Service API says (the IPVS virtual server
+	// has no real server and would refuse it instead).
+	NoLocalEndpoints SetName = "no-local-endpoints"
+	// NodePortsNoLocalEndpoints is NoLocalEndpoints for node ports.
+	NodePortsNoLocalEndpoints SetName = "node-ports-no-local-endpoints"
 )
 
 // Element is one set or map element. Which fields form the key depends on

@@ -93,20 +93,22 @@ type setSpec struct {
 }
 
 var setSpecs = map[SetName]setSpec{
-	ClusterIPs:               {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "ClusterIP . protocol . port"},
-	ExternalIPs:              {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "externalIPs, externalTrafficPolicy Cluster"},
-	ExternalIPsLocal:         {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "externalIPs, externalTrafficPolicy Local"},
-	LoadBalancerIPs:          {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "LoadBalancer ingress IPs, externalTrafficPolicy Cluster"},
-	LoadBalancerIPsLocal:     {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "LoadBalancer ingress IPs, externalTrafficPolicy Local"},
-	LoadBalancerFirewall:     {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "LoadBalancers with loadBalancerSourceRanges"},
-	LoadBalancerSourceRanges: {fields: []field{fieldAddr, fieldProto, fieldPort, fieldSource}, perFamily: true, interval: true, comment: "sources allowed through the LoadBalancer firewall"},
-	NodePorts:                {fields: []field{fieldProto, fieldPort}, comment: "node ports, externalTrafficPolicy Cluster"},
-	NodePortsLocal:           {fields: []field{fieldProto, fieldPort}, comment: "node ports, externalTrafficPolicy Local"},
-	Hairpin:                  {fields: []field{fieldAddr, fieldProto, fieldPort, fieldAddr2}, perFamily: true, comment: "endpoint . protocol . port . endpoint: pods reaching themselves"},
-	HealthCheckNodePorts:     {fields: []field{fieldPort}, comment: "health check node ports"},
-	IPVSAddresses:            {fields: []field{fieldAddr}, perFamily: true, comment: "addresses on kube-ipvs0"},
-	LocalPolicyFWMarks:       {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, isMap: true, comment: "internal traffic to externalTrafficPolicy Local frontends: fwmark of the all-endpoints virtual server"},
-	NodePortFWMarks:          {fields: []field{fieldProto, fieldPort}, isMap: true, comment: "internal traffic to externalTrafficPolicy Local node ports: fwmark"},
+	ClusterIPs:                {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "ClusterIP . protocol . port"},
+	ExternalIPs:               {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "externalIPs, externalTrafficPolicy Cluster"},
+	ExternalIPsLocal:          {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "externalIPs, externalTrafficPolicy Local"},
+	LoadBalancerIPs:           {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "LoadBalancer ingress IPs, externalTrafficPolicy Cluster"},
+	LoadBalancerIPsLocal:      {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "LoadBalancer ingress IPs, externalTrafficPolicy Local"},
+	LoadBalancerFirewall:      {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "LoadBalancers with loadBalancerSourceRanges"},
+	LoadBalancerSourceRanges:  {fields: []field{fieldAddr, fieldProto, fieldPort, fieldSource}, perFamily: true, interval: true, comment: "sources allowed through the LoadBalancer firewall"},
+	NodePorts:                 {fields: []field{fieldProto, fieldPort}, comment: "node ports, externalTrafficPolicy Cluster"},
+	NodePortsLocal:            {fields: []field{fieldProto, fieldPort}, comment: "node ports, externalTrafficPolicy Local"},
+	Hairpin:                   {fields: []field{fieldAddr, fieldProto, fieldPort, fieldAddr2}, perFamily: true, comment: "endpoint . protocol . port . endpoint: pods reaching themselves"},
+	HealthCheckNodePorts:      {fields: []field{fieldPort}, comment: "health check node ports"},
+	IPVSAddresses:             {fields: []field{fieldAddr}, perFamily: true, comment: "addresses on kube-ipvs0"},
+	LocalPolicyFWMarks:        {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, isMap: true, comment: "internal traffic to externalTrafficPolicy Local frontends: fwmark of the all-endpoints virtual server"},
+	NodePortFWMarks:           {fields: []field{fieldProto, fieldPort}, isMap: true, comment: "internal traffic to externalTrafficPolicy Local node ports: fwmark"},
+	NoLocalEndpoints:          {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "externalTrafficPolicy Local frontends without a local endpoint"},
+	NodePortsNoLocalEndpoints: {fields: []field{fieldProto, fieldPort}, comment: "externalTrafficPolicy Local node ports without a local endpoint"},
 }
 
 // Sets holding configuration rather than Service data: interval sets
@@ -233,6 +235,37 @@ func (cfg Config) chains() []chainSpec {
 		if cfg.LocalTraffic.implemented(f) {
 			prerouting.rules = append(prerouting.rules, rule{parts: append(cfg.localMatch(f, false), jump(chainLocalPolicy))})
 		}
+	}
+	// externalTrafficPolicy Local with no local endpoint: traffic from
+	// outside is dropped, not refused (kube-proxy's iptables and nftables
+	// modes do the same). This node's pods took the fwmark path above.
+	for _, f := range families {
+		var notLocal []part
+		if cfg.LocalTraffic.implemented(f) {
+			notLocal = cfg.localMatch(f, true)
+		}
+		prerouting.rules = append(prerouting.rules, rule{parts: append(append(notLocal,
+			inSet(f, kernelSetName(NoLocalEndpoints, f), false, daddrField(f), l4protoField, dportField)), counter, drop),
+			comment: "externalTrafficPolicy Local, no local endpoint"})
+	}
+	// A node port has no family: one rule per family whose local traffic
+	// is detected by source address, else one rule.
+	noLocalNodePort := func(notLocal []part) rule {
+		return rule{parts: append(append(notLocal, fibDaddrLocal,
+			inSet(0, NodePortsNoLocalEndpoints.kernel(), false, l4protoField, dportField)), counter, drop),
+			comment: "externalTrafficPolicy Local, no local endpoint"}
+	}
+	switch {
+	case cfg.LocalTraffic.Interface != "":
+		prerouting.rules = append(prerouting.rules, noLocalNodePort(cfg.localMatch(IPv4, true)))
+	case cfg.LocalTraffic.implemented(IPv4) || cfg.LocalTraffic.implemented(IPv6):
+		for _, f := range families {
+			if cfg.LocalTraffic.implemented(f) {
+				prerouting.rules = append(prerouting.rules, noLocalNodePort(cfg.localMatch(f, true)))
+			}
+		}
+	default:
+		prerouting.rules = append(prerouting.rules, noLocalNodePort(nil))
 	}
 	for _, f := range families {
 		svc := []matchField{daddrField(f), l4protoField, dportField}

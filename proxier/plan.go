@@ -208,9 +208,11 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 				plan.InternalNoLocal = plan.InternalNoLocal || !carries(localSel)
 			}
 			external := cluster
+			noLocal := false
 			if externalLocal {
 				external = localSel
-				plan.ExternalNoLocal = plan.ExternalNoLocal || !carries(localSel)
+				noLocal = !carries(localSel)
+				plan.ExternalNoLocal = plan.ExternalNoLocal || noLocal
 				plan.LocalEndpoints += countCarrying(localSel)
 			}
 			for _, e := range local {
@@ -236,6 +238,9 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 				if externalLocal {
 					el(nft.Element{Set: nft.LocalPolicyFWMarks, Addr: ip, Protocol: proto, Port: port, Mark: mark})
 				}
+				if noLocal {
+					el(nft.Element{Set: nft.NoLocalEndpoints, Addr: ip, Protocol: proto, Port: port})
+				}
 			}
 			for _, ip := range family(lbIPs) {
 				vs(ipvs.VSKey{Address: ip, Protocol: ipvs.Protocol(sp.Protocol), Port: port}, external)
@@ -244,6 +249,9 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 				el(nft.Element{Set: nft.IPVSAddresses, Addr: ip})
 				if externalLocal {
 					el(nft.Element{Set: nft.LocalPolicyFWMarks, Addr: ip, Protocol: proto, Port: port, Mark: mark})
+				}
+				if noLocal {
+					el(nft.Element{Set: nft.NoLocalEndpoints, Addr: ip, Protocol: proto, Port: port})
 				}
 				if len(sourceRanges) > 0 {
 					el(nft.Element{Set: nft.LoadBalancerFirewall, Addr: ip, Protocol: proto, Port: port})
@@ -280,6 +288,11 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 			if externalLocal {
 				el(nft.Element{Set: nft.NodePortsLocal, Protocol: proto, Port: nodePort})
 				el(nft.Element{Set: nft.NodePortFWMarks, Protocol: proto, Port: nodePort, Mark: mark})
+				// A node port has no family: drop only when no family has
+				// a local endpoint.
+				if plan.ExternalNoLocal && plan.LocalEndpoints == 0 {
+					el(nft.Element{Set: nft.NodePortsNoLocalEndpoints, Protocol: proto, Port: nodePort})
+				}
 			} else {
 				el(nft.Element{Set: nft.NodePorts, Protocol: proto, Port: nodePort})
 			}

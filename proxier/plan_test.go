@@ -462,6 +462,7 @@ func TestPlanExternal(t *testing.T) {
 		  ipvs-addresses 10.96.0.10
 		  node-ports-local tcp . 30080
 		  node-port-fwmarks tcp . 30080 : 0x75805000
+		  node-ports-no-local-endpoints tcp . 30080
 		  no-local external=true internal=false
 		`,
 	}})

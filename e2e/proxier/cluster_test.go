@@ -321,6 +321,56 @@ func (c *cluster) apply(t *testing.T, svc *v1.Service, slices ...*discovery.Endp
 	}
 }
 
+// setNodeIPs replaces the InternalIP addresses of this node's Node
+// object through the API.
+func (c *cluster) setNodeIPs(t *testing.T, ips ...netip.Addr) {
+	t.Helper()
+	ctx := context.Background()
+	n, err := c.client.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeHostName, Address: nodeName}}
+	for _, ip := range ips {
+		n.Status.Addresses = append(n.Status.Addresses, v1.NodeAddress{Type: v1.NodeInternalIP, Address: ip.String()})
+	}
+	if _, err := c.client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("update node %s: %v", nodeName, err)
+	}
+}
+
+func (c *cluster) deleteSlice(t *testing.T, name string) {
+	t.Helper()
+	if err := c.client.DiscoveryV1().EndpointSlices(namespace).Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("delete endpointslice %s: %v", name, err)
+	}
+}
+
+func (c *cluster) deleteService(t *testing.T, name string) {
+	t.Helper()
+	if err := c.client.CoreV1().Services(namespace).Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("delete service %s: %v", name, err)
+	}
+}
+
+// waitGone waits until none of the virtual servers keys exists.
+func (c *cluster) waitGone(t *testing.T, keys ...ipvs.VSKey) {
+	t.Helper()
+	for _, k := range keys {
+		c.eventually(t, "IPVS "+k.String()+" to be deleted", func() error {
+			got, _, ok, err := c.realServers(k)
+			switch {
+			case err != nil:
+				return err
+			case ok:
+				return fmt.Errorf("still there, real servers %s", got)
+			}
+			return nil
+		})
+	}
+	c.settle()
+}
+
 // service is a ClusterIP Service in the test namespace with port "http"
 // 80/TCP (target 8080) and the given tweaks.
 func service(name, clusterIP string, tweaks ...func(*v1.Service)) *v1.Service {

@@ -5,8 +5,10 @@ package proxier_test
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,6 +92,86 @@ func expectFailure(t *testing.T, what string, n *netNS, proto string, dst netip.
 	default:
 		t.Logf("%s: %s %s → %s: %s (%v)", what, n.name, proto, dst, got, err)
 	}
+}
+
+// expectSilentDrop asserts that a TCP connection from n to dst gets no
+// answer at all: no pod, and no ICMP or reset from the node either. When
+// it is refused, the message says who refused, from the node's ICMP
+// counters and the IPVS virtual server vs.
+func expectSilentDrop(t *testing.T, what string, n, node *netNS, dst netip.AddrPort, vs ipvs.VSKey) {
+	t.Helper()
+	before := icmpOutDestUnreachs(node)
+	a, err := n.tcp(dst, dropTimeout)
+	after := icmpOutDestUnreachs(node)
+	switch got := failure(err); got {
+	case "answered":
+		t.Errorf("%s: answered by %s, want no answer", what, a)
+	case "no answer":
+		t.Logf("%s: no answer (%v)", what, err)
+	case "refused":
+		t.Errorf("%s: connection refused, want no answer (a silent drop). The node answered the SYN with ICMP "+
+			"destination unreachable (node Icmp OutDestUnreachs %d → %d) and the IPVS virtual server %s has no real "+
+			"server: IPVS rejects it itself (ip_vs_leave sends ICMP port unreachable), and nothing in the inet nftvs "+
+			"table drops external traffic to an externalTrafficPolicy Local frontend without a local endpoint "+
+			"before IPVS sees it. Upstream iptables/nftables modes DROP it (\"has no local endpoints\"); the mission "+
+			"says drop", what, before, after, vs)
+	default:
+		t.Errorf("%s: %s, want no answer", what, got)
+	}
+}
+
+// icmpOutDestUnreachs reads the Icmp OutDestUnreachs counter of n
+// (/proc/thread-self/net/snmp: the namespace of the reading thread), or
+// -1.
+func icmpOutDestUnreachs(n *netNS) int {
+	v := -1
+	_ = n.do(func() error {
+		b, err := os.ReadFile("/proc/thread-self/net/snmp")
+		if err != nil {
+			return err
+		}
+		var header []string
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 || f[0] != "Icmp:" {
+				continue
+			}
+			if header == nil {
+				header = f
+				continue
+			}
+			for i, h := range header {
+				if h == "OutDestUnreachs" && i < len(f) {
+					v, _ = strconv.Atoi(f[i])
+				}
+			}
+			break
+		}
+		return nil
+	})
+	return v
+}
+
+// until makes up to tries TCP requests from n to dst, each bounded by
+// dropTimeout and 200 ms apart, until one is answered (answered) or one
+// is not (!answered); it reports whether that happened.
+func until(n *netNS, dst netip.AddrPort, answered bool, tries int) (tally, bool) {
+	var tl tally
+	for i := range tries {
+		if i > 0 {
+			time.Sleep(200 * time.Millisecond)
+		}
+		a, err := n.tcp(dst, dropTimeout)
+		if err != nil {
+			tl.errs = append(tl.errs, err)
+		} else {
+			tl.answers = append(tl.answers, a)
+		}
+		if (err == nil) == answered {
+			return tl, true
+		}
+	}
+	return tl, false
 }
 
 func orEither(want string) string {
@@ -248,35 +330,43 @@ func TestProxier(t *testing.T) {
 		svc = service("lbfw", "10.96.0.14", loadBalancer(30084, "192.0.2.11"),
 			sourceRanges("192.168.100.2/32", tb.ext0IP4.String()+"/32"))
 		c.apply(t, svc)
-		var tl tally
-		ok := false
-		for range 10 {
-			a, err := node.tcp(lb, dropTimeout)
-			if err != nil {
-				tl.errs = append(tl.errs, err)
-				continue
-			}
-			tl.answers = append(tl.answers, a)
-			ok = true
-			break
-		}
-		if !ok {
-			t.Errorf("node → 192.0.2.11:80 with the node IP %s in loadBalancerSourceRanges: never answered in %d tries: %s",
-				tb.ext0IP4, len(tl.errs), tl)
+		if tl, ok := until(node, lb, true, 10); !ok {
+			t.Errorf("node → 192.0.2.11:80 with the node IP %s in loadBalancerSourceRanges: never answered: %s", tb.ext0IP4, tl)
 		} else {
-			t.Logf("node → 192.0.2.11:80 with the node IP in range: %s", tl)
+			t.Logf("node → 192.0.2.11:80 with the node IP %s in range: %s", tb.ext0IP4, tl)
 		}
 		c.settle()
 		check(t, "allowed out1 → 192.0.2.11:80, after the update", out1.askN("tcp", lb, 2), expect{only: []*pod{a1, b1}})
 		expectFailure(t, "out2 (not in range) → 192.0.2.11:80, after the update", out2, "tcp", lb, "no answer")
+
+		// The range holds the node's other address (ext1), which the Node
+		// object does not list yet: the node is dropped again...
+		svc = service("lbfw", "10.96.0.14", loadBalancer(30084, "192.0.2.11"),
+			sourceRanges("192.168.100.2/32", tb.ext1IP4.String()+"/32"))
+		c.apply(t, svc)
+		if tl, ok := until(node, lb, false, 10); !ok {
+			t.Errorf("node → 192.0.2.11:80 with no node IP of the Node object in range: still answered: %s", tl)
+		} else {
+			t.Logf("node → 192.0.2.11:80, ranges hold %s, not a Node address yet: %s", tb.ext1IP4, tl)
+		}
+		// ...until the Node object, updated through the API, lists it.
+		c.setNodeIPs(t, tb.ext0IP4, tb.ext0IP6, tb.ext1IP4)
+		if tl, ok := until(node, lb, true, 10); !ok {
+			t.Errorf("node → 192.0.2.11:80 after the Node object gained %s (in range): never answered: %s", tb.ext1IP4, tl)
+		} else {
+			t.Logf("node → 192.0.2.11:80 after the Node object gained %s: %s", tb.ext1IP4, tl)
+		}
+		c.settle()
+		expectFailure(t, "out2 (not in range) → 192.0.2.11:80, at the end", out2, "tcp", lb, "no answer")
 	})
 
 	// 6. externalTrafficPolicy Local.
 	run("06 externalTrafficPolicy Local", func(t *testing.T) {
-		svc := service("local", "10.96.0.15", loadBalancer(30082, "192.0.2.12"), etpLocal(32082))
+		svc := service("local", "10.96.0.15", loadBalancer(30082, "192.0.2.12"), externalIPs("203.0.113.21"), etpLocal(32082))
 		c.apply(t, svc, slice4(svc, readyEP(a1), readyEP(b1), readyEP(b2)))
 		local := weights(podTCPPort, false, 1, a1)
 		c.waitIPVS(t, tcpKey("192.0.2.12", 80), local)
+		c.waitIPVS(t, tcpKey("203.0.113.21", 80), local)
 		for _, ip := range nodeIPs4 {
 			c.waitIPVS(t, ipvs.VSKey{Address: ip, Protocol: ipvs.TCP, Port: 30082}, local)
 		}
@@ -288,12 +378,16 @@ func TestProxier(t *testing.T) {
 			expect{only: []*pod{a1}, src: []netip.Addr{tb.out1IP4}})
 		check(t, "out1 → 192.168.100.1:30082 (NodePort)", out1.askN("tcp", netip.AddrPortFrom(tb.ext0IP4, 30082), 4),
 			expect{only: []*pod{a1}, src: []netip.Addr{tb.out1IP4}})
+		check(t, "out1 → 203.0.113.21:80 (externalIP)", out1.askN("tcp", ap("203.0.113.21", 80), 4),
+			expect{only: []*pod{a1}, src: []netip.Addr{tb.out1IP4}})
 		// Internal clients: every endpoint, through the fwmark virtual server.
 		check(t, "cl → 192.0.2.12:80 (LB, fwmark path)", cl.ns.askN("tcp", ap("192.0.2.12", 80), 6),
 			expect{only: []*pod{a1, b1, b2}, seeAny: []*pod{b1, b2}})
 		check(t, "cl → 192.168.100.1:30082 (NodePort, fwmark path)", cl.ns.askN("tcp", netip.AddrPortFrom(tb.ext0IP4, 30082), 6),
 			expect{only: []*pod{a1, b1, b2}, seeAny: []*pod{b1, b2}})
 		check(t, "node → 192.0.2.12:80 (LB, fwmark path)", node.askN("tcp", ap("192.0.2.12", 80), 6),
+			expect{only: []*pod{a1, b1, b2}, seeAny: []*pod{b1, b2}})
+		check(t, "cl → 203.0.113.21:80 (externalIP, fwmark path)", cl.ns.askN("tcp", ap("203.0.113.21", 80), 6),
 			expect{only: []*pod{a1, b1, b2}, seeAny: []*pod{b1, b2}})
 		check(t, "node → 192.168.101.1:30082 (NodePort, fwmark path)", node.askN("tcp", netip.AddrPortFrom(tb.ext1IP4, 30082), 6),
 			expect{only: []*pod{a1, b1, b2}, seeAny: []*pod{b1, b2}})
@@ -314,8 +408,13 @@ func TestProxier(t *testing.T) {
 			expect{only: []*pod{b1, b2}, seeAll: []*pod{b1, b2}})
 		check(t, "no local endpoint: node → 192.0.2.13:80 (fwmark path)", node.askN("tcp", ap("192.0.2.13", 80), 2),
 			expect{only: []*pod{b1, b2}})
-		expectFailure(t, "no local endpoint: out1 → 192.0.2.13:80", out1, "tcp", ap("192.0.2.13", 80), "")
-		expectFailure(t, "no local endpoint: out1 → 192.168.100.1:30083", out1, "tcp", netip.AddrPortFrom(tb.ext0IP4, 30083), "")
+		// "No answer": upstream's iptables and nftables modes DROP
+		// external traffic to an ETP=Local port without local endpoints
+		// ("has no local endpoints"), and the mission says drop.
+		for _, dst := range []netip.AddrPort{ap("192.0.2.13", 80), netip.AddrPortFrom(tb.ext0IP4, 30083)} {
+			expectSilentDrop(t, "no local endpoint: out1 → "+dst.String(), out1, node, dst,
+				ipvs.VSKey{Address: dst.Addr(), Protocol: ipvs.TCP, Port: dst.Port()})
+		}
 	})
 
 	// 7. sessionAffinity ClientIP.
@@ -355,6 +454,14 @@ func TestProxier(t *testing.T) {
 			expect{only: []*pod{a1}, src: []netip.Addr{cl.v4}})
 		check(t, "node → 10.96.0.19:80", node.askN("tcp", ap("10.96.0.19", 80), 2),
 			expect{only: []*pod{a1}})
+
+		// Not in the brief, recorded for the reader: with no local
+		// endpoint the ClusterIP gives pods nothing (upstream DROPs; a
+		// reject is logged, not failed).
+		none := service("itp-none", "10.96.0.23", itpLocal)
+		c.apply(t, none, slice4(none, readyEP(b1)))
+		c.waitIPVS(t, tcpKey("10.96.0.23", 80), rs{})
+		expectFailure(t, "ITP Local, no local endpoint: cl → 10.96.0.23:80", cl.ns, "tcp", ap("10.96.0.23", 80), "")
 	})
 
 	// 10. IPv6.
@@ -393,6 +500,25 @@ func TestProxier(t *testing.T) {
 		c.waitIPVS(t, tcpKey("10.96.0.22", 80), weights(podTCPPort, false, 1, a1).with(weights(podTCPPort, false, 0, a2)))
 		check(t, "ready a1, not-ready a2: cl → 10.96.0.22:80", cl.ns.askN("tcp", ap("10.96.0.22", 80), 6),
 			expect{only: []*pod{a1}})
+	})
+
+	// Deletions through the API.
+	run("12 EndpointSlice and Service deleted through the API", func(t *testing.T) {
+		c.deleteSlice(t, web.Name+"-v4")
+		c.waitIPVS(t, tcpKey("10.96.0.10", 80), rs{})
+		expectFailure(t, "no endpoints: cl → 10.96.0.10:80", cl.ns, "tcp", ap("10.96.0.10", 80), "refused")
+		c.deleteService(t, web.Name)
+		c.waitGone(t, tcpKey("10.96.0.10", 80), udpKey("10.96.0.10", 53))
+		c.eventually(t, "10.96.0.10 to leave "+ipvs.DummyName+" and the table", func() error {
+			if out := command("ip", "-br", "addr", "show", "dev", ipvs.DummyName); strings.Contains(out, " 10.96.0.10/32") {
+				return fmt.Errorf("still on %s: %s", ipvs.DummyName, out)
+			}
+			if out := command("nft", "list", "set", "inet", "nftvs", "cluster-ips-v4"); strings.Contains(out, "10.96.0.10 ") {
+				return fmt.Errorf("still in cluster-ips-v4:\n%s", out)
+			}
+			return nil
+		})
+		expectFailure(t, "Service gone: cl → 10.96.0.10:80", cl.ns, "tcp", ap("10.96.0.10", 80), "")
 	})
 }
 
