@@ -1,0 +1,136 @@
+package app
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time                  { return c.t }
+func (c *fakeClock) step(d time.Duration)            { c.t = c.t.Add(d) }
+func metav1Duration(d time.Duration) metav1.Duration { return metav1.Duration{Duration: d} }
+
+func get(t *testing.T, h http.Handler, path string) (int, map[string]any) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	body, _ := io.ReadAll(rec.Body)
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatalf("%s: body %q is not JSON: %v", path, body, err)
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		t.Errorf("%s: Content-Type %q", path, ct)
+	}
+	return rec.Code, m
+}
+
+// The rules of kube-proxy's ProxyHealthServer.
+func TestHealthServer(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}}
+	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
+	hs := NewHealthServer(60*time.Second, func() *v1.Node { return node }, m)
+	hs.now = clock.now
+	h := hs.Handler()
+	both := []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
+
+	// Starting: nothing synced yet, healthy.
+	code, body := get(t, h, "/healthz")
+	if code != 200 || body["healthy"] != true || body["nodeEligible"] != true {
+		t.Errorf("starting: %d %v", code, body)
+	}
+
+	// Synced, then a change queued: healthy until it has waited 60s.
+	for _, f := range both {
+		hs.Updated(f)
+	}
+	clock.step(10 * time.Second)
+	for _, f := range both {
+		hs.QueuedUpdate(f)
+	}
+	clock.step(59 * time.Second)
+	if code, body = get(t, h, "/healthz"); code != 200 {
+		t.Errorf("change waiting 59s: %d %v", code, body)
+	}
+	// Later QueuedUpdates do not move the oldest pending time.
+	hs.QueuedUpdate(v1.IPv4Protocol)
+	clock.step(time.Second)
+	code, body = get(t, h, "/healthz")
+	if code != 503 || body["healthy"] != false {
+		t.Errorf("change waiting 60s: %d %v", code, body)
+	}
+	status, _ := body["status"].(map[string]any)
+	v4, _ := status["IPv4"].(map[string]any)
+	if v4["healthy"] != false || v4["lastUpdated"] != "2026-01-01T00:00:00Z" {
+		t.Errorf("status IPv4 %v", status["IPv4"])
+	}
+	if code, _ = get(t, h, "/livez"); code != 503 {
+		t.Errorf("livez with a late sync: %d", code)
+	}
+
+	// The sync happens: healthy, lastUpdated is now.
+	for _, f := range both {
+		hs.Updated(f)
+	}
+	clock.step(time.Second)
+	code, body = get(t, h, "/healthz")
+	if code != 200 || body["lastUpdated"] != body["currentTime"] {
+		t.Errorf("after sync: %d %v", code, body)
+	}
+
+	// A node the autoscaler is deleting, or being deleted, or unknown, is
+	// not eligible: /healthz fails, /livez does not (and has no
+	// nodeEligible field).
+	for name, n := range map[string]*v1.Node{
+		"tainted":  {Spec: v1.NodeSpec{Taints: []v1.Taint{{Key: toBeDeletedTaint, Effect: v1.TaintEffectNoSchedule}}}},
+		"deleting": {ObjectMeta: metav1.ObjectMeta{DeletionTimestamp: &metav1.Time{Time: clock.t}}},
+		"unknown":  nil,
+	} {
+		node = n
+		code, body = get(t, h, "/healthz")
+		if code != 503 || body["nodeEligible"] != false || body["healthy"] != true {
+			t.Errorf("%s node: healthz %d %v", name, code, body)
+		}
+		code, body = get(t, h, "/livez")
+		if _, has := body["nodeEligible"]; code != 200 || has {
+			t.Errorf("%s node: livez %d %v", name, code, body)
+		}
+	}
+
+	if got := testutil.ToFloat64(m.healthzTotal.WithLabelValues("503")); got != 4 {
+		t.Errorf("kubeproxy_proxy_healthz_total{code=503} = %v, want 4", got)
+	}
+	if got := testutil.ToFloat64(m.livezTotal.WithLabelValues("200")); got != 3 {
+		t.Errorf("kubeproxy_proxy_livez_total{code=200} = %v, want 3", got)
+	}
+}
+
+func TestMetricsServerEndpoints(t *testing.T) {
+	cfg := mustParse(t, "--profiling")
+	h := metricsHandler(NewMetrics([]v1.IPFamily{v1.IPv4Protocol}), cfg)
+	for path, want := range map[string]string{
+		"/healthz":            "ok",
+		"/proxyMode":          "ipvs",
+		"/configz":            `{"kubeproxy.config.k8s.io":{"kind":"KubeProxyConfiguration","apiVersion":"kubeproxy.config.k8s.io/v1alpha1"`,
+		"/metrics":            "kubeproxy_sync_proxy_rules_endpoint_changes_pending 0",
+		"/debug/pprof/":       "goroutine",
+		"/configz?x=ipvs.sch": `"scheduler":""`,
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		if rec.Code != 200 || !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("%s: %d %.300q, want %q", path, rec.Code, rec.Body.String(), want)
+		}
+	}
+}

@@ -1,0 +1,161 @@
+package app
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/nftvs/nftvs/conntrack"
+	"github.com/nftvs/nftvs/ipvs"
+	"github.com/nftvs/nftvs/nft"
+	"github.com/nftvs/nftvs/proxier"
+)
+
+// Every metric is registered under kube-proxy's name (or nftvs_*), with
+// its type.
+func TestMetricNames(t *testing.T) {
+	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
+	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond}, nil, time.Now(), time.Now().Add(-time.Second))
+	m.ObserveSync(proxier.SyncResult{Full: true, Duration: time.Millisecond}, nil, time.Now(), time.Time{})
+	m.ObservePending(1, time.Now())
+	m.observeHealth("healthz", 200)
+	m.observeHealth("livez", 200)
+	m.conntrackCleanDuration.Observe(0.01)
+
+	families, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]dto.MetricType{}
+	for _, f := range families {
+		got[f.GetName()] = f.GetType()
+	}
+	want := map[string]dto.MetricType{
+		"kubeproxy_sync_proxy_rules_duration_seconds":              dto.MetricType_HISTOGRAM,
+		"kubeproxy_sync_full_proxy_rules_duration_seconds":         dto.MetricType_HISTOGRAM,
+		"kubeproxy_sync_partial_proxy_rules_duration_seconds":      dto.MetricType_HISTOGRAM,
+		"kubeproxy_network_programming_duration_seconds":           dto.MetricType_HISTOGRAM,
+		"kubeproxy_sync_proxy_rules_last_timestamp_seconds":        dto.MetricType_GAUGE,
+		"kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds": dto.MetricType_GAUGE,
+		"kubeproxy_sync_proxy_rules_endpoint_changes_pending":      dto.MetricType_GAUGE,
+		"kubeproxy_sync_proxy_rules_service_changes_pending":       dto.MetricType_GAUGE,
+		"kubeproxy_sync_proxy_rules_no_local_endpoints_total":      dto.MetricType_GAUGE,
+		"kubeproxy_proxy_healthz_total":                            dto.MetricType_COUNTER,
+		"kubeproxy_proxy_livez_total":                              dto.MetricType_COUNTER,
+		"nftvs_nft_elements":                                       dto.MetricType_GAUGE,
+		"nftvs_nft_rules":                                          dto.MetricType_GAUGE,
+		"nftvs_ipvs_netlink_writes_total":                          dto.MetricType_COUNTER,
+		"nftvs_sync_errors_total":                                  dto.MetricType_COUNTER,
+		"nftvs_conntrack_entries_deleted_total":                    dto.MetricType_COUNTER,
+		"nftvs_conntrack_clean_duration_seconds":                   dto.MetricType_HISTOGRAM,
+		"nftvs_ipvs_real_servers_removed_total":                    dto.MetricType_COUNTER,
+		"go_goroutines":                                            dto.MetricType_GAUGE,
+		"process_start_time_seconds":                               dto.MetricType_GAUGE,
+	}
+	for name, typ := range want {
+		if g, ok := got[name]; !ok || g != typ {
+			t.Errorf("metric %s: got %v (present %v), want %v", name, g, ok, typ)
+		}
+	}
+	// kube-proxy's labels.
+	if n := testutil.CollectAndCount(m.syncDuration, "kubeproxy_sync_proxy_rules_duration_seconds"); n != 2 {
+		t.Errorf("sync duration series: %d, want one per IP family", n)
+	}
+	if got := testutil.ToFloat64(m.noLocalEndpoints.WithLabelValues("external", "IPv4")); got != 0 {
+		t.Errorf("no_local_endpoints{traffic_policy=external,ip_family=IPv4} = %v", got)
+	}
+}
+
+func TestObserveSync(t *testing.T) {
+	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol})
+	res := proxier.SyncResult{
+		Duration: 20 * time.Millisecond,
+		IPVS:     ipvs.Result{Writes: ipvs.WriteCounts{AddVirtualServer: 2, AddRealServer: 5, DeleteRealServer: 1}},
+		NFT:      []nft.SyncResult{{Elements: 3, Rules: 40}, {Elements: 7, Rules: 40}},
+		Removed:  []ipvs.RemovedRealServer{{}, {}},
+	}
+	now := time.Unix(1700000000, 0)
+	m.ObserveSync(res, nil, now, now.Add(-3*time.Second))
+	checks := map[string]float64{
+		"add_virtual_server": 2, "add_real_server": 5, "delete_real_server": 1, "update_real_server": 0,
+	}
+	for op, want := range checks {
+		if got := testutil.ToFloat64(m.ipvsWrites.WithLabelValues(op)); got != want {
+			t.Errorf("nftvs_ipvs_netlink_writes_total{op=%q} = %v, want %v", op, got, want)
+		}
+	}
+	if got := testutil.ToFloat64(m.nftElements); got != 7 {
+		t.Errorf("nftvs_nft_elements = %v, want the last sync's 7", got)
+	}
+	if got := testutil.ToFloat64(m.nftRules); got != 40 {
+		t.Errorf("nftvs_nft_rules = %v", got)
+	}
+	if got := testutil.ToFloat64(m.realServersRemoved); got != 2 {
+		t.Errorf("nftvs_ipvs_real_servers_removed_total = %v", got)
+	}
+	if got := testutil.ToFloat64(m.lastSync.WithLabelValues("IPv4")); got != 1700000000 {
+		t.Errorf("last sync timestamp %v", got)
+	}
+	// A failed sync: no timestamp, no programming latency, errors counted.
+	m.ObserveSync(proxier.SyncResult{}, errors.Join(errors.New("ipvs: add real server: EEXIST"), fmt.Errorf("nftables: %w", errors.New("ENOBUFS"))), now.Add(time.Hour), now)
+	if got := testutil.ToFloat64(m.lastSync.WithLabelValues("IPv4")); got != 1700000000 {
+		t.Errorf("a failed sync moved the last sync timestamp to %v", got)
+	}
+	for s, want := range map[string]float64{"ipvs": 1, "nftables": 1, "addresses": 0} {
+		if got := testutil.ToFloat64(m.syncErrors.WithLabelValues(s)); got != want {
+			t.Errorf("nftvs_sync_errors_total{subsystem=%q} = %v, want %v", s, got, want)
+		}
+	}
+	m.ObserveNoLocalEndpoints(2, 3)
+	if got := testutil.ToFloat64(m.noLocalEndpoints.WithLabelValues("internal", "IPv4")); got != 2 {
+		t.Errorf("no local endpoints internal = %v", got)
+	}
+	m.ObservePending(4, now)
+	if testutil.ToFloat64(m.serviceChangesPending) != 4 || testutil.ToFloat64(m.endpointChangesPending) != 4 {
+		t.Error("pending gauges not set")
+	}
+}
+
+func TestSyncErrorSubsystems(t *testing.T) {
+	cases := []struct {
+		err  error
+		want []string
+	}{
+		{nil, nil},
+		{fmt.Errorf("nftables: %w", errors.New("x")), []string{"nftables"}},
+		{errors.Join(errors.New("ipvs resync: x"), errors.New("ipvs: y")), []string{"ipvs"}},
+		{errors.Join(errors.New("kube-ipvs0: x"), errors.New("addresses of kube-ipvs0: y"), errors.New("nftables: z")), []string{"addresses", "nftables"}},
+		{errors.New("something else"), []string{"other"}},
+	}
+	for _, c := range cases {
+		if got := syncErrorSubsystems(c.err); !slices.Equal(got, c.want) {
+			t.Errorf("%v: %q, want %q", c.err, got, c.want)
+		}
+	}
+}
+
+type failingCleaner struct{}
+
+func (failingCleaner) Clean([]conntrack.Stale) (conntrack.Result, error) {
+	return conntrack.Result{Walks: 1, Deleted: 2, Duration: time.Millisecond}, errors.New("netlink: ENOBUFS")
+}
+
+func TestInstrumentedConntrack(t *testing.T) {
+	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol})
+	c := instrumentedConntrack{inner: failingCleaner{}, metrics: m}
+	if _, err := c.Clean([]conntrack.Stale{{}}); err == nil {
+		t.Fatal("error swallowed")
+	}
+	if testutil.ToFloat64(m.conntrackDeleted) != 2 || testutil.ToFloat64(m.syncErrors.WithLabelValues("conntrack")) != 1 {
+		t.Errorf("deleted %v errors %v", testutil.ToFloat64(m.conntrackDeleted), testutil.ToFloat64(m.syncErrors.WithLabelValues("conntrack")))
+	}
+	if n := testutil.CollectAndCount(m.conntrackCleanDuration); n != 1 {
+		t.Errorf("clean duration series %d", n)
+	}
+}

@@ -1,0 +1,239 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	listers "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+	netutils "k8s.io/utils/net"
+)
+
+// nodeName is kube-proxy's: --hostname-override or the host name,
+// trimmed and lower-cased.
+func nodeName(override string) (string, error) {
+	name := override
+	if name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return "", fmt.Errorf("get hostname: %w", err)
+		}
+		name = h
+	}
+	name = strings.ToLower(strings.TrimSpace(name))
+	if name == "" {
+		return "", errors.New("empty hostname is invalid")
+	}
+	return name, nil
+}
+
+// nodeWatcher is kube-proxy's NodeManager: an informer on this node only,
+// for its IPs and podCIDRs at start and its state for /healthz (a node
+// being deleted or drained by the cluster autoscaler is not eligible for
+// load-balancer traffic). The proxier watches the node on its own for
+// topology and node IPs.
+type nodeWatcher struct {
+	lister listers.NodeLister
+	name   string
+
+	mu   sync.Mutex
+	node *v1.Node
+}
+
+// Timeouts kube-proxy waits at start for the node's IPs, and for its
+// podCIDRs when they are needed (detect-local-mode NodeCIDR).
+const (
+	nodeIPsTimeout  = 30 * time.Second
+	podCIDRsTimeout = 5 * time.Minute
+)
+
+// watchNode starts the informer and waits for the node's IPs (at most
+// nodeIPsTimeout: without them the node is assumed to be loopback, as in
+// kube-proxy) and, with needPodCIDRs, for its podCIDRs (an error after
+// podCIDRsTimeout). onPodCIDRsChange is called when the podCIDRs change
+// later: nftvs then exits, as kube-proxy does, to be restarted with them.
+func watchNode(ctx context.Context, client kubernetes.Interface, name string, resync time.Duration, needPodCIDRs bool, onPodCIDRsChange func()) (*nodeWatcher, error) {
+	factory := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
+		}))
+	inf := factory.Core().V1().Nodes()
+	w := &nodeWatcher{lister: inf.Lister(), name: name}
+	var initialPodCIDRs []string
+	var started bool
+	var mu sync.Mutex
+	update := func(obj any) {
+		n, ok := obj.(*v1.Node)
+		if !ok {
+			return
+		}
+		w.mu.Lock()
+		w.node = n
+		w.mu.Unlock()
+		mu.Lock()
+		changed := started && needPodCIDRs && !slices.Equal(initialPodCIDRs, n.Spec.PodCIDRs)
+		mu.Unlock()
+		if changed && onPodCIDRsChange != nil {
+			klog.InfoS("PodCIDRs changed for the node", "node", klog.KObj(n), "newPodCIDRs", n.Spec.PodCIDRs, "oldPodCIDRs", initialPodCIDRs)
+			onPodCIDRsChange()
+		}
+	}
+	if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    update,
+		UpdateFunc: func(_, o any) { update(o) },
+		DeleteFunc: func(obj any) {
+			if n, ok := obj.(*v1.Node); ok {
+				klog.InfoS("Node is being deleted", "node", klog.KObj(n))
+			}
+		},
+	}); err != nil {
+		return nil, fmt.Errorf("watch node %s: %w", name, err)
+	}
+	factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
+		return nil, fmt.Errorf("watch node %s: informer did not sync: %w", name, ctx.Err())
+	}
+
+	wait := func(timeout time.Duration, done func(*v1.Node) bool) *v1.Node {
+		deadline := time.Now().Add(timeout)
+		for {
+			n, _ := w.lister.Get(name)
+			if n != nil && done(n) {
+				return n
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return n
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	n := wait(nodeIPsTimeout, func(n *v1.Node) bool { return len(NodeHostIPs(n)) > 0 })
+	if needPodCIDRs {
+		n = wait(podCIDRsTimeout, func(n *v1.Node) bool { return len(n.Spec.PodCIDRs) > 0 })
+		if n == nil {
+			return nil, fmt.Errorf("timeout waiting for node %q to exist", name)
+		}
+		if len(n.Spec.PodCIDRs) == 0 {
+			return nil, fmt.Errorf("timeout waiting for PodCIDR allocation on node %q", name)
+		}
+	}
+	switch {
+	case n == nil:
+		klog.ErrorS(nil, "Timed out waiting for node to exist", "node", klog.KRef("", name))
+	case len(NodeHostIPs(n)) == 0:
+		klog.ErrorS(nil, "Timed out waiting for node to be assigned IPs", "node", klog.KRef("", name))
+	}
+	mu.Lock()
+	if n != nil {
+		initialPodCIDRs = slices.Clone(n.Spec.PodCIDRs)
+	}
+	started = true
+	mu.Unlock()
+	w.mu.Lock()
+	if w.node == nil {
+		w.node = n
+	}
+	w.mu.Unlock()
+	return w, nil
+}
+
+// Node is the node as last seen, or nil.
+func (w *nodeWatcher) Node() *v1.Node {
+	if w == nil {
+		return nil
+	}
+	n, err := w.lister.Get(w.name)
+	if err == nil {
+		return n
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.node
+}
+
+// NodeHostIPs is kube-proxy's GetNodeHostIPs: the first InternalIP (or,
+// without any, ExternalIP), and the first of the other family after it.
+func NodeHostIPs(n *v1.Node) []netip.Addr {
+	if n == nil {
+		return nil
+	}
+	var all []netip.Addr
+	for _, t := range []v1.NodeAddressType{v1.NodeInternalIP, v1.NodeExternalIP} {
+		for _, a := range n.Status.Addresses {
+			if a.Type != t {
+				continue
+			}
+			if ip := netutils.ParseIPSloppy(a.Address); ip != nil {
+				if addr, ok := netip.AddrFromSlice(ip); ok {
+					all = append(all, addr.Unmap())
+				}
+			}
+		}
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	out := []netip.Addr{all[0]}
+	for _, ip := range all[1:] {
+		if ip.Is6() != out[0].Is6() {
+			out = append(out, ip)
+			break
+		}
+	}
+	return out
+}
+
+// NodeIPs is kube-proxy's detectNodeIPs: the node's IP of each family and
+// which family is primary. A --bind-address that is not 0.0.0.0 or ::
+// overrides the primary IP; without any, the IPs are 127.0.0.1 and ::1.
+func NodeIPs(raw []netip.Addr, bindAddress string) (primaryIPv6 bool, v4, v6 netip.Addr) {
+	v4, v6 = netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()
+	if len(raw) > 0 {
+		primaryIPv6 = raw[0].Is6()
+		for _, ip := range raw[:min(len(raw), 2)] {
+			if ip.Is6() {
+				v6 = ip
+			} else {
+				v4 = ip
+			}
+		}
+	}
+	if ip := netutils.ParseIPSloppy(bindAddress); ip != nil && !ip.IsUnspecified() {
+		if a, ok := netip.AddrFromSlice(ip); ok {
+			a = a.Unmap()
+			primaryIPv6 = a.Is6()
+			if a.Is6() {
+				v6 = a
+			} else {
+				v4 = a
+			}
+		}
+	}
+	return primaryIPv6, v4, v6
+}
+
+// ipv6Supported is kube-proxy's check: the kernel has IPv6 and it is not
+// disabled.
+func ipv6Supported() bool {
+	if _, err := os.Stat("/proc/net/if_inet6"); err != nil {
+		return false
+	}
+	b, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+	return err != nil || strings.TrimSpace(string(b)) != "1"
+}

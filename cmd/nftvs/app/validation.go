@@ -1,0 +1,284 @@
+package app
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/component-base/featuregate"
+	logsapi "k8s.io/component-base/logs/api/v1"
+	"k8s.io/kube-proxy/config/v1alpha1"
+	netutils "k8s.io/utils/net"
+)
+
+// FieldError is one invalid setting, named by its field in the
+// KubeProxyConfiguration file (JSON path, "ipvs.syncPeriod") and, when the
+// command line set it, by its flag.
+type FieldError struct {
+	Field  string
+	Value  any // nil: not shown
+	Detail string
+}
+
+// flagOfField maps configuration fields to the flags that set them.
+var flagOfField = map[string]string{
+	"featureGates":                     "feature-gates",
+	"clientConnection.burst":           "kube-api-burst",
+	"clientConnection.qps":             "kube-api-qps",
+	"bindAddress":                      "bind-address",
+	"healthzBindAddress":               "healthz-bind-address",
+	"metricsBindAddress":               "metrics-bind-address",
+	"mode":                             "proxy-mode",
+	"iptables.masqueradeBit":           "iptables-masquerade-bit",
+	"ipvs.syncPeriod":                  "ipvs-sync-period",
+	"ipvs.minSyncPeriod":               "ipvs-min-sync-period",
+	"ipvs.scheduler":                   "ipvs-scheduler",
+	"ipvs.excludeCIDRs":                "ipvs-exclude-cidrs",
+	"ipvs.tcpTimeout":                  "ipvs-tcp-timeout",
+	"ipvs.tcpFinTimeout":               "ipvs-tcpfin-timeout",
+	"ipvs.udpTimeout":                  "ipvs-udp-timeout",
+	"detectLocalMode":                  "detect-local-mode",
+	"detectLocal.bridgeInterface":      "pod-bridge-interface",
+	"detectLocal.interfaceNamePrefix":  "pod-interface-name-prefix",
+	"clusterCIDR":                      "cluster-cidr",
+	"nodePortAddresses":                "nodeport-addresses",
+	"oomScoreAdj":                      "oom-score-adj",
+	"conntrack.maxPerCore":             "conntrack-max-per-core",
+	"conntrack.min":                    "conntrack-min",
+	"conntrack.tcpEstablishedTimeout":  "conntrack-tcp-timeout-established",
+	"conntrack.tcpCloseWaitTimeout":    "conntrack-tcp-timeout-close-wait",
+	"conntrack.udpTimeout":             "conntrack-udp-timeout",
+	"conntrack.udpStreamTimeout":       "conntrack-udp-timeout-stream",
+	"configSyncPeriod":                 "config-sync-period",
+	"logging.format":                   "logging-format",
+	"logging.flushFrequency":           "log-flush-frequency",
+	"logging.verbosity":                "v",
+	"logging.vmodule":                  "vmodule",
+	"logging.options.text.splitStream": "log-text-split-stream",
+	"logging.options.json.splitStream": "log-json-split-stream",
+	// nftvs's own: flags only.
+	"companion":                     "companion",
+	"ipvsGracefulTerminationPeriod": "ipvs-graceful-termination-period",
+}
+
+// flagOnly are fields that exist only as flags.
+var flagOnly = map[string]bool{"companion": true, "ipvsGracefulTerminationPeriod": true}
+
+// name is how the error names the setting: the flag without a config
+// file (or for flag-only settings), the field with one.
+func (e FieldError) name(fromFile bool) string {
+	base, _, _ := strings.Cut(e.Field, "[")
+	flag, ok := flagOfField[base]
+	if ok && (!fromFile || flagOnly[base]) {
+		return "--" + flag
+	}
+	return e.Field
+}
+
+// FieldErrors are every invalid setting found.
+type FieldErrors []FieldError
+
+func (errs FieldErrors) render(file string) error {
+	lines := make([]string, len(errs))
+	for i, e := range errs {
+		s := e.name(file != "") + ": " + e.Detail
+		if e.Value != nil {
+			s += fmt.Sprintf(" (got %q)", fmt.Sprint(e.Value))
+		}
+		lines[i] = s
+	}
+	msg := strings.Join(lines, "\n")
+	if file != "" {
+		return fmt.Errorf("invalid configuration (%s):\n%s", file, msg)
+	}
+	return fmt.Errorf("invalid configuration:\n%s", msg)
+}
+
+// schedulerName is what an IPVS scheduler module name can be (ip_vs_<name>).
+var schedulerName = regexp.MustCompile(`^[a-z0-9_]+$`)
+
+// Validate checks a defaulted configuration as kube-proxy 1.36 does in
+// IPVS mode (pkg/proxy/apis/config/validation), plus what nftvs cannot
+// do: any mode but ipvs, interface names the kernel would refuse.
+// logging is the feature gate the logging configuration is checked
+// against (nil: the gates' defaults).
+func Validate(c *v1alpha1.KubeProxyConfiguration, logging featuregate.FeatureGate) FieldErrors {
+	var errs FieldErrors
+	add := func(field string, value any, detail string) {
+		errs = append(errs, FieldError{Field: field, Value: value, Detail: detail})
+	}
+	if c.Mode != "ipvs" && c.Mode != "" {
+		add("mode", c.Mode, `nftvs implements IPVS mode only: must be "ipvs" or empty`)
+	}
+	if b := c.IPTables.MasqueradeBit; b != nil && (*b < 0 || *b > 31) {
+		add("iptables.masqueradeBit", *b, "must be within the range [0, 31]")
+	}
+
+	// IPVS.
+	if c.IPVS.SyncPeriod.Duration <= 0 {
+		add("ipvs.syncPeriod", c.IPVS.SyncPeriod.Duration, "must be greater than 0")
+	}
+	if c.IPVS.MinSyncPeriod.Duration < 0 {
+		add("ipvs.minSyncPeriod", c.IPVS.MinSyncPeriod.Duration, "must be greater than or equal to 0")
+	}
+	if c.IPVS.SyncPeriod.Duration > 0 && c.IPVS.MinSyncPeriod.Duration > c.IPVS.SyncPeriod.Duration {
+		add("ipvs.syncPeriod", c.IPVS.SyncPeriod.Duration, fmt.Sprintf("must be greater than or equal to ipvs.minSyncPeriod (%s)", c.IPVS.MinSyncPeriod.Duration))
+	}
+	if s := c.IPVS.Scheduler; s != "" && !schedulerName.MatchString(s) {
+		add("ipvs.scheduler", s, "must be the name of an IPVS scheduler (rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh)")
+	}
+	for i, cidr := range c.IPVS.ExcludeCIDRs {
+		if _, _, err := netutils.ParseCIDRSloppy(cidr); err != nil {
+			add(fmt.Sprintf("ipvs.excludeCIDRs[%d]", i), cidr, "must be a valid CIDR")
+		}
+	}
+	for _, t := range []struct {
+		field string
+		d     time.Duration
+	}{{"ipvs.tcpTimeout", c.IPVS.TCPTimeout.Duration}, {"ipvs.tcpFinTimeout", c.IPVS.TCPFinTimeout.Duration}, {"ipvs.udpTimeout", c.IPVS.UDPTimeout.Duration}} {
+		if t.d < 0 {
+			add(t.field, t.d, "must be greater than or equal to 0")
+		}
+	}
+
+	// Linux: conntrack and OOM score.
+	ct := c.Conntrack
+	if ct.MaxPerCore != nil && *ct.MaxPerCore < 0 {
+		add("conntrack.maxPerCore", *ct.MaxPerCore, "must be greater than or equal to 0")
+	}
+	if ct.Min != nil && *ct.Min < 0 {
+		add("conntrack.min", *ct.Min, "must be greater than or equal to 0")
+	}
+	if ct.TCPEstablishedTimeout != nil && ct.TCPEstablishedTimeout.Duration < 0 {
+		add("conntrack.tcpEstablishedTimeout", ct.TCPEstablishedTimeout.Duration, "must be greater than or equal to 0")
+	}
+	if ct.TCPCloseWaitTimeout != nil && ct.TCPCloseWaitTimeout.Duration < 0 {
+		add("conntrack.tcpCloseWaitTimeout", ct.TCPCloseWaitTimeout.Duration, "must be greater than or equal to 0")
+	}
+	if ct.UDPTimeout.Duration < 0 {
+		add("conntrack.udpTimeout", ct.UDPTimeout.Duration, "must be greater than or equal to 0")
+	}
+	if ct.UDPStreamTimeout.Duration < 0 {
+		add("conntrack.udpStreamTimeout", ct.UDPStreamTimeout.Duration, "must be greater than or equal to 0")
+	}
+	if a := c.OOMScoreAdj; a != nil && (*a < -1000 || *a > 1000) {
+		add("oomScoreAdj", *a, "must be within the range [-1000, 1000]")
+	}
+
+	if c.ClientConnection.Burst < 0 {
+		add("clientConnection.burst", c.ClientConnection.Burst, "must be greater than or equal to 0")
+	}
+	if c.ClientConnection.QPS < 0 || math.IsNaN(float64(c.ClientConnection.QPS)) {
+		add("clientConnection.qps", c.ClientConnection.QPS, "must be greater than or equal to 0")
+	}
+	if c.ConfigSyncPeriod.Duration <= 0 {
+		add("configSyncPeriod", c.ConfigSyncPeriod.Duration, "must be greater than 0")
+	}
+	if netutils.ParseIPSloppy(c.BindAddress) == nil {
+		add("bindAddress", c.BindAddress, "not a valid textual representation of an IP address")
+	}
+	// Empty disables the server (kube-proxy's --healthz-port=0 and
+	// --metrics-port=0 do that).
+	if c.HealthzBindAddress != "" {
+		errs = append(errs, validateHostPort(c.HealthzBindAddress, "healthzBindAddress")...)
+	}
+	if c.MetricsBindAddress != "" {
+		errs = append(errs, validateHostPort(c.MetricsBindAddress, "metricsBindAddress")...)
+	}
+	for i, a := range c.NodePortAddresses {
+		if a == "primary" {
+			if i != 0 || len(c.NodePortAddresses) != 1 {
+				add(fmt.Sprintf("nodePortAddresses[%d]", i), a, "can't use both 'primary' and CIDRs")
+			}
+			break
+		}
+		if _, _, err := netutils.ParseCIDRSloppy(a); err != nil {
+			add(fmt.Sprintf("nodePortAddresses[%d]", i), a, "must be a valid CIDR")
+		}
+	}
+
+	// Local traffic detection.
+	switch c.DetectLocalMode {
+	case "ClusterCIDR":
+		if c.ClusterCIDR != "" {
+			errs = append(errs, validateDualStackCIDRs(strings.Split(c.ClusterCIDR, ","), "clusterCIDR")...)
+		}
+	case "NodeCIDR", "":
+	case "BridgeInterface":
+		errs = append(errs, validateInterface(c.DetectLocal.BridgeInterface, "detectLocal.bridgeInterface", 15)...)
+	case "InterfaceNamePrefix":
+		// The nft table matches the prefix as "prefix*": 15 bytes in all.
+		errs = append(errs, validateInterface(c.DetectLocal.InterfaceNamePrefix, "detectLocal.interfaceNamePrefix", 14)...)
+	default:
+		add("detectLocalMode", c.DetectLocalMode, `supported values: "ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix", ""`)
+	}
+
+	for _, fe := range logsapi.Validate(&c.Logging, logging, nil) {
+		errs = append(errs, FieldError{Field: "logging." + fe.Field, Detail: fe.Detail})
+	}
+	return errs
+}
+
+// validateOptions checks nftvs's own flags.
+func validateOptions(o *Options) FieldErrors {
+	var errs FieldErrors
+	if o.Companion != Companion {
+		errs = append(errs, FieldError{Field: "companion", Value: o.Companion,
+			Detail: `the only companion nftvs implements is "nft" (one nftables table in place of iptables and ipset)`})
+	}
+	if o.GracefulTerminationPeriod <= 0 {
+		errs = append(errs, FieldError{Field: "ipvsGracefulTerminationPeriod", Value: o.GracefulTerminationPeriod,
+			Detail: "must be greater than 0"})
+	}
+	return errs
+}
+
+func validateHostPort(input, field string) FieldErrors {
+	host, port, err := net.SplitHostPort(input)
+	if err != nil {
+		return FieldErrors{{Field: field, Value: input, Detail: "must be IP:port"}}
+	}
+	var errs FieldErrors
+	if netutils.ParseIPSloppy(host) == nil {
+		errs = append(errs, FieldError{Field: field, Value: host, Detail: "must be a valid IP"})
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		errs = append(errs, FieldError{Field: field, Value: port, Detail: "must be a valid port"})
+	}
+	return errs
+}
+
+func validateInterface(name, field string, maxLen int) FieldErrors {
+	switch {
+	case name == "":
+		return FieldErrors{{Field: field, Detail: "must not be empty"}}
+	case len(name) > maxLen:
+		return FieldErrors{{Field: field, Value: name, Detail: fmt.Sprintf("must be at most %d bytes long", maxLen)}}
+	}
+	return nil
+}
+
+func validateDualStackCIDRs(cidrs []string, field string) FieldErrors {
+	pair := "must be a either a single CIDR or dual-stack pair of CIDRs (e.g. [10.100.0.0/16, fde4:8dba:82e1::/48]"
+	switch {
+	case len(cidrs) > 2:
+		return FieldErrors{{Field: field, Value: strings.Join(cidrs, ","), Detail: pair}}
+	}
+	var errs FieldErrors
+	for i, s := range cidrs {
+		if _, _, err := netutils.ParseCIDRSloppy(strings.TrimSpace(s)); err != nil {
+			errs = append(errs, FieldError{Field: fmt.Sprintf("%s[%d]", field, i), Value: s,
+				Detail: "must be a valid CIDR block (e.g. 10.100.0.0/16 or fde4:8dba:82e1::/48)"})
+		}
+	}
+	if len(errs) == 0 && len(cidrs) == 2 {
+		if dual, err := netutils.IsDualStackCIDRStrings(cidrs); err == nil && !dual {
+			errs = append(errs, FieldError{Field: field, Value: strings.Join(cidrs, ","), Detail: pair})
+		}
+	}
+	return errs
+}
