@@ -2,8 +2,8 @@
 // the host for end-to-end tests: Debian's etcd and upstream kube-apiserver
 // (built by e2e/tools/build.sh), on loopback only. The VM reaches it at
 // https://10.0.2.100:6443 through qemu's single restricted forward
-// (NFTVS_VM_APISERVER=1, see e2e/vm), which is why the API server always
-// listens on 127.0.0.1:6443.
+// (NFTVS_VM_APISERVER=1, see e2e/vm), which is why the API server listens
+// on 127.0.0.1:6443 (or NFTVS_APISERVER_PORT, which vmexec follows).
 package controlplane
 
 import (
@@ -26,8 +26,20 @@ import (
 	"time"
 )
 
-// APIPort is fixed: the VM's forward points at 127.0.0.1:6443.
-const APIPort = 6443
+// DefaultAPIPort is where the API server listens on the host unless
+// NFTVS_APISERVER_PORT says otherwise (so that two developers' runs on
+// one machine do not collide); the VM's forward (e2e/vm/vmexec) reads the
+// same variable.
+const DefaultAPIPort = 6443
+
+// APIPort is the host port of the API server: NFTVS_APISERVER_PORT or
+// DefaultAPIPort.
+func APIPort() int {
+	if p, err := strconv.Atoi(os.Getenv("NFTVS_APISERVER_PORT")); err == nil && p > 0 && p < 65536 {
+		return p
+	}
+	return DefaultAPIPort
+}
 
 // GuestServer is the API server's address as the VM sees it.
 const GuestServer = "https://10.0.2.100:6443"
@@ -79,7 +91,7 @@ func Start(ctx context.Context, o Options) (*ControlPlane, error) {
 		}
 		o.BinDir = d
 	}
-	if err := portFree(APIPort); err != nil {
+	if err := portFree(APIPort()); err != nil {
 		return nil, err
 	}
 	cp := &ControlPlane{Dir: o.Dir, AdminToken: randomToken(), exited: make(chan error, 2)}
@@ -126,7 +138,7 @@ func Start(ctx context.Context, o Options) (*ControlPlane, error) {
 	}
 	cp.api, err = cp.start(o, "kube-apiserver", filepath.Join(o.BinDir, "kube-apiserver"),
 		"--etcd-servers", etcdURL,
-		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(APIPort),
+		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(APIPort()),
 		"--cert-dir", filepath.Join(o.Dir, "certs"),
 		"--token-auth-file", tokenFile,
 		"--service-account-key-file", keyFile, "--service-account-signing-key-file", keyFile,
@@ -139,7 +151,7 @@ func Start(ctx context.Context, o Options) (*ControlPlane, error) {
 		cp.Stop()
 		return nil, err
 	}
-	o.Log("waiting for kube-apiserver on 127.0.0.1:%d", APIPort)
+	o.Log("waiting for kube-apiserver on 127.0.0.1:%d", APIPort())
 	if err := cp.waitReady(ctx, 90*time.Second); err != nil {
 		cp.Stop()
 		return nil, fmt.Errorf("%w\n%s", err, tail(filepath.Join(o.Dir, "kube-apiserver.log"), 30))
@@ -192,7 +204,7 @@ func (cp *ControlPlane) waitReady(ctx context.Context, timeout time.Duration) er
 }
 
 // URL is the API server's address on the host.
-func (cp *ControlPlane) URL() string { return fmt.Sprintf("https://127.0.0.1:%d", APIPort) }
+func (cp *ControlPlane) URL() string { return fmt.Sprintf("https://127.0.0.1:%d", APIPort()) }
 
 // HTTPClient talks to the API server (its certificate is self-signed).
 func (cp *ControlPlane) HTTPClient() *http.Client {
