@@ -10,9 +10,13 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	clienttesting "k8s.io/client-go/testing"
 
 	"github.com/nftvs/nftvs/ipvs"
 	"github.com/nftvs/nftvs/nft"
@@ -326,4 +330,31 @@ func BenchmarkProxierSync(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestWatchFailsLoudlyWithoutPermission: when the API server refuses to
+// list EndpointSlices (a ClusterRole missing a rule), Watch stops with an
+// error naming the resource instead of waiting forever with nothing
+// programmed.
+func TestWatchFailsLoudlyWithoutPermission(t *testing.T) {
+	f := newFakeNode(t)
+	client := fake.NewClientset(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: thisNode}})
+	client.PrependReactor("list", "endpointslices", func(clienttesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "discovery.k8s.io", Resource: "endpointslices"}, "",
+			fmt.Errorf("User \"system:serviceaccount:kube-system:nftvs\" cannot list resource"))
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := f.p.Watch(ctx, client, thisNode, 0)
+	if err == nil {
+		t.Fatal("Watch succeeded without permission to list EndpointSlices")
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("Watch gave up only when its context ended: %v", err)
+	}
+	for _, want := range []string{"endpointslices.discovery.k8s.io", "forbidden", "ClusterRole"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
@@ -97,10 +98,14 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, nodeNa
 			return fmt.Errorf("add event handler: %w", err)
 		}
 	}
-	factory.Start(ctx.Done())
-	nodeFactory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), svcInformer.HasSynced, sliceInformer.HasSynced, nodeInformer.HasSynced) {
-		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
+	err = StartAndSync(ctx, map[string]cache.SharedIndexInformer{
+		"services": svcInformer, "endpointslices.discovery.k8s.io": sliceInformer, "nodes": nodeInformer,
+	}, func() {
+		factory.Start(ctx.Done())
+		nodeFactory.Start(ctx.Done())
+	})
+	if err != nil {
+		return err
 	}
 	klog.InfoS("Informer caches synced", "services", len(svcInformer.GetStore().ListKeys()),
 		"endpointSlices", len(sliceInformer.GetStore().ListKeys()))
@@ -125,4 +130,48 @@ func sliceName(obj any) string {
 func sliceNamespace(obj any) string {
 	s, _ := unwrap[*discovery.EndpointSlice](obj)
 	return s.Namespace
+}
+
+// StartAndSync starts informers (start starts their factories) and waits
+// until their caches have synced. A missing permission would otherwise
+// only show as client-go's retries in the log while nothing is ever
+// programmed: before the caches have synced it ends the wait with an
+// error naming the resource; later (a role changed under a running
+// proxy) it is logged as an error on every retry, and the last synced
+// state stays programmed. informers maps a resource name (for messages)
+// to its informer, which must not have started yet.
+func StartAndSync(ctx context.Context, informers map[string]cache.SharedIndexInformer, start func()) error {
+	denied := make(chan error, 1)
+	var synced []cache.InformerSynced
+	for name, inf := range informers {
+		synced = append(synced, inf.HasSynced)
+		if err := inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
+			if !apierrors.IsForbidden(err) && !apierrors.IsUnauthorized(err) {
+				cache.DefaultWatchErrorHandler(ctx, r, err)
+				return
+			}
+			err = fmt.Errorf("list/watch %s: %w (the proxy's identity needs get, list and watch on %s: check its ClusterRole, deploy/clusterrole.yaml)", name, err, name)
+			klog.ErrorS(err, "Permission denied by the API server")
+			select {
+			case denied <- err:
+			default:
+			}
+		}); err != nil {
+			return fmt.Errorf("set watch error handler: %w", err)
+		}
+	}
+	syncCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	start()
+	done := make(chan bool, 1)
+	go func() { done <- cache.WaitForCacheSync(syncCtx.Done(), synced...) }()
+	select {
+	case err := <-denied:
+		return err
+	case ok := <-done:
+		if !ok {
+			return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
+		}
+		return nil
+	}
 }

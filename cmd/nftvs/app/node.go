@@ -20,6 +20,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	netutils "k8s.io/utils/net"
+
+	"github.com/nftvs/nftvs/proxier"
 )
 
 // nodeName is kube-proxy's: --hostname-override or the host name,
@@ -102,9 +104,8 @@ func watchNode(ctx context.Context, client kubernetes.Interface, name string, re
 	}); err != nil {
 		return nil, fmt.Errorf("watch node %s: %w", name, err)
 	}
-	factory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
-		return nil, fmt.Errorf("watch node %s: informer did not sync: %w", name, ctx.Err())
+	if err := proxier.StartAndSync(ctx, map[string]cache.SharedIndexInformer{"nodes": inf.Informer()}, func() { factory.Start(ctx.Done()) }); err != nil {
+		return nil, fmt.Errorf("watch node %s: %w", name, err)
 	}
 
 	wait := func(timeout time.Duration, done func(*v1.Node) bool) *v1.Node {
