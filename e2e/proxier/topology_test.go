@@ -275,6 +275,10 @@ func (tb *testbed) addOutside(t *testing.T, name, nodeIf string, node4, node6, c
 		t.Fatalf("veth %s: %v", nodeIf, err)
 	}
 	hl := tb.node.link(t, nodeIf)
+	// Deleting the node's end now, not when the namespace dies: the
+	// kernel tears a dead namespace's links down asynchronously, and the
+	// next test makes a link of the same name.
+	t.Cleanup(func() { _ = tb.node.nl.LinkDel(hl) })
 	tb.node.addAddr(t, hl, node4)
 	tb.node.addAddr(t, hl, node6)
 	tb.node.up(t, hl)
@@ -300,6 +304,7 @@ func (tb *testbed) addPod(t *testing.T, name, nodeName, v4, v6 string) *pod {
 		t.Fatalf("veth %s: %v", hostIf, err)
 	}
 	hl := node.link(t, hostIf)
+	t.Cleanup(func() { _ = node.nl.LinkDel(hl) }) // see addOutside
 	node.up(t, hl)
 	node.addAddr(t, hl, netip.PrefixFrom(podGW6, 64))
 	el := p.ns.link(t, "eth0")

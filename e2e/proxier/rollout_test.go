@@ -1,0 +1,675 @@
+//go:build vmtest
+
+package proxier_test
+
+// TestRollout81775 reproduces kubernetes/kubernetes#81775 with a real
+// rolling update: a client pod reuses a few source ports towards a
+// ClusterIP while the Service's only endpoint is replaced, and counts what
+// fails, with nftvs's conntrack cleaner off and on, under both
+// net.ipv4.vs.conn_reuse_mode settings.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/nftvs/nftvs/conntrack"
+	"github.com/nftvs/nftvs/ipvs"
+	"github.com/nftvs/nftvs/nft"
+	"github.com/nftvs/nftvs/proxier"
+)
+
+const (
+	// rolloutTraffic is how long the clients run in one case.
+	rolloutTraffic = 15 * time.Second
+	// rolloutReplace is when (after the traffic starts) the new endpoint
+	// is added; rolloutRemove when the old one leaves the EndpointSlice;
+	// rolloutGone how long after that its pod disappears.
+	rolloutReplace = 3 * time.Second
+	rolloutRemove  = 8 * time.Second
+	rolloutGone    = time.Second
+	// rolloutPorts is the number of TCP source ports the client cycles
+	// through; rolloutPace the least time between two connections of
+	// one port (or two UDP requests).
+	rolloutPorts    = 8
+	rolloutPace     = 100 * time.Millisecond
+	rolloutTCPBase  = 41000
+	rolloutUDPPort  = 42053
+	rolloutRequests = 1000 // bound of attempts per port and case
+)
+
+// rollCase is one run of the rollout.
+type rollCase struct {
+	reuseMode int
+	graceful  bool
+	cleaner   bool
+}
+
+func (rc rollCase) variant() string {
+	if rc.graceful {
+		return "graceful"
+	}
+	return "abrupt"
+}
+
+func (rc rollCase) cleanerName() string {
+	if rc.cleaner {
+		return "on"
+	}
+	return "off"
+}
+
+func (rc rollCase) String() string {
+	return fmt.Sprintf("conn_reuse_mode=%d %s cleaner-%s", rc.reuseMode, rc.variant(), rc.cleanerName())
+}
+
+// attempt is one request of the client.
+type attempt struct {
+	start time.Time
+	took  time.Duration
+	port  int
+	pod   string
+	err   error
+}
+
+// rollResult is what one protocol saw in one case.
+type rollResult struct {
+	attempts []attempt
+	synRetr  int // TcpExtTCPSynRetrans difference (TCP only)
+	syncAt   time.Time
+}
+
+func (r rollResult) failures() []attempt {
+	var out []attempt
+	for _, a := range r.attempts {
+		if a.err != nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// failuresAfter counts the failures that started after the removal was
+// synced (all of them when it never was).
+func (r rollResult) failuresAfter() int {
+	n := 0
+	for _, a := range r.failures() {
+		if r.syncAt.IsZero() || a.start.After(r.syncAt) {
+			n++
+		}
+	}
+	return n
+}
+
+// startRolloutCluster is startCluster with the conntrack cleaner chosen
+// (nil: off) and every sync result handed to onSync.
+func startRolloutCluster(t *testing.T, tb *testbed, ct conntrack.Interface, onSync func(proxier.SyncResult, error)) *cluster {
+	t.Helper()
+	k, err := ipvs.NewKernel("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	err = tb.node.do(func() error { return ipvs.EnsureSysctls(ipvs.ProcSys, ipvs.SysctlOptions{IPv6: true}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := ipvs.NewNetlinkAddresses("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(addrs.Close)
+	table, err := nft.New(nft.Config{
+		LocalTraffic: nft.LocalTraffic{PodCIDRs: []netip.Prefix{podCIDR4, podCIDR6}},
+		DropInvalid:  true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader, err := ipvs.NewKernel("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reader.Close)
+	cfg := proxier.Config{
+		PlanConfig: proxier.PlanConfig{
+			Node:      proxier.Node{Name: nodeName},
+			Scheduler: "rr",
+			IPv4:      true, IPv6: true,
+		},
+		MinSyncPeriod:     250 * time.Millisecond,
+		SyncPeriod:        30 * time.Second,
+		DrainTimeout:      30 * time.Second,
+		NodePortAddresses: nodePortAddresses,
+	}
+	kern := proxier.Kernel{IPVS: ipvs.NewReconciler(k, nil), Addresses: addrs, NFT: table}
+	if ct != nil {
+		kern.Conntrack = ct
+	}
+	c := &cluster{ipvs: reader}
+	c.p = proxier.New(cfg, kern)
+	c.client = fake.NewClientset(&v1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: nodeName},
+		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{
+			{Type: v1.NodeInternalIP, Address: tb.ext0IP4.String()},
+			{Type: v1.NodeInternalIP, Address: tb.ext0IP6.String()},
+			{Type: v1.NodeHostName, Address: nodeName},
+		}},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	watched := make(chan error, 1)
+	go func() { watched <- c.p.Watch(ctx, c.client, nodeName, 0) }()
+	select {
+	case err := <-watched:
+		if err != nil {
+			cancel()
+			t.Fatalf("proxier.Watch: %v", err)
+		}
+	case <-time.After(waitTimeout):
+		cancel()
+		t.Fatalf("proxier.Watch: informer caches not synced after %v", waitTimeout)
+	}
+	go func() {
+		defer close(done)
+		c.p.Run(ctx, func(res proxier.SyncResult, err error) {
+			if err != nil {
+				c.mu.Lock()
+				c.syncErrs = append(c.syncErrs, fmt.Sprintf("%s: %v", time.Now().Format("15:04:05.000"), err))
+				c.mu.Unlock()
+			}
+			onSync(res, err)
+			c.syncs.Add(1)
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	c.eventually(t, "the first sync", func() error {
+		if c.syncs.Load() == 0 {
+			return fmt.Errorf("no sync yet")
+		}
+		return nil
+	})
+	return c
+}
+
+// inNS runs fn on a goroutine whose thread is in n for good (the thread
+// dies with the goroutine).
+func inNS(n *netNS, fn func()) {
+	runtime.LockOSThread()
+	if err := netns.Set(n.h); err != nil {
+		panic(fmt.Sprintf("enter netns %s: %v", n.name, err))
+	}
+	fn()
+}
+
+// synRetrans reads TcpExtTCPSynRetrans of n (/proc/thread-self: the
+// reading thread's namespace), or -1.
+func synRetrans(n *netNS) int {
+	v := -1
+	_ = n.do(func() error {
+		b, err := os.ReadFile("/proc/thread-self/net/netstat")
+		if err != nil {
+			return err
+		}
+		var header []string
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 || f[0] != "TcpExt:" {
+				continue
+			}
+			if header == nil {
+				header = f
+				continue
+			}
+			for i, h := range header {
+				if h == "TCPSynRetrans" && i < len(f) {
+					v, _ = strconv.Atoi(f[i])
+				}
+			}
+			break
+		}
+		return nil
+	})
+	return v
+}
+
+// reuseDialer binds a fixed source port with SO_REUSEADDR.
+func reuseDialer(src netip.AddrPort, timeout time.Duration) *net.Dialer {
+	return &net.Dialer{
+		Timeout:   timeout,
+		LocalAddr: net.TCPAddrFromAddrPort(src),
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+			})
+			return errors.Join(err, serr)
+		},
+	}
+}
+
+// tcpOnce connects from src to dst, reads the answer and closes with a
+// reset (SO_LINGER 0: no TIME_WAIT at either end), all within ioTimeout.
+func tcpOnce(src, dst netip.AddrPort) (string, error) {
+	deadline := time.Now().Add(ioTimeout)
+	c, err := reuseDialer(src, ioTimeout).Dial("tcp4", dst.String())
+	if err != nil {
+		return "", err
+	}
+	tc := c.(*net.TCPConn)
+	defer func() {
+		_ = tc.SetLinger(0)
+		tc.Close()
+	}()
+	_ = tc.SetDeadline(deadline)
+	b, err := io.ReadAll(tc)
+	if err != nil {
+		return "", fmt.Errorf("connected, no answer: %w", err)
+	}
+	if len(b) == 0 {
+		return "", errors.New("connected, closed without an answer")
+	}
+	a, err := parseAnswer(b)
+	return a.Pod, err
+}
+
+// tcpClients runs rolloutPorts connection loops from cl to dst, one per
+// source port, until stop.
+func tcpClients(cl *pod, dst netip.AddrPort, stop <-chan struct{}) (all []attempt, ssOut string) {
+	var (
+		mu     sync.Mutex
+		wg     sync.WaitGroup
+		ssOnce sync.Once
+	)
+	for i := range rolloutPorts {
+		port := rolloutTCPBase + i
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			inNS(cl.ns, func() {
+				src := netip.AddrPortFrom(cl.v4, uint16(port))
+				for range rolloutRequests {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					start := time.Now()
+					p, err := tcpOnce(src, dst)
+					a := attempt{start: start, took: time.Since(start), port: port, pod: p, err: err}
+					if errors.Is(err, syscall.EADDRNOTAVAIL) {
+						// Who still holds the 4-tuple in the client's
+						// own socket table.
+						ssOnce.Do(func() {
+							ssOut = fmt.Sprintf("port %d at %s:\n%s", port, start.Format("15:04:05.000"),
+								command("ip", "netns", "exec", cl.ns.name, "ss", "-tanoie", "sport", "=", fmt.Sprintf(":%d", port)))
+						})
+					}
+					mu.Lock()
+					all = append(all, a)
+					mu.Unlock()
+					if d := rolloutPace - time.Since(start); d > 0 {
+						time.Sleep(d)
+					}
+				}
+			})
+		}()
+	}
+	wg.Wait()
+	return all, ssOut
+}
+
+// udpClient asks dst from one fixed source port of cl, one datagram per
+// request, each answered within ioTimeout or failed, until stop.
+func udpClient(cl *pod, dst netip.AddrPort, stop <-chan struct{}) []attempt {
+	var all []attempt
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		inNS(cl.ns, func() {
+			src := netip.AddrPortFrom(cl.v4, rolloutUDPPort)
+			c, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(src), net.UDPAddrFromAddrPort(dst))
+			if err != nil {
+				all = append(all, attempt{start: time.Now(), port: rolloutUDPPort, err: err})
+				return
+			}
+			defer c.Close()
+			buf := make([]byte, 512)
+			for range rolloutRequests * rolloutPorts {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				a := attempt{start: start, port: rolloutUDPPort}
+				// A late answer of an earlier request is not this one's.
+				_ = c.SetReadDeadline(time.Now())
+				for {
+					if _, err := c.Read(buf); err != nil {
+						break
+					}
+				}
+				_, a.err = c.Write([]byte("query\n"))
+				if a.err == nil {
+					_ = c.SetReadDeadline(start.Add(ioTimeout))
+					var k int
+					if k, a.err = c.Read(buf); a.err == nil {
+						var ans answer
+						ans, a.err = parseAnswer(buf[:k])
+						a.pod = ans.Pod
+					}
+				}
+				a.took = time.Since(start)
+				all = append(all, a)
+				if d := rolloutPace - time.Since(start); d > 0 {
+					time.Sleep(d)
+				}
+			}
+		})
+	}()
+	<-done
+	return all
+}
+
+// removePod makes p disappear: its veth goes, and its host routes with it.
+func (tb *testbed) removePod(t *testing.T, p *pod) {
+	t.Helper()
+	l, err := tb.node.nl.LinkByName("vp-" + p.name)
+	if err == nil {
+		err = tb.node.nl.LinkDel(l)
+	}
+	if err != nil {
+		t.Errorf("remove pod %s: %v", p.name, err)
+	}
+}
+
+// grepLines keeps the lines of s holding any of the words.
+func grepLines(s string, words ...string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		for _, w := range words {
+			if strings.Contains(l, w) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// rolloutRow is one line of the final table.
+type rolloutRow struct {
+	kernel string
+	rc     rollCase
+	proto  string
+	res    rollResult
+	oldAfterTerm,
+	attempts int
+}
+
+func TestRollout81775(t *testing.T) {
+	requireVM(t)
+	begin := time.Now()
+	release, _ := ipvs.KernelRelease()
+	tb := newTestbed(t)
+	cl := tb.addPod(t, "cl", nodeName, "10.244.1.99", "fd00:244:1::99")
+	var rows []rolloutRow
+	t.Cleanup(func() {
+		var b strings.Builder
+		fmt.Fprintf(&b, "%-22s %-5s %-9s %-7s %-5s %8s %6s %8s %12s %14s %12s\n",
+			"kernel", "reuse", "variant", "cleaner", "proto", "attempts", "failed", "synRetr", "failedAfter", "oldAfterTerm", "syncAfterRm")
+		for _, r := range rows {
+			syn := strconv.Itoa(r.res.synRetr)
+			if r.proto == "udp" {
+				syn = "-"
+			}
+			sync := "never"
+			if !r.res.syncAt.IsZero() {
+				sync = "synced"
+			}
+			fmt.Fprintf(&b, "%-22s %-5d %-9s %-7s %-5s %8d %6d %8s %12d %14d %12s\n",
+				r.kernel, r.rc.reuseMode, r.rc.variant(), r.rc.cleanerName(), r.proto, r.attempts,
+				len(r.res.failures()), syn, r.res.failuresAfter(), r.oldAfterTerm, sync)
+		}
+		fmt.Fprintf(&b, "suite ran %v", time.Since(begin).Round(time.Second))
+		t.Logf("#81775 rollout table (failedAfter: failures that started after nftvs synced the removal; "+
+			"oldAfterTerm: answers by the old pod after it stopped being ready):\n%s", b.String())
+	})
+	t.Cleanup(func() { tb.node.sysctls(t, "net/ipv4/vs/conn_reuse_mode=1") })
+
+	var cases []rollCase
+	for _, mode := range []int{1, 0} {
+		for _, graceful := range []bool{true, false} {
+			for _, cleaner := range []bool{false, true} {
+				cases = append(cases, rollCase{reuseMode: mode, graceful: graceful, cleaner: cleaner})
+			}
+		}
+	}
+	for i, rc := range cases {
+		t.Run(strings.ReplaceAll(rc.String(), " ", "_"), func(t *testing.T) {
+			tcp, udp, oldTCP, oldUDP := runRollout(t, tb, cl, i, rc)
+			rows = append(rows,
+				rolloutRow{kernel: release, rc: rc, proto: "tcp", res: tcp, oldAfterTerm: oldTCP, attempts: len(tcp.attempts)},
+				rolloutRow{kernel: release, rc: rc, proto: "udp", res: udp, oldAfterTerm: oldUDP, attempts: len(udp.attempts)})
+			if !rc.cleaner {
+				return // reported, not asserted
+			}
+			if rc.graceful {
+				if n := len(tcp.failures()); n > 0 {
+					t.Errorf("%s: %d TCP connections failed, want 0", rc, n)
+				}
+				if tcp.synRetr != 0 {
+					t.Errorf("%s: %d SYN retransmits, want 0", rc, tcp.synRetr)
+				}
+				if n := udp.failuresAfter(); n > 0 {
+					t.Errorf("%s: %d UDP requests failed after nftvs synced the removal, want 0", rc, n)
+				}
+			} else if n := tcp.failuresAfter(); n > 0 {
+				t.Errorf("%s: %d TCP connections failed after nftvs synced the removal, want 0", rc, n)
+			}
+			if tcp.syncAt.IsZero() || udp.syncAt.IsZero() {
+				t.Errorf("%s: nftvs never synced the removal of the old endpoint (tcp %v, udp %v)", rc, tcp.syncAt, udp.syncAt)
+			}
+		})
+	}
+}
+
+// runRollout runs case i: traffic from cl to a fresh Service while its
+// endpoint is replaced.
+func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, udp rollResult, oldTCP, oldUDP int) {
+	clusterIP := fmt.Sprintf("10.96.1.%d", 10+i)
+	oldPod := tb.addPod(t, fmt.Sprintf("o%d", i), nodeName, fmt.Sprintf("10.244.1.%d", 110+i), fmt.Sprintf("fd00:244:1::%x", 0x110+i))
+	newPod := tb.addPod(t, fmt.Sprintf("n%d", i), nodeName, fmt.Sprintf("10.244.1.%d", 150+i), fmt.Sprintf("fd00:244:1::%x", 0x150+i))
+	oldTCPRS := netip.AddrPortFrom(oldPod.v4, podTCPPort)
+	oldUDPRS := netip.AddrPortFrom(oldPod.v4, podUDPPort)
+
+	var (
+		mu                 sync.Mutex
+		syncLog            []string
+		tcpSynced, udpSync time.Time
+		t0                 time.Time
+	)
+	rel := func(at time.Time) string {
+		if at.IsZero() {
+			return "never"
+		}
+		return fmt.Sprintf("%+.3fs", at.Sub(t0).Seconds())
+	}
+	onSync := func(res proxier.SyncResult, err error) {
+		now := time.Now()
+		mu.Lock()
+		defer mu.Unlock()
+		if len(res.Removed) == 0 && len(res.Stale) == 0 && err == nil {
+			return
+		}
+		var rm []string
+		for _, r := range res.Removed {
+			rm = append(rm, r.String())
+			if r.VirtualServer.Address == netip.MustParseAddr(clusterIP) {
+				switch r.RealServer.AddrPort() {
+				case oldTCPRS:
+					if tcpSynced.IsZero() {
+						tcpSynced = now
+					}
+				case oldUDPRS:
+					if udpSync.IsZero() {
+						udpSync = now
+					}
+				}
+			}
+		}
+		syncLog = append(syncLog, fmt.Sprintf("%s sync (took %v): removed %v; conntrack asked %d stale, deleted %d (vanished %d, scanned %d); err %v",
+			now.Format("15:04:05.000"), res.Duration.Round(time.Millisecond), rm, len(res.Stale),
+			res.Conntrack.Deleted, res.Conntrack.Vanished, res.Conntrack.Scanned, err))
+	}
+	var ct conntrack.Interface
+	if rc.cleaner {
+		cc, err := conntrack.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ct = cc
+	}
+	c := startRolloutCluster(t, tb, ct, onSync)
+	tb.node.sysctls(t, fmt.Sprintf("net/ipv4/vs/conn_reuse_mode=%d", rc.reuseMode))
+
+	svc := service(fmt.Sprintf("roll%d", i), clusterIP, withDNS)
+	c.apply(t, svc, slice4(svc, readyEP(oldPod)))
+	c.waitIPVS(t, tcpKey(clusterIP, 80), weights(podTCPPort, false, 1, oldPod))
+	c.waitIPVS(t, udpKey(clusterIP, 53), weights(podUDPPort, false, 1, oldPod))
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var tcpAttempts, udpAttempts []attempt
+	var ssOut string
+	synBefore := synRetrans(cl.ns)
+	t0 = time.Now()
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		tcpAttempts, ssOut = tcpClients(cl, netip.AddrPortFrom(netip.MustParseAddr(clusterIP), 80), stop)
+	}()
+	go func() {
+		defer wg.Done()
+		udpAttempts = udpClient(cl, netip.AddrPortFrom(netip.MustParseAddr(clusterIP), 53), stop)
+	}()
+
+	var tReplace, tRemove, tGone time.Time
+	time.Sleep(time.Until(t0.Add(rolloutReplace)))
+	tReplace = time.Now()
+	if rc.graceful {
+		c.apply(t, svc, slice4(svc, readyEP(newPod), servingTerminatingEP(oldPod)))
+	} else {
+		c.apply(t, svc, slice4(svc, readyEP(newPod), readyEP(oldPod)))
+	}
+	time.Sleep(time.Until(t0.Add(rolloutRemove)))
+	tRemove = time.Now()
+	c.apply(t, svc, slice4(svc, readyEP(newPod)))
+	time.Sleep(time.Until(tRemove.Add(rolloutGone)))
+	// What the kernel holds for the old pod when it disappears.
+	words := []string{clusterIP, oldPod.v4.String()}
+	ctBefore := grepLines(command("conntrack", "-L"), words...)
+	ipvsBefore := grepLines(command("ipvsadm", "-Lnc"), words...)
+	tGone = time.Now()
+	tb.removePod(t, oldPod)
+	time.Sleep(time.Until(t0.Add(rolloutTraffic)))
+	close(stop)
+	wg.Wait()
+	synAfter := synRetrans(cl.ns)
+
+	mu.Lock()
+	tcp = rollResult{attempts: tcpAttempts, synRetr: synAfter - synBefore, syncAt: tcpSynced}
+	udp = rollResult{attempts: udpAttempts, syncAt: udpSync}
+	logged := strings.Join(syncLog, "\n  ")
+	mu.Unlock()
+	if synBefore < 0 || synAfter < 0 {
+		t.Errorf("TcpExtTCPSynRetrans unreadable in %s", cl.ns.name)
+	}
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s, ClusterIP %s, old %s, new %s; t0 %s\n", rc, clusterIP, oldPod.v4, newPod.v4, t0.Format("15:04:05.000"))
+	replace := "new endpoint added, old one ready"
+	if rc.graceful {
+		replace = "new endpoint added, old one serving+terminating"
+	}
+	fmt.Fprintf(&b, "  %s: %s\n  %s: old endpoint removed from the EndpointSlice\n", rel(tReplace), replace, rel(tRemove))
+	fmt.Fprintf(&b, "  %s: nftvs synced the removal of %s (TCP); %s: of %s (UDP)\n", rel(tcpSynced), oldTCPRS, rel(udpSync), oldUDPRS)
+	fmt.Fprintf(&b, "  %s: old pod gone (veth deleted)\n", rel(tGone))
+	fmt.Fprintf(&b, "  syncs with removals:\n  %s\n", logged)
+	for _, pr := range []struct {
+		name string
+		as   []attempt
+		res  *rollResult
+		old  *int
+	}{{"tcp", tcpAttempts, &tcp, &oldTCP}, {"udp", udpAttempts, &udp, &oldUDP}} {
+		byPhase := map[string]map[string]int{}
+		for _, a := range pr.as {
+			phase := "before"
+			switch {
+			case a.start.After(tGone):
+				phase = "after-gone"
+			case a.start.After(tRemove):
+				phase = "after-remove"
+			case a.start.After(tReplace):
+				phase = "after-replace"
+			}
+			if byPhase[phase] == nil {
+				byPhase[phase] = map[string]int{}
+			}
+			who := a.pod
+			if a.err != nil {
+				who = "FAILED"
+			}
+			byPhase[phase][who]++
+			if a.err == nil && a.pod == oldPod.name && (rc.graceful && a.start.After(tReplace) || a.start.After(tRemove)) {
+				*pr.old++
+			}
+		}
+		fmt.Fprintf(&b, "  %s: %d attempts; by phase: before %v, after-replace %v, after-remove %v, after-gone %v\n",
+			pr.name, len(pr.as), byPhase["before"], byPhase["after-replace"], byPhase["after-remove"], byPhase["after-gone"])
+		for _, f := range pr.res.failures() {
+			after := "before the sync"
+			if pr.res.syncAt.IsZero() || f.start.After(pr.res.syncAt) {
+				after = "AFTER the sync"
+			}
+			fmt.Fprintf(&b, "    %s failure started %s (%s), port %d, took %v: %v\n",
+				pr.name, rel(f.start), after, f.port, f.took.Round(time.Millisecond), f.err)
+		}
+	}
+	if ssOut != "" {
+		fmt.Fprintf(&b, "  EADDRNOTAVAIL: ss in %s, %s\n", cl.ns.name, ssOut)
+	}
+	fmt.Fprintf(&b, "  TcpExtTCPSynRetrans %d → %d (+%d)\n", synBefore, synAfter, tcp.synRetr)
+	if len(tcp.failures())+len(udp.failures()) > 0 || tcp.synRetr > 0 {
+		fmt.Fprintf(&b, "  conntrack -L (ClusterIP or old pod) just before the old pod disappeared:\n%s\n", ctBefore)
+		fmt.Fprintf(&b, "  ipvsadm -Lnc (ClusterIP or old pod) just before the old pod disappeared:\n%s\n", ipvsBefore)
+		fmt.Fprintf(&b, "  conntrack -L at the end:\n%s\n", grepLines(command("conntrack", "-L"), words...))
+		fmt.Fprintf(&b, "  ipvsadm -Lnc at the end:\n%s\n", grepLines(command("ipvsadm", "-Lnc"), words...))
+	}
+	if s := c.syncErrors(); s != "" {
+		fmt.Fprintf(&b, "%s\n", s)
+	}
+	t.Log(b.String())
+	return tcp, udp, oldTCP, oldUDP
+}
