@@ -147,11 +147,15 @@ func writeConfig(c *v1alpha1.KubeProxyConfiguration, path string) error {
 }
 
 // setupKernel does what needs full privileges, as kube-proxy's IPVS mode
-// does before it syncs anything (and all that --init-only does): the
-// conntrack sysctls, IPVS (loading ip_vs), IPVS mode's sysctls, the IPVS
-// timeouts, and a check that the scheduler works. Any failure stops
-// nftvs, as it stops kube-proxy.
+// does before it syncs anything (and all that --init-only does): kernel
+// modules (ip_vs, the scheduler, what the table uses), the conntrack
+// sysctls, IPVS mode's sysctls, the IPVS timeouts, and a check that the
+// scheduler works. Any failure stops nftvs, as it stops kube-proxy.
 func setupKernel(cfg *Config, ipv6 bool) (*ipvs.Kernel, error) {
+	// Modules first: nf_conntrack's sysctls exist only once it is loaded.
+	if err := loadKernelModules(cfg.KubeProxy.IPVS.Scheduler); err != nil {
+		return nil, err
+	}
 	if err := setConntrackSysctls(ipvs.ProcSys, cfg.KubeProxy.Conntrack, conntrackHashsizeParam); err != nil {
 		return nil, err
 	}
