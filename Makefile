@@ -7,11 +7,16 @@ export PATH := /usr/local/go/bin:$(PATH)
 # vmtest build tag): they run as root inside the VM, one VM per package.
 VM_PKGS ?= $(sort $(dir $(shell grep -rl --include='*_test.go' -e '^//go:build.*vmtest' .)))
 VMEXEC := $(CURDIR)/e2e/vm/vmexec
+# Every VM test binary runs under a throwaway etcd + kube-apiserver on the
+# host (e2e/controlplane/with-apiserver; ~3 s per package), so that tests
+# of the nftvs binary find a real API server; the binary is built first.
+VMRUN := $(CURDIR)/bin/with-apiserver -quiet $(VMEXEC)
+export NFTVS_NFTVS_BINARY := $(CURDIR)/bin/nftvs
 # Debian release of the VM kernel: bookworm (6.1), bullseye (5.10), trixie (6.12).
 NFTVS_KERNEL ?= bookworm
 export NFTVS_KERNEL
 
-.PHONY: all build deps lint test test-unit test-vm test-kernels bench bench-vm demo clean
+.PHONY: all build deps lint test test-unit test-vm vm-bins test-kernels bench bench-vm demo clean
 
 all: build
 
@@ -33,18 +38,24 @@ test-unit: deps
 	$(GO) test -count=1 ./...
 
 # Tests that need IPVS, in a VM with Debian's kernel (e2e/vm/README.md).
-test-vm: deps
+test-vm: deps vm-bins
 	e2e/vm/build-initramfs.sh $(NFTVS_KERNEL) >/dev/null
-	$(GO) test -count=1 -p 1 -tags vmtest -exec $(VMEXEC) $(VM_PKGS)
+	$(GO) test -count=1 -p 1 -tags vmtest -exec "$(VMRUN)" $(VM_PKGS)
+
+# What the VM tests run besides their own binaries: nftvs itself, the
+# API server wrapper, and upstream kube-apiserver (built once, cached).
+vm-bins:
+	$(GO) build -o bin/ ./cmd/nftvs ./e2e/controlplane/with-apiserver
+	@e2e/tools/build.sh >/dev/null
 
 test: lint test-unit test-vm
 
 # The VM suites on every kernel we support.
-test-kernels: deps
+test-kernels: deps vm-bins
 	@set -e; for k in bullseye bookworm trixie; do \
 	  echo "=== kernel $$k"; \
 	  e2e/vm/build-initramfs.sh $$k >/dev/null; \
-	  NFTVS_KERNEL=$$k $(GO) test -count=1 -p 1 -tags vmtest -exec $(VMEXEC) $(VM_PKGS); \
+	  NFTVS_KERNEL=$$k $(GO) test -count=1 -p 1 -tags vmtest -exec "$(VMRUN)" $(VM_PKGS); \
 	done
 
 # Go benchmarks: nftables on the host kernel, IPVS in the VM.

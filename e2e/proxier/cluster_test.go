@@ -24,6 +24,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/vishvananda/netlink"
@@ -47,9 +48,10 @@ var (
 	podCIDR6 = netip.MustParsePrefix("fd00:244:1::/64")
 )
 
-// cluster is the API (a fake clientset) and the proxier watching it.
+// cluster is the API (a fake clientset, or a real API server) and the
+// proxier watching it (p is nil when a separate nftvs process does).
 type cluster struct {
-	client *fake.Clientset
+	client kubernetes.Interface
 	p      *proxier.Proxier
 	// ipvs is a second IPVS handle, only for reading what the proxier did.
 	ipvs  *ipvs.Kernel
@@ -229,6 +231,10 @@ func (c *cluster) syncErrors() string {
 // right to have finished (or 1 s): the nftables half of a sync is
 // committed in two steps around IPVS.
 func (c *cluster) settle() {
+	if c.p == nil { // another process syncs: give it a moment
+		time.Sleep(500 * time.Millisecond)
+		return
+	}
 	n := c.syncs.Load()
 	deadline := time.Now().Add(time.Second)
 	for c.p.Pending() > 0 || c.syncs.Load() == n {
@@ -300,25 +306,58 @@ func (c *cluster) waitIPVS(t *testing.T, key ipvs.VSKey, want rs) ipvs.VirtualSe
 }
 
 // apply creates or updates svc and its EndpointSlices through the API.
+// An update carries the stored object's resourceVersion, as a real API
+// server requires.
 func (c *cluster) apply(t *testing.T, svc *v1.Service, slices ...*discovery.EndpointSlice) {
 	t.Helper()
 	ctx := context.Background()
-	_, err := c.client.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
+	svc = svc.DeepCopy()
+	old, err := c.client.CoreV1().Services(svc.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = c.client.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{})
+	case err == nil:
+		svc.ResourceVersion = old.ResourceVersion
 		_, err = c.client.CoreV1().Services(svc.Namespace).Update(ctx, svc, metav1.UpdateOptions{})
 	}
 	if err != nil {
 		t.Fatalf("service %s: %v", svc.Name, err)
 	}
 	for _, s := range slices {
-		_, err := c.client.DiscoveryV1().EndpointSlices(s.Namespace).Create(ctx, s, metav1.CreateOptions{})
-		if apierrors.IsAlreadyExists(err) {
+		s = s.DeepCopy()
+		old, err := c.client.DiscoveryV1().EndpointSlices(s.Namespace).Get(ctx, s.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			_, err = c.client.DiscoveryV1().EndpointSlices(s.Namespace).Create(ctx, s, metav1.CreateOptions{})
+		case err == nil:
+			s.ResourceVersion = old.ResourceVersion
 			_, err = c.client.DiscoveryV1().EndpointSlices(s.Namespace).Update(ctx, s, metav1.UpdateOptions{})
 		}
 		if err != nil {
 			t.Fatalf("endpointslice %s: %v", s.Name, err)
 		}
 	}
+}
+
+// nodeSources are the addresses the node may masquerade to: ips, and
+// the VM's eth0 address when the VM has one (NFTVS_VM_APISERVER=1). A
+// pod's veth has no IPv4 address, so the kernel picks the first suitable
+// address of the node, in link order, and eth0 comes first.
+func nodeSources(t *testing.T, ips ...netip.Addr) []netip.Addr {
+	t.Helper()
+	out := slices.Clone(ips)
+	if l, err := netlink.LinkByName("eth0"); err == nil {
+		as, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatalf("addresses of eth0: %v", err)
+		}
+		for _, a := range as {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
 }
 
 // setNodeIPs replaces the InternalIP addresses of this node's Node

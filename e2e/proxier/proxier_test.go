@@ -217,6 +217,7 @@ func TestProxier(t *testing.T) {
 
 	node, out1, out2 := tb.node, tb.out1, tb.out2
 	nodeIPs4 := []netip.Addr{tb.ext0IP4, tb.ext1IP4}
+	nodeSrc4 := nodeSources(t, nodeIPs4...) // what the node masquerades to
 
 	run := func(name string, fn func(t *testing.T)) {
 		start := time.Now()
@@ -241,9 +242,9 @@ func TestProxier(t *testing.T) {
 		c.waitIPVS(t, tcpKey("10.96.0.10", 80), weights(podTCPPort, false, 1, a1, b1))
 		// The node's own traffic is always masqueraded.
 		check(t, "node → 10.96.0.10:80/TCP", node.askN("tcp", ap("10.96.0.10", 80), 4),
-			expect{only: []*pod{a1, b1}, seeAll: []*pod{a1, b1}, src: nodeIPs4})
+			expect{only: []*pod{a1, b1}, seeAll: []*pod{a1, b1}, src: nodeSrc4})
 		check(t, "node → 10.96.0.10:53/UDP", node.askN("udp", ap("10.96.0.10", 53), 4),
-			expect{only: []*pod{a1, b1}, src: nodeIPs4})
+			expect{only: []*pod{a1, b1}, src: nodeSrc4})
 	})
 	run("01 endpoints added and removed through the API", func(t *testing.T) {
 		c.apply(t, web, slice4(web, readyEP(a1), readyEP(b1), readyEP(a3)))
@@ -285,9 +286,9 @@ func TestProxier(t *testing.T) {
 		// Without the hairpin masquerade a2 would get a packet from its
 		// own address and drop it (martian source).
 		check(t, "a2 → 10.96.0.11:80/TCP", a2.ns.askN("tcp", ap("10.96.0.11", 80), 3),
-			expect{only: []*pod{a2}, src: nodeIPs4})
+			expect{only: []*pod{a2}, src: nodeSrc4})
 		check(t, "a2 → 10.96.0.11:53/UDP", a2.ns.askN("udp", ap("10.96.0.11", 53), 3),
-			expect{only: []*pod{a2}, src: nodeIPs4})
+			expect{only: []*pod{a2}, src: nodeSrc4})
 	})
 
 	// 3. NodePort.
@@ -300,7 +301,7 @@ func TestProxier(t *testing.T) {
 		for _, ip := range nodeIPs4 {
 			dst := netip.AddrPortFrom(ip, 30080)
 			check(t, "out1 → "+dst.String(), out1.askN("tcp", dst, 4),
-				expect{only: []*pod{a1, b1}, seeAll: []*pod{a1, b1}, src: nodeIPs4})
+				expect{only: []*pod{a1, b1}, seeAll: []*pod{a1, b1}, src: nodeSrc4})
 		}
 	})
 
@@ -311,9 +312,9 @@ func TestProxier(t *testing.T) {
 		c.waitIPVS(t, tcpKey("192.0.2.10", 80), weights(podTCPPort, false, 1, a1, b1))
 		c.waitIPVS(t, tcpKey("203.0.113.20", 80), weights(podTCPPort, false, 1, a1, b1))
 		check(t, "out1 → 192.0.2.10:80 (LB)", out1.askN("tcp", ap("192.0.2.10", 80), 4),
-			expect{only: []*pod{a1, b1}, seeAll: []*pod{a1, b1}, src: nodeIPs4})
+			expect{only: []*pod{a1, b1}, seeAll: []*pod{a1, b1}, src: nodeSrc4})
 		check(t, "out1 → 203.0.113.20:80 (externalIP)", out1.askN("tcp", ap("203.0.113.20", 80), 4),
-			expect{only: []*pod{a1, b1}, seeAll: []*pod{a1, b1}, src: nodeIPs4})
+			expect{only: []*pod{a1, b1}, seeAll: []*pod{a1, b1}, src: nodeSrc4})
 	})
 
 	// 5. loadBalancerSourceRanges.
