@@ -210,6 +210,10 @@ type Config struct {
 	DrainTimeout     time.Duration
 	ConntrackCleaner bool
 
+	// TakeoverKubeProxy removes kube-proxy's IPVS-mode leftovers before
+	// the first sync (--takeover-kube-proxy).
+	TakeoverKubeProxy bool
+
 	// Warnings are things the user should know: flags or fields that do
 	// not apply, or that kube-proxy would also ignore.
 	Warnings []string
@@ -238,6 +242,7 @@ func (o *Options) Complete() (*Config, error) {
 		DrainTimeout:     o.GracefulTerminationPeriod,
 		ConntrackCleaner: o.ConntrackCleaner,
 	}
+	out.TakeoverKubeProxy = o.TakeoverKubeProxy
 	var cfg *v1alpha1.KubeProxyConfiguration
 	if o.ConfigFile != "" {
 		fileCfg, raw, warnings, err := LoadConfigFile(o.ConfigFile)

@@ -53,6 +53,7 @@ type Options struct {
 	Companion                 string
 	GracefulTerminationPeriod time.Duration
 	ConntrackCleaner          bool
+	TakeoverKubeProxy         bool
 
 	// config is what the configuration flags set; a --config file
 	// replaces it.
@@ -181,6 +182,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	// nftvs's own.
 	fs.StringVar(&o.Companion, "companion", o.Companion, "What replaces kube-proxy's iptables and ipset companions of IPVS: only \"nft\" (one nftables table, programmed over netlink).")
 	fs.DurationVar(&o.GracefulTerminationPeriod, "ipvs-graceful-termination-period", o.GracefulTerminationPeriod, "The longest time a real server of a terminating or not-ready endpoint is kept at weight 0 for its connections before it is removed. Must be greater than 0.")
+	fs.BoolVar(&o.TakeoverKubeProxy, "takeover-kube-proxy", o.TakeoverKubeProxy, "At start, before the first sync, remove what kube-proxy's IPVS mode left in iptables-nft (its KUBE-* chains and the jumps to them) and its ipsets, and nothing else, so that nftvs takes over a node from kube-proxy without dropping connections: the IPVS virtual servers and kube-ipvs0 are adopted in place. Safe to repeat.")
 	fs.BoolVar(&o.ConntrackCleaner, "conntrack-cleaner", o.ConntrackCleaner, "Delete the conntrack entries (TCP, UDP and SCTP) of flows to endpoints that are gone after each sync, so clients reusing source ports do not reach a removed pod (kubernetes#81775).")
 }
 

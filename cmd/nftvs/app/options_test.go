@@ -111,7 +111,7 @@ func TestFlagDefaultsAreKubeProxys(t *testing.T) {
 			t.Errorf("--%s defaults to %q, kube-proxy's to %q", name, f.DefValue, want)
 		}
 	}
-	own := map[string]string{"companion": "nft", "ipvs-graceful-termination-period": "30s", "conntrack-cleaner": "true"}
+	own := map[string]string{"companion": "nft", "ipvs-graceful-termination-period": "30s", "conntrack-cleaner": "true", "takeover-kube-proxy": "false"}
 	for name, want := range own {
 		if f := fs.Lookup(name); f == nil || f.DefValue != want {
 			t.Errorf("--%s: got %v, want default %q", name, f, want)
@@ -376,7 +376,7 @@ func TestFlagsMatchKubeProxyBinary(t *testing.T) {
 		}
 	}
 	for name := range ours {
-		if _, ok := upstream[name]; !ok && !slices.Contains([]string{"companion", "conntrack-cleaner", "ipvs-graceful-termination-period"}, name) {
+		if _, ok := upstream[name]; !ok && !slices.Contains([]string{"companion", "conntrack-cleaner", "ipvs-graceful-termination-period", "takeover-kube-proxy"}, name) {
 			t.Errorf("--%s is not a kube-proxy flag", name)
 		}
 	}

@@ -29,6 +29,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nftvs/nftvs/conntrack"
+	"github.com/nftvs/nftvs/internal/takeover"
 	"github.com/nftvs/nftvs/ipvs"
 	"github.com/nftvs/nftvs/nft"
 	"github.com/nftvs/nftvs/proxier"
@@ -456,6 +457,15 @@ func run(parent context.Context, cfg *Config) error {
 			return stopped(ctx)
 		}
 		return fmt.Errorf("watch the API server: %w", err)
+	}
+	// Right before the first sync, which adopts kube-proxy's IPVS state:
+	// a failure is reported, and nftvs serves anyway, since stopping
+	// would leave the node with no proxy at all.
+	if cfg.TakeoverKubeProxy {
+		if err := takeover.KubeProxy(); err != nil {
+			klog.ErrorS(err, "Taking over from kube-proxy left some of its iptables rules or ipsets in place; serving anyway")
+			recorder.Eventf(nodeRef, nil, v1.EventTypeWarning, "FailedTakeoverKubeProxy", "StartNftvs", "%s", err.Error())
+		}
 	}
 	p.Run(ctx, func(res proxier.SyncResult, err error) {
 		now := time.Now()
