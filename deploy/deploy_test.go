@@ -6,9 +6,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -275,6 +277,16 @@ func TestConfigMapLoads(t *testing.T) {
 func TestApplyToAPIServer(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("E2E TEST SKIPPED: needs root to run etcd + kube-apiserver (run as root, NFTVS_APISERVER_PORT=another port if 6443 is taken); the manifests were NOT applied to an API server")
+	}
+	// A port of its own unless told (NFTVS_APISERVER_PORT): `go test ./...`
+	// runs other packages' control planes at the same time.
+	if os.Getenv("NFTVS_APISERVER_PORT") == "" {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("NFTVS_APISERVER_PORT", strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
+		l.Close()
 	}
 	k, ms := readManifests(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
