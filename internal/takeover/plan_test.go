@@ -1,7 +1,6 @@
 package takeover
 
 import (
-	"errors"
 	"flag"
 	"os"
 	"slices"
@@ -34,16 +33,32 @@ func golden(t *testing.T, name, got string) {
 // The fixtures' plans, as golden files: every kube-proxy chain and jump
 // goes, and nothing else.
 func TestPlanFixtures(t *testing.T) {
-	for _, name := range []string{"kube-proxy-ipvs.rules"} {
+	for name, f := range map[string]Family{
+		"kube-proxy-ipvs.rules":        IPv4,
+		"kube-proxy-1.36-vm.rules":     IPv4,
+		"kube-proxy-1.36-vm.ip6.rules": IPv6,
+	} {
 		t.Run(name, func(t *testing.T) {
-			if _, err := os.Stat("testdata/" + name); errors.Is(err, os.ErrNotExist) {
-				t.Fatalf("fixture %s missing", name)
-			}
-			rs := loadFixture(t, IPv4, name)
+			rs := loadFixture(t, f, name)
 			p := PlanRuleset(rs)
 			golden(t, strings.TrimSuffix(name, ".rules")+".plan", p.String())
 			if len(p.Kept()) != 0 {
 				t.Errorf("kept chains, want none: %v", p.Kept())
+			}
+			// Applied to the fixture, the plan leaves no kube-proxy
+			// chain, and nothing to do.
+			rules := &fakeRules{rs: rs}
+			if err := rules.Apply(p, 0); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range chainNames(rules.rs) {
+				fs := strings.Fields(c)
+				if isKubeProxyChain(fs[1], fs[2]) {
+					t.Errorf("left %s", c)
+				}
+			}
+			if again := PlanRuleset(rules.rs); !again.Empty() {
+				t.Errorf("a second plan is not empty:\n%s", again)
 			}
 		})
 	}
