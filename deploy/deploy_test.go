@@ -165,6 +165,9 @@ func TestManifests(t *testing.T) {
 	if !spec.HostNetwork || spec.PriorityClassName != "system-node-critical" || spec.ServiceAccountName != sa.Name {
 		t.Errorf("pod spec: hostNetwork %v priorityClassName %q serviceAccountName %q", spec.HostNetwork, spec.PriorityClassName, spec.ServiceAccountName)
 	}
+	if spec.DNSPolicy == v1.DNSClusterFirstWithHostNet {
+		t.Error("dnsPolicy ClusterFirstWithHostNet: cluster DNS is unreachable until nftvs has synced")
+	}
 	if len(spec.Tolerations) != 1 || spec.Tolerations[0] != (v1.Toleration{Operator: v1.TolerationOpExists}) {
 		t.Errorf("tolerations %+v, want one operator: Exists", spec.Tolerations)
 	}
