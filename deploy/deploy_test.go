@@ -279,7 +279,7 @@ func TestConfigMapLoads(t *testing.T) {
 // the ServiceAccount's own token can do what nftvs does and no more.
 func TestApplyToAPIServer(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("E2E TEST SKIPPED: needs root to run etcd + kube-apiserver (run as root, NFTVS_APISERVER_PORT=another port if 6443 is taken); the manifests were NOT applied to an API server")
+		t.Skip("E2E TEST SKIPPED: needs root to run etcd + kube-apiserver (run as root); the manifests were NOT applied to an API server")
 	}
 	// A port of its own unless told (NFTVS_APISERVER_PORT): `go test ./...`
 	// runs other packages' control planes at the same time.

@@ -98,7 +98,8 @@ func (l *Loader) loadOne(idx *Index, name string) error {
 	}
 	for _, pre := range idx.SoftPre[name] {
 		// Best effort, as modprobe: a soft dependency that cannot be
-		// loaded leaves the module to fail (or not) on its own.
+		// loaded leaves the module to fail (or not) on its own. Its own
+		// dependencies are not followed (crc32c's providers have none).
 		for _, cand := range idx.resolve(pre) {
 			if l.Loaded(cand) || idx.Builtin[cand] {
 				break
