@@ -57,9 +57,9 @@ func requireAPIServer(t *testing.T) apiEnv {
 	requireVM(t)
 	e := apiEnv{kubeconfig: os.Getenv("NFTVS_KUBECONFIG"), binary: os.Getenv("NFTVS_NFTVS_BINARY")}
 	if e.kubeconfig == "" || e.binary == "" {
-		t.Fatalf("this test needs a real API server and the nftvs binary: run it through `make test-vm`, or\n" +
-			"  go build -o bin/ ./cmd/nftvs ./e2e/controlplane/with-apiserver &&\n" +
-			"  NFTVS_NFTVS_BINARY=$PWD/bin/nftvs go test -tags vmtest -exec \"$PWD/bin/with-apiserver $PWD/e2e/vm/vmexec\" ./e2e/proxier/\n" +
+		t.Fatalf("this test needs a real API server and the nftvs binary: run it through `make test-vm`, or\n"+
+			"  go build -o bin/ ./cmd/nftvs ./e2e/controlplane/with-apiserver &&\n"+
+			"  NFTVS_NFTVS_BINARY=$PWD/bin/nftvs go test -tags vmtest -exec \"$PWD/bin/with-apiserver $PWD/e2e/vm/vmexec\" ./e2e/proxier/\n"+
 			"(NFTVS_KUBECONFIG=%q NFTVS_NFTVS_BINARY=%q)", e.kubeconfig, e.binary)
 	}
 	dir, err := os.Getwd()
