@@ -326,19 +326,35 @@ func apiObjects(t *testing.T, ctx context.Context, c kubernetes.Interface, backe
 	must(t, "set the Node's addresses", err)
 	_, err = c.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{})
 	must(t, "create the namespace", err)
-	svc := &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: namespace},
-		Spec: v1.ServiceSpec{
-			ClusterIP: vip.Addr().String(),
-			Ports:     []v1.ServicePort{{Port: int32(vip.Port()), TargetPort: intstr.FromInt32(backendPort), Protocol: v1.ProtocolTCP}},
-		},
+	// The long-lived connection's Service, and two more whose virtual
+	// servers carry what kube-proxy sets beyond the default: persistence
+	// (sessionAffinity ClientIP: flag and timeout), and node ports on the
+	// node's addresses.
+	services := []*v1.Service{
+		{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: namespace}, Spec: v1.ServiceSpec{ClusterIP: vip.Addr().String()}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "sticky", Namespace: namespace}, Spec: v1.ServiceSpec{ClusterIP: "10.96.100.11",
+			SessionAffinity: v1.ServiceAffinityClientIP}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "nodeport", Namespace: namespace}, Spec: v1.ServiceSpec{ClusterIP: "10.96.100.12",
+			Type: v1.ServiceTypeNodePort}},
 	}
-	_, err = c.CoreV1().Services(namespace).Create(ctx, svc, metav1.CreateOptions{})
-	must(t, "create the Service", err)
-	// No controller-manager: the EndpointSlice is ours.
+	for _, svc := range services {
+		svc.Spec.Ports = []v1.ServicePort{{Port: int32(vip.Port()), TargetPort: intstr.FromInt32(backendPort), Protocol: v1.ProtocolTCP}}
+		if svc.Spec.Type == v1.ServiceTypeNodePort {
+			svc.Spec.Ports[0].NodePort = 30080
+		}
+		_, err = c.CoreV1().Services(namespace).Create(ctx, svc, metav1.CreateOptions{})
+		must(t, "create the Service "+svc.Name, err)
+		createSlice(t, ctx, c, svc.Name, backends)
+	}
+}
+
+// createSlice makes the Service's EndpointSlice: there is no
+// controller-manager.
+func createSlice(t *testing.T, ctx context.Context, c kubernetes.Interface, service string, backends []*pod) {
+	t.Helper()
 	slice := &discovery.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo-1", Namespace: namespace,
-			Labels: map[string]string{discovery.LabelServiceName: "echo", discovery.LabelManagedBy: "e2e-takeover"}},
+		ObjectMeta: metav1.ObjectMeta{Name: service + "-1", Namespace: namespace,
+			Labels: map[string]string{discovery.LabelServiceName: service, discovery.LabelManagedBy: "e2e-takeover"}},
 		AddressType: discovery.AddressTypeIPv4,
 		Ports:       []discovery.EndpointPort{{Name: ptr.To(""), Port: ptr.To[int32](backendPort), Protocol: ptr.To(v1.ProtocolTCP)}},
 	}
@@ -349,8 +365,29 @@ func apiObjects(t *testing.T, ctx context.Context, c kubernetes.Interface, backe
 			NodeName:   ptr.To(nodeName),
 		})
 	}
-	_, err = c.DiscoveryV1().EndpointSlices(namespace).Create(ctx, slice, metav1.CreateOptions{})
-	must(t, "create the EndpointSlice", err)
+	_, err := c.DiscoveryV1().EndpointSlices(namespace).Create(ctx, slice, metav1.CreateOptions{})
+	must(t, "create the EndpointSlice of "+service, err)
+}
+
+// allVirtualServers is every IPVS virtual server with its scheduling and
+// real servers, as ipvsadm -Ln would list it.
+func allVirtualServers(t *testing.T, k *ipvs.Kernel) []string {
+	t.Helper()
+	vss, err := k.GetVirtualServers()
+	must(t, "list IPVS virtual servers", err)
+	var out []string
+	for _, v := range vss {
+		rss, err := k.GetRealServers(v.VSKey)
+		must(t, "list real servers of "+v.String(), err)
+		var rs []string
+		for _, r := range rss {
+			rs = append(rs, r.String())
+		}
+		slices.Sort(rs)
+		out = append(out, v.String()+" -> "+strings.Join(rs, ", "))
+	}
+	slices.Sort(out)
+	return out
 }
 
 // TestTakeoverFromKubeProxy switches a node from kube-proxy 1.36 (IPVS
@@ -454,6 +491,16 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 	t.Logf("virtual server under kube-proxy: %s flags %#x, %d connections, %d packets in; long-lived connection on %s",
 		vsBefore.SchedName, vsBefore.Flags, vsBefore.Stats.Connections, vsBefore.Stats.PacketsIn, longPod)
 
+	reader, err := ipvs.NewKernel("")
+	must(t, "IPVS reader", err)
+	defer reader.Close()
+	vssBefore := allVirtualServers(t, reader)
+	t.Logf("kube-proxy's IPVS:\n%s", strings.Join(vssBefore, "\n"))
+	if !slices.ContainsFunc(vssBefore, func(s string) bool { return strings.Contains(s, "10.96.100.11:80 rr persistent timeout 10800") }) ||
+		!slices.ContainsFunc(vssBefore, func(s string) bool { return strings.Contains(s, "10.0.2.15:30080 rr") }) {
+		t.Fatalf("kube-proxy's virtual servers lack the persistent ClusterIP or the node port: the test would not check them")
+	}
+
 	// 3. kube-proxy stops (SIGTERM, no --cleanup): everything it made
 	// stays, and the connection goes on.
 	kp.stop(t)
@@ -492,8 +539,11 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 			break
 		}
 	}
-	if !strings.Contains(firstSync, "virtual servers +0 ") {
-		t.Errorf("nftvs's first sync created virtual servers, want every one adopted: %s", firstSync)
+	if !strings.Contains(firstSync, `ipvs="virtual servers +0 ~0 -0, real servers +0 ~0 -0"`) {
+		t.Errorf("nftvs's first sync wrote to IPVS, want every virtual and real server adopted as it was: %s", firstSync)
+	}
+	if vssAfter := allVirtualServers(t, reader); !slices.Equal(vssAfter, vssBefore) {
+		t.Errorf("IPVS after nftvs's first sync:\n%s\nunder kube-proxy:\n%s", strings.Join(vssAfter, "\n"), strings.Join(vssBefore, "\n"))
 	}
 
 	// 5. The connection goes on, through the same virtual server.
