@@ -140,6 +140,7 @@ func TestFlagDefaultsConfigure(t *testing.T) {
 		{"clientConnection.qps", c.ClientConnection.QPS, float32(5)},
 		{"drain timeout", cfg.DrainTimeout, 30 * time.Second},
 		{"conntrack cleaner", cfg.ConntrackCleaner, true},
+		{"takeover", cfg.TakeoverKubeProxy, false},
 		{"companion", cfg.Companion, "nft"},
 	}
 	for _, c := range checks {
@@ -165,6 +166,7 @@ func TestFlagsConfigure(t *testing.T) {
 		"--kube-api-content-type=application/json", "--config-sync-period=1h",
 		"--conntrack-max-per-core=0", "--conntrack-tcp-be-liberal", "--conntrack-udp-timeout=30s",
 		"--oom-score-adj=-500", "--ipvs-graceful-termination-period=2m", "--conntrack-cleaner=false",
+		"--takeover-kube-proxy",
 		"--ipvs_strict_arp=true", // kube-proxy accepts _ for -
 		"-v=4",
 	)
@@ -201,6 +203,7 @@ func TestFlagsConfigure(t *testing.T) {
 		{"oomScoreAdj", *c.OOMScoreAdj, int32(-500)},
 		{"drain", cfg.DrainTimeout, 2 * time.Minute},
 		{"cleaner", cfg.ConntrackCleaner, false},
+		{"takeover", cfg.TakeoverKubeProxy, true},
 		{"verbosity", uint32(c.Logging.Verbosity), uint32(4)},
 	}
 	for _, c := range checks {
