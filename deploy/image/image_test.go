@@ -15,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 )
 
@@ -36,48 +37,14 @@ func forbidden(name string) bool {
 // see: the entrypoint a static ELF, kube-proxy resolving to it, nothing
 // else in the filesystem, and both commands running.
 func TestImage(t *testing.T) {
-	dir := t.TempDir()
-	cmd := exec.Command("./build.sh")
-	cmd.Env = append(os.Environ(), "NFTVS_BIN_DIR="+dir, "NFTVS_VERSION=v0.0.0-test")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("build.sh: %v\n%s", err, out)
-	}
-	t.Logf("build.sh:\n%s", out)
-	tarball := filepath.Join(dir, "nftvs-image.tar")
-	if !strings.Contains(string(out), tarball) {
-		t.Errorf("build.sh did not print the tarball path %s", tarball)
-	}
+	dir, tarball := runBuild(t)
 
-	// Unpack the OCI layout and read it back with go-containerregistry.
-	lay := filepath.Join(dir, "layout")
-	untar(t, tarball, lay)
-	for _, f := range []string{"oci-layout", "index.json"} {
-		if _, err := os.Stat(filepath.Join(lay, f)); err != nil {
-			t.Fatalf("not an OCI layout: %v", err)
-		}
-	}
-	idx, err := layout.ImageIndexFromPath(lay)
-	if err != nil {
-		t.Fatal(err)
-	}
-	im, err := idx.IndexManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(im.Manifests) != 1 {
-		t.Fatalf("%d manifests in index.json, want 1", len(im.Manifests))
-	}
-	desc := im.Manifests[0]
+	img, desc := openImage(t, tarball, filepath.Join(dir, "layout"))
 	if desc.Annotations["io.containerd.image.name"] != "docker.io/nftvs/nftvs:dev" || desc.Annotations["org.opencontainers.image.ref.name"] != "dev" {
 		t.Errorf("index annotations %v", desc.Annotations)
 	}
 	if desc.Platform == nil || desc.Platform.OS != "linux" || desc.Platform.Architecture != "amd64" {
 		t.Errorf("platform %+v", desc.Platform)
-	}
-	img, err := idx.Image(desc.Digest)
-	if err != nil {
-		t.Fatal(err)
 	}
 	cf, err := img.ConfigFile()
 	if err != nil {
@@ -97,48 +64,12 @@ func TestImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, err := layers[0].Uncompressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-
 	// The filesystem a container gets, unpacked as a runtime would.
 	rootfs := filepath.Join(dir, "rootfs")
-	var files []string
-	var uncompressed int64
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		name := "/" + strings.TrimSuffix(path.Clean(h.Name), "/")
-		files = append(files, name)
+	files, uncompressed := unpackLayer(t, layers[0], rootfs)
+	for _, name := range files {
 		if forbidden(path.Base(name)) {
 			t.Errorf("image has %s", name)
-		}
-		dst := filepath.Join(rootfs, name)
-		switch h.Typeflag {
-		case tar.TypeDir:
-			err = os.MkdirAll(dst, 0o755)
-		case tar.TypeSymlink:
-			err = os.Symlink(h.Linkname, dst)
-		case tar.TypeReg:
-			var data []byte
-			data, err = io.ReadAll(tr)
-			uncompressed += int64(len(data))
-			if err == nil {
-				err = os.WriteFile(dst, data, os.FileMode(h.Mode))
-			}
-		default:
-			t.Errorf("%s: unexpected tar entry type %c", name, h.Typeflag)
-		}
-		if err != nil {
-			t.Fatal(err)
 		}
 	}
 	want := []string{"/usr", "/usr/local", "/usr/local/bin", Entrypoint, KubeProxy}
@@ -190,6 +121,95 @@ func TestImage(t *testing.T) {
 	}
 	t.Logf("image: tarball %.1f MB, layer %.1f MB compressed (gzip), %.1f MB uncompressed",
 		float64(st.Size())/1e6, float64(compressed)/1e6, float64(uncompressed)/1e6)
+}
+
+// runBuild runs build.sh into a temporary directory, as a user would, and
+// returns the directory and the image tarball.
+func runBuild(t *testing.T) (dir, tarball string) {
+	t.Helper()
+	dir = t.TempDir()
+	cmd := exec.Command("./build.sh")
+	cmd.Env = append(os.Environ(), "NFTVS_BIN_DIR="+dir, "NFTVS_VERSION=v0.0.0-test")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("build.sh: %v\n%s", err, out)
+	}
+	t.Logf("build.sh:\n%s", out)
+	tarball = filepath.Join(dir, "nftvs-image.tar")
+	if !strings.Contains(string(out), tarball) {
+		t.Errorf("build.sh did not print the tarball path %s", tarball)
+	}
+	return dir, tarball
+}
+
+// openImage unpacks the OCI layout tarball into lay and reads its one
+// image back with go-containerregistry.
+func openImage(t *testing.T, tarball, lay string) (v1.Image, v1.Descriptor) {
+	t.Helper()
+	untar(t, tarball, lay)
+	for _, f := range []string{"oci-layout", "index.json"} {
+		if _, err := os.Stat(filepath.Join(lay, f)); err != nil {
+			t.Fatalf("not an OCI layout: %v", err)
+		}
+	}
+	idx, err := layout.ImageIndexFromPath(lay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(im.Manifests) != 1 {
+		t.Fatalf("%d manifests in index.json, want 1", len(im.Manifests))
+	}
+	img, err := idx.Image(im.Manifests[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, im.Manifests[0]
+}
+
+// unpackLayer extracts a layer into rootfs and returns its entries (as
+// absolute paths) and the bytes of its regular files.
+func unpackLayer(t *testing.T, layer v1.Layer, rootfs string) (files []string, size int64) {
+	t.Helper()
+	rc, err := layer.Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return files, size
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := "/" + strings.TrimSuffix(path.Clean(h.Name), "/")
+		files = append(files, name)
+		dst := filepath.Join(rootfs, name)
+		switch h.Typeflag {
+		case tar.TypeDir:
+			err = os.MkdirAll(dst, 0o755)
+		case tar.TypeSymlink:
+			err = os.Symlink(h.Linkname, dst)
+		case tar.TypeReg:
+			var data []byte
+			data, err = io.ReadAll(tr)
+			size += int64(len(data))
+			if err == nil {
+				err = os.WriteFile(dst, data, os.FileMode(h.Mode))
+			}
+		default:
+			t.Errorf("%s: unexpected tar entry type %c", name, h.Typeflag)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func sum(t *testing.T, file string) [32]byte {
