@@ -21,7 +21,7 @@ import (
 // missing: make test's dependency script installs them.
 func requireTools(t *testing.T) {
 	t.Helper()
-	for _, bin := range []string{"iptables-nft-restore", "ip6tables-nft-restore", "iptables-nft-save", "ipset", "nft", "iptables-legacy"} {
+	for _, bin := range []string{"iptables-nft-restore", "ip6tables-nft-restore", "iptables-nft-save", "ip6tables-nft-save", "ipset", "nft", "iptables-legacy"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Fatalf("%s not found: install the Debian packages iptables and ipset (apt-get install -y iptables ipset)", bin)
 		}
@@ -127,11 +127,18 @@ func TestKernelTakeover(t *testing.T) {
 	restore(t, ns, "ip6tables-nft-restore", ipv6Fixture)
 	restore(t, ns, "nft", foreignNFT)
 	// A legacy table, with a rule holding one of kube-proxy's ipsets:
-	// out of reach, and reported.
-	ns.Run(t, "iptables-legacy", "-t", "filter", "-A", "INPUT", "-m", "set", "--match-set", "KUBE-NODE-PORT-SCTP-HASH", "dst,dst", "-j", "ACCEPT")
-	ns.Run(t, "iptables-legacy", "-t", "filter", "-A", "INPUT", "-m", "set", "--match-set", "legacy-held", "src", "-j", "ACCEPT")
+	// out of reach, and reported. Kernels without x_tables cannot have
+	// one (nor legacy leftovers).
+	_, err = os.Stat("/proc/net/ip_tables_names")
+	legacy := err == nil
+	if legacy {
+		ns.Run(t, "iptables-legacy", "-t", "filter", "-A", "INPUT", "-m", "set", "--match-set", "KUBE-NODE-PORT-SCTP-HASH", "dst,dst", "-j", "ACCEPT")
+		ns.Run(t, "iptables-legacy", "-t", "filter", "-A", "INPUT", "-m", "set", "--match-set", "legacy-held", "src", "-j", "ACCEPT")
+	} else {
+		t.Log("THIS KERNEL HAS NO iptables-legacy (no /proc/net/ip_tables_names): the legacy detection is not exercised")
+	}
 
-	before := snapshot(t, ns)
+	before := snapshot(t, ns, legacy)
 	t.Logf("before:\n%s", before)
 
 	var rep Report
@@ -148,10 +155,14 @@ func TestKernelTakeover(t *testing.T) {
 		t.Fatalf("takeover: %v", err)
 	}
 	t.Logf("report: %+v", rep)
-	after := snapshot(t, ns)
+	after := snapshot(t, ns, legacy)
 	t.Logf("after:\n%s", after)
 
-	want := withoutKubeProxy(before)
+	held := ""
+	if legacy {
+		held = "KUBE-NODE-PORT-SCTP-HASH"
+	}
+	want := withoutKubeProxy(before, held)
 	if after != want {
 		t.Errorf("after the takeover:\n%s\nwant (before, less kube-proxy's chains, jumps and ipsets):\n%s", after, want)
 	}
@@ -161,13 +172,15 @@ func TestKernelTakeover(t *testing.T) {
 	if got := len(rep.RulesDeleted); got != 9+5 {
 		t.Errorf("%d jump rules deleted, want 14 (9 ip, 5 ip6): %v", got, rep.RulesDeleted)
 	}
-	if len(rep.IPSetsDestroyed) != len(kubeProxySets)-1 {
+	switch {
+	case !legacy && (len(rep.IPSetsDestroyed) != len(kubeProxySets) || len(rep.IPSetsKept) != 0 || len(rep.LegacyTables) != 0):
+		t.Errorf("ipsets destroyed %v, kept %v, legacy tables %v; want all of kube-proxy's destroyed, no legacy",
+			rep.IPSetsDestroyed, rep.IPSetsKept, rep.LegacyTables)
+	case legacy && len(rep.IPSetsDestroyed) != len(kubeProxySets)-1:
 		t.Errorf("ipsets destroyed %v, want all of kube-proxy's but KUBE-NODE-PORT-SCTP-HASH", rep.IPSetsDestroyed)
-	}
-	if len(rep.IPSetsKept) != 1 || !strings.HasPrefix(rep.IPSetsKept[0], "KUBE-NODE-PORT-SCTP-HASH:") {
+	case legacy && (len(rep.IPSetsKept) != 1 || !strings.HasPrefix(rep.IPSetsKept[0], "KUBE-NODE-PORT-SCTP-HASH:")):
 		t.Errorf("ipsets kept %v, want KUBE-NODE-PORT-SCTP-HASH (held by an iptables-legacy rule)", rep.IPSetsKept)
-	}
-	if !slices.Equal(rep.LegacyTables, []string{"ip filter"}) {
+	case legacy && !slices.Equal(rep.LegacyTables, []string{"ip filter"}):
 		t.Errorf("legacy tables %v, want [ip filter]", rep.LegacyTables)
 	}
 
@@ -178,7 +191,7 @@ func TestKernelTakeover(t *testing.T) {
 	if len(rep.ChainsDeleted)+len(rep.RulesDeleted)+len(rep.IPSetsDestroyed) != 0 {
 		t.Errorf("second run deleted something: %+v", rep)
 	}
-	if again := snapshot(t, ns); again != after {
+	if again := snapshot(t, ns, legacy); again != after {
 		t.Errorf("second run changed the kernel:\n%s\nwas:\n%s", again, after)
 	}
 }
@@ -197,10 +210,14 @@ func restore(t *testing.T, ns *netnstest.NS, tool, text string) {
 // snapshot is what the test compares: iptables-nft and ip6tables-nft
 // (without comments and counters), the foreign nft tables, the legacy
 // filter table and the ipset names.
-func snapshot(t *testing.T, ns *netnstest.NS) string {
+func snapshot(t *testing.T, ns *netnstest.NS, legacy bool) string {
 	t.Helper()
 	var b strings.Builder
-	for _, tool := range []string{"iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save"} {
+	tools := []string{"iptables-nft-save", "ip6tables-nft-save"}
+	if legacy {
+		tools = append(tools, "iptables-legacy-save")
+	}
+	for _, tool := range tools {
 		fmt.Fprintf(&b, "## %s\n", tool)
 		// stdout only: with legacy tables present, iptables-nft-save
 		// warns about them on stderr.
@@ -230,14 +247,14 @@ func snapshot(t *testing.T, ns *netnstest.NS) string {
 }
 
 // withoutKubeProxy is a snapshot less kube-proxy's chains (declarations
-// and rules), the rules that jump to them, and its ipsets, except what the
-// test keeps on purpose (the ipset an iptables-legacy rule holds).
-func withoutKubeProxy(s string) string {
+// and rules), the rules that jump to them, and its ipsets but held (the
+// one an iptables-legacy rule holds).
+func withoutKubeProxy(s, held string) string {
 	var b strings.Builder
 	table, section := "", ""
 	kpSets := map[string]bool{}
 	for _, n := range KubeProxyIPSets() {
-		kpSets[n] = n != "KUBE-NODE-PORT-SCTP-HASH"
+		kpSets[n] = n != held
 	}
 	for _, l := range strings.Split(strings.TrimSuffix(s, "\n"), "\n") {
 		switch {
@@ -265,4 +282,44 @@ func withoutKubeProxy(s string) string {
 		b.WriteString(l + "\n")
 	}
 	return b.String()
+}
+
+// A chain of someone else's that jumps to KUBE-MARK-MASQ keeps it, and
+// the kernel takes the rest of the plan (no EBUSY): kube-proxy's hooks
+// and KUBE-SERVICES go, KUBE-MARK-MASQ still marks for the CNI.
+func TestKernelKeepsChainsOthersUse(t *testing.T) {
+	netnstest.RequireRoot(t)
+	requireTools(t)
+	ns := netnstest.New(t)
+	restore(t, ns, "iptables-nft-restore", `*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:CNI-MASQ - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A POSTROUTING -j CNI-MASQ
+-A CNI-MASQ -d 10.244.0.0/16 -j KUBE-MARK-MASQ
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-SERVICES ! -s 10.244.0.0/16 -d 10.96.0.0/16 -j KUBE-MARK-MASQ
+COMMIT
+`)
+	var rep Report
+	var err error
+	ns.Do(t, func() { rep, err = Run(Kernel{Rules: NewNetfilter(ns.FD())}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := ns.Run(t, "iptables-nft-save", "-t", "nat")
+	for _, want := range []string{":CNI-MASQ", ":KUBE-MARK-MASQ", "-A CNI-MASQ -d 10.244.0.0/16 -j KUBE-MARK-MASQ", "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("%q gone:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "KUBE-SERVICES") {
+		t.Errorf("KUBE-SERVICES left:\n%s", got)
+	}
+	if len(rep.ChainsKept) != 1 || !strings.Contains(rep.ChainsKept[0], "KUBE-MARK-MASQ: jumped to by CNI-MASQ") {
+		t.Errorf("kept %v, want KUBE-MARK-MASQ held by CNI-MASQ", rep.ChainsKept)
+	}
 }
