@@ -15,6 +15,9 @@
 //	    -exec "/tmp/with-apiserver $PWD/e2e/vm/vmexec" ./e2e/takeover/
 //
 // kube-proxy is NFTVS_KUBE_PROXY_BINARY, or the one e2e/tools/build.sh
-// built in the cache. This file holds no code: without the tag the
-// package is empty.
+// built in the cache. With NFTVS_TAKEOVER_SAVE_DIR=DIR (and
+// NFTVS_VM_RW=DIR, so the guest may write there) the test writes
+// kube-proxy's iptables-save there: internal/takeover's fixtures
+// kube-proxy-1.36-vm*.rules come from it. This file holds no code: without
+// the tag the package is empty.
 package takeover

@@ -33,10 +33,13 @@ import (
 const (
 	nodeName  = "node-a"
 	namespace = "e2e"
-	// waitTimeout bounds every wait for a proxy to program something
-	// (kube-proxy's first IPVS-mode sync is slow under emulation).
-	waitTimeout = 90 * time.Second
-	clusterCIDR = "10.244.0.0/16"
+	// waitTimeout bounds every wait for nftvs to program something;
+	// kubeProxyTimeout kube-proxy's first IPVS-mode sync, which shells
+	// out to iptables and ipset dozens of times per family (0.1-0.5 s per
+	// process under emulation): 27-79 s measured, with other VMs running.
+	waitTimeout      = 90 * time.Second
+	kubeProxyTimeout = 180 * time.Second
+	clusterCIDR      = "10.244.0.0/16"
 )
 
 var vip = netip.MustParseAddrPort("10.96.100.10:80")
@@ -143,11 +146,11 @@ func (p *proc) stop(t *testing.T) {
 	}
 }
 
-// eventually polls check every 500 ms until it passes, within waitTimeout;
+// eventually polls check every 500 ms until it passes, within timeout;
 // a proxy that exits ends the wait at once.
-func eventually(t *testing.T, what string, p *proc, check func() error) {
+func eventually(t *testing.T, what string, p *proc, timeout time.Duration, check func() error) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
+	deadline := time.Now().Add(timeout)
 	var err error
 	for time.Now().Before(deadline) {
 		if err = check(); err == nil {
@@ -159,7 +162,7 @@ func eventually(t *testing.T, what string, p *proc, check func() error) {
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-	t.Fatalf("%s: not done after %v: %v", what, waitTimeout, err)
+	t.Fatalf("%s: not done after %v: %v", what, timeout, err)
 }
 
 func run(t *testing.T, name string, args ...string) string {
@@ -430,7 +433,7 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 	// written its iptables rules and ipsets.
 	kp := start(t, "kube-proxy", e.kubeProxy, "--kubeconfig="+e.kubeconfig, "--proxy-mode=ipvs",
 		"--hostname-override="+nodeName, "--cluster-cidr="+clusterCIDR, "--conntrack-max-per-core=0", "--v=2", "--log-flush-frequency=1s")
-	eventually(t, "kube-proxy programs the ClusterIP", kp, func() error {
+	eventually(t, "kube-proxy programs the ClusterIP", kp, kubeProxyTimeout, func() error {
 		s, err := virtualServer(ih)
 		if err != nil {
 			return err
@@ -512,7 +515,7 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 	takeoverStart := time.Now()
 	nv := start(t, "nftvs", e.nftvs, "--kubeconfig="+e.kubeconfig, "--hostname-override="+nodeName,
 		"--cluster-cidr="+clusterCIDR, "--takeover-kube-proxy", "--v=2")
-	eventually(t, "nftvs's first sync", nv, func() error {
+	eventually(t, "nftvs's first sync", nv, waitTimeout, func() error {
 		if !strings.Contains(nv.logText(), "\"Synced\" full=true") {
 			return fmt.Errorf("no full sync logged yet")
 		}
@@ -528,8 +531,8 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 	if !strings.Contains(logText, "Took over from kube-proxy's IPVS mode") {
 		t.Errorf("nftvs did not log the takeover")
 	}
-	if strings.Contains(logText, "FailedTakeoverKubeProxy") || strings.Contains(logText, "Taking over from kube-proxy left") {
-		t.Errorf("nftvs reported a failed takeover")
+	if strings.Contains(logText, "Taking over from kube-proxy left") || strings.Contains(logText, "Taking over from kube-proxy: kept") {
+		t.Errorf("nftvs reported a failed or partial takeover")
 	}
 	// The first sync adopted the virtual server: it added none.
 	firstSync := ""
@@ -582,9 +585,11 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 	must(t, "kube-ipvs0", err)
 	vipsAfter, err := addrs.ListAddresses(ipvs.DummyName)
 	must(t, "kube-ipvs0 addresses", err)
-	if dummyAfter != dummyBefore || !slices.Contains(vipsAfter, vip.Addr()) {
-		t.Errorf("kube-ipvs0: index %d → %d, addresses %v → %v; want the same link, still holding %s",
-			dummyBefore, dummyAfter, vipsBefore, vipsAfter, vip.Addr())
+	if dummyAfter != dummyBefore || !slices.Equal(vipsAfter, vipsBefore) {
+		t.Errorf("kube-ipvs0: index %d → %d, addresses %v → %v; want the same link with the same addresses",
+			dummyBefore, dummyAfter, vipsBefore, vipsAfter)
+	} else {
+		t.Logf("kube-ipvs0 kept: index %d, addresses %v", dummyAfter, vipsAfter)
 	}
 
 	// 6. Only kube-proxy's things are gone.
@@ -616,7 +621,7 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 	nv.stop(t)
 	nv2 := start(t, "nftvs-again", e.nftvs, "--kubeconfig="+e.kubeconfig, "--hostname-override="+nodeName,
 		"--cluster-cidr="+clusterCIDR, "--takeover-kube-proxy", "--v=2")
-	eventually(t, "nftvs's second start", nv2, func() error {
+	eventually(t, "nftvs's second start", nv2, waitTimeout, func() error {
 		if !strings.Contains(nv2.logText(), "\"Synced\" full=true") {
 			return fmt.Errorf("no full sync logged yet")
 		}
