@@ -36,9 +36,10 @@ const (
 	// waitTimeout bounds every wait for nftvs to program something;
 	// kubeProxyTimeout kube-proxy's first IPVS-mode sync, which shells
 	// out to iptables and ipset dozens of times per family (0.1-0.5 s per
-	// process under emulation): 27-79 s measured, with other VMs running.
+	// process under emulation): 27-138 s measured, with other VMs
+	// running.
 	waitTimeout      = 90 * time.Second
-	kubeProxyTimeout = 180 * time.Second
+	kubeProxyTimeout = 240 * time.Second
 	clusterCIDR      = "10.244.0.0/16"
 )
 
@@ -398,6 +399,13 @@ func allVirtualServers(t *testing.T, k *ipvs.Kernel) []string {
 func TestTakeoverFromKubeProxy(t *testing.T) {
 	e := requireEnv(t)
 	begin := time.Now()
+	// Both proxies run with the same --ipvs-scheduler: rr, or another
+	// (mh also sets a flag on every virtual server) with
+	// NFTVS_TAKEOVER_SCHEDULER.
+	sched := os.Getenv("NFTVS_TAKEOVER_SCHEDULER")
+	if sched == "" {
+		sched = "rr"
+	}
 	node := rootNS(t)
 	sysctl(t, "net/ipv4/conf/all/rp_filter=0", "net/ipv4/conf/default/rp_filter=0", "net/ipv4/ip_forward=1")
 	backends := []*pod{addPod(t, node, "a", "10.244.1.2"), addPod(t, node, "b", "10.244.1.3")}
@@ -432,7 +440,7 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 	// 1. kube-proxy in IPVS mode, until it serves the ClusterIP and has
 	// written its iptables rules and ipsets.
 	kp := start(t, "kube-proxy", e.kubeProxy, "--kubeconfig="+e.kubeconfig, "--proxy-mode=ipvs",
-		"--hostname-override="+nodeName, "--cluster-cidr="+clusterCIDR, "--conntrack-max-per-core=0", "--v=2", "--log-flush-frequency=1s")
+		"--hostname-override="+nodeName, "--cluster-cidr="+clusterCIDR, "--conntrack-max-per-core=0", "--ipvs-scheduler="+sched, "--v=2", "--vmodule=proxier=4", "--log-flush-frequency=1s")
 	eventually(t, "kube-proxy programs the ClusterIP", kp, kubeProxyTimeout, func() error {
 		s, err := virtualServer(ih)
 		if err != nil {
@@ -458,6 +466,12 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 		return nil
 	})
 	t.Logf("kube-proxy programmed the ClusterIP after %v", time.Since(begin).Round(time.Millisecond))
+	for _, l := range strings.Split(kp.logText(), "\n") {
+		// Where kube-proxy's time went.
+		if strings.Contains(l, "syncProxyRules complete") || strings.Contains(l, "Caches are synced") || strings.Contains(l, "Using ipvs Proxier") {
+			t.Logf("kube-proxy: %s", l)
+		}
+	}
 	kpSave4, kpSave6 := save(t, "iptables-save"), save(t, "ip6tables-save")
 	kpSets := ipsets(t)
 	t.Logf("kube-proxy's iptables (ip):\n%s\nip6:\n%s\nipsets: %v", kpSave4, kpSave6, kpSets)
@@ -499,8 +513,12 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 	defer reader.Close()
 	vssBefore := allVirtualServers(t, reader)
 	t.Logf("kube-proxy's IPVS:\n%s", strings.Join(vssBefore, "\n"))
-	if !slices.ContainsFunc(vssBefore, func(s string) bool { return strings.Contains(s, "10.96.100.11:80 rr persistent timeout 10800") }) ||
-		!slices.ContainsFunc(vssBefore, func(s string) bool { return strings.Contains(s, "10.0.2.15:30080 rr") }) {
+	sticky := "10.96.100.11:80 " + sched + " persistent"
+	if sched == "mh" {
+		sticky += "|flag-2" // kube-proxy's FlagSourceHash, nftvs's FlagMHPort
+	}
+	if !slices.ContainsFunc(vssBefore, func(s string) bool { return strings.Contains(s, sticky+" timeout 10800") }) ||
+		!slices.ContainsFunc(vssBefore, func(s string) bool { return strings.Contains(s, "10.0.2.15:30080 "+sched) }) {
 		t.Fatalf("kube-proxy's virtual servers lack the persistent ClusterIP or the node port: the test would not check them")
 	}
 
@@ -514,7 +532,7 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 	// 4. nftvs takes over.
 	takeoverStart := time.Now()
 	nv := start(t, "nftvs", e.nftvs, "--kubeconfig="+e.kubeconfig, "--hostname-override="+nodeName,
-		"--cluster-cidr="+clusterCIDR, "--takeover-kube-proxy", "--v=2")
+		"--cluster-cidr="+clusterCIDR, "--ipvs-scheduler="+sched, "--takeover-kube-proxy", "--v=2")
 	eventually(t, "nftvs's first sync", nv, waitTimeout, func() error {
 		if !strings.Contains(nv.logText(), "\"Synced\" full=true") {
 			return fmt.Errorf("no full sync logged yet")
@@ -620,7 +638,7 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 	// connection still flows.
 	nv.stop(t)
 	nv2 := start(t, "nftvs-again", e.nftvs, "--kubeconfig="+e.kubeconfig, "--hostname-override="+nodeName,
-		"--cluster-cidr="+clusterCIDR, "--takeover-kube-proxy", "--v=2")
+		"--cluster-cidr="+clusterCIDR, "--ipvs-scheduler="+sched, "--takeover-kube-proxy", "--v=2")
 	eventually(t, "nftvs's second start", nv2, waitTimeout, func() error {
 		if !strings.Contains(nv2.logText(), "\"Synced\" full=true") {
 			return fmt.Errorf("no full sync logged yet")
