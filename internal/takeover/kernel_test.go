@@ -6,11 +6,13 @@ package takeover
 // nftables tables; Run must remove exactly kube-proxy's, twice in a row.
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -321,5 +323,43 @@ COMMIT
 	}
 	if len(rep.ChainsKept) != 1 || !strings.Contains(rep.ChainsKept[0], "KUBE-MARK-MASQ: jumped to by CNI-MASQ") {
 		t.Errorf("kept %v, want KUBE-MARK-MASQ held by CNI-MASQ", rep.ChainsKept)
+	}
+}
+
+// The transaction carries the generation of the read: after another
+// writer's change the kernel refuses it with ERESTART and deletes
+// nothing, which is what Run's retry relies on.
+func TestKernelStaleGeneration(t *testing.T) {
+	netnstest.RequireRoot(t)
+	requireTools(t)
+	ns := netnstest.New(t)
+	restore(t, ns, "iptables-nft-restore", `*nat
+:PREROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -j KUBE-SERVICES
+COMMIT
+`)
+	nf := NewNetfilter(ns.FD())
+	rs, gen, err := nf.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := PlanRuleset(rs)
+	if p.Empty() {
+		t.Fatalf("nothing planned from %+v", rs)
+	}
+	ns.Run(t, "iptables-nft", "-t", "nat", "-N", "SOMEONE-ELSE") // a concurrent writer
+	err = nf.Apply(p, gen)
+	if !errors.Is(err, syscall.ERESTART) {
+		t.Fatalf("Apply with a stale generation: %v, want ERESTART", err)
+	}
+	if got := ns.Run(t, "iptables-nft-save", "-t", "nat"); !strings.Contains(got, ":KUBE-SERVICES") {
+		t.Errorf("the refused transaction deleted something:\n%s", got)
+	}
+	// Run reads again and gets it done.
+	var rep Report
+	ns.Do(t, func() { rep, err = Run(Kernel{Rules: nf}) })
+	if err != nil || len(rep.ChainsDeleted) != 1 {
+		t.Fatalf("Run: %v, %+v", err, rep)
 	}
 }
