@@ -1,0 +1,229 @@
+// Package bench is the scale benchmark of nftvs side by side with upstream
+// kube-proxy (issue #9): the same Services and EndpointSlices, created in
+// one real kube-apiserver on the host, programmed by each proxy in a fresh
+// VM with real IPVS. cmd/bench-upstream drives the control plane and the
+// VMs; cmd/bench-guest runs in each VM, starts one proxy and measures it.
+// This file holds what both sides share: the result of one run, the
+// workload's addresses, the differential check of IPVS tables and the
+// report (Markdown, JSON, SVG).
+package bench
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+)
+
+// The proxies compared.
+const (
+	ProxyNftvs    = "nftvs"    // the binary built from ./cmd/nftvs
+	ProxyIPVS     = "ipvs"     // upstream kube-proxy --proxy-mode=ipvs
+	ProxyNftables = "nftables" // upstream kube-proxy --proxy-mode=nftables
+)
+
+// Proxies in report order.
+var Proxies = []string{ProxyNftvs, ProxyIPVS, ProxyNftables}
+
+// ProxyTitle is how the report names a proxy.
+func ProxyTitle(p string) string {
+	switch p {
+	case ProxyNftvs:
+		return "nftvs"
+	case ProxyIPVS:
+		return "kube-proxy ipvs"
+	case ProxyNftables:
+		return "kube-proxy nftables"
+	}
+	return p
+}
+
+// UsesIPVS reports whether the proxy programs IPVS.
+func UsesIPVS(p string) bool { return p == ProxyNftvs || p == ProxyIPVS }
+
+// The workload. Every address is a pure function of the Service index, so
+// that every proxy (and the differential check) sees the same objects.
+const (
+	Namespace   = "bench"
+	NodeName    = "node-a"
+	NodeIP      = "10.0.2.15" // the guest's eth0 (e2e/vm)
+	ServiceCIDR = "10.96.0.0/16"
+	ClusterCIDR = "10.128.0.0/9"
+	ServicePort = 80
+	TargetPort  = 8080
+	// FirstClusterIP is Service 0's ClusterIP; Service i has the i-th
+	// address after it. 10.96.0.1 is the API server's own Service.
+	firstClusterIP = "10.96.1.0"
+	// Endpoint j of Service i is the (i*eps+j)-th address after
+	// 10.128.0.0: Service 0's endpoints are 10.128.0.1..eps.
+	firstEndpoint = "10.128.0.1"
+	// AltEndpoint replaces the last endpoint of the changed Service in
+	// the one-endpoint changes (outside every other endpoint).
+	AltEndpoint = "10.127.255.1"
+	// ClientIP is the client pod of the data-plane test.
+	ClientIP = "10.255.255.2"
+	// MaxServices is what the /16 Service CIDR holds after firstClusterIP.
+	MaxServices = 65000
+)
+
+func addN(base string, n int) netip.Addr {
+	a := netip.MustParseAddr(base).As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v += uint32(n)
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// ServiceName is the name of Service i.
+func ServiceName(i int) string { return fmt.Sprintf("svc-%05d", i) }
+
+// SliceName is the name of Service i's one EndpointSlice.
+func SliceName(i int) string { return ServiceName(i) + "-x" }
+
+// ClusterIP is Service i's ClusterIP.
+func ClusterIP(i int) netip.Addr { return addN(firstClusterIP, i) }
+
+// EndpointIP is endpoint j of Service i.
+func EndpointIP(i, j, eps int) netip.Addr { return addN(firstEndpoint, i*eps+j) }
+
+// IsBenchClusterIP reports whether a is the ClusterIP of one of the n
+// Services of the workload.
+func IsBenchClusterIP(a netip.Addr, n int) bool {
+	return a.Is4() && !a.Less(ClusterIP(0)) && a.Less(ClusterIP(n))
+}
+
+// ChangedService is the Service whose endpoints the one-endpoint changes
+// edit: one in the middle.
+func ChangedService(n int) int { return n / 2 }
+
+// Run is the result of one proxy at one size, written by bench-guest.
+type Run struct {
+	Proxy     string `json:"proxy"`
+	Services  int    `json:"services"`
+	Endpoints int    `json:"endpointsPerService"`
+	Kernel    string `json:"kernel"`
+	Version   string `json:"proxyVersion,omitempty"`
+
+	// Programmed: the outside check saw every Service programmed within
+	// the bound (FirstSyncBoundSeconds).
+	Programmed            bool    `json:"programmed"`
+	FirstSyncBoundSeconds float64 `json:"firstSyncBoundSeconds"`
+	// FirstSyncWallSeconds is from the proxy's exec (every object
+	// already in the API server) to the outside check passing.
+	FirstSyncWallSeconds float64 `json:"firstSyncWallSeconds,omitempty"`
+	// FirstSyncMetricSeconds is the proxy's own first observation of
+	// kubeproxy_sync_proxy_rules_duration_seconds (IPv4).
+	FirstSyncMetricSeconds float64 `json:"firstSyncMetricSeconds,omitempty"`
+	// FirstSyncMetricCount is the histogram's count when it was first
+	// seen non-zero: 1 unless syncs were missed between two scrapes
+	// (then FirstSyncMetricSeconds is the mean).
+	FirstSyncMetricCount int `json:"firstSyncMetricCount,omitempty"`
+	// FirstSyncNetProg is kubeproxy_network_programming_duration_seconds
+	// (sum, count) when the node was programmed.
+	FirstSyncNetProgSum   float64 `json:"firstSyncNetworkProgrammingSum"`
+	FirstSyncNetProgCount int     `json:"firstSyncNetworkProgrammingCount"`
+	// CPUFirstSyncSeconds is the proxy's CPU time (user+system, its own
+	// and its waited-for children's: iptables-restore, ipset, nft) from
+	// start to programmed.
+	CPUFirstSyncSeconds float64 `json:"cpuFirstSyncSeconds,omitempty"`
+
+	Changes []Change `json:"changes,omitempty"`
+	// ChangeBoundSeconds bounds each change.
+	ChangeBoundSeconds float64 `json:"changeBoundSeconds"`
+
+	// CPUTotalSeconds and PeakRSSBytes are at the end of the run (before
+	// the proxy is stopped): VmHWM of the proxy process itself.
+	CPUTotalSeconds float64 `json:"cpuTotalSeconds,omitempty"`
+	PeakRSSBytes    int64   `json:"peakRSSBytes,omitempty"`
+
+	Counts Counts `json:"counts"`
+
+	Conn *ConnResult `json:"dataPlane,omitempty"`
+
+	// IPVS is the normalised IPVS table right after the first sync
+	// (NormalizeIPVS), for the differential check.
+	IPVS []string `json:"ipvs,omitempty"`
+
+	// IPVSLines and IPVSHash summarise IPVS in the report (which drops
+	// the table itself): its line count and a hash of it.
+	IPVSLines int    `json:"ipvsLines,omitempty"`
+	IPVSHash  string `json:"ipvsHash,omitempty"`
+	// VMSeconds is the whole VM run, boot included (host side).
+	VMSeconds float64 `json:"vmSeconds,omitempty"`
+
+	Errors []string `json:"errors,omitempty"`
+	// LogTail is the end of the proxy's log when something failed.
+	LogTail string `json:"logTail,omitempty"`
+}
+
+// Change is one one-endpoint change: an EndpointSlice update through the
+// API server.
+type Change struct {
+	// SyncSeconds is the proxy's sync_proxy_rules_duration for the
+	// sync(s) that followed (sum delta / count delta).
+	SyncSeconds float64 `json:"syncSeconds"`
+	Syncs       int     `json:"syncs"`
+	// NetProgSeconds is network_programming_duration (delta mean), 0
+	// when the proxy reported none.
+	NetProgSeconds float64 `json:"networkProgrammingSeconds,omitempty"`
+	// ObservedSeconds is from the update's return to the outside check
+	// seeing the new endpoint programmed (checked after the sync
+	// metric moved, so an upper bound).
+	ObservedSeconds float64 `json:"observedSeconds"`
+	TimedOut        bool    `json:"timedOut,omitempty"`
+}
+
+// Counts are the kernel objects after the first sync.
+type Counts struct {
+	IPVSVirtualServers int `json:"ipvsVirtualServers"`
+	IPVSRealServers    int `json:"ipvsRealServers"`
+	KubeIPVS0Addresses int `json:"kubeIPVS0Addresses"`
+	// NftRules and NftElements cover every nftables table, including
+	// iptables-nft's (upstream IPVS mode's iptables rules live there).
+	NftTables   int `json:"nftTables"`
+	NftChains   int `json:"nftChains"`
+	NftRules    int `json:"nftRules"`
+	NftSets     int `json:"nftSets"`
+	NftElements int `json:"nftElements"`
+	// IptablesRules are the -A lines of iptables-save + ip6tables-save.
+	IptablesRules int `json:"iptablesRules"`
+	IpsetSets     int `json:"ipsetSets"`
+	IpsetEntries  int `json:"ipsetEntries"`
+}
+
+// ConnResult is the data-plane test: new TCP connections through one
+// ClusterIP, each connect + read the answer + close.
+type ConnResult struct {
+	Connections int     `json:"connections"`
+	Errors      int     `json:"errors"`
+	Seconds     float64 `json:"seconds"`
+	PerSecond   float64 `json:"perSecond"`
+}
+
+// Median of xs (the mean of the middle two for an even count); 0 for none.
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	sort.Float64s(s)
+	m := len(s) / 2
+	if len(s)%2 == 1 {
+		return s[m]
+	}
+	return (s[m-1] + s[m]) / 2
+}
+
+// ChangeMedian is the median sync duration of the changes that completed,
+// and whether any timed out.
+func (r *Run) ChangeMedian() (sync float64, observed float64, timedOut bool) {
+	var s, o []float64
+	for _, c := range r.Changes {
+		if c.TimedOut {
+			timedOut = true
+			continue
+		}
+		s = append(s, c.SyncSeconds)
+		o = append(o, c.ObservedSeconds)
+	}
+	return Median(s), Median(o), timedOut
+}

@@ -1,0 +1,112 @@
+package bench
+
+import (
+	"encoding/xml"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestAddresses(t *testing.T) {
+	if got := ClusterIP(0).String(); got != "10.96.1.0" {
+		t.Errorf("ClusterIP(0) = %s", got)
+	}
+	if got := ClusterIP(9999).String(); got != "10.96.40.15" {
+		t.Errorf("ClusterIP(9999) = %s", got)
+	}
+	if got := EndpointIP(0, 0, 10).String(); got != "10.128.0.1" {
+		t.Errorf("EndpointIP(0,0) = %s", got)
+	}
+	if got := EndpointIP(9999, 9, 10).String(); got != "10.129.134.160" {
+		t.Errorf("EndpointIP(9999,9) = %s", got)
+	}
+	sc, cc := netip.MustParsePrefix(ServiceCIDR), netip.MustParsePrefix(ClusterCIDR)
+	if !sc.Contains(ClusterIP(MaxServices - 1)) {
+		t.Errorf("ClusterIP(%d) outside %s", MaxServices-1, sc)
+	}
+	if !cc.Contains(EndpointIP(MaxServices-1, 9, 10)) || !cc.Contains(netip.MustParseAddr(ClientIP)) {
+		t.Error("endpoint or client outside the cluster CIDR")
+	}
+	if IsBenchClusterIP(netip.MustParseAddr("10.96.0.1"), 10) || !IsBenchClusterIP(ClusterIP(9), 10) || IsBenchClusterIP(ClusterIP(10), 10) {
+		t.Error("IsBenchClusterIP")
+	}
+}
+
+func TestNormalizeAndDiff(t *testing.T) {
+	vs := func(flags uint32, weights ...int) VirtualServer {
+		v := VirtualServer{Protocol: 6, Address: netip.MustParseAddr("10.96.1.0"), Port: 80, Scheduler: "rr", Flags: flags, Netmask: 0xffffffff}
+		for i, w := range weights {
+			v.Real = append(v.Real, RealServer{Address: EndpointIP(0, i, 10), Port: 8080, Weight: w})
+		}
+		return v
+	}
+	// The hashed flag and draining (weight 0) real servers do not count.
+	a := NormalizeIPVS([]VirtualServer{vs(0x2, 1, 1)})
+	b := NormalizeIPVS([]VirtualServer{vs(0, 1, 1, 0)})
+	if err := Differential(a, b); err != nil {
+		t.Fatal(err)
+	}
+	if len(a) != 3 || a[2] != "TCP 10.96.1.0:80 rr flags=0x0 timeout=0 netmask=0xffffffff" || a[0] != "TCP 10.96.1.0:80 -> 10.128.0.1:8080 masq weight=1" {
+		t.Fatalf("normalised: %q", a)
+	}
+	c := NormalizeIPVS([]VirtualServer{vs(0, 1, 2)})
+	err := Differential(a, c)
+	if err == nil || !strings.Contains(err.Error(), "10.128.0.2:8080 masq weight=1") || !strings.Contains(err.Error(), "weight=2") {
+		t.Fatalf("differential of different tables: %v", err)
+	}
+	if Differential(nil, a) == nil {
+		t.Fatal("an empty table compared equal")
+	}
+	onlyA, onlyB := DiffLines([]string{"a", "b", "d"}, []string{"b", "c"})
+	if strings.Join(onlyA, ",") != "a,d" || strings.Join(onlyB, ",") != "c" {
+		t.Fatalf("DiffLines: %q %q", onlyA, onlyB)
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := Median(c.in); got != c.want {
+			t.Errorf("Median(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+}
+
+func TestReport(t *testing.T) {
+	run := func(p string, n int, first, change float64, programmed bool) *Run {
+		r := &Run{Proxy: p, Services: n, Endpoints: 10, Kernel: "6.1.0-test", Programmed: programmed,
+			FirstSyncBoundSeconds: 600, FirstSyncMetricSeconds: first, FirstSyncMetricCount: 1, PeakRSSBytes: 50e6,
+			Conn: &ConnResult{Connections: 100, Seconds: 1, PerSecond: 100}}
+		for i := 0; i < 5; i++ {
+			r.Changes = append(r.Changes, Change{SyncSeconds: change, Syncs: 1, ObservedSeconds: change + 0.1})
+		}
+		return r
+	}
+	rep := &Report{Kernel: "6.1.0-test", Runs: []*Run{
+		run(ProxyNftvs, 100, 1, 0.01, true), run(ProxyIPVS, 100, 20, 2, true), run(ProxyNftables, 100, 2, 1, true),
+		run(ProxyNftvs, 1000, 5, 0.02, true), run(ProxyIPVS, 1000, 0, 0, false), run(ProxyNftables, 1000, 3, 3, true),
+	}, Differential: []DiffResult{{Services: 100, Equal: true, Lines: 1111}}}
+	md := rep.Markdown()
+	for _, want := range []string{
+		"| 100 | kube-proxy ipvs | 20.0 s |",
+		"| 1000 | kube-proxy ipvs | > 600 s (bound) |",
+		"| 100 | 20.0× | 2.00× | 200× | 100× |",
+		"| 1000 | > 120× |",
+		"one-endpoint change at N=1000 ≥ 30× faster than kube-proxy nftables: **met**, 150×",
+		"first full sync at N=1000 ≥ 5× faster than kube-proxy ipvs: **met**, > 120× (upstream hit the bound)",
+		"one-endpoint change at N=10000 ≥ 100× faster than kube-proxy ipvs: not measured",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("Markdown lacks %q:\n%s", want, md)
+		}
+	}
+	svg := rep.SVG()
+	if err := xml.Unmarshal([]byte(svg), new(struct{})); err != nil {
+		t.Fatalf("SVG is not well-formed XML: %v\n%s", err, svg)
+	}
+	if strings.Count(svg, "<polyline") != 3 || !strings.Contains(svg, "&gt; 600 s") {
+		t.Errorf("SVG: want 3 series and a bound marker:\n%s", svg)
+	}
+}

@@ -1,0 +1,1036 @@
+// Command bench-guest is the VM side of the upstream benchmark
+// (e2e/bench): in a fresh VM with real IPVS, whose API server (on the
+// host) already holds every Service and EndpointSlice of the workload, it
+// starts one proxy (nftvs, or upstream kube-proxy in ipvs or nftables
+// mode) with the same KubeProxyConfiguration, and measures: time to the
+// node fully programmed (outside check + the proxy's own metrics), a few
+// one-endpoint changes, CPU and peak RSS, the kernel objects, new TCP
+// connections per second through one ClusterIP, and the normalised IPVS
+// table for the differential check. The result is one JSON file (-out).
+// Run by bench-upstream through e2e/vm/vmexec; every wait is bounded.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	mobyipvs "github.com/moby/ipvs"
+	vnl "github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/nftvs/nftvs/e2e/bench"
+)
+
+var (
+	proxy       = flag.String("proxy", "", "nftvs, ipvs or nftables")
+	proxyBin    = flag.String("bin", "", "the nftvs or kube-proxy binary")
+	nServices   = flag.Int("n", 100, "Services in the workload")
+	eps         = flag.Int("eps", 10, "endpoints per Service")
+	kubeconfig  = flag.String("kubeconfig", "", "kubeconfig for the guest")
+	out         = flag.String("out", "", "write the result (JSON) here")
+	firstBound  = flag.Duration("first-bound", 10*time.Minute, "bound on the wait for the node fully programmed")
+	changeBound = flag.Duration("change-bound", 3*time.Minute, "bound on the wait for each one-endpoint change")
+	changes     = flag.Int("changes", 5, "one-endpoint changes measured")
+	conns       = flag.Int("conns", 3000, "data plane: at most this many connections")
+	connTime    = flag.Duration("conn-time", 8*time.Second, "data plane: at most this long")
+	proxyLog    = flag.String("log", "/tmp/bench-proxy.log", "the proxy's log")
+)
+
+const (
+	metricsURL = "http://127.0.0.1:10249/metrics"
+	syncMetric = "kubeproxy_sync_proxy_rules_duration_seconds"
+	netProg    = "kubeproxy_network_programming_duration_seconds"
+	bkNS       = "bench-bk"
+	clNS       = "bench-cl"
+	triggerAnn = "endpoints.kubernetes.io/last-change-trigger-time"
+)
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench-guest %s: %s\n", time.Now().Format("15:04:05.0"), fmt.Sprintf(format, args...))
+}
+
+func main() {
+	flag.Parse()
+	r := &bench.Run{Proxy: *proxy, Services: *nServices, Endpoints: *eps,
+		FirstSyncBoundSeconds: firstBound.Seconds(), ChangeBoundSeconds: changeBound.Seconds()}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		r.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	if err := run(r); err != nil {
+		r.Errors = append(r.Errors, err.Error())
+		logf("error: %v", err)
+	}
+	if len(r.Errors) > 0 || !r.Programmed {
+		r.LogTail = tail(*proxyLog, 40)
+	}
+	b, _ := json.MarshalIndent(r, "", "  ")
+	if *out == "" {
+		os.Stdout.Write(append(b, '\n'))
+		return
+	}
+	if err := os.WriteFile(*out, b, 0o644); err != nil {
+		logf("write result: %v", err)
+		os.Exit(1)
+	}
+}
+
+func run(r *bench.Run) error {
+	switch *proxy {
+	case bench.ProxyNftvs, bench.ProxyIPVS, bench.ProxyNftables:
+	default:
+		return fmt.Errorf("unknown -proxy %q", *proxy)
+	}
+	if err := setupNetwork(); err != nil {
+		return fmt.Errorf("network namespaces: %w", err)
+	}
+	stopServer, err := startBackend()
+	if err != nil {
+		return fmt.Errorf("backend server: %w", err)
+	}
+	defer stopServer()
+
+	p, err := startProxy()
+	if err != nil {
+		return err
+	}
+	defer p.stop()
+
+	// --- first sync ---
+	logf("%s started (pid %d); waiting for %d Services × %d endpoints (bound %v)", *proxy, p.pid(), *nServices, *eps, *firstBound)
+	start := p.started
+	deadline := start.Add(*firstBound)
+	check := newChecker()
+	defer check.close()
+	var firstSeen bool
+	lastLog := time.Now()
+	for {
+		if !firstSeen {
+			if h, ok := scrapeHist(syncMetric); ok && h.count > 0 {
+				firstSeen = true
+				r.FirstSyncMetricSeconds = h.sum / float64(h.count)
+				r.FirstSyncMetricCount = h.count
+				logf("first sync by the proxy's metric: %.3f s (count %d)", r.FirstSyncMetricSeconds, h.count)
+			}
+		}
+		ok, progress, err := check.programmed()
+		if err != nil {
+			logf("outside check: %v", err)
+		}
+		// The kernel may look complete before the sync has ended
+		// (upstream IPVS mode writes iptables and ipsets after IPVS):
+		// programmed also needs the proxy's first sync done and, for
+		// upstream IPVS mode, every ClusterIP in its KUBE-CLUSTER-IP ipset.
+		if ok && !firstSeen {
+			ok, progress = false, "kernel complete, first sync not yet reported"
+		}
+		if ok && *proxy == bench.ProxyIPVS {
+			if k, err := ipsetEntries("KUBE-CLUSTER-IP"); err != nil || k < *nServices {
+				ok, progress = false, fmt.Sprintf("KUBE-CLUSTER-IP has %d/%d entries (%v)", k, *nServices, err)
+			}
+		}
+		if ok {
+			r.Programmed = true
+			r.FirstSyncWallSeconds = time.Since(start).Seconds()
+			break
+		}
+		if p.exited() {
+			return fmt.Errorf("%s exited before the node was programmed: %v", *proxy, p.err)
+		}
+		if time.Now().After(deadline) {
+			r.Errors = append(r.Errors, fmt.Sprintf("first sync: not programmed within %v (%s)", *firstBound, progress))
+			logf("not programmed within %v: %s", *firstBound, progress)
+			break
+		}
+		if time.Since(lastLog) > 30*time.Second {
+			logf("waiting: %s", progress)
+			lastLog = time.Now()
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	cpu, _ := procCPU(p.pid())
+	r.CPUFirstSyncSeconds = cpu
+	if !firstSeen {
+		if h, ok := scrapeHist(syncMetric); ok && h.count > 0 {
+			r.FirstSyncMetricSeconds = h.sum / float64(h.count)
+			r.FirstSyncMetricCount = h.count
+		}
+	}
+	if h, ok := scrapeHist(netProg); ok {
+		r.FirstSyncNetProgSum, r.FirstSyncNetProgCount = h.sum, h.count
+	}
+	if r.Programmed {
+		logf("programmed after %.2f s (proxy's first sync metric %.3f s), CPU %.2f s", r.FirstSyncWallSeconds, r.FirstSyncMetricSeconds, cpu)
+	}
+
+	// --- the table, for the differential check, and the counts ---
+	if bench.UsesIPVS(*proxy) {
+		vss, err := dumpIPVS()
+		if err != nil {
+			r.Errors = append(r.Errors, "ipvs dump: "+err.Error())
+		}
+		r.IPVS = bench.NormalizeIPVS(vss)
+	}
+	r.Counts = countObjects(r)
+	logf("counts: %+v", r.Counts)
+
+	if !r.Programmed {
+		finish(r, p)
+		return nil
+	}
+
+	// --- one-endpoint changes ---
+	if err := runChanges(r, check); err != nil {
+		r.Errors = append(r.Errors, "changes: "+err.Error())
+	}
+
+	// --- data plane ---
+	c, err := connTest()
+	if err != nil {
+		r.Errors = append(r.Errors, "data plane: "+err.Error())
+	}
+	r.Conn = c
+	if c != nil {
+		logf("data plane: %d connections in %.2f s = %.0f/s (%d errors)", c.Connections, c.Seconds, c.PerSecond, c.Errors)
+	}
+	finish(r, p)
+	return nil
+}
+
+func finish(r *bench.Run, p *proxyProc) {
+	r.CPUTotalSeconds, _ = procCPU(p.pid())
+	r.PeakRSSBytes, _ = procHWM(p.pid())
+	logf("CPU total %.2f s, peak RSS %.1f MB", r.CPUTotalSeconds, float64(r.PeakRSSBytes)/1e6)
+}
+
+// --- network: a backend pod holding Service 0's endpoints, a client pod ---
+
+func setupNetwork() error {
+	for _, f := range []string{"net/ipv4/conf/all/rp_filter", "net/ipv4/conf/default/rp_filter", "net/ipv4/ip_forward"} {
+		v := "0"
+		if strings.HasSuffix(f, "ip_forward") {
+			v = "1"
+		}
+		if err := os.WriteFile("/proc/sys/"+f, []byte(v), 0o644); err != nil {
+			return err
+		}
+	}
+	const (
+		bkNode, bkPod = "02:00:00:00:01:01", "02:00:00:00:01:02"
+		clNode, clPod = "02:00:00:00:02:01", "02:00:00:00:02:02"
+	)
+	var root, bk, cl strings.Builder
+	fmt.Fprintf(&root, "netns add %s\nnetns add %s\n", bkNS, clNS)
+	fmt.Fprintf(&root, "link add vbk address %s type veth peer name eth0 address %s netns %s\n", bkNode, bkPod, bkNS)
+	fmt.Fprintf(&root, "link add vcl address %s type veth peer name eth0 address %s netns %s\n", clNode, clPod, clNS)
+	root.WriteString("link set vbk up\nlink set vcl up\n")
+	fmt.Fprintf(&bk, "link set lo up\n")
+	for j := 0; j < *eps; j++ {
+		ip := bench.EndpointIP(0, j, *eps)
+		fmt.Fprintf(&root, "neigh add %s lladdr %s dev vbk nud permanent\nroute add %s/32 dev vbk\n", ip, bkPod, ip)
+		fmt.Fprintf(&bk, "addr add %s/32 dev eth0\n", ip)
+	}
+	fmt.Fprintf(&root, "neigh add %s lladdr %s dev vcl nud permanent\nroute add %s/32 dev vcl\n", bench.ClientIP, clPod, bench.ClientIP)
+	fmt.Fprintf(&bk, "link set eth0 up\nneigh add 169.254.1.1 lladdr %s dev eth0 nud permanent\nroute add default via 169.254.1.1 dev eth0 onlink\n", bkNode)
+	fmt.Fprintf(&cl, "link set lo up\naddr add %s/32 dev eth0\nlink set eth0 up\n", bench.ClientIP)
+	fmt.Fprintf(&cl, "neigh add 169.254.1.1 lladdr %s dev eth0 nud permanent\nroute add default via 169.254.1.1 dev eth0 onlink\n", clNode)
+	for _, b := range []struct {
+		args  []string
+		lines string
+	}{{nil, root.String()}, {[]string{"-n", bkNS}, bk.String()}, {[]string{"-n", clNS}, cl.String()}} {
+		cmd := exec.Command("ip", append(b.args, "-batch", "-")...)
+		cmd.Stdin = strings.NewReader(b.lines)
+		if o, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("ip %v -batch: %v: %s", b.args, err, o)
+		}
+	}
+	return nil
+}
+
+// inNS runs fn on a thread in the named network namespace.
+func inNS(name string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// The thread is not unlocked: it ends with the goroutine
+		// instead of returning to the pool in another namespace.
+		h, err := netns.GetFromName(name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer h.Close()
+		if err := netns.Set(h); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// startBackend serves "ok" on every connection to :TargetPort in the
+// backend pod, then closes.
+func startBackend() (func(), error) {
+	var ln net.Listener
+	err := inNS(bkNS, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", bench.TargetPort))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				_, _ = io.WriteString(c, "ok\n")
+				c.Close()
+			}()
+		}
+	}()
+	return func() { ln.Close() }, nil
+}
+
+// connTest opens short connections from the client pod to Service 0's
+// ClusterIP, one after another, bounded in count and time.
+func connTest() (*bench.ConnResult, error) {
+	dst := netip.AddrPortFrom(bench.ClusterIP(0), bench.ServicePort).String()
+	res := &bench.ConnResult{}
+	one := func() error {
+		c, err := net.DialTimeout("tcp4", dst, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		b, err := io.ReadAll(c)
+		if err != nil {
+			return err
+		}
+		if string(b) != "ok\n" {
+			return fmt.Errorf("answer %q", b)
+		}
+		return nil
+	}
+	var firstErr error
+	err := inNS(clNS, func() error {
+		// Warm up: the first connections pay for ARP and first lookups.
+		for i := 0; i < 20; i++ {
+			if err := one(); err != nil {
+				return fmt.Errorf("warm-up connection to %s: %w", dst, err)
+			}
+		}
+		start := time.Now()
+		end := start.Add(*connTime)
+		for res.Connections < *conns && time.Now().Before(end) && res.Errors < 50 {
+			if err := one(); err != nil {
+				res.Errors++
+				if firstErr == nil {
+					firstErr = err
+				}
+				continue
+			}
+			res.Connections++
+		}
+		res.Seconds = time.Since(start).Seconds()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if res.Seconds > 0 {
+		res.PerSecond = float64(res.Connections) / res.Seconds
+	}
+	if firstErr != nil {
+		return res, fmt.Errorf("%d failed connections, first: %w", res.Errors, firstErr)
+	}
+	return res, nil
+}
+
+// --- the proxy ---
+
+type proxyProc struct {
+	cmd     *exec.Cmd
+	started time.Time
+	done    chan struct{}
+	err     error
+}
+
+func (p *proxyProc) pid() int { return p.cmd.Process.Pid }
+
+func (p *proxyProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *proxyProc) stop() {
+	if p.exited() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// config is one KubeProxyConfiguration for all three: only the mode
+// differs (nftvs takes mode ipvs).
+func config() string {
+	mode := "ipvs"
+	if *proxy == bench.ProxyNftables {
+		mode = "nftables"
+	}
+	return fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: %s
+clientConnection:
+  kubeconfig: %s
+  qps: 100
+  burst: 200
+hostnameOverride: %s
+clusterCIDR: %s
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 127.0.0.1:10256
+conntrack:
+  maxPerCore: 0
+iptables:
+  minSyncPeriod: 1s
+  syncPeriod: 1h
+ipvs:
+  scheduler: rr
+  minSyncPeriod: 1s
+  syncPeriod: 1h
+nftables:
+  minSyncPeriod: 1s
+  syncPeriod: 1h
+`, mode, *kubeconfig, bench.NodeName, bench.ClusterCIDR)
+}
+
+func startProxy() (*proxyProc, error) {
+	cfg := "/tmp/bench-kube-proxy.yaml"
+	if err := os.WriteFile(cfg, []byte(config()), 0o644); err != nil {
+		return nil, err
+	}
+	f, err := os.Create(*proxyLog)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(*proxyBin, "--config="+cfg)
+	cmd.Stdout, cmd.Stderr = f, f
+	p := &proxyProc{cmd: cmd, done: make(chan struct{})}
+	p.started = time.Now()
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start %s: %w", *proxyBin, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// procCPU is user+system time of pid and its waited-for children, in seconds.
+func procCPU(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, errors.New("bad stat")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 15 {
+		return 0, errors.New("short stat")
+	}
+	var ticks float64
+	for _, k := range []int{11, 12, 13, 14} { // utime stime cutime cstime
+		v, err := strconv.ParseFloat(f[k], 64)
+		if err != nil {
+			return 0, err
+		}
+		ticks += v
+	}
+	return ticks / 100, nil // USER_HZ
+}
+
+// procHWM is VmHWM (peak RSS) of pid in bytes.
+func procHWM(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, errors.New("no VmHWM")
+}
+
+func tail(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// --- metrics ---
+
+type hist struct {
+	sum   float64
+	count int
+}
+
+var metricLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? (\S+)`)
+
+// scrapeHist reads the IPv4 series of a histogram (or the unlabelled one).
+func scrapeHist(name string) (hist, bool) {
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get(metricsURL)
+	if err != nil {
+		return hist{}, false
+	}
+	defer resp.Body.Close()
+	var h hist
+	found := false
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		m := metricLine.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		if m[3] != "" && !strings.Contains(m[3], `ip_family="IPv4"`) {
+			continue
+		}
+		v, err := strconv.ParseFloat(m[4], 64)
+		if err != nil {
+			continue
+		}
+		switch m[1] {
+		case name + "_sum":
+			h.sum, found = v, true
+		case name + "_count":
+			h.count, found = int(v), true
+		}
+	}
+	return h, found
+}
+
+// --- outside checks ---
+
+type checker struct {
+	ipvs *mobyipvs.Handle
+	nft  *nftables.Conn
+	done map[netip.Addr]bool // IPVS: virtual servers seen complete
+}
+
+func newChecker() *checker {
+	c := &checker{done: map[netip.Addr]bool{}}
+	if bench.UsesIPVS(*proxy) {
+		h, err := mobyipvs.New("")
+		if err != nil {
+			logf("ipvs handle: %v", err)
+		}
+		c.ipvs = h
+	} else {
+		c.nft = &nftables.Conn{}
+	}
+	return c
+}
+
+func (c *checker) close() {
+	if c.ipvs != nil {
+		c.ipvs.Close()
+	}
+}
+
+func benchVS(s *mobyipvs.Service) (netip.Addr, bool) {
+	a, ok := netip.AddrFromSlice(s.Address)
+	if !ok || s.FWMark != 0 || s.Protocol != unix.IPPROTO_TCP || s.Port != bench.ServicePort {
+		return netip.Addr{}, false
+	}
+	a = a.Unmap()
+	return a, bench.IsBenchClusterIP(a, *nServices)
+}
+
+// programmed reports whether every Service of the workload is programmed:
+// IPVS: a virtual server per ClusterIP with every endpoint at weight > 0,
+// and every ClusterIP on kube-ipvs0; nftables mode: every ClusterIP in
+// the service-ips map and an endpoint chain per endpoint (kube-proxy
+// writes each sync in one transaction).
+func (c *checker) programmed() (bool, string, error) {
+	n := *nServices
+	if c.ipvs != nil {
+		svcs, err := c.ipvs.GetServices()
+		if err != nil {
+			return false, "", err
+		}
+		var ours []*mobyipvs.Service
+		for _, s := range svcs {
+			if _, ok := benchVS(s); ok {
+				ours = append(ours, s)
+			}
+		}
+		if len(ours) < n {
+			return false, fmt.Sprintf("%d/%d virtual servers", len(ours), n), nil
+		}
+		for _, s := range ours {
+			a, _ := benchVS(s)
+			if c.done[a] {
+				continue
+			}
+			d, err := c.ipvs.GetDestinations(s)
+			if err != nil {
+				return false, "", err
+			}
+			live := 0
+			for _, x := range d {
+				if x.Weight > 0 {
+					live++
+				}
+			}
+			if live == *eps {
+				c.done[a] = true
+			}
+		}
+		if len(c.done) < n {
+			return false, fmt.Sprintf("%d/%d virtual servers with all %d real servers", len(c.done), n, *eps), nil
+		}
+		addrs, err := kubeIPVS0()
+		if err != nil {
+			return false, "", err
+		}
+		k := 0
+		for _, a := range addrs {
+			if bench.IsBenchClusterIP(a, n) {
+				k++
+			}
+		}
+		if k < n {
+			return false, fmt.Sprintf("%d/%d ClusterIPs on kube-ipvs0", k, n), nil
+		}
+		return true, "", nil
+	}
+	t := &nftables.Table{Name: "kube-proxy", Family: nftables.TableFamilyIPv4}
+	set, err := c.nft.GetSetByName(t, "service-ips")
+	if err != nil {
+		return false, "no kube-proxy table yet", nil
+	}
+	elems, err := c.nft.GetSetElements(set)
+	if err != nil {
+		return false, "", err
+	}
+	k := 0
+	for _, e := range elems {
+		if len(e.Key) >= 4 {
+			if a, ok := netip.AddrFromSlice(e.Key[:4]); ok && bench.IsBenchClusterIP(a, n) {
+				k++
+			}
+		}
+	}
+	if k < n {
+		return false, fmt.Sprintf("%d/%d ClusterIPs in service-ips", k, n), nil
+	}
+	chains, err := c.nft.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return false, "", err
+	}
+	epc := 0
+	for _, ch := range chains {
+		if ch.Table.Name == "kube-proxy" && strings.HasPrefix(ch.Name, "endpoint-") && strings.Contains(ch.Name, "-"+bench.Namespace+"/svc-") {
+			epc++
+		}
+	}
+	if epc < n**eps {
+		return false, fmt.Sprintf("%d/%d endpoint chains", epc, n**eps), nil
+	}
+	return true, "", nil
+}
+
+// endpointLive reports whether, for the changed Service, ip is an
+// endpoint taking traffic.
+func (c *checker) endpointLive(svc int, ip string) (bool, error) {
+	if c.ipvs != nil {
+		s := &mobyipvs.Service{Address: net.IP(bench.ClusterIP(svc).AsSlice()), Protocol: unix.IPPROTO_TCP,
+			Port: bench.ServicePort, AddressFamily: unix.AF_INET}
+		d, err := c.ipvs.GetDestinations(s)
+		if err != nil {
+			return false, err
+		}
+		for _, x := range d {
+			if x.Address.String() == ip && x.Weight > 0 {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
+	// nftables mode: the Service port's chain dispatches with a numgen
+	// vmap whose verdicts name one endpoint chain each
+	// ("endpoint-HASH-ns/name/tcp/port__IP/PORT").
+	t := &nftables.Table{Name: "kube-proxy", Family: nftables.TableFamilyIPv4}
+	chains, err := c.nft.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return false, err
+	}
+	suffix := fmt.Sprintf("-%s/%s/tcp/http", bench.Namespace, bench.ServiceName(svc))
+	var chain *nftables.Chain
+	for _, ch := range chains {
+		if ch.Table.Name == t.Name && strings.HasPrefix(ch.Name, "service-") && strings.HasSuffix(ch.Name, suffix) {
+			chain = ch
+		}
+	}
+	if chain == nil {
+		return false, fmt.Errorf("no service chain *%s", suffix)
+	}
+	rules, err := c.nft.GetRules(t, chain)
+	if err != nil {
+		return false, err
+	}
+	want := []byte("__" + ip + "/")
+	for _, rule := range rules {
+		for _, e := range rule.Exprs {
+			l, ok := e.(*expr.Lookup)
+			if !ok || !l.IsDestRegSet {
+				continue
+			}
+			set, err := c.nft.GetSetByName(t, l.SetName)
+			if err != nil {
+				return false, err
+			}
+			elems, err := c.nft.GetSetElements(set)
+			if err != nil {
+				return false, err
+			}
+			for _, el := range elems {
+				// google/nftables leaves a verdict's nested attributes
+				// (code, chain name) undecoded in Val.
+				if bytes.Contains(el.Val, want) {
+					return true, nil
+				}
+			}
+		}
+	}
+	return false, nil
+}
+
+func kubeIPVS0() ([]netip.Addr, error) {
+	l, err := vnl.LinkByName("kube-ipvs0")
+	if err != nil {
+		return nil, nil
+	}
+	as, err := vnl.AddrList(l, vnl.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	var r []netip.Addr
+	for _, a := range as {
+		if x, ok := netip.AddrFromSlice(a.IP); ok {
+			r = append(r, x.Unmap())
+		}
+	}
+	return r, nil
+}
+
+// ipsetEntries counts the entries of one ipset (one ipset process).
+func ipsetEntries(set string) (int, error) {
+	o, err := exec.Command("ipset", "save", set).Output()
+	if err != nil {
+		return 0, err
+	}
+	return strings.Count(string(o), "\nadd "), nil
+}
+
+// --- one-endpoint changes ---
+
+func runChanges(r *bench.Run, check *checker) error {
+	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	if err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	k := bench.ChangedService(*nServices)
+	orig := bench.EndpointIP(k, *eps-1, *eps).String()
+	total := *changes
+	if total%2 == 1 {
+		total++ // the last one restores the objects for the next proxy
+	}
+	for i := 0; i < total; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		es, err := cs.DiscoveryV1().EndpointSlices(bench.Namespace).Get(ctx, bench.SliceName(k), metav1.GetOptions{})
+		cancel()
+		if err != nil {
+			return err
+		}
+		last := &es.Endpoints[len(es.Endpoints)-1]
+		oldIP, newIP := orig, bench.AltEndpoint
+		if last.Addresses[0] != orig {
+			oldIP, newIP = bench.AltEndpoint, orig
+		}
+		last.Addresses = []string{newIP}
+		if es.Annotations == nil {
+			es.Annotations = map[string]string{}
+		}
+		beforeSync, _ := scrapeHist(syncMetric)
+		beforeNP, _ := scrapeHist(netProg)
+		es.Annotations[triggerAnn] = time.Now().Format(time.RFC3339Nano)
+		ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+		_, err = cs.DiscoveryV1().EndpointSlices(bench.Namespace).Update(ctx, es, metav1.UpdateOptions{})
+		cancel()
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		deadline := t0.Add(*changeBound)
+		var ch bench.Change
+		for {
+			h, _ := scrapeHist(syncMetric)
+			if h.count > beforeSync.count {
+				liveNew, err1 := check.endpointLive(k, newIP)
+				liveOld, err2 := check.endpointLive(k, oldIP)
+				if err := errors.Join(err1, err2); err != nil {
+					logf("change %d: outside check: %v", i+1, err)
+				} else if liveNew && !liveOld {
+					ch.ObservedSeconds = time.Since(t0).Seconds()
+					ch.Syncs = h.count - beforeSync.count
+					ch.SyncSeconds = (h.sum - beforeSync.sum) / float64(ch.Syncs)
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				ch.TimedOut = true
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !ch.TimedOut {
+			// nftvs observes network programming up to a poll (1 s) late.
+			for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+				if np, _ := scrapeHist(netProg); np.count > beforeNP.count {
+					ch.NetProgSeconds = (np.sum - beforeNP.sum) / float64(np.count-beforeNP.count)
+					break
+				}
+			}
+		}
+		if i < *changes {
+			r.Changes = append(r.Changes, ch)
+			logf("change %d (%s → %s): sync %.4f s (%d syncs), network programming %.3f s, observed %.3f s, timed out %v",
+				i+1, oldIP, newIP, ch.SyncSeconds, ch.Syncs, ch.NetProgSeconds, ch.ObservedSeconds, ch.TimedOut)
+		} else {
+			logf("restore (%s → %s): observed %.3f s, timed out %v", oldIP, newIP, ch.ObservedSeconds, ch.TimedOut)
+		}
+		if ch.TimedOut {
+			return fmt.Errorf("change %d not programmed within %v", i+1, *changeBound)
+		}
+		// Past the minimum sync period, so changes are not coalesced.
+		time.Sleep(1200 * time.Millisecond)
+	}
+	return nil
+}
+
+// --- the kernel's tables ---
+
+func dumpIPVS() ([]bench.VirtualServer, error) {
+	h, err := mobyipvs.New("")
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	svcs, err := h.GetServices()
+	if err != nil {
+		return nil, err
+	}
+	var r []bench.VirtualServer
+	for _, s := range svcs {
+		a, _ := netip.AddrFromSlice(s.Address)
+		v := bench.VirtualServer{Protocol: s.Protocol, Address: a.Unmap(), Port: s.Port, FWMark: s.FWMark,
+			Scheduler: s.SchedName, Flags: s.Flags, Timeout: s.Timeout, Netmask: s.Netmask}
+		ds, err := h.GetDestinations(s)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range ds {
+			da, _ := netip.AddrFromSlice(d.Address)
+			v.Real = append(v.Real, bench.RealServer{Address: da.Unmap(), Port: d.Port, Weight: d.Weight, Forward: d.ConnectionFlags & 0x7})
+		}
+		r = append(r, v)
+	}
+	return r, nil
+}
+
+func countObjects(r *bench.Run) bench.Counts {
+	var c bench.Counts
+	fail := func(what string, err error) { r.Errors = append(r.Errors, fmt.Sprintf("count %s: %v", what, err)) }
+	if vss, err := dumpIPVS(); err != nil {
+		fail("ipvs", err)
+	} else {
+		c.IPVSVirtualServers = len(vss)
+		for _, v := range vss {
+			c.IPVSRealServers += len(v.Real)
+		}
+	}
+	if as, err := kubeIPVS0(); err != nil {
+		fail("kube-ipvs0", err)
+	} else {
+		c.KubeIPVS0Addresses = len(as)
+	}
+	nc := &nftables.Conn{}
+	tables, err := nc.ListTables()
+	if err != nil {
+		fail("nft tables", err)
+	}
+	c.NftTables = len(tables)
+	for _, t := range tables {
+		sets, err := nc.GetSets(t)
+		if err != nil {
+			fail("nft sets", err)
+			continue
+		}
+		for _, s := range sets {
+			c.NftSets++
+			el, err := nc.GetSetElements(s)
+			if err != nil {
+				fail("nft elements", err)
+				continue
+			}
+			c.NftElements += len(el)
+		}
+	}
+	if chains, err := nc.ListChains(); err != nil {
+		fail("nft chains", err)
+	} else {
+		c.NftChains = len(chains)
+	}
+	if n, err := countRules(); err != nil {
+		fail("nft rules", err)
+	} else {
+		c.NftRules = n
+	}
+	for _, cmd := range []string{"iptables-save", "ip6tables-save"} {
+		if _, err := exec.LookPath(cmd); err != nil {
+			continue
+		}
+		o, err := exec.Command(cmd).Output()
+		if err != nil {
+			fail(cmd, err)
+			continue
+		}
+		for _, l := range strings.Split(string(o), "\n") {
+			if strings.HasPrefix(l, "-A ") {
+				c.IptablesRules++
+			}
+		}
+	}
+	if _, err := exec.LookPath("ipset"); err == nil {
+		o, err := exec.Command("ipset", "save").Output()
+		if err != nil {
+			fail("ipset", err)
+		}
+		for _, l := range strings.Split(string(o), "\n") {
+			switch {
+			case strings.HasPrefix(l, "create "):
+				c.IpsetSets++
+			case strings.HasPrefix(l, "add "):
+				c.IpsetEntries++
+			}
+		}
+	}
+	return c
+}
+
+// countRules dumps every nftables rule of every table in one netlink
+// request (google/nftables asks per chain: one round trip per chain).
+func countRules() (int, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, err
+	}
+	const seq = 1
+	req := make([]byte, unix.NLMSG_HDRLEN+4)
+	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
+	binary.NativeEndian.PutUint16(req[4:], unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETRULE)
+	binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	binary.NativeEndian.PutUint32(req[8:], seq)
+	req[16] = unix.AF_UNSPEC // nfgenmsg: family, version, resource id
+	req[17] = unix.NFNETLINK_V0
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 1<<20)
+	n := 0
+	for {
+		k, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return n, err
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:k])
+		if err != nil {
+			return n, err
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return n, nil
+			case unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if e := int32(binary.NativeEndian.Uint32(m.Data)); e != 0 {
+						return n, syscall.Errno(-e)
+					}
+				}
+				return n, nil
+			case unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWRULE:
+				n++
+			}
+		}
+	}
+}
