@@ -16,7 +16,7 @@ export NFTVS_NFTVS_BINARY := $(CURDIR)/bin/nftvs
 NFTVS_KERNEL ?= bookworm
 export NFTVS_KERNEL
 
-.PHONY: all build deps lint test test-unit test-vm vm-bins test-kernels bench bench-vm demo test-demo clean
+.PHONY: all build deps lint test test-unit test-vm vm-bins test-kernels bench bench-vm demo test-demo image test-image clean
 
 all: build
 
@@ -31,6 +31,7 @@ lint:
 	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags vmtest ./...
+	cd deploy/image && GOWORK=off $(GO) vet ./...
 
 # Unit tests and host kernel tests (nftables and conntrack in throwaway
 # network namespaces; they need root and say so loudly when skipped).
@@ -48,7 +49,17 @@ vm-bins:
 	$(GO) build -o bin/ ./cmd/nftvs ./e2e/controlplane/with-apiserver
 	@e2e/tools/build.sh >/dev/null
 
-test: lint test-unit test-vm test-demo
+test: lint test-unit test-image test-vm test-demo
+
+# The container image without a container engine: bin/nftvs-image.tar
+# (an OCI layout on an empty base; deploy/image has its own module).
+image:
+	deploy/image/build.sh
+
+# Builds the image, opens it, runs both of its commands; as root also runs
+# it in the VM (--init-only, modules loaded without modprobe).
+test-image: deps
+	cd deploy/image && GOWORK=off $(GO) test -count=1 ./...
 
 # The VM suites on every kernel we support.
 test-kernels: deps vm-bins

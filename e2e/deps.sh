@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine (run as root):
-# tools the kernel tests drive (nft, ip, conntrack, ipvsadm) and what the VM
+# tools the kernel tests drive (nft, ip, conntrack, ipvsadm, iptables, ipset) and what the VM
 # harness boots (qemu, busybox, cpio, kmod, socat). Idempotent and quiet
 # when everything is present.
 set -euo pipefail
@@ -10,6 +10,9 @@ declare -A want=(
   [nft]=nftables [ip]=iproute2 [conntrack]=conntrack [ipvsadm]=ipvsadm
   [qemu-system-x86_64]=qemu-system-x86 [cpio]=cpio [depmod]=kmod
   [socat]=socat [curl]=curl [etcd]=etcd-server
+  # upstream kube-proxy's IPVS mode in the takeover test and the benchmark,
+  # and kube-proxy-like state in internal/takeover's kernel tests
+  [iptables]=iptables [iptables-legacy]=iptables [ipset]=ipset
 )
 missing=()
 for cmd in "${!want[@]}"; do
