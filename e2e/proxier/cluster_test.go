@@ -66,6 +66,17 @@ type cluster struct {
 // proxier.Run against a fake clientset holding this node's Node.
 func startCluster(t *testing.T, tb *testbed) *cluster {
 	t.Helper()
+	ct, err := conntrack.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startClusterWith(t, tb, ct, nil)
+}
+
+// startClusterWith is startCluster with the conntrack cleaner chosen (nil:
+// off) and every sync result also handed to onSync (when not nil).
+func startClusterWith(t *testing.T, tb *testbed, ct conntrack.Interface, onSync func(proxier.SyncResult, error)) *cluster {
+	t.Helper()
 	k, err := ipvs.NewKernel("")
 	if err != nil {
 		t.Fatal(err)
@@ -91,10 +102,6 @@ func startCluster(t *testing.T, tb *testbed) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ct, err := conntrack.New()
-	if err != nil {
-		t.Fatal(err)
-	}
 	reader, err := ipvs.NewKernel("")
 	if err != nil {
 		t.Fatal(err)
@@ -112,13 +119,12 @@ func startCluster(t *testing.T, tb *testbed) *cluster {
 		DrainTimeout:      30 * time.Second,
 		NodePortAddresses: nodePortAddresses,
 	}
+	kern := proxier.Kernel{IPVS: ipvs.NewReconciler(k, nil), Addresses: addrs, NFT: table}
+	if ct != nil { // a nil interface, not a typed nil
+		kern.Conntrack = ct
+	}
 	c := &cluster{ipvs: reader}
-	c.p = proxier.New(cfg, proxier.Kernel{
-		IPVS:      ipvs.NewReconciler(k, nil),
-		Addresses: addrs,
-		NFT:       table,
-		Conntrack: ct,
-	})
+	c.p = proxier.New(cfg, kern)
 	node := &v1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: nodeName},
 		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{
@@ -150,6 +156,9 @@ func startCluster(t *testing.T, tb *testbed) *cluster {
 				c.mu.Lock()
 				c.syncErrs = append(c.syncErrs, fmt.Sprintf("%s: %v", time.Now().Format("15:04:05.000"), err))
 				c.mu.Unlock()
+			}
+			if onSync != nil {
+				onSync(res, err)
 			}
 			c.syncs.Add(1)
 		})

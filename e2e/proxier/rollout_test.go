@@ -9,7 +9,6 @@ package proxier_test
 // net.ipv4.vs.conn_reuse_mode settings.
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -24,15 +23,10 @@ import (
 	"testing"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
-
 	"github.com/vishvananda/netns"
 
 	"github.com/nftvs/nftvs/conntrack"
 	"github.com/nftvs/nftvs/ipvs"
-	"github.com/nftvs/nftvs/nft"
 	"github.com/nftvs/nftvs/proxier"
 )
 
@@ -96,14 +90,34 @@ type rollResult struct {
 	syncAt   time.Time
 }
 
+// failures are the attempts that failed on the network: a connect or
+// read error, or no answer in time. A connect refused by the client's
+// own kernel before any packet left (EADDRNOTAVAIL: the fixed source
+// port's 4-tuple still held by a socket of the client) is not one; see
+// localBusy.
 func (r rollResult) failures() []attempt {
 	var out []attempt
 	for _, a := range r.attempts {
-		if a.err != nil {
+		if a.err != nil && !errors.Is(a.err, syscall.EADDRNOTAVAIL) {
 			out = append(out, a)
 		}
 	}
 	return out
+}
+
+// localBusy counts the connects the client's kernel refused with
+// EADDRNOTAVAIL; the client tries that port again at the next pace.
+// Seen only under heavy host load (2 cores shared with other emulated
+// VMs), with no SYN sent and no SYN retransmit: a limit of the
+// fixed-source-port client, not of the proxy.
+func (r rollResult) localBusy() int {
+	n := 0
+	for _, a := range r.attempts {
+		if errors.Is(a.err, syscall.EADDRNOTAVAIL) {
+			n++
+		}
+	}
+	return n
 }
 
 // failuresAfter counts the failures that started after the removal was
@@ -116,100 +130,6 @@ func (r rollResult) failuresAfter() int {
 		}
 	}
 	return n
-}
-
-// startRolloutCluster is startCluster with the conntrack cleaner chosen
-// (nil: off) and every sync result handed to onSync.
-func startRolloutCluster(t *testing.T, tb *testbed, ct conntrack.Interface, onSync func(proxier.SyncResult, error)) *cluster {
-	t.Helper()
-	k, err := ipvs.NewKernel("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(k.Close)
-	err = tb.node.do(func() error { return ipvs.EnsureSysctls(ipvs.ProcSys, ipvs.SysctlOptions{IPv6: true}) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	addrs, err := ipvs.NewNetlinkAddresses("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(addrs.Close)
-	table, err := nft.New(nft.Config{
-		LocalTraffic: nft.LocalTraffic{PodCIDRs: []netip.Prefix{podCIDR4, podCIDR6}},
-		DropInvalid:  true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reader, err := ipvs.NewKernel("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(reader.Close)
-	cfg := proxier.Config{
-		PlanConfig: proxier.PlanConfig{
-			Node:      proxier.Node{Name: nodeName},
-			Scheduler: "rr",
-			IPv4:      true, IPv6: true,
-		},
-		MinSyncPeriod:     250 * time.Millisecond,
-		SyncPeriod:        30 * time.Second,
-		DrainTimeout:      30 * time.Second,
-		NodePortAddresses: nodePortAddresses,
-	}
-	kern := proxier.Kernel{IPVS: ipvs.NewReconciler(k, nil), Addresses: addrs, NFT: table}
-	if ct != nil {
-		kern.Conntrack = ct
-	}
-	c := &cluster{ipvs: reader}
-	c.p = proxier.New(cfg, kern)
-	c.client = fake.NewClientset(&v1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: nodeName},
-		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{
-			{Type: v1.NodeInternalIP, Address: tb.ext0IP4.String()},
-			{Type: v1.NodeInternalIP, Address: tb.ext0IP6.String()},
-			{Type: v1.NodeHostName, Address: nodeName},
-		}},
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	watched := make(chan error, 1)
-	go func() { watched <- c.p.Watch(ctx, c.client, nodeName, 0) }()
-	select {
-	case err := <-watched:
-		if err != nil {
-			cancel()
-			t.Fatalf("proxier.Watch: %v", err)
-		}
-	case <-time.After(waitTimeout):
-		cancel()
-		t.Fatalf("proxier.Watch: informer caches not synced after %v", waitTimeout)
-	}
-	go func() {
-		defer close(done)
-		c.p.Run(ctx, func(res proxier.SyncResult, err error) {
-			if err != nil {
-				c.mu.Lock()
-				c.syncErrs = append(c.syncErrs, fmt.Sprintf("%s: %v", time.Now().Format("15:04:05.000"), err))
-				c.mu.Unlock()
-			}
-			onSync(res, err)
-			c.syncs.Add(1)
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	c.eventually(t, "the first sync", func() error {
-		if c.syncs.Load() == 0 {
-			return fmt.Errorf("no sync yet")
-		}
-		return nil
-	})
-	return c
 }
 
 // inNS runs fn on a goroutine whose thread is in n for good (the thread
@@ -437,8 +357,8 @@ func TestRollout81775(t *testing.T) {
 	var rows []rolloutRow
 	t.Cleanup(func() {
 		var b strings.Builder
-		fmt.Fprintf(&b, "%-22s %-5s %-9s %-7s %-5s %8s %6s %8s %12s %14s %12s\n",
-			"kernel", "reuse", "variant", "cleaner", "proto", "attempts", "failed", "synRetr", "failedAfter", "oldAfterTerm", "syncAfterRm")
+		fmt.Fprintf(&b, "%-22s %-5s %-9s %-7s %-5s %8s %6s %8s %12s %14s %12s %10s\n",
+			"kernel", "reuse", "variant", "cleaner", "proto", "attempts", "failed", "synRetr", "failedAfter", "oldAfterTerm", "syncAfterRm", "localBusy")
 		for _, r := range rows {
 			syn := strconv.Itoa(r.res.synRetr)
 			if r.proto == "udp" {
@@ -448,13 +368,13 @@ func TestRollout81775(t *testing.T) {
 			if !r.res.syncAt.IsZero() {
 				sync = "synced"
 			}
-			fmt.Fprintf(&b, "%-22s %-5d %-9s %-7s %-5s %8d %6d %8s %12d %14d %12s\n",
+			fmt.Fprintf(&b, "%-22s %-5d %-9s %-7s %-5s %8d %6d %8s %12d %14d %12s %10d\n",
 				r.kernel, r.rc.reuseMode, r.rc.variant(), r.rc.cleanerName(), r.proto, r.attempts,
-				len(r.res.failures()), syn, r.res.failuresAfter(), r.oldAfterTerm, sync)
+				len(r.res.failures()), syn, r.res.failuresAfter(), r.oldAfterTerm, sync, r.res.localBusy())
 		}
 		fmt.Fprintf(&b, "suite ran %v", time.Since(begin).Round(time.Second))
 		t.Logf("#81775 rollout table (failedAfter: failures that started after nftvs synced the removal; "+
-			"oldAfterTerm: answers by the old pod after it stopped being ready):\n%s", b.String())
+			"oldAfterTerm: answers by the old pod after it stopped being ready; localBusy: connects the client's own kernel refused with EADDRNOTAVAIL, not counted as failed):\n%s", b.String())
 	})
 	t.Cleanup(func() { tb.node.sysctls(t, "net/ipv4/vs/conn_reuse_mode=1") })
 
@@ -551,7 +471,7 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 		}
 		ct = cc
 	}
-	c := startRolloutCluster(t, tb, ct, onSync)
+	c := startClusterWith(t, tb, ct, onSync)
 	tb.node.sysctls(t, fmt.Sprintf("net/ipv4/vs/conn_reuse_mode=%d", rc.reuseMode))
 
 	svc := service(fmt.Sprintf("roll%d", i), clusterIP, withDNS)
