@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/nftvs/nftvs/conntrack"
 	"github.com/nftvs/nftvs/ipvs"
@@ -88,6 +89,7 @@ type rollResult struct {
 	attempts []attempt
 	synRetr  int // TcpExtTCPSynRetrans difference (TCP only)
 	syncAt   time.Time
+	maxStall time.Duration // the VM's longest stall during the run (TCP only)
 }
 
 // failures are the attempts that failed on the network: a connect or
@@ -134,10 +136,24 @@ func (r rollResult) failuresAfter() int {
 
 // inNS runs fn on a goroutine whose thread is in n for good (the thread
 // dies with the goroutine).
+//
+// The thread is also pinned to CPU 0. A packet a socket sends through a
+// veth is queued on the backlog of the CPU that sent it: a client thread
+// that moved to the other vCPU between closing a connection (its RST)
+// and opening the next from the same source port (its SYN) can have the
+// SYN processed before the RST, so the node's conntrack still holds the
+// old flow and IPVS drops the SYN of the "reused" connection, as it does
+// for a confirmed old conntrack entry. A real client's packets leave
+// through one NIC queue, in order.
 func inNS(n *netNS, fn func()) {
 	runtime.LockOSThread()
 	if err := netns.Set(n.h); err != nil {
 		panic(fmt.Sprintf("enter netns %s: %v", n.name, err))
+	}
+	var cpu0 unix.CPUSet
+	cpu0.Set(0)
+	if err := unix.SchedSetaffinity(0, &cpu0); err != nil {
+		panic(fmt.Sprintf("pin the client thread to CPU 0: %v", err))
 	}
 	fn()
 }
@@ -342,6 +358,7 @@ func grepLines(s string, words ...string) string {
 type rolloutRow struct {
 	kernel string
 	rc     rollCase
+	try    int // 1: the case again after a starved run
 	proto  string
 	res    rollResult
 	oldAfterTerm,
@@ -357,8 +374,8 @@ func TestRollout81775(t *testing.T) {
 	var rows []rolloutRow
 	t.Cleanup(func() {
 		var b strings.Builder
-		fmt.Fprintf(&b, "%-22s %-5s %-9s %-7s %-5s %8s %6s %8s %12s %14s %12s %10s\n",
-			"kernel", "reuse", "variant", "cleaner", "proto", "attempts", "failed", "synRetr", "failedAfter", "oldAfterTerm", "syncAfterRm", "localBusy")
+		fmt.Fprintf(&b, "%-22s %-5s %-9s %-7s %-3s %-5s %8s %6s %8s %12s %14s %12s %10s %8s\n",
+			"kernel", "reuse", "variant", "cleaner", "try", "proto", "attempts", "failed", "synRetr", "failedAfter", "oldAfterTerm", "syncAfterRm", "localBusy", "stall")
 		for _, r := range rows {
 			syn := strconv.Itoa(r.res.synRetr)
 			if r.proto == "udp" {
@@ -368,13 +385,17 @@ func TestRollout81775(t *testing.T) {
 			if !r.res.syncAt.IsZero() {
 				sync = "synced"
 			}
-			fmt.Fprintf(&b, "%-22s %-5d %-9s %-7s %-5s %8d %6d %8s %12d %14d %12s %10d\n",
-				r.kernel, r.rc.reuseMode, r.rc.variant(), r.rc.cleanerName(), r.proto, r.attempts,
-				len(r.res.failures()), syn, r.res.failuresAfter(), r.oldAfterTerm, sync, r.res.localBusy())
+			stall := "-"
+			if r.proto == "tcp" {
+				stall = r.res.maxStall.Round(time.Millisecond).String()
+			}
+			fmt.Fprintf(&b, "%-22s %-5d %-9s %-7s %-3d %-5s %8d %6d %8s %12d %14d %12s %10d %8s\n",
+				r.kernel, r.rc.reuseMode, r.rc.variant(), r.rc.cleanerName(), r.try+1, r.proto, r.attempts,
+				len(r.res.failures()), syn, r.res.failuresAfter(), r.oldAfterTerm, sync, r.res.localBusy(), stall)
 		}
 		fmt.Fprintf(&b, "suite ran %v", time.Since(begin).Round(time.Second))
 		t.Logf("#81775 rollout table (failedAfter: failures that started after nftvs synced the removal; "+
-			"oldAfterTerm: answers by the old pod after it stopped being ready; localBusy: connects the client's own kernel refused with EADDRNOTAVAIL, not counted as failed):\n%s", b.String())
+			"oldAfterTerm: answers by the old pod after it stopped being ready; localBusy: connects the client's own kernel refused with EADDRNOTAVAIL, not counted as failed; stall: the VM's longest stall, a case stalled over 300ms that missed the bar runs again as try 2):\n%s", b.String())
 	})
 	t.Cleanup(func() { tb.node.sysctls(t, "net/ipv4/vs/conn_reuse_mode=1") })
 
@@ -388,31 +409,97 @@ func TestRollout81775(t *testing.T) {
 	}
 	for i, rc := range cases {
 		t.Run(strings.ReplaceAll(rc.String(), " ", "_"), func(t *testing.T) {
-			tcp, udp, oldTCP, oldUDP := runRollout(t, tb, cl, i, rc)
-			rows = append(rows,
-				rolloutRow{kernel: release, rc: rc, proto: "tcp", res: tcp, oldAfterTerm: oldTCP, attempts: len(tcp.attempts)},
-				rolloutRow{kernel: release, rc: rc, proto: "udp", res: udp, oldAfterTerm: oldUDP, attempts: len(udp.attempts)})
-			if !rc.cleaner {
-				return // reported, not asserted
+			// A case whose VM was starved by the host (software
+			// emulation on 2 shared cores) runs once more: a SYN
+			// retransmit then says nothing about the proxy. The stall is
+			// measured, reported in the table, and only a starved run
+			// is repeated; the repeat must pass.
+			var problems []string
+			for try := range 2 {
+				tcp, udp, oldTCP, oldUDP := runRollout(t, tb, cl, i+try*len(cases), rc)
+				rows = append(rows,
+					rolloutRow{kernel: release, rc: rc, try: try, proto: "tcp", res: tcp, oldAfterTerm: oldTCP, attempts: len(tcp.attempts)},
+					rolloutRow{kernel: release, rc: rc, try: try, proto: "udp", res: udp, oldAfterTerm: oldUDP, attempts: len(udp.attempts)})
+				problems = rolloutProblems(rc, tcp, udp)
+				if len(problems) == 0 || !tcp.starved() {
+					break
+				}
+				t.Logf("%s: %s; the VM was starved during the run (host load: longest stall %v, %d of %d TCP attempts): running the case again",
+					rc, strings.Join(problems, "; "), tcp.maxStall.Round(time.Millisecond), len(tcp.attempts), rolloutNominal)
 			}
-			if rc.graceful {
-				if n := len(tcp.failures()); n > 0 {
-					t.Errorf("%s: %d TCP connections failed, want 0", rc, n)
-				}
-				if tcp.synRetr != 0 {
-					t.Errorf("%s: %d SYN retransmits, want 0", rc, tcp.synRetr)
-				}
-				if n := udp.failuresAfter(); n > 0 {
-					t.Errorf("%s: %d UDP requests failed after nftvs synced the removal, want 0", rc, n)
-				}
-			} else if n := tcp.failuresAfter(); n > 0 {
-				t.Errorf("%s: %d TCP connections failed after nftvs synced the removal, want 0", rc, n)
-			}
-			if tcp.syncAt.IsZero() || udp.syncAt.IsZero() {
-				t.Errorf("%s: nftvs never synced the removal of the old endpoint (tcp %v, udp %v)", rc, tcp.syncAt, udp.syncAt)
+			for _, p := range problems {
+				t.Error(p)
 			}
 		})
 	}
+}
+
+// A run is starved when the VM went longer than rolloutStarved without
+// running a ready goroutine (see stallMonitor), or when its TCP client
+// made fewer than 85% of the rolloutNominal attempts an unloaded VM
+// makes (1,090–1,190 of 1,200 measured on an idle host).
+const (
+	rolloutStarved = 300 * time.Millisecond
+	rolloutNominal = rolloutPorts * int(rolloutTraffic/rolloutPace)
+)
+
+func (r rollResult) starved() bool {
+	return r.maxStall >= rolloutStarved || len(r.attempts) < rolloutNominal*85/100
+}
+
+// rolloutProblems is what the #81775 bar says of one case: cleaner-off
+// runs are reported, not asserted.
+func rolloutProblems(rc rollCase, tcp, udp rollResult) []string {
+	if !rc.cleaner {
+		return nil
+	}
+	var out []string
+	if rc.graceful {
+		if n := len(tcp.failures()); n > 0 {
+			out = append(out, fmt.Sprintf("%s: %d TCP connections failed, want 0", rc, n))
+		}
+		if tcp.synRetr != 0 {
+			out = append(out, fmt.Sprintf("%s: %d SYN retransmits, want 0", rc, tcp.synRetr))
+		}
+		if n := udp.failuresAfter(); n > 0 {
+			out = append(out, fmt.Sprintf("%s: %d UDP requests failed after nftvs synced the removal, want 0", rc, n))
+		}
+	} else if n := tcp.failuresAfter(); n > 0 {
+		out = append(out, fmt.Sprintf("%s: %d TCP connections failed after nftvs synced the removal, want 0", rc, n))
+	}
+	if tcp.syncAt.IsZero() || udp.syncAt.IsZero() {
+		out = append(out, fmt.Sprintf("%s: nftvs never synced the removal of the old endpoint (tcp %v, udp %v)", rc, tcp.syncAt, udp.syncAt))
+	}
+	return out
+}
+
+// stallMonitor measures, until stop, the longest gap between two ticks
+// of a 10 ms ticker beyond the period: how long the VM ran nothing that
+// was ready to run. Read the result after stop is closed.
+func stallMonitor(stop <-chan struct{}) func() time.Duration {
+	var (
+		worst time.Duration
+		done  = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		const period = 10 * time.Millisecond
+		tick := time.NewTicker(period)
+		defer tick.Stop()
+		last := time.Now()
+		for {
+			select {
+			case <-stop:
+				return
+			case now := <-tick.C:
+				if gap := now.Sub(last) - period; gap > worst {
+					worst = gap
+				}
+				last = now
+			}
+		}
+	}()
+	return func() time.Duration { <-done; return worst }
 }
 
 // runRollout runs case i: traffic from cl to a fresh Service while its
@@ -485,6 +572,7 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 	var ssOut string
 	synBefore := synRetrans(cl.ns)
 	t0 = time.Now()
+	stalled := stallMonitor(stop)
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -519,7 +607,7 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 	synAfter := synRetrans(cl.ns)
 
 	mu.Lock()
-	tcp = rollResult{attempts: tcpAttempts, synRetr: synAfter - synBefore, syncAt: tcpSynced}
+	tcp = rollResult{attempts: tcpAttempts, synRetr: synAfter - synBefore, syncAt: tcpSynced, maxStall: stalled()}
 	udp = rollResult{attempts: udpAttempts, syncAt: udpSync}
 	logged := strings.Join(syncLog, "\n  ")
 	mu.Unlock()
