@@ -117,6 +117,12 @@ type Run struct {
 	// seen non-zero: 1 unless syncs were missed between two scrapes
 	// (then FirstSyncMetricSeconds is the mean).
 	FirstSyncMetricCount int `json:"firstSyncMetricCount,omitempty"`
+	// SyncsUntilProgrammed and SyncSecondsUntilProgrammed are the
+	// sync histogram's count and sum when the outside check passed: a
+	// proxy whose first sync ran before every object was known needs
+	// more than one.
+	SyncsUntilProgrammed       int     `json:"syncsUntilProgrammed,omitempty"`
+	SyncSecondsUntilProgrammed float64 `json:"syncSecondsUntilProgrammed,omitempty"`
 	// FirstSyncNetProg is kubeproxy_network_programming_duration_seconds
 	// (sum, count) when the node was programmed.
 	FirstSyncNetProgSum   float64 `json:"firstSyncNetworkProgrammingSum"`

@@ -180,6 +180,9 @@ func run(r *bench.Run) error {
 			r.FirstSyncMetricCount = h.count
 		}
 	}
+	if h, ok := scrapeHist(syncMetric); ok && r.Programmed {
+		r.SyncsUntilProgrammed, r.SyncSecondsUntilProgrammed = h.count, h.sum
+	}
 	if h, ok := scrapeHist(netProg); ok {
 		r.FirstSyncNetProgSum, r.FirstSyncNetProgCount = h.sum, h.count
 	}
@@ -675,18 +678,31 @@ func (c *checker) programmed() (bool, string, error) {
 	if k < n {
 		return false, fmt.Sprintf("%d/%d ClusterIPs in service-ips", k, n), nil
 	}
-	chains, err := c.nft.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	// kube-proxy 1.36 dispatches each Service port with "dnat to numgen
+	// random mod N map { i : ip . port }" (endpoint chains only with
+	// session affinity): count the endpoints in those anonymous maps.
+	sets, err := c.nft.GetSets(t)
 	if err != nil {
 		return false, "", err
 	}
+	cc := netip.MustParsePrefix(bench.ClusterCIDR)
 	epc := 0
-	for _, ch := range chains {
-		if ch.Table.Name == "kube-proxy" && strings.HasPrefix(ch.Name, "endpoint-") && strings.Contains(ch.Name, "-"+bench.Namespace+"/svc-") {
-			epc++
+	for _, st := range sets {
+		if !st.Anonymous || !st.IsMap {
+			continue
+		}
+		el, err := c.nft.GetSetElements(st)
+		if err != nil {
+			return false, "", err
+		}
+		for _, e := range el {
+			if a, ok := netip.AddrFromSlice(e.Val[:min(4, len(e.Val))]); ok && cc.Contains(a) {
+				epc++
+			}
 		}
 	}
 	if epc < n**eps {
-		return false, fmt.Sprintf("%d/%d endpoint chains", epc, n**eps), nil
+		return false, fmt.Sprintf("%d/%d endpoints in dnat maps", epc, n**eps), nil
 	}
 	return true, "", nil
 }
@@ -709,8 +725,8 @@ func (c *checker) endpointLive(svc int, ip string) (bool, error) {
 		return false, nil
 	}
 	// nftables mode: the Service port's chain dispatches with a numgen
-	// vmap whose verdicts name one endpoint chain each
-	// ("endpoint-HASH-ns/name/tcp/port__IP/PORT").
+	// map of "ip . port" (or, with affinity, a vmap of endpoint chains
+	// "endpoint-HASH-ns/name/tcp/port__IP/PORT").
 	t := &nftables.Table{Name: "kube-proxy", Family: nftables.TableFamilyIPv4}
 	chains, err := c.nft.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
 	if err != nil {
@@ -730,7 +746,12 @@ func (c *checker) endpointLive(svc int, ip string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	want := []byte("__" + ip + "/")
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false, err
+	}
+	raw := addr.AsSlice()
+	name := []byte("__" + ip + "/")
 	for _, rule := range rules {
 		for _, e := range rule.Exprs {
 			l, ok := e.(*expr.Lookup)
@@ -746,9 +767,10 @@ func (c *checker) endpointLive(svc int, ip string) (bool, error) {
 				return false, err
 			}
 			for _, el := range elems {
-				// google/nftables leaves a verdict's nested attributes
-				// (code, chain name) undecoded in Val.
-				if bytes.Contains(el.Val, want) {
+				// A map's data is the raw "ip . port"; a verdict's
+				// nested attributes (code, chain name) google/nftables
+				// leaves undecoded in Val.
+				if bytes.HasPrefix(el.Val, raw) || bytes.Contains(el.Val, name) {
 					return true, nil
 				}
 			}

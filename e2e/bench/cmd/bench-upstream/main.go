@@ -60,6 +60,7 @@ var (
 	changes     = flag.Int("changes", 5, "one-endpoint changes per run (median reported)")
 	conns       = flag.Int("conns", 3000, "data plane: connections per run, at most")
 	connTime    = flag.Duration("conn-time", 8*time.Second, "data plane: seconds per run, at most")
+	render      = flag.String("render", "", "only re-render results.md and first-sync.svg from this results.json (into -out, default its directory)")
 	keep        = flag.Bool("keep", false, "keep the work directory (control plane logs, guest results, proxy logs)")
 )
 
@@ -73,7 +74,32 @@ func main() {
 		*sizesFlag, *proxiesFlag = "100", "nftvs,ipvs"
 		*changes, *conns, *connTime = 1, 200, 2*time.Second
 	}
+	if *render != "" {
+		os.Exit(rerender(*render))
+	}
 	os.Exit(run())
+}
+
+func rerender(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		logf("%v", err)
+		return 1
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		logf("%s: %v", path, err)
+		return 1
+	}
+	dir := *outDir
+	if dir == "" {
+		dir = filepath.Dir(path)
+	}
+	if err := rep.Write(dir); err != nil {
+		logf("%v", err)
+		return 1
+	}
+	return 0
 }
 
 type runKey struct {
