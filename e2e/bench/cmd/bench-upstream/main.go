@@ -135,6 +135,9 @@ func run() int {
 				logf("%v", err)
 				return 2
 			}
+			if !*keep {
+				defer os.RemoveAll(out) // results.md is printed below
+			}
 		}
 	}
 	work, err := os.MkdirTemp("", "nftvs-bench-")
