@@ -89,18 +89,21 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, nodeNa
 		}
 		p.OnNodeUpdate(n.Labels[v1.LabelTopologyZone], ips)
 	}
+	var handlers []cache.ResourceEventHandlerRegistration
 	for inf, fn := range map[cache.SharedIndexInformer]func(any, bool){svcInformer: onService, sliceInformer: onSlice, nodeInformer: onNode} {
-		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(o any) { fn(o, false) },
 			UpdateFunc: func(_, o any) { fn(o, false) },
 			DeleteFunc: func(o any) { fn(o, true) },
-		}); err != nil {
+		})
+		if err != nil {
 			return fmt.Errorf("add event handler: %w", err)
 		}
+		handlers = append(handlers, reg)
 	}
 	err = StartAndSync(ctx, map[string]cache.SharedIndexInformer{
 		"services": svcInformer, "endpointslices.discovery.k8s.io": sliceInformer, "nodes": nodeInformer,
-	}, func() {
+	}, handlers, func() {
 		factory.Start(ctx.Done())
 		nodeFactory.Start(ctx.Done())
 	})
@@ -140,9 +143,19 @@ func sliceNamespace(obj any) string {
 // proxy) it is logged as an error on every retry, and the last synced
 // state stays programmed. informers maps a resource name (for messages)
 // to its informer, which must not have started yet.
-func StartAndSync(ctx context.Context, informers map[string]cache.SharedIndexInformer, start func()) error {
+//
+// The wait also covers handlers, the registrations of the informers'
+// event handlers: an informer's cache is synced before its handlers have
+// been handed every object of the initial list, and the proxier's first
+// sync is a full one that deletes the IPVS virtual servers it was not
+// told about (those of a node it takes over, or its own after a
+// restart), so it must not start on a part of the list.
+func StartAndSync(ctx context.Context, informers map[string]cache.SharedIndexInformer, handlers []cache.ResourceEventHandlerRegistration, start func()) error {
 	denied := make(chan error, 1)
 	var synced []cache.InformerSynced
+	for _, h := range handlers {
+		synced = append(synced, h.HasSynced)
+	}
 	for name, inf := range informers {
 		synced = append(synced, inf.HasSynced)
 		if err := inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {

@@ -104,7 +104,7 @@ func watchNode(ctx context.Context, client kubernetes.Interface, name string, re
 	}); err != nil {
 		return nil, fmt.Errorf("watch node %s: %w", name, err)
 	}
-	if err := proxier.StartAndSync(ctx, map[string]cache.SharedIndexInformer{"nodes": inf.Informer()}, func() { factory.Start(ctx.Done()) }); err != nil {
+	if err := proxier.StartAndSync(ctx, map[string]cache.SharedIndexInformer{"nodes": inf.Informer()}, nil, func() { factory.Start(ctx.Done()) }); err != nil {
 		return nil, fmt.Errorf("watch node %s: %w", name, err)
 	}
 
