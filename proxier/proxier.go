@@ -77,6 +77,10 @@ type SyncResult struct {
 	Stale     []conntrack.Stale
 	Conntrack conntrack.Result
 	Duration  time.Duration
+	// PendingSince is when the oldest change this sync programmed was
+	// recorded (zero: it programmed no change, e.g. a periodic sync):
+	// the start of kubeproxy_network_programming_duration_seconds.
+	PendingSince time.Time
 }
 
 // Proxier watches Services and EndpointSlices and keeps IPVS, kube-ipvs0
@@ -90,6 +94,9 @@ type Proxier struct {
 	services       map[types.NamespacedName]*v1.Service
 	slices         map[types.NamespacedName]map[string]*discovery.EndpointSlice
 	dirty          map[types.NamespacedName]bool
+	// dirtySince is when the oldest change in dirty was recorded (zero:
+	// none), for the network programming latency.
+	dirtySince time.Time
 	servicesSynced bool
 	slicesSynced   bool
 	trigger        chan struct{}
@@ -160,9 +167,17 @@ func (p *Proxier) OnServiceUpdate(name types.NamespacedName, svc *v1.Service) {
 	} else {
 		p.services[name] = svc
 	}
-	p.dirty[name] = true
+	p.markDirty(name)
 	p.mu.Unlock()
 	p.kick()
+}
+
+// markDirty queues a Service for the next sync; p.mu is held.
+func (p *Proxier) markDirty(name types.NamespacedName) {
+	if len(p.dirty) == 0 && p.dirtySince.IsZero() {
+		p.dirtySince = p.cfg.Now()
+	}
+	p.dirty[name] = true
 }
 
 // OnEndpointSliceUpdate records a slice's new state (nil: deleted). The
@@ -185,7 +200,7 @@ func (p *Proxier) OnEndpointSliceUpdate(namespace, sliceName string, slice *disc
 		}
 		p.slices[name][sliceName] = slice
 	}
-	p.dirty[name] = true
+	p.markDirty(name)
 	p.mu.Unlock()
 	p.kick()
 }
@@ -303,6 +318,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 		work[n] = true
 	}
 	clear(p.dirty)
+	res.PendingSince, p.dirtySince = p.dirtySince, time.Time{}
 	type input struct {
 		svc    *v1.Service
 		slices []*discovery.EndpointSlice
@@ -376,7 +392,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	if err != nil {
 		// Without the companion table in place, do not move IPVS ahead of
 		// it: try again later.
-		p.requeue(work)
+		p.requeue(work, res.PendingSince)
 		return res, fmt.Errorf("nftables: %w", err)
 	}
 
@@ -523,7 +539,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	}
 
 	if len(errs) > 0 {
-		p.requeue(work)
+		p.requeue(work, res.PendingSince)
 	} else {
 		p.needFull = false
 	}
@@ -613,11 +629,15 @@ func findService(pl PortPlan, k ipvs.VSKey) ipvs.Service {
 	return ipvs.Service{}
 }
 
-func (p *Proxier) requeue(work map[types.NamespacedName]bool) {
+func (p *Proxier) requeue(work map[types.NamespacedName]bool, since time.Time) {
 	p.needFull = true
 	p.mu.Lock()
 	for n := range work {
 		p.dirty[n] = true
+	}
+	// The failed sync's changes are still pending since they were seen.
+	if !since.IsZero() && (p.dirtySince.IsZero() || since.Before(p.dirtySince)) {
+		p.dirtySince = since
 	}
 	p.mu.Unlock()
 }

@@ -358,3 +358,35 @@ func TestWatchFailsLoudlyWithoutPermission(t *testing.T) {
 		}
 	}
 }
+
+// TestPendingSince: a sync reports when the oldest change it programmed
+// arrived (the start of the network programming latency), a failed
+// sync's changes keep their time, and a sync with no change reports none.
+func TestPendingSince(t *testing.T) {
+	f := newFakeNode(t)
+	t0 := f.now
+	f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: "a"}, makeService("ns", "a"))
+	f.now = t0.Add(time.Second)
+	f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: "b"}, makeService("ns", "b", clusterIPs("10.96.0.11")))
+	f.now = t0.Add(2 * time.Second)
+	res, err := f.p.Sync(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.PendingSince.Equal(t0) {
+		t.Errorf("PendingSince %v, want the first change's %v", res.PendingSince, t0)
+	}
+	res, err = f.p.Sync(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.PendingSince.IsZero() {
+		t.Errorf("a sync without changes reports PendingSince %v, want none", res.PendingSince)
+	}
+	f.now = t0.Add(3 * time.Second)
+	f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: "a"}, nil)
+	f.now = t0.Add(4 * time.Second)
+	if res, _ = f.p.Sync(false); !res.PendingSince.Equal(t0.Add(3 * time.Second)) {
+		t.Errorf("PendingSince %v after a deletion at %v", res.PendingSince, t0.Add(3*time.Second))
+	}
+}

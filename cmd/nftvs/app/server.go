@@ -471,7 +471,12 @@ func run(parent context.Context, cfg *Config) error {
 		now := time.Now()
 		var since time.Time // a failed sync leaves its changes pending
 		if err == nil {
-			since = pending.take()
+			// The proxier knows when the oldest change it programmed
+			// arrived; the 1 s poller misses changes synced faster.
+			since = res.PendingSince
+			if polled := pending.take(); since.IsZero() {
+				since = polled
+			}
 		}
 		metrics.ObserveSync(res, err, now, since)
 		if err == nil {
