@@ -16,7 +16,7 @@ export NFTVS_NFTVS_BINARY := $(CURDIR)/bin/nftvs
 NFTVS_KERNEL ?= bookworm
 export NFTVS_KERNEL
 
-.PHONY: all build deps lint test test-unit test-vm vm-bins test-kernels bench bench-vm demo test-demo image test-image clean
+.PHONY: all build deps lint test test-unit test-vm vm-bins test-kernels bench bench-vm demo test-demo image test-image bench-upstream test-bench clean
 
 all: build
 
@@ -49,7 +49,7 @@ vm-bins:
 	$(GO) build -o bin/ ./cmd/nftvs ./e2e/controlplane/with-apiserver
 	@e2e/tools/build.sh >/dev/null
 
-test: lint test-unit test-image test-vm test-demo
+test: lint test-unit test-image test-vm test-demo test-bench
 
 # The container image without a container engine: bin/nftvs-image.tar
 # (an OCI layout on an empty base; deploy/image has its own module).
@@ -73,6 +73,20 @@ test-kernels: deps vm-bins
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./nft/
 	$(GO) test -run '^$$' -tags vmtest -bench . -benchtime 3x -exec $(VMEXEC) ./ipvs/
+
+# Side by side with upstream kube-proxy (ipvs and nftables modes), a fresh
+# VM per proxy and size, one real kube-apiserver (e2e/bench, docs/bench).
+# Up to ~60 min (-budget 55m drops the largest sizes when it runs out).
+bench-upstream: deps vm-bins
+	e2e/vm/build-initramfs.sh $(NFTVS_KERNEL) >/dev/null
+	$(GO) run ./e2e/bench/cmd/bench-upstream
+
+# Its small version, so the harness cannot rot: nftvs and upstream IPVS
+# mode at N=100; fails unless both were fully programmed and their IPVS
+# tables are equal (nothing timing-based). ~4 min.
+test-bench: deps vm-bins
+	e2e/vm/build-initramfs.sh $(NFTVS_KERNEL) >/dev/null
+	$(GO) run ./e2e/bench/cmd/bench-upstream -small
 
 # The demo (README): kube-apiserver on the host, nftvs in a VM with real
 # IPVS, Services of every type with traffic; sets itself up.
