@@ -90,13 +90,13 @@ type Proxier struct {
 	cfg Config
 	k   Kernel
 
-	mu             sync.Mutex
-	services       map[types.NamespacedName]*v1.Service
-	slices         map[types.NamespacedName]map[string]*discovery.EndpointSlice
-	dirty          map[types.NamespacedName]bool
+	mu       sync.Mutex
+	services map[types.NamespacedName]*v1.Service
+	slices   map[types.NamespacedName]map[string]*discovery.EndpointSlice
+	dirty    map[types.NamespacedName]bool
 	// dirtySince is when the oldest change in dirty was recorded (zero:
 	// none), for the network programming latency.
-	dirtySince time.Time
+	dirtySince     time.Time
 	servicesSynced bool
 	slicesSynced   bool
 	trigger        chan struct{}
