@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -610,7 +611,7 @@ func TestNftvsAgainstAPIServer(t *testing.T) {
 		broken := nftvsIdentity(t, e, admin, "-broken", func(r *rbacv1.ClusterRole) {
 			var keep []rbacv1.PolicyRule
 			for _, rule := range r.Rules {
-				if !contains(rule.Resources, "endpointslices") {
+				if !slices.Contains(rule.Resources, "endpointslices") {
 					keep = append(keep, rule)
 				}
 			}
@@ -629,13 +630,4 @@ func TestNftvsAgainstAPIServer(t *testing.T) {
 			t.Errorf("the log does not say which permission is missing:\n%s", log)
 		}
 	})
-}
-
-func contains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
