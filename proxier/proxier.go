@@ -445,20 +445,24 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 		}
 	}
 
-	// 3. Addresses on kube-ipvs0.
+	// 3. Addresses on kube-ipvs0. New references are counted before old
+	// ones are dropped, so a replanned Service that keeps its addresses
+	// (an endpoint change) never takes a count through zero: no address
+	// changes, and the interface's addresses are not listed and diffed
+	// (an O(Services) netlink dump) for a sync that changes none.
 	changed := full
 	for n, plans := range planned {
-		for _, pl := range p.applied[n] {
+		for _, pl := range plans {
 			for _, a := range pl.Addresses {
-				if p.addrCount[a]--; p.addrCount[a] <= 0 {
-					delete(p.addrCount, a)
+				if p.addrCount[a]++; p.addrCount[a] == 1 {
 					changed = true
 				}
 			}
 		}
-		for _, pl := range plans {
+		for _, pl := range p.applied[n] {
 			for _, a := range pl.Addresses {
-				if p.addrCount[a]++; p.addrCount[a] == 1 {
+				if p.addrCount[a]--; p.addrCount[a] <= 0 {
+					delete(p.addrCount, a)
 					changed = true
 				}
 			}

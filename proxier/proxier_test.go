@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -288,11 +289,13 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
-// BenchmarkProxierSync measures plan+apply over fakes at 10k Services × 10
-// endpoints: the first sync, and one endpoint change after it.
+// BenchmarkProxierSync measures plan+apply over fakes with N Services × 10
+// endpoints: the first sync at 10k, and one endpoint change after it at
+// 100, 1k and 10k — the change must cost the same at any N (only the
+// changed Service is replanned).
 func BenchmarkProxierSync(b *testing.B) {
-	const services, endpoints = 10000, 10
-	build := func() *fakeNode {
+	const endpoints = 10
+	build := func(services int) *fakeNode {
 		f := newFakeNode(b)
 		for i := range services {
 			svc := makeService("ns", fmt.Sprintf("svc-%d", i), clusterIPs(fmt.Sprintf("10.%d.%d.%d", 96+i>>16, (i>>8)&0xff, i&0xff)))
@@ -304,32 +307,34 @@ func BenchmarkProxierSync(b *testing.B) {
 		}
 		return f
 	}
-	b.Run("first", func(b *testing.B) {
+	b.Run("first/N=10000", func(b *testing.B) {
 		b.ReportAllocs()
 		for range b.N {
 			b.StopTimer()
-			f := build()
+			f := build(10000)
 			b.StartTimer()
 			f.sync(b, false)
 		}
 	})
-	b.Run("one-endpoint-change", func(b *testing.B) {
-		f := build()
-		f.sync(b, false)
-		svc := makeService("ns", "svc-7", clusterIPs("10.96.0.7"))
-		b.ReportAllocs()
-		b.ResetTimer()
-		for i := range b.N {
-			eps := []ep{ready(fmt.Sprintf("10.200.%d.%d", i>>8&0xff, i&0xff), "node-b")}
-			for j := 1; j < endpoints; j++ {
-				eps = append(eps, ready(fmt.Sprintf("10.%d.0.7", 128+j), "node-b"))
+	for _, n := range []int{100, 1000, 10000} {
+		b.Run(fmt.Sprintf("one-endpoint-change/N=%d", n), func(b *testing.B) {
+			f := build(n)
+			f.sync(b, false)
+			svc := makeService("ns", "svc-7", clusterIPs("10.96.0.7"))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				eps := []ep{ready(fmt.Sprintf("10.200.%d.%d", i>>8&0xff, i&0xff), "node-b")}
+				for j := 1; j < endpoints; j++ {
+					eps = append(eps, ready(fmt.Sprintf("10.%d.0.7", 128+j), "node-b"))
+				}
+				f.p.OnEndpointSliceUpdate("ns", "svc-7", httpSlice(svc, eps...), "svc-7")
+				if res := f.sync(b, false); res.ServicesSeen != 1 {
+					b.Fatalf("replanned %d", res.ServicesSeen)
+				}
 			}
-			f.p.OnEndpointSliceUpdate("ns", "svc-7", httpSlice(svc, eps...), "svc-7")
-			if res := f.sync(b, false); res.ServicesSeen != 1 {
-				b.Fatalf("replanned %d", res.ServicesSeen)
-			}
-		}
-	})
+		})
+	}
 }
 
 // TestWatchFailsLoudlyWithoutPermission: when the API server refuses to
@@ -388,5 +393,36 @@ func TestPendingSince(t *testing.T) {
 	f.now = t0.Add(4 * time.Second)
 	if res, _ = f.p.Sync(false); !res.PendingSince.Equal(t0.Add(3 * time.Second)) {
 		t.Errorf("PendingSince %v after a deletion at %v", res.PendingSince, t0.Add(3*time.Second))
+	}
+}
+
+// TestAddressesSyncedOnlyWhenTheyChange: an endpoint change keeps the
+// Service's addresses, so the sync leaves kube-ipvs0 alone (listing it is
+// an O(Services) netlink dump); a new or deleted Service changes them.
+func TestAddressesSyncedOnlyWhenTheyChange(t *testing.T) {
+	f := newFakeNode(t)
+	a := makeService("ns", "a", clusterIPs("10.96.0.10"))
+	f.addService(a, namedSlice("a", httpSlice(a, ready("10.244.1.2", "node-b"))))
+	if res := f.sync(t, false); !res.AddressesSync {
+		t.Fatal("the first sync of a new Service did not sync kube-ipvs0's addresses")
+	}
+	f.p.OnEndpointSliceUpdate("ns", "a", httpSlice(a, ready("10.244.1.3", "node-b")), "a")
+	if res := f.sync(t, false); res.ServicesSeen != 1 || res.AddressesSync {
+		t.Errorf("endpoint change: replanned %d Services, addresses synced %v; want 1 and false", res.ServicesSeen, res.AddressesSync)
+	}
+	b := makeService("ns", "b", clusterIPs("10.96.0.11"))
+	f.addService(b)
+	if res := f.sync(t, false); !res.AddressesSync {
+		t.Error("a new Service's ClusterIP did not sync the addresses")
+	}
+	if got := f.addresses(t); !slices.Equal(got, []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("10.96.0.11")}) {
+		t.Errorf("kube-ipvs0 holds %v", got)
+	}
+	f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: "b"}, nil)
+	if res := f.sync(t, false); !res.AddressesSync {
+		t.Error("a deleted Service did not sync the addresses")
+	}
+	if got := f.addresses(t); !slices.Equal(got, []netip.Addr{netip.MustParseAddr("10.96.0.10")}) {
+		t.Errorf("after deleting b, kube-ipvs0 holds %v", got)
 	}
 }
