@@ -110,6 +110,12 @@ type Run struct {
 	// FirstSyncWallSeconds is from the proxy's exec (every object
 	// already in the API server) to the outside check passing.
 	FirstSyncWallSeconds float64 `json:"firstSyncWallSeconds,omitempty"`
+	// KernelCompleteSeconds is from exec to the first time the kernel
+	// held every Service (IPVS or nftables maps), whether or not the
+	// proxy had reported its sync: for a proxy that hit the bound it
+	// says how far it got (upstream IPVS mode writes IPVS first and its
+	// iptables rules and ipsets after).
+	KernelCompleteSeconds float64 `json:"kernelCompleteSeconds,omitempty"`
 	// FirstSyncMetricSeconds is the proxy's own first observation of
 	// kubeproxy_sync_proxy_rules_duration_seconds (IPv4).
 	FirstSyncMetricSeconds float64 `json:"firstSyncMetricSeconds,omitempty"`

@@ -144,7 +144,11 @@ func (x *Run) firstSyncCell() string {
 
 func (x *Run) wallCell() string {
 	if !x.Programmed {
-		return fmt.Sprintf("> %s (bound)", fmtSec(x.FirstSyncBoundSeconds))
+		s := fmt.Sprintf("> %s (bound)", fmtSec(x.FirstSyncBoundSeconds))
+		if x.KernelCompleteSeconds > 0 {
+			s += fmt.Sprintf("; kernel complete at %s, sync not yet reported", fmtSec(x.KernelCompleteSeconds))
+		}
+		return s
 	}
 	return fmtSec(x.FirstSyncWallSeconds)
 }

@@ -145,6 +145,10 @@ func run(r *bench.Run) error {
 		// (upstream IPVS mode writes iptables and ipsets after IPVS):
 		// programmed also needs the proxy's first sync done and, for
 		// upstream IPVS mode, every ClusterIP in its KUBE-CLUSTER-IP ipset.
+		if ok && r.KernelCompleteSeconds == 0 {
+			r.KernelCompleteSeconds = time.Since(start).Seconds()
+			logf("kernel complete after %.2f s", r.KernelCompleteSeconds)
+		}
 		if ok && !firstSeen {
 			ok, progress = false, "kernel complete, first sync not yet reported"
 		}
