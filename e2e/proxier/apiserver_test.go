@@ -262,7 +262,7 @@ func echoServer(t *testing.T, n *netNS, name string, port int) {
 		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
 		return err
 	}); err != nil {
-		t.Fatalf("%s: listen %d: %v", n.name, port, err)
+		t.Fatalf("%s: listen %d: %v", n.Name, port, err)
 	}
 	t.Cleanup(func() { ln.Close() })
 	go func() {

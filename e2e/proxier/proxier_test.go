@@ -86,11 +86,11 @@ func expectFailure(t *testing.T, what string, n *netNS, proto string, dst netip.
 	got := failure(err)
 	switch {
 	case err == nil:
-		t.Errorf("%s: %s %s → %s answered by %s, want it %s", what, n.name, proto, dst, a, orEither(want))
+		t.Errorf("%s: %s %s → %s answered by %s, want it %s", what, n.Name, proto, dst, a, orEither(want))
 	case want != "" && got != want:
-		t.Errorf("%s: %s %s → %s %s, want %s (%v)", what, n.name, proto, dst, got, want, err)
+		t.Errorf("%s: %s %s → %s %s, want %s (%v)", what, n.Name, proto, dst, got, want, err)
 	default:
-		t.Logf("%s: %s %s → %s: %s (%v)", what, n.name, proto, dst, got, err)
+		t.Logf("%s: %s %s → %s: %s (%v)", what, n.Name, proto, dst, got, err)
 	}
 }
 

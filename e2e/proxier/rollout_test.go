@@ -147,8 +147,8 @@ func (r rollResult) failuresAfter() int {
 // through one NIC queue, in order.
 func inNS(n *netNS, fn func()) {
 	runtime.LockOSThread()
-	if err := netns.Set(n.h); err != nil {
-		panic(fmt.Sprintf("enter netns %s: %v", n.name, err))
+	if err := netns.Set(n.NS); err != nil {
+		panic(fmt.Sprintf("enter netns %s: %v", n.Name, err))
 	}
 	var cpu0 unix.CPUSet
 	cpu0.Set(0)
@@ -258,7 +258,7 @@ func tcpClients(cl *pod, dst netip.AddrPort, stop <-chan struct{}) (all []attemp
 						// own socket table.
 						ssOnce.Do(func() {
 							ssOut = fmt.Sprintf("port %d at %s:\n%s", port, start.Format("15:04:05.000"),
-								command("ip", "netns", "exec", cl.ns.name, "ss", "-tanoie", "sport", "=", fmt.Sprintf(":%d", port)))
+								command("ip", "netns", "exec", cl.ns.Name, "ss", "-tanoie", "sport", "=", fmt.Sprintf(":%d", port)))
 						})
 					}
 					mu.Lock()
@@ -331,9 +331,9 @@ func udpClient(cl *pod, dst netip.AddrPort, stop <-chan struct{}) []attempt {
 // removePod makes p disappear: its veth goes, and its host routes with it.
 func (tb *testbed) removePod(t *testing.T, p *pod) {
 	t.Helper()
-	l, err := tb.node.nl.LinkByName("vp-" + p.name)
+	l, err := tb.node.NL.LinkByName("vp-" + p.name)
 	if err == nil {
-		err = tb.node.nl.LinkDel(l)
+		err = tb.node.NL.LinkDel(l)
 	}
 	if err != nil {
 		t.Errorf("remove pod %s: %v", p.name, err)
@@ -612,7 +612,7 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 	logged := strings.Join(syncLog, "\n  ")
 	mu.Unlock()
 	if synBefore < 0 || synAfter < 0 {
-		t.Errorf("TcpExtTCPSynRetrans unreadable in %s", cl.ns.name)
+		t.Errorf("TcpExtTCPSynRetrans unreadable in %s", cl.ns.Name)
 	}
 
 	var b strings.Builder
@@ -666,7 +666,7 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 		}
 	}
 	if ssOut != "" {
-		fmt.Fprintf(&b, "  EADDRNOTAVAIL: ss in %s, %s\n", cl.ns.name, ssOut)
+		fmt.Fprintf(&b, "  EADDRNOTAVAIL: ss in %s, %s\n", cl.ns.Name, ssOut)
 	}
 	fmt.Fprintf(&b, "  TcpExtTCPSynRetrans %d → %d (+%d)\n", synBefore, synAfter, tcp.synRetr)
 	if len(tcp.failures())+len(udp.failures()) > 0 || tcp.synRetr > 0 {

@@ -26,7 +26,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -35,7 +34,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+
+	"github.com/nftvs/nftvs/internal/netnstest"
 	"golang.org/x/sys/unix"
 )
 
@@ -61,116 +61,26 @@ func requireVM(t *testing.T) {
 	}
 }
 
-// netNS is a network namespace: a named one (visible to `ip netns exec`)
-// or the root one, the node.
-type netNS struct {
-	name string
-	h    netns.NsHandle
-	nl   *netlink.Handle
-}
+// netNS is a test host (internal/netnstest.Host) with this suite's
+// helpers on it.
+type netNS struct{ *netnstest.Host }
 
 // rootNS is the node: the namespace PID 1 lives in.
-func rootNS(t *testing.T) *netNS {
-	t.Helper()
-	h, err := netns.GetFromPath("/proc/1/ns/net")
-	if err != nil {
-		t.Fatalf("open the root network namespace: %v", err)
-	}
-	t.Cleanup(func() { h.Close() })
-	nl, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatalf("rtnetlink in the root namespace: %v", err)
-	}
-	t.Cleanup(nl.Close)
-	return &netNS{name: "node", h: h, nl: nl}
-}
+func rootNS(t *testing.T) *netNS { return &netNS{netnstest.Root(t)} }
 
-// newNetNS makes a named namespace with its loopback up and no DAD, gone
-// when the test ends.
-func newNetNS(t *testing.T, name string) *netNS {
-	t.Helper()
-	hc := make(chan netns.NsHandle, 1)
-	errc := make(chan error, 1)
-	go func() {
-		// This thread ends in the new namespace: it is never handed back
-		// to the scheduler (the goroutine exits while locked).
-		runtime.LockOSThread()
-		h, err := netns.NewNamed(name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		hc <- h
-	}()
-	var h netns.NsHandle
-	select {
-	case err := <-errc:
-		t.Fatalf("new netns %s: %v", name, err)
-	case h = <-hc:
-	}
-	n := &netNS{name: name, h: h}
-	t.Cleanup(func() {
-		h.Close()
-		_ = netns.DeleteNamed(name)
-	})
-	nl, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatalf("rtnetlink in %s: %v", name, err)
-	}
-	t.Cleanup(nl.Close)
-	n.nl = nl
-	n.sysctls(t,
-		"net/ipv6/conf/all/accept_dad=0", "net/ipv6/conf/default/accept_dad=0",
-		"net/ipv4/conf/all/rp_filter=0", "net/ipv4/conf/default/rp_filter=0")
-	lo, err := nl.LinkByName("lo")
-	if err == nil {
-		err = nl.LinkSetUp(lo)
-	}
-	if err != nil {
-		t.Fatalf("%s: loopback up: %v", name, err)
-	}
-	return n
-}
+// newNetNS makes a named namespace, gone when the test ends.
+func newNetNS(t *testing.T, name string) *netNS { return &netNS{netnstest.NewHost(t, name)} }
 
-// do runs fn on a fresh OS thread inside n. The thread dies with its
-// goroutine, so no goroutine ever runs in a namespace it did not ask for;
-// sockets made by fn stay in n.
-func (n *netNS) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(n.h); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", n.name, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+// do runs fn on a fresh OS thread inside n; sockets made by fn stay in n.
+func (n *netNS) do(fn func() error) error { return n.Go(fn) }
 
-// sysctls writes "path=value" settings under /proc/sys, which shows the
-// namespace of the thread that opens the file.
-func (n *netNS) sysctls(t *testing.T, kv ...string) {
-	t.Helper()
-	err := n.do(func() error {
-		for _, s := range kv {
-			k, v, _ := strings.Cut(s, "=")
-			if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0o644); err != nil {
-				return fmt.Errorf("sysctl %s: %w", s, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("%s: %v", n.name, err)
-	}
-}
+func (n *netNS) sysctls(t *testing.T, kv ...string) { n.Sysctls(t, kv...) }
 
 func (n *netNS) link(t *testing.T, name string) netlink.Link {
 	t.Helper()
-	l, err := n.nl.LinkByName(name)
+	l, err := n.NL.LinkByName(name)
 	if err != nil {
-		t.Fatalf("%s: link %s: %v", n.name, name, err)
+		t.Fatalf("%s: link %s: %v", n.Name, name, err)
 	}
 	return l
 }
@@ -181,22 +91,22 @@ func (n *netNS) addAddr(t *testing.T, l netlink.Link, p netip.Prefix) {
 	if p.Addr().Is6() {
 		a.Flags = unix.IFA_F_NODAD
 	}
-	if err := n.nl.AddrAdd(l, a); err != nil {
-		t.Fatalf("%s: add %s to %s: %v", n.name, p, l.Attrs().Name, err)
+	if err := n.NL.AddrAdd(l, a); err != nil {
+		t.Fatalf("%s: add %s to %s: %v", n.Name, p, l.Attrs().Name, err)
 	}
 }
 
 func (n *netNS) up(t *testing.T, l netlink.Link) {
 	t.Helper()
-	if err := n.nl.LinkSetUp(l); err != nil {
-		t.Fatalf("%s: %s up: %v", n.name, l.Attrs().Name, err)
+	if err := n.NL.LinkSetUp(l); err != nil {
+		t.Fatalf("%s: %s up: %v", n.Name, l.Attrs().Name, err)
 	}
 }
 
 func (n *netNS) addRoute(t *testing.T, r *netlink.Route) {
 	t.Helper()
-	if err := n.nl.RouteAdd(r); err != nil {
-		t.Fatalf("%s: route %s: %v", n.name, r, err)
+	if err := n.NL.RouteAdd(r); err != nil {
+		t.Fatalf("%s: route %s: %v", n.Name, r, err)
 	}
 }
 
@@ -206,10 +116,10 @@ func (n *netNS) addNeigh(t *testing.T, l netlink.Link, ip netip.Addr, mac net.Ha
 	if ip.Is6() {
 		fam = netlink.FAMILY_V6
 	}
-	err := n.nl.NeighAdd(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: fam, State: netlink.NUD_PERMANENT,
+	err := n.NL.NeighAdd(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: fam, State: netlink.NUD_PERMANENT,
 		IP: ip.AsSlice(), HardwareAddr: mac})
 	if err != nil {
-		t.Fatalf("%s: neighbour %s on %s: %v", n.name, ip, l.Attrs().Name, err)
+		t.Fatalf("%s: neighbour %s on %s: %v", n.Name, ip, l.Attrs().Name, err)
 	}
 }
 
@@ -270,15 +180,15 @@ func newTestbed(t *testing.T) *testbed {
 func (tb *testbed) addOutside(t *testing.T, name, nodeIf string, node4, node6, cl4, cl6 netip.Prefix) *netNS {
 	t.Helper()
 	n := newNetNS(t, name)
-	if err := tb.node.nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: nodeIf}, PeerName: "eth0",
-		PeerNamespace: netlink.NsFd(int(n.h))}); err != nil {
+	if err := tb.node.NL.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: nodeIf}, PeerName: "eth0",
+		PeerNamespace: netlink.NsFd(int(n.NS))}); err != nil {
 		t.Fatalf("veth %s: %v", nodeIf, err)
 	}
 	hl := tb.node.link(t, nodeIf)
 	// Deleting the node's end now, not when the namespace dies: the
 	// kernel tears a dead namespace's links down asynchronously, and the
 	// next test makes a link of the same name.
-	t.Cleanup(func() { _ = tb.node.nl.LinkDel(hl) })
+	t.Cleanup(func() { _ = tb.node.NL.LinkDel(hl) })
 	tb.node.addAddr(t, hl, node4)
 	tb.node.addAddr(t, hl, node6)
 	tb.node.up(t, hl)
@@ -299,12 +209,12 @@ func (tb *testbed) addPod(t *testing.T, name, nodeName, v4, v6 string) *pod {
 		v4: netip.MustParseAddr(v4), v6: netip.MustParseAddr(v6)}
 	hostIf := "vp-" + name
 	node := tb.node
-	if err := node.nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostIf}, PeerName: "eth0",
-		PeerNamespace: netlink.NsFd(int(p.ns.h))}); err != nil {
+	if err := node.NL.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostIf}, PeerName: "eth0",
+		PeerNamespace: netlink.NsFd(int(p.ns.NS))}); err != nil {
 		t.Fatalf("veth %s: %v", hostIf, err)
 	}
 	hl := node.link(t, hostIf)
-	t.Cleanup(func() { _ = node.nl.LinkDel(hl) }) // see addOutside
+	t.Cleanup(func() { _ = node.NL.LinkDel(hl) }) // see addOutside
 	node.up(t, hl)
 	node.addAddr(t, hl, netip.PrefixFrom(podGW6, 64))
 	el := p.ns.link(t, "eth0")
@@ -345,7 +255,7 @@ func serve(t *testing.T, n *netNS, name, network, addr string) {
 		return err
 	})
 	if err != nil {
-		t.Fatalf("%s: listen %s %s: %v", n.name, network, addr, err)
+		t.Fatalf("%s: listen %s %s: %v", n.Name, network, addr, err)
 	}
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -407,7 +407,7 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 		sched = "rr"
 	}
 	node := rootNS(t)
-	sysctl(t, "net/ipv4/conf/all/rp_filter=0", "net/ipv4/conf/default/rp_filter=0", "net/ipv4/ip_forward=1")
+	node.Sysctls(t, "net/ipv4/conf/all/rp_filter=0", "net/ipv4/conf/default/rp_filter=0", "net/ipv4/ip_forward=1")
 	backends := []*pod{addPod(t, node, "a", "10.244.1.2"), addPod(t, node, "b", "10.244.1.3")}
 	for _, p := range backends {
 		p.serveEcho(t)
@@ -655,7 +655,7 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 }
 
 func netlinkLinkIndex(n *netNS, name string) (int, error) {
-	l, err := n.nl.LinkByName(name)
+	l, err := n.NL.LinkByName(name)
 	if err != nil {
 		return 0, err
 	}

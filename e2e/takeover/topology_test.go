@@ -17,16 +17,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
+
+	"github.com/nftvs/nftvs/internal/netnstest"
 )
 
 const (
@@ -36,83 +34,16 @@ const (
 
 var podGW4 = netip.MustParseAddr("169.254.1.1")
 
-type netNS struct {
-	name string
-	h    netns.NsHandle
-	nl   *netlink.Handle
-}
+// netNS is a test host (internal/netnstest.Host).
+type netNS struct{ *netnstest.Host }
 
-func rootNS(t *testing.T) *netNS {
-	t.Helper()
-	h, err := netns.GetFromPath("/proc/1/ns/net")
-	if err != nil {
-		t.Fatalf("open the root network namespace: %v", err)
-	}
-	t.Cleanup(func() { h.Close() })
-	nl, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatalf("rtnetlink in the root namespace: %v", err)
-	}
-	t.Cleanup(nl.Close)
-	return &netNS{name: "node", h: h, nl: nl}
-}
+func rootNS(t *testing.T) *netNS { return &netNS{netnstest.Root(t)} }
 
-// newNetNS makes a named namespace with its loopback up, gone when the
-// test ends.
-func newNetNS(t *testing.T, name string) *netNS {
-	t.Helper()
-	hc := make(chan netns.NsHandle, 1)
-	errc := make(chan error, 1)
-	go func() {
-		// This thread ends in the new namespace: it is never handed back
-		// to the scheduler (the goroutine exits while locked).
-		runtime.LockOSThread()
-		h, err := netns.NewNamed(name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		hc <- h
-	}()
-	var h netns.NsHandle
-	select {
-	case err := <-errc:
-		t.Fatalf("new netns %s: %v", name, err)
-	case h = <-hc:
-	}
-	t.Cleanup(func() {
-		h.Close()
-		_ = netns.DeleteNamed(name)
-	})
-	nl, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatalf("rtnetlink in %s: %v", name, err)
-	}
-	t.Cleanup(nl.Close)
-	n := &netNS{name: name, h: h, nl: nl}
-	lo, err := nl.LinkByName("lo")
-	if err == nil {
-		err = nl.LinkSetUp(lo)
-	}
-	if err != nil {
-		t.Fatalf("%s: loopback up: %v", name, err)
-	}
-	return n
-}
+// newNetNS makes a named namespace, gone when the test ends.
+func newNetNS(t *testing.T, name string) *netNS { return &netNS{netnstest.NewHost(t, name)} }
 
 // do runs fn on a fresh OS thread inside n; sockets made by fn stay in n.
-func (n *netNS) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(n.h); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", n.name, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+func (n *netNS) do(fn func() error) error { return n.Go(fn) }
 
 func must(t *testing.T, what string, err error) {
 	t.Helper()
@@ -133,26 +64,26 @@ func addPod(t *testing.T, node *netNS, name, ip string) *pod {
 	t.Helper()
 	p := &pod{name: name, ns: newNetNS(t, "pod-"+name), ip: netip.MustParseAddr(ip)}
 	hostIf := "vp-" + name
-	must(t, "veth "+hostIf, node.nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostIf}, PeerName: "eth0",
-		PeerNamespace: netlink.NsFd(int(p.ns.h))}))
-	hl, err := node.nl.LinkByName(hostIf)
+	must(t, "veth "+hostIf, node.NL.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostIf}, PeerName: "eth0",
+		PeerNamespace: netlink.NsFd(int(p.ns.NS))}))
+	hl, err := node.NL.LinkByName(hostIf)
 	must(t, "link "+hostIf, err)
 	// Deleted now, not when the namespace dies: the kernel tears a dead
 	// namespace's links down asynchronously.
-	t.Cleanup(func() { _ = node.nl.LinkDel(hl) })
-	must(t, hostIf+" up", node.nl.LinkSetUp(hl))
-	el, err := p.ns.nl.LinkByName("eth0")
+	t.Cleanup(func() { _ = node.NL.LinkDel(hl) })
+	must(t, hostIf+" up", node.NL.LinkSetUp(hl))
+	el, err := p.ns.NL.LinkByName("eth0")
 	must(t, name+" eth0", err)
-	must(t, name+" address", p.ns.nl.AddrAdd(el, &netlink.Addr{IPNet: &net.IPNet{IP: p.ip.AsSlice(), Mask: net.CIDRMask(32, 32)}}))
-	must(t, name+" eth0 up", p.ns.nl.LinkSetUp(el))
+	must(t, name+" address", p.ns.NL.AddrAdd(el, &netlink.Addr{IPNet: &net.IPNet{IP: p.ip.AsSlice(), Mask: net.CIDRMask(32, 32)}}))
+	must(t, name+" eth0 up", p.ns.NL.LinkSetUp(el))
 	neigh := func(h *netlink.Handle, l netlink.Link, ip netip.Addr, mac net.HardwareAddr) error {
 		return h.NeighAdd(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
 			IP: ip.AsSlice(), HardwareAddr: mac})
 	}
-	must(t, name+" neighbour", neigh(p.ns.nl, el, podGW4, hl.Attrs().HardwareAddr))
-	must(t, "node neighbour "+name, neigh(node.nl, hl, p.ip, el.Attrs().HardwareAddr))
-	must(t, name+" route", p.ns.nl.RouteAdd(&netlink.Route{LinkIndex: el.Attrs().Index, Gw: podGW4.AsSlice(), Flags: int(netlink.FLAG_ONLINK)}))
-	must(t, "node route "+name, node.nl.RouteAdd(&netlink.Route{LinkIndex: hl.Attrs().Index,
+	must(t, name+" neighbour", neigh(p.ns.NL, el, podGW4, hl.Attrs().HardwareAddr))
+	must(t, "node neighbour "+name, neigh(node.NL, hl, p.ip, el.Attrs().HardwareAddr))
+	must(t, name+" route", p.ns.NL.RouteAdd(&netlink.Route{LinkIndex: el.Attrs().Index, Gw: podGW4.AsSlice(), Flags: int(netlink.FLAG_ONLINK)}))
+	must(t, "node route "+name, node.NL.RouteAdd(&netlink.Route{LinkIndex: hl.Attrs().Index,
 		Dst: &net.IPNet{IP: p.ip.AsSlice(), Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}))
 	return p
 }
@@ -240,12 +171,4 @@ func (p *pod) once(dst netip.AddrPort, line string) (string, error) {
 	}
 	defer c.Close()
 	return c.ask(line)
-}
-
-func sysctl(t *testing.T, kv ...string) {
-	t.Helper()
-	for _, s := range kv {
-		k, v, _ := strings.Cut(s, "=")
-		must(t, "sysctl "+s, os.WriteFile("/proc/sys/"+k, []byte(v), 0o644))
-	}
 }
