@@ -150,6 +150,11 @@ type Run struct {
 	Counts Counts `json:"counts"`
 
 	Conn *ConnResult `json:"dataPlane,omitempty"`
+	// Direct is the same connection loop to one endpoint's pod address,
+	// past no Service: the VM's own rate at that moment, so that
+	// Conn/Direct is what the Service path costs, with the emulator's
+	// and the host's swings divided out.
+	Direct *ConnResult `json:"dataPlaneDirect,omitempty"`
 
 	// IPVS is the normalised IPVS table right after the first sync
 	// (NormalizeIPVS), for the differential check.

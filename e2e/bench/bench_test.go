@@ -79,7 +79,7 @@ func TestReport(t *testing.T) {
 		r := &Run{Proxy: p, Services: n, Endpoints: 10, Kernel: "6.1.0-test", Programmed: programmed,
 			FirstSyncBoundSeconds: 600, FirstSyncMetricSeconds: first, FirstSyncMetricCount: 1, PeakRSSBytes: 50e6,
 			FirstSyncWallSeconds: first + 2, SyncsUntilProgrammed: 1, SyncSecondsUntilProgrammed: first,
-			Conn: &ConnResult{Connections: 100, Seconds: 1, PerSecond: 100}}
+			Conn: &ConnResult{Connections: 100, Seconds: 1, PerSecond: 100}, Direct: &ConnResult{Connections: 125, Seconds: 1, PerSecond: 125}}
 		for i := 0; i < 5; i++ {
 			r.Changes = append(r.Changes, Change{SyncSeconds: change, Syncs: 1, ObservedSeconds: change + 0.1})
 		}
@@ -89,10 +89,14 @@ func TestReport(t *testing.T) {
 		run(ProxyNftvs, 100, 1, 0.01, true), run(ProxyIPVS, 100, 20, 2, true), run(ProxyNftables, 100, 2, 1, true),
 		run(ProxyNftvs, 1000, 5, 0.02, true), run(ProxyIPVS, 1000, 0, 0, false), run(ProxyNftables, 1000, 3, 3, true),
 	}, Differential: []DiffResult{{Services: 100, Equal: true, Lines: 1111}}}
+	rep.Runs[4].KernelCompleteSeconds = 400
+	rep.Runs[3].Conn.PerSecond = 90 // nftvs at 1000
 	md := rep.Markdown()
 	for _, want := range []string{
 		"| 100 | kube-proxy ipvs | 22.0 s | 20.0 s | 20.0 s (1) |",
-		"| 1000 | kube-proxy ipvs | > 600 s (bound) | > 600 s (bound) |",
+		"| 1000 | kube-proxy ipvs | > 600 s (bound); kernel complete at 400 s, sync not yet reported | > 600 s (bound) |",
+		"| 100 | nftvs | 100 | 0 | 1.00 | 100 | 125 | 0.80 |",
+		"nftvs conn/s at N=1000 within 5% of N=100: **missed**, -10.0% (90 vs 100/s); relative to a direct connection to a pod in the same VM: 0.72 vs 0.80, -10.0%",
 		"| 100 | 7.33× | 1.33× | 20.0× | 2.00× | 200× | 100× |",
 		"| 1000 | > 85.7× |",
 		"one-endpoint change at N=1000 ≥ 30× faster than kube-proxy nftables: **met**, 150×",

@@ -260,14 +260,20 @@ func (r *Report) Markdown() string {
 
 	p("\n## Data plane: new TCP connections per second through one ClusterIP\n\n")
 	p("Short connections (connect, read a 3-byte answer, close), one at a time, from a client pod namespace to a backend pod namespace holding the Service's %d endpoints, inside the VM; bounded in count and time. Reported, not asserted (emulated CPU, shared machine).\n\n", r.eps())
-	p("| N | proxy | connections | errors | seconds | conn/s |\n|---|---|---|---|---|---|\n")
+	p("Direct: the same loop straight to one endpoint's pod address right after, past no Service — the VM's own rate at that moment; via Service ÷ direct is what the Service path costs with the emulator's swings divided out.\n\n")
+	p("| N | proxy | connections | errors | seconds | conn/s | direct to a pod: conn/s | via Service ÷ direct |\n|---|---|---|---|---|---|---|---|\n")
 	for _, n := range r.Sizes() {
 		for _, pr := range Proxies {
 			x := r.Get(pr, n)
 			if x == nil || x.Conn == nil {
 				continue
 			}
-			p("| %d | %s | %d | %d | %.2f | %.0f |\n", n, ProxyTitle(pr), x.Conn.Connections, x.Conn.Errors, x.Conn.Seconds, x.Conn.PerSecond)
+			direct, rel := "–", "–"
+			if x.Direct != nil && x.Direct.PerSecond > 0 {
+				direct = fmt.Sprintf("%.0f", x.Direct.PerSecond)
+				rel = fmt.Sprintf("%.2f", x.Conn.PerSecond/x.Direct.PerSecond)
+			}
+			p("| %d | %s | %d | %d | %.2f | %.0f | %s | %s |\n", n, ProxyTitle(pr), x.Conn.Connections, x.Conn.Errors, x.Conn.Seconds, x.Conn.PerSecond, direct, rel)
 		}
 	}
 
@@ -387,7 +393,12 @@ func (r *Report) Goals() []string {
 			if d > 0.05 {
 				v += " (no drop; a rise beyond the 5% band is run-to-run noise, not a gain)"
 			}
-			g = append(g, fmt.Sprintf("nftvs conn/s at N=%d within 5%% of N=%d: %s, %+.1f%% (%.0f vs %.0f/s)", hi, lo, v, d*100, b.Conn.PerSecond, a.Conn.PerSecond))
+			line := fmt.Sprintf("nftvs conn/s at N=%d within 5%% of N=%d: %s, %+.1f%% (%.0f vs %.0f/s)", hi, lo, v, d*100, b.Conn.PerSecond, a.Conn.PerSecond)
+			if a.Direct != nil && b.Direct != nil && a.Direct.PerSecond > 0 && b.Direct.PerSecond > 0 {
+				ra, rb := a.Conn.PerSecond/a.Direct.PerSecond, b.Conn.PerSecond/b.Direct.PerSecond
+				line += fmt.Sprintf("; relative to a direct connection to a pod in the same VM: %.2f vs %.2f, %+.1f%%", rb, ra, (rb/ra-1)*100)
+			}
+			g = append(g, line)
 		}
 		u := r.Get(ProxyIPVS, hi)
 		if b != nil && u != nil && b.Conn != nil && u.Conn != nil && u.Conn.PerSecond > 0 {

@@ -215,14 +215,22 @@ func run(r *bench.Run) error {
 		r.Errors = append(r.Errors, "changes: "+err.Error())
 	}
 
-	// --- data plane ---
-	c, err := connTest()
-	if err != nil {
-		r.Errors = append(r.Errors, "data plane: "+err.Error())
-	}
-	r.Conn = c
-	if c != nil {
-		logf("data plane: %d connections in %.2f s = %.0f/s (%d errors)", c.Connections, c.Seconds, c.PerSecond, c.Errors)
+	// --- data plane: through the ClusterIP, then straight to a pod ---
+	svc := netip.AddrPortFrom(bench.ClusterIP(0), bench.ServicePort)
+	pod := netip.AddrPortFrom(bench.EndpointIP(0, 0, *eps), bench.TargetPort)
+	for _, t := range []struct {
+		what string
+		dst  netip.AddrPort
+		to   **bench.ConnResult
+	}{{"data plane", svc, &r.Conn}, {"data plane direct", pod, &r.Direct}} {
+		c, err := connTest(t.dst)
+		if err != nil {
+			r.Errors = append(r.Errors, t.what+": "+err.Error())
+		}
+		*t.to = c
+		if c != nil {
+			logf("%s (%s): %d connections in %.2f s = %.0f/s (%d errors)", t.what, t.dst, c.Connections, c.Seconds, c.PerSecond, c.Errors)
+		}
 	}
 	finish(r, p)
 	return nil
@@ -327,10 +335,10 @@ func startBackend() (func(), error) {
 	return func() { ln.Close() }, nil
 }
 
-// connTest opens short connections from the client pod to Service 0's
-// ClusterIP, one after another, bounded in count and time.
-func connTest() (*bench.ConnResult, error) {
-	dst := netip.AddrPortFrom(bench.ClusterIP(0), bench.ServicePort).String()
+// connTest opens short connections from the client pod to dst, one after
+// another, bounded in count and time.
+func connTest(to netip.AddrPort) (*bench.ConnResult, error) {
+	dst := to.String()
 	res := &bench.ConnResult{}
 	one := func() error {
 		c, err := net.DialTimeout("tcp4", dst, 2*time.Second)
