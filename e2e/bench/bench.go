@@ -51,6 +51,9 @@ const (
 	ClusterCIDR = "10.128.0.0/9"
 	ServicePort = 80
 	TargetPort  = 8080
+	// DirectPort is the backend's second port, for the direct-to-pod
+	// data-plane baseline (no Service has it as target).
+	DirectPort = 8081
 	// FirstClusterIP is Service 0's ClusterIP; Service i has the i-th
 	// address after it. 10.96.0.1 is the API server's own Service.
 	firstClusterIP = "10.96.1.0"

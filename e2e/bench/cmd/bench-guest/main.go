@@ -217,7 +217,11 @@ func run(r *bench.Run) error {
 
 	// --- data plane: through the ClusterIP, then straight to a pod ---
 	svc := netip.AddrPortFrom(bench.ClusterIP(0), bench.ServicePort)
-	pod := netip.AddrPortFrom(bench.EndpointIP(0, 0, *eps), bench.TargetPort)
+	// A second port on the pod: a direct connection to the Service's
+	// target port could reuse a source port whose earlier connection
+	// through the ClusterIP is still in conntrack (TIME_WAIT) with
+	// exactly this tuple as its reply, and be dropped as part of it.
+	pod := netip.AddrPortFrom(bench.EndpointIP(0, 0, *eps), bench.DirectPort)
 	for _, t := range []struct {
 		what string
 		dst  netip.AddrPort
@@ -311,10 +315,24 @@ func inNS(name string, fn func() error) error {
 // startBackend serves "ok" on every connection to :TargetPort in the
 // backend pod, then closes.
 func startBackend() (func(), error) {
+	stop1, err := serveOK(bench.TargetPort)
+	if err != nil {
+		return nil, err
+	}
+	stop2, err := serveOK(bench.DirectPort)
+	if err != nil {
+		stop1()
+		return nil, err
+	}
+	return func() { stop1(); stop2() }, nil
+}
+
+// serveOK answers "ok" on port in the backend namespace.
+func serveOK(port int) (func(), error) {
 	var ln net.Listener
 	err := inNS(bkNS, func() error {
 		var err error
-		ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", bench.TargetPort))
+		ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", port))
 		return err
 	})
 	if err != nil {
