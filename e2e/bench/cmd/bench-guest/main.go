@@ -312,8 +312,8 @@ func inNS(name string, fn func() error) error {
 	return <-errc
 }
 
-// startBackend serves "ok" on every connection to :TargetPort in the
-// backend pod, then closes.
+// startBackend serves "ok" on every connection to :TargetPort and
+// :DirectPort in the backend pod, then closes.
 func startBackend() (func(), error) {
 	stop1, err := serveOK(bench.TargetPort)
 	if err != nil {
