@@ -1,7 +1,6 @@
 package nft
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -121,79 +120,29 @@ func (f *Fake) Elements() []kernelElement {
 	return es
 }
 
-// Render prints a table with the given elements in nft syntax.
+// Render prints a table with the given elements in nft syntax, as
+// `nft list table` would.
 func Render(cfg Config, elems []kernelElement) string {
 	cfg.defaults()
 	sortElements(elems)
-	bySet := map[string][]kernelElement{}
+	bySet := map[string][]string{}
 	for _, e := range elems {
-		bySet[e.kernelSet()] = append(bySet[e.kernelSet()], e)
+		bySet[e.kernelSet()] = append(bySet[e.kernelSet()], e.text())
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "table inet %s {\n", cfg.TableName)
-	type setLine struct {
-		name, typ, flags, comment string
-		elems                     []string
-	}
-	var sets []setLine
-	for _, name := range sortedSetNames() {
-		spec := setSpecs[name]
-		fs := []Family{0}
-		if spec.perFamily {
-			fs = families
-		}
-		for _, f := range fs {
-			sl := setLine{name: kernelSetName(name, f), typ: spec.typeText(f), comment: spec.comment}
-			if spec.interval {
-				sl.flags = "interval"
+	for _, s := range kernelSets() {
+		lines := bySet[s.kernelName()]
+		if s.fromConfig != nil {
+			for _, r := range s.configRanges(cfg) {
+				lines = append(lines, fmt.Sprintf("%s-%s", r.first, r.last))
 			}
-			for _, e := range bySet[sl.name] {
-				sl.elems = append(sl.elems, e.text())
-			}
-			sets = append(sets, sl)
 		}
-	}
-	for _, name := range []string{setExcludeCIDRs, setPodCIDRs} {
-		ps := cfg.ExcludeCIDRs
-		if name == setPodCIDRs {
-			ps = cfg.LocalTraffic.PodCIDRs
-		}
-		for _, f := range families {
-			sl := setLine{name: kernelSetName(SetName(name), f), typ: "ipv4_addr", flags: "interval", comment: configSetComment[name]}
-			if f == IPv6 {
-				sl.typ = "ipv6_addr"
-			}
-			for _, r := range mergePrefixes(ps, f) {
-				sl.elems = append(sl.elems, fmt.Sprintf("%s-%s", r.first, r.last))
-			}
-			sets = append(sets, sl)
-		}
-	}
-	for _, s := range sets {
-		fmt.Fprintf(&b, "\t%s %s {\n\t\ttype %s\n", map[bool]string{true: "map", false: "set"}[strings.Contains(s.typ, " : ")], s.name, s.typ)
-		if s.flags != "" {
-			fmt.Fprintf(&b, "\t\tflags %s\n", s.flags)
-		}
-		fmt.Fprintf(&b, "\t\tcomment %q\n", s.comment)
-		if len(s.elems) > 0 {
-			fmt.Fprintf(&b, "\t\telements = {\n")
-			for _, e := range s.elems {
-				fmt.Fprintf(&b, "\t\t\t%s,\n", e)
-			}
-			fmt.Fprintf(&b, "\t\t}\n")
-		}
-		fmt.Fprintf(&b, "\t}\n\n")
+		renderSet(&b, s, lines)
 	}
 	chains := cfg.chains()
 	for i, c := range chains {
-		fmt.Fprintf(&b, "\tchain %s {\n", c.name)
-		if c.header != "" {
-			fmt.Fprintf(&b, "\t\t%s\n", c.header)
-		}
-		for _, r := range c.rules {
-			fmt.Fprintf(&b, "\t\t%s\n", r.text())
-		}
-		fmt.Fprintf(&b, "\t}\n")
+		renderChain(&b, c)
 		if i < len(chains)-1 {
 			b.WriteString("\n")
 		}
@@ -202,5 +151,33 @@ func Render(cfg Config, elems []kernelElement) string {
 	return b.String()
 }
 
-// errInjected is a ready-made error for FailNext.
-var errInjected = errors.New("injected failure")
+func renderSet(b *strings.Builder, s kernelSet, elems []string) {
+	kind := "set"
+	if s.isMap {
+		kind = "map"
+	}
+	fmt.Fprintf(b, "\t%s %s {\n\t\ttype %s\n", kind, s.kernelName(), s.typeText(s.family))
+	if s.interval {
+		fmt.Fprintf(b, "\t\tflags interval\n")
+	}
+	fmt.Fprintf(b, "\t\tcomment %q\n", s.comment)
+	if len(elems) > 0 {
+		fmt.Fprintf(b, "\t\telements = {\n")
+		for _, e := range elems {
+			fmt.Fprintf(b, "\t\t\t%s,\n", e)
+		}
+		fmt.Fprintf(b, "\t\t}\n")
+	}
+	fmt.Fprintf(b, "\t}\n\n")
+}
+
+func renderChain(b *strings.Builder, c chainSpec) {
+	fmt.Fprintf(b, "\tchain %s {\n", c.name)
+	if h := c.header(); h != "" {
+		fmt.Fprintf(b, "\t\t%s\n", h)
+	}
+	for _, r := range c.rules {
+		fmt.Fprintf(b, "\t\t%s\n", r.text())
+	}
+	fmt.Fprintf(b, "\t}\n")
+}

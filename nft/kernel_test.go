@@ -68,7 +68,7 @@ func kernelElements(t testing.TB, ns *netnstest.NS, table string) []string {
 	}
 	var out []string
 	for _, s := range sets {
-		if strings.HasPrefix(s.Name, setExcludeCIDRs) || strings.HasPrefix(s.Name, setPodCIDRs) {
+		if strings.HasPrefix(s.Name, string(setExcludeCIDRs)) || strings.HasPrefix(s.Name, string(setPodCIDRs)) {
 			continue
 		}
 		es, err := c.GetSetElements(s)
@@ -107,6 +107,19 @@ func mirrorElements(tbl *Table) []string {
 		out = append(out, elementString(e.kernelSet(), k, ke, v))
 	}
 	sort.Strings(out)
+	return out
+}
+
+// Programmed returns the elements the kernel holds, as last programmed,
+// sorted.
+func (t *Table) Programmed() []kernelElement {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]kernelElement, 0, len(t.programmed))
+	for _, e := range t.programmed {
+		out = append(out, e)
+	}
+	sortElements(out)
 	return out
 }
 
@@ -151,8 +164,8 @@ func TestKernelReadsBackWhatWasRendered(t *testing.T) {
 	}
 	rules := 0
 	for _, c := range tbl.cfg.chains() {
-		if c.header != "" && !lines[c.header] {
-			t.Errorf("chain %s: nft does not list %q", c.name, c.header)
+		if c.header() != "" && !lines[c.header()] {
+			t.Errorf("chain %s: nft does not list %q", c.name, c.header())
 		}
 		for _, r := range c.rules {
 			rules++

@@ -2,7 +2,6 @@ package nft
 
 import (
 	"fmt"
-	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
@@ -70,74 +69,39 @@ func (b *netlinkBackend) deleteTable(name string) error {
 	return nil
 }
 
-// setFor describes kernel set name of the given spec. ID is left zero: for
-// sets created in this batch, AddSet assigns one.
-func setFor(table *nftables.Table, s SetName, spec setSpec, f Family) *nftables.Set {
+// kernelSetFor is the nftables object of one set of the table. ID is
+// left zero: for sets created in this batch, AddSet assigns one.
+func kernelSetFor(table *nftables.Table, s kernelSet) *nftables.Set {
 	set := &nftables.Set{
 		Table:         table,
-		Name:          kernelSetName(s, f),
-		KeyType:       spec.keyType(f),
-		IsMap:         spec.isMap,
-		Interval:      spec.interval,
-		Concatenation: len(spec.fields) > 1,
-		Comment:       spec.comment,
+		Name:          s.kernelName(),
+		KeyType:       s.keyType(s.family),
+		IsMap:         s.isMap,
+		Interval:      s.interval,
+		Concatenation: len(s.fields) > 1,
+		Comment:       s.comment,
 	}
-	if spec.isMap {
+	if s.isMap {
 		set.DataType = nftables.TypeMark
 	}
 	return set
 }
 
-// allSets lists every set of the table: per-Service sets and the
-// configuration interval sets.
-func allSets(table *nftables.Table) []*nftables.Set {
-	var out []*nftables.Set
-	for _, name := range sortedSetNames() {
-		spec := setSpecs[name]
-		if !spec.perFamily {
-			out = append(out, setFor(table, name, spec, 0))
-			continue
-		}
-		for _, f := range families {
-			out = append(out, setFor(table, name, spec, f))
-		}
-	}
-	for _, name := range []string{setExcludeCIDRs, setPodCIDRs} {
-		for _, f := range families {
-			addr := nftables.TypeIPAddr
-			if f == IPv6 {
-				addr = nftables.TypeIP6Addr
-			}
-			out = append(out, &nftables.Set{Table: table, Name: kernelSetName(SetName(name), f),
-				KeyType: addr, Interval: true, Comment: configSetComment[name]})
-		}
-	}
-	return out
-}
-
-var configSetComment = map[string]string{
-	setExcludeCIDRs: "--ipvs-exclude-cidrs",
-	setPodCIDRs:     "local traffic (--detect-local-mode)",
-}
-
-// configElements returns the interval elements of the configuration sets,
-// as the rbtree set type wants them: a start key, and the key after the
+// configElements returns the elements of a configuration set, as the
+// rbtree set type wants intervals: a start key, and the key after the
 // range flagged as interval end (none when the range reaches the top).
-func (cfg Config) configElements() map[string][]nftables.SetElement {
-	out := map[string][]nftables.SetElement{}
-	for name, ps := range map[string][]netip.Prefix{setExcludeCIDRs: cfg.ExcludeCIDRs, setPodCIDRs: cfg.LocalTraffic.PodCIDRs} {
-		for _, f := range families {
-			var elems []nftables.SetElement
-			for _, r := range mergePrefixes(ps, f) {
-				elems = append(elems, nftables.SetElement{Key: r.first.AsSlice()})
-				if end := r.last.Next(); end.IsValid() {
-					elems = append(elems, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
-				}
-			}
-			out[kernelSetName(SetName(name), f)] = elems
+func (s kernelSet) configElements(cfg Config) []nftables.SetElement {
+	if s.fromConfig == nil {
+		return nil
+	}
+	var elems []nftables.SetElement
+	for _, r := range s.configRanges(cfg) {
+		elems = append(elems, nftables.SetElement{Key: r.first.AsSlice()})
+		if end := r.last.Next(); end.IsValid() {
+			elems = append(elems, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
 		}
 	}
-	return out
+	return elems
 }
 
 func toSetElement(e kernelElement) nftables.SetElement {
@@ -156,77 +120,96 @@ func (b *netlinkBackend) apply(cfg Config, tx transaction) error {
 	}
 	table := &nftables.Table{Name: cfg.TableName, Family: nftables.TableFamilyINet}
 	sets := map[string]*nftables.Set{}
-	for _, s := range allSets(table) {
-		sets[s.Name] = s
+	for _, s := range kernelSets() {
+		sets[s.kernelName()] = kernelSetFor(table, s)
 	}
 	if tx.rebuild {
-		// add + delete + add: the idiom for "replace the table, whether or
-		// not it exists", atomically within one transaction.
-		c.AddTable(table)
-		c.DelTable(table)
-		c.AddTable(table)
-		cfgElems := cfg.configElements()
-		for _, s := range allSets(table) {
-			if err := c.AddSet(s, cfgElems[s.Name]); err != nil {
-				return fmt.Errorf("add set %s: %w", s.Name, err)
-			}
-			sets[s.Name] = s
+		if err := addTableAndSets(c, cfg, table, sets); err != nil {
+			return err
 		}
 	}
-	group := func(es []kernelElement) ([]string, map[string][]nftables.SetElement) {
-		m := map[string][]nftables.SetElement{}
-		var order []string
-		for _, e := range es {
-			n := e.kernelSet()
-			if _, ok := m[n]; !ok {
-				order = append(order, n)
-			}
-			m[n] = append(m[n], toSetElement(e))
-		}
-		return order, m
+	if err := writeElements(c, sets, tx); err != nil {
+		return err
 	}
-	order, dels := group(tx.del)
+	if tx.rebuild {
+		addChains(c, cfg, table, sets)
+	}
+	return c.Flush()
+}
+
+// addTableAndSets replaces the table with an empty one holding every set,
+// the configuration sets filled.
+func addTableAndSets(c *nftables.Conn, cfg Config, table *nftables.Table, sets map[string]*nftables.Set) error {
+	// add + delete + add: the idiom for "replace the table, whether or
+	// not it exists", atomically within one transaction.
+	c.AddTable(table)
+	c.DelTable(table)
+	c.AddTable(table)
+	for _, s := range kernelSets() {
+		if err := c.AddSet(sets[s.kernelName()], s.configElements(cfg)); err != nil {
+			return fmt.Errorf("add set %s: %w", s.kernelName(), err)
+		}
+	}
+	return nil
+}
+
+// writeElements adds the transaction's deletes, then its adds, one call
+// per set (google/nftables splits long lists across messages).
+func writeElements(c *nftables.Conn, sets map[string]*nftables.Set, tx transaction) error {
+	order, dels := bySet(tx.del)
 	for _, n := range order {
 		if err := c.SetDeleteElements(sets[n], dels[n]); err != nil {
 			return fmt.Errorf("delete elements of %s: %w", n, err)
 		}
 	}
-	order, adds := group(tx.add)
+	order, adds := bySet(tx.add)
 	for _, n := range order {
 		if err := c.SetAddElements(sets[n], adds[n]); err != nil {
 			return fmt.Errorf("add elements to %s: %w", n, err)
 		}
 	}
-	if tx.rebuild {
-		refs := func(name string) *nftables.Set { return sets[name] }
-		chains := map[string]*nftables.Chain{}
-		specs := cfg.chains()
-		// Regular chains first: base chains jump to them.
-		for _, base := range []bool{false, true} {
-			for _, cs := range specs {
-				if cs.isBase() != base {
-					continue
-				}
-				ch := &nftables.Chain{Name: cs.name, Table: table}
-				if base {
-					accept := nftables.ChainPolicyAccept
-					ch.Hooknum, ch.Priority, ch.Type, ch.Policy = cs.hook, cs.priority, cs.typ, &accept
-				}
-				chains[cs.name] = c.AddChain(ch)
-			}
-		}
-		for _, cs := range specs {
-			for _, r := range cs.rules {
-				nr := &nftables.Rule{Table: table, Chain: chains[cs.name], Exprs: r.exprs(refs)}
-				if r.comment != "" {
-					nr.UserData = userdata.AppendString(nil, userdata.TypeComment, r.comment)
-				}
-				c.AddRule(nr)
-			}
-		}
-	}
-	if err := c.Flush(); err != nil {
-		return err
-	}
 	return nil
+}
+
+func bySet(es []kernelElement) ([]string, map[string][]nftables.SetElement) {
+	m := map[string][]nftables.SetElement{}
+	var order []string
+	for _, e := range es {
+		n := e.kernelSet()
+		if _, ok := m[n]; !ok {
+			order = append(order, n)
+		}
+		m[n] = append(m[n], toSetElement(e))
+	}
+	return order, m
+}
+
+// addChains adds every chain and rule; regular chains first, since base
+// chains jump to them.
+func addChains(c *nftables.Conn, cfg Config, table *nftables.Table, sets map[string]*nftables.Set) {
+	refs := func(name string) *nftables.Set { return sets[name] }
+	chains := map[string]*nftables.Chain{}
+	specs := cfg.chains()
+	for _, base := range []bool{false, true} {
+		for _, cs := range specs {
+			if cs.isBase() != base {
+				continue
+			}
+			ch := &nftables.Chain{Name: cs.name, Table: table}
+			if base {
+				accept := nftables.ChainPolicyAccept
+				ch.Hooknum, ch.Priority, ch.Type, ch.Policy = cs.base.hook, cs.base.priority, cs.base.typ, &accept
+			}
+			chains[cs.name] = c.AddChain(ch)
+		}
+	}
+	for _, cs := range specs {
+		for _, r := range cs.rules {
+			nr := &nftables.Rule{Table: table, Chain: chains[cs.name], Exprs: r.exprs(refs)}
+			if r.comment != "" {
+				nr.UserData = userdata.AppendString(nil, userdata.TypeComment, r.comment)
+			}
+			c.AddRule(nr)
+		}
+	}
 }

@@ -74,82 +74,6 @@ func (c *Config) defaults() {
 	}
 }
 
-type field int
-
-const (
-	fieldAddr field = iota
-	fieldProto
-	fieldPort
-	fieldSource
-	fieldAddr2 // a second copy of Addr (hairpin: source == destination)
-)
-
-type setSpec struct {
-	fields    []field
-	perFamily bool
-	isMap     bool
-	interval  bool
-	comment   string
-}
-
-var setSpecs = map[SetName]setSpec{
-	ClusterIPs:                {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "ClusterIP . protocol . port"},
-	ExternalIPs:               {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "externalIPs, externalTrafficPolicy Cluster"},
-	ExternalIPsLocal:          {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "externalIPs, externalTrafficPolicy Local"},
-	LoadBalancerIPs:           {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "LoadBalancer ingress IPs, externalTrafficPolicy Cluster"},
-	LoadBalancerIPsLocal:      {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "LoadBalancer ingress IPs, externalTrafficPolicy Local"},
-	LoadBalancerFirewall:      {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "LoadBalancers with loadBalancerSourceRanges"},
-	LoadBalancerSourceRanges:  {fields: []field{fieldAddr, fieldProto, fieldPort, fieldSource}, perFamily: true, interval: true, comment: "sources allowed through the LoadBalancer firewall"},
-	NodePorts:                 {fields: []field{fieldProto, fieldPort}, comment: "node ports, externalTrafficPolicy Cluster"},
-	NodePortsLocal:            {fields: []field{fieldProto, fieldPort}, comment: "node ports, externalTrafficPolicy Local"},
-	Hairpin:                   {fields: []field{fieldAddr, fieldProto, fieldPort, fieldAddr2}, perFamily: true, comment: "endpoint . protocol . port . endpoint: pods reaching themselves"},
-	HealthCheckNodePorts:      {fields: []field{fieldPort}, comment: "health check node ports"},
-	IPVSAddresses:             {fields: []field{fieldAddr}, perFamily: true, comment: "addresses on kube-ipvs0"},
-	LocalPolicyFWMarks:        {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, isMap: true, comment: "internal traffic to externalTrafficPolicy Local frontends: fwmark of the all-endpoints virtual server"},
-	NodePortFWMarks:           {fields: []field{fieldProto, fieldPort}, isMap: true, comment: "internal traffic to externalTrafficPolicy Local node ports: fwmark"},
-	NoLocalEndpoints:          {fields: []field{fieldAddr, fieldProto, fieldPort}, perFamily: true, comment: "externalTrafficPolicy Local frontends without a local endpoint"},
-	NodePortsNoLocalEndpoints: {fields: []field{fieldProto, fieldPort}, comment: "externalTrafficPolicy Local node ports without a local endpoint"},
-}
-
-// Sets holding configuration rather than Service data: interval sets
-// rebuilt whole on a full sync.
-const (
-	setExcludeCIDRs = "exclude-cidrs"
-	setPodCIDRs     = "pod-cidrs"
-)
-
-// kernelSetType returns the key type of a set as nftables knows it.
-func (s setSpec) keyType(f Family) nftables.SetDatatype {
-	addr := nftables.TypeIPAddr
-	if f == IPv6 {
-		addr = nftables.TypeIP6Addr
-	}
-	var types []nftables.SetDatatype
-	for _, fl := range s.fields {
-		switch fl {
-		case fieldAddr, fieldAddr2, fieldSource:
-			types = append(types, addr)
-		case fieldProto:
-			types = append(types, nftables.TypeInetProto)
-		case fieldPort:
-			types = append(types, nftables.TypeInetService)
-		}
-	}
-	if len(types) == 1 {
-		return types[0]
-	}
-	return nftables.MustConcatSetType(types...)
-}
-
-// typeText is the set's type as `nft list` prints it.
-func (s setSpec) typeText(f Family) string {
-	t := s.keyType(f).Name
-	if s.isMap {
-		t += " : mark"
-	}
-	return t
-}
-
 // Chain names. Base chains are named after their hook.
 const (
 	chainPrerouting    = "prerouting"
@@ -166,18 +90,59 @@ const (
 )
 
 type chainSpec struct {
-	name     string
+	name  string
+	base  *baseChain // nil for a regular chain
+	rules []rule
+}
+
+// baseChain is where a base chain hooks in. Policy is always accept: the
+// table only drops what it decides to drop.
+type baseChain struct {
 	hook     *nftables.ChainHook
 	priority *nftables.ChainPriority
 	typ      nftables.ChainType
-	header   string // the base chain line nft prints
-	rules    []rule
 }
 
-func (c chainSpec) isBase() bool { return c.hook != nil }
+func (c chainSpec) isBase() bool { return c.base != nil }
 
-// chains returns the table's chains and rules for cfg. Their number depends
-// only on the configuration, never on Services.
+var hookNames = map[nftables.ChainHook]string{
+	*nftables.ChainHookPrerouting:  "prerouting",
+	*nftables.ChainHookInput:       "input",
+	*nftables.ChainHookForward:     "forward",
+	*nftables.ChainHookOutput:      "output",
+	*nftables.ChainHookPostrouting: "postrouting",
+}
+
+// header is the base chain's first line as `nft list` prints it.
+func (b baseChain) header() string {
+	return fmt.Sprintf("type %s hook %s priority %s; policy accept;", b.typ, hookNames[*b.hook], b.priorityText())
+}
+
+// priorityText is a priority as nft prints it in an inet table: by name
+// where nft has one for the hook (dstnat only on prerouting, srcnat only
+// on postrouting), else as a number.
+func (b baseChain) priorityText() string {
+	p := *b.priority
+	switch {
+	case p == *nftables.ChainPriorityRaw:
+		return "raw"
+	case p == *nftables.ChainPriorityMangle:
+		return "mangle"
+	case p == *nftables.ChainPriorityNATDest && *b.hook == *nftables.ChainHookPrerouting:
+		return "dstnat"
+	case p == *nftables.ChainPriorityFilter:
+		return "filter"
+	case p == *nftables.ChainPrioritySecurity:
+		return "security"
+	case p == *nftables.ChainPriorityNATSource && *b.hook == *nftables.ChainHookPostrouting:
+		return "srcnat"
+	}
+	return fmt.Sprint(int32(p))
+}
+
+// chains returns the table's chains and rules for cfg, in the order nft
+// lists them. Their number depends only on the configuration, never on
+// Services.
 //
 // Hook priorities matter because IPVS takes packets in its own hooks:
 // LOCAL_IN at 98/99 (after filter 0, before srcnat 100) and LOCAL_OUT at
@@ -186,160 +151,221 @@ func (c chainSpec) isBase() bool { return c.hook != nil }
 // and the firewall at dstnat sees node-originated traffic to a
 // load-balancer IP before IPVS rewrites its destination.
 func (cfg Config) chains() []chainSpec {
-	masq := cfg.MasqueradeMark
+	return []chainSpec{
+		cfg.preroutingChain(), cfg.outputChain(), inputChain(), cfg.forwardChain(), postroutingChain(),
+		firewallChain(), cfg.localPolicyChain(), externalChain(), cfg.markForMasqueradeChain(),
+		serviceFilterChain(), cfg.masqueradingChain(),
+	}
+}
 
-	firewall := chainSpec{name: chainFirewall}
-	localPolicy := chainSpec{name: chainLocalPolicy}
-	external := chainSpec{name: chainExternal}
+// eachFamily concatenates the rules fn returns for IPv4, then IPv6.
+func eachFamily(fn func(f Family) []rule) []rule {
+	var out []rule
 	for _, f := range families {
-		sv := func(s SetName) string { return kernelSetName(s, f) }
-		svc := []matchField{daddrField(f), l4protoField, dportField}
-		firewall.rules = append(firewall.rules, rule{parts: []part{
-			inSet(f, sv(LoadBalancerFirewall), false, svc...),
-			inSet(f, sv(LoadBalancerSourceRanges), true, daddrField(f), l4protoField, dportField, saddrField(f)),
-			counter, drop,
-		}, comment: "loadBalancerSourceRanges"})
-		localPolicy.rules = append(localPolicy.rules, rule{parts: []part{
-			setMarkFromMap(f, sv(LocalPolicyFWMarks), svc...),
-		}})
-		external.rules = append(external.rules,
-			rule{parts: []part{inSet(f, sv(ExternalIPs), false, svc...), jump(chainMarkMasq)}},
-			rule{parts: []part{inSet(f, sv(LoadBalancerIPs), false, svc...), jump(chainMarkMasq)}},
-		)
+		out = append(out, fn(f)...)
 	}
-	localPolicy.rules = append(localPolicy.rules, rule{parts: []part{
-		fibDaddrLocal, setMarkFromMap(0, NodePortFWMarks.kernel(), l4protoField, dportField),
-	}})
-	external.rules = append(external.rules, rule{parts: []part{
-		fibDaddrLocal, inSet(0, NodePorts.kernel(), false, l4protoField, dportField), jump(chainMarkMasq),
-	}})
+	return out
+}
 
-	prerouting := chainSpec{name: chainPrerouting, hook: nftables.ChainHookPrerouting,
-		priority: nftables.ChainPriorityNATDest, typ: nftables.ChainTypeFilter,
-		header: "type filter hook prerouting priority dstnat; policy accept;"}
-	output := chainSpec{name: chainOutput, hook: nftables.ChainHookOutput,
-		priority: nftables.ChainPriorityNATDest, typ: nftables.ChainTypeFilter,
-		header: "type filter hook output priority -100; policy accept;"}
-	for _, c := range []*chainSpec{&prerouting, &output} {
-		for _, f := range families {
-			c.rules = append(c.rules, rule{parts: []part{
-				inSet(f, kernelSetName(setExcludeCIDRs, f), false, daddrField(f)), ret,
-			}, comment: "ipvs-exclude-cidrs"})
-		}
-		c.rules = append(c.rules, rule{parts: []part{jump(chainFirewall)}})
+func rules(parts ...[]part) []rule {
+	out := make([]rule, len(parts))
+	for i, p := range parts {
+		out[i] = rule{parts: p}
 	}
-	// Node-originated traffic is always internal; from the network only
-	// this node's pods are.
-	output.rules = append(output.rules, rule{parts: []part{jump(chainLocalPolicy)}})
-	for _, f := range families {
-		if cfg.LocalTraffic.implemented(f) {
-			prerouting.rules = append(prerouting.rules, rule{parts: append(cfg.localMatch(f, false), jump(chainLocalPolicy))})
+	return out
+}
+
+// frontend is the "daddr . meta l4proto . th dport" key of family f.
+func frontendFields(f Family) []matchField {
+	return []matchField{daddrField(f), l4protoField, dportField}
+}
+
+// inFrontendSet is "<daddr> . meta l4proto . th dport @set-vN".
+func inFrontendSet(f Family, s SetName) part {
+	return inSet(f, kernelSetName(s, f), false, frontendFields(f)...)
+}
+
+// preroutingChain handles traffic from the network and from local pods.
+func (cfg Config) preroutingChain() chainSpec {
+	c := chainSpec{name: chainPrerouting, base: &baseChain{nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest, nftables.ChainTypeFilter}}
+	c.rules = append(c.rules, excludeCIDRs()...)
+	c.rules = append(c.rules, rules([]part{jump(chainFirewall)})...)
+	// From the network, only this node's pods are internal.
+	c.rules = append(c.rules, eachFamily(func(f Family) []rule {
+		if !cfg.LocalTraffic.implemented(f) {
+			return nil
 		}
+		return rules(append(cfg.localMatch(f, false), jump(chainLocalPolicy)))
+	})...)
+	c.rules = append(c.rules, cfg.noLocalEndpoints()...)
+	// Like kube-proxy: masquerade ClusterIP traffic that does not come
+	// from a local pod, or all of it with --masquerade-all.
+	c.rules = append(c.rules, eachFamily(func(f Family) []rule {
+		cluster := inFrontendSet(f, ClusterIPs)
+		switch {
+		case cfg.MasqueradeAll:
+			return rules([]part{cluster, jump(chainMarkMasq)})
+		case cfg.LocalTraffic.implemented(f):
+			return rules(slices.Concat([]part{cluster}, cfg.localMatch(f, true), []part{jump(chainMarkMasq)}))
+		}
+		return nil
+	})...)
+	return c.append(rules([]part{jump(chainExternal)})...)
+}
+
+// outputChain handles the node's own traffic: always internal, and always
+// masqueraded to ClusterIPs, since its source may be a VIP on kube-ipvs0.
+// Output at -100 runs before IPVS rewrites the destination at -99, so
+// source ranges apply to the node too.
+func (cfg Config) outputChain() chainSpec {
+	c := chainSpec{name: chainOutput, base: &baseChain{nftables.ChainHookOutput, nftables.ChainPriorityNATDest, nftables.ChainTypeFilter}}
+	c.rules = append(c.rules, excludeCIDRs()...)
+	c.rules = append(c.rules, rules([]part{jump(chainFirewall)}, []part{jump(chainLocalPolicy)})...)
+	c.rules = append(c.rules, eachFamily(func(f Family) []rule {
+		return rules([]part{inFrontendSet(f, ClusterIPs), jump(chainMarkMasq)})
+	})...)
+	return c.append(rules([]part{jump(chainExternal)})...)
+}
+
+func excludeCIDRs() []rule {
+	return eachFamily(func(f Family) []rule {
+		return []rule{{parts: []part{inSet(f, kernelSetName(setExcludeCIDRs, f), false, daddrField(f)), ret}, comment: "ipvs-exclude-cidrs"}}
+	})
+}
+
+// noLocalEndpoints drops external traffic to externalTrafficPolicy Local
+// frontends without a local endpoint, as kube-proxy's iptables and
+// nftables modes do (the IPVS virtual server would refuse it instead). This
+// node's pods took the fwmark path before.
+func (cfg Config) noLocalEndpoints() []rule {
+	const comment = "externalTrafficPolicy Local, no local endpoint"
+	notLocal := func(f Family) []part {
+		if cfg.LocalTraffic.implemented(f) {
+			return cfg.localMatch(f, true)
+		}
+		return nil
 	}
-	// externalTrafficPolicy Local with no local endpoint: traffic from
-	// outside is dropped, not refused (kube-proxy's iptables and nftables
-	// modes do the same). This node's pods took the fwmark path above.
-	for _, f := range families {
-		var notLocal []part
-		if cfg.LocalTraffic.implemented(f) {
-			notLocal = cfg.localMatch(f, true)
-		}
-		prerouting.rules = append(prerouting.rules, rule{parts: append(append(notLocal,
-			inSet(f, kernelSetName(NoLocalEndpoints, f), false, daddrField(f), l4protoField, dportField)), counter, drop),
-			comment: "externalTrafficPolicy Local, no local endpoint"})
+	out := eachFamily(func(f Family) []rule {
+		return []rule{{parts: slices.Concat(notLocal(f), []part{inFrontendSet(f, NoLocalEndpoints), counter, drop}), comment: comment}}
+	})
+	nodePort := func(notLocal []part) rule {
+		return rule{parts: slices.Concat(notLocal, []part{fibDaddrLocal,
+			inSet(0, NodePortsNoLocalEndpoints.kernel(), false, l4protoField, dportField), counter, drop}), comment: comment}
 	}
 	// A node port has no family: one rule per family whose local traffic
 	// is detected by source address, else one rule.
-	noLocalNodePort := func(notLocal []part) rule {
-		return rule{parts: append(append(notLocal, fibDaddrLocal,
-			inSet(0, NodePortsNoLocalEndpoints.kernel(), false, l4protoField, dportField)), counter, drop),
-			comment: "externalTrafficPolicy Local, no local endpoint"}
-	}
 	switch {
 	case cfg.LocalTraffic.Interface != "":
-		prerouting.rules = append(prerouting.rules, noLocalNodePort(cfg.localMatch(IPv4, true)))
+		return append(out, nodePort(notLocal(IPv4)))
 	case cfg.LocalTraffic.implemented(IPv4) || cfg.LocalTraffic.implemented(IPv6):
-		for _, f := range families {
-			if cfg.LocalTraffic.implemented(f) {
-				prerouting.rules = append(prerouting.rules, noLocalNodePort(cfg.localMatch(f, true)))
+		return append(out, eachFamily(func(f Family) []rule {
+			if !cfg.LocalTraffic.implemented(f) {
+				return nil
 			}
-		}
-	default:
-		prerouting.rules = append(prerouting.rules, noLocalNodePort(nil))
+			return []rule{nodePort(notLocal(f))}
+		})...)
 	}
-	for _, f := range families {
-		svc := []matchField{daddrField(f), l4protoField, dportField}
-		cluster := inSet(f, kernelSetName(ClusterIPs, f), false, svc...)
-		// Like kube-proxy: masquerade ClusterIP traffic that does not come
-		// from a local pod, or all of it with --masquerade-all.
-		switch {
-		case cfg.MasqueradeAll:
-			prerouting.rules = append(prerouting.rules, rule{parts: []part{cluster, jump(chainMarkMasq)}})
-		case cfg.LocalTraffic.implemented(f):
-			prerouting.rules = append(prerouting.rules, rule{parts: append([]part{cluster}, append(cfg.localMatch(f, true), jump(chainMarkMasq))...)})
-		}
-		// The node's own traffic to a ClusterIP may leave with a VIP as
-		// source (kube-ipvs0 holds it): always masquerade it.
-		output.rules = append(output.rules, rule{parts: []part{cluster, jump(chainMarkMasq)}})
+	return append(out, nodePort(nil))
+}
+
+// inputChain: KUBE-IPVS-FILTER runs before IPVS takes the packet at 98.
+func inputChain() chainSpec {
+	return chainSpec{name: chainInput, base: &baseChain{nftables.ChainHookInput, nftables.ChainPriorityFilter, nftables.ChainTypeFilter},
+		rules: rules([]part{jump(chainServiceFilter)})}
+}
+
+// forwardChain is KUBE-FORWARD.
+func (cfg Config) forwardChain() chainSpec {
+	c := chainSpec{name: chainForward, base: &baseChain{nftables.ChainHookForward, nftables.ChainPriorityFilter, nftables.ChainTypeFilter}}
+	if cfg.DropInvalid {
+		c.rules = rules([]part{ctState("invalid", expr.CtStateBitINVALID), counter, drop})
 	}
-	prerouting.rules = append(prerouting.rules, rule{parts: []part{jump(chainExternal)}})
-	output.rules = append(output.rules, rule{parts: []part{jump(chainExternal)}})
+	return c.append(rules(
+		[]part{markBits(cfg.MasqueradeMark, cfg.MasqueradeMark), accept},
+		[]part{ctState("established,related", expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), accept},
+	)...)
+}
 
-	markMasq := chainSpec{name: chainMarkMasq, rules: []rule{{parts: []part{markOr(masq)}}}}
+// postroutingChain is KUBE-POSTROUTING's hook.
+func postroutingChain() chainSpec {
+	return chainSpec{name: chainPostrouting, base: &baseChain{nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource, nftables.ChainTypeNAT},
+		rules: rules([]part{jump(chainMasquerading)})}
+}
 
-	// KUBE-IPVS-FILTER: a VIP answers only on its Service ports.
-	serviceFilter := chainSpec{name: chainServiceFilter}
-	serviceFilter.rules = append(serviceFilter.rules, rule{parts: []part{
-		tcpDport(HealthCheckNodePorts.kernel()), accept,
-	}})
-	for _, f := range families {
-		svc := []matchField{daddrField(f), l4protoField, dportField}
+// firewallChain enforces loadBalancerSourceRanges (KUBE-LOAD-BALANCER-FW).
+func firewallChain() chainSpec {
+	return chainSpec{name: chainFirewall, rules: eachFamily(func(f Family) []rule {
+		return []rule{{parts: []part{
+			inFrontendSet(f, LoadBalancerFirewall),
+			inSet(f, kernelSetName(LoadBalancerSourceRanges, f), true, append(frontendFields(f), saddrField(f))...),
+			counter, drop,
+		}, comment: "loadBalancerSourceRanges"}}
+	})}
+}
+
+// localPolicyChain sends internal traffic to externalTrafficPolicy Local
+// frontends to the all-endpoints fwmark virtual server.
+func (cfg Config) localPolicyChain() chainSpec {
+	c := chainSpec{name: chainLocalPolicy, rules: eachFamily(func(f Family) []rule {
+		return rules([]part{setMarkFromMap(f, kernelSetName(LocalPolicyFWMarks, f), frontendFields(f)...)})
+	})}
+	return c.append(rules([]part{fibDaddrLocal, setMarkFromMap(0, NodePortFWMarks.kernel(), l4protoField, dportField)})...)
+}
+
+// externalChain masquerades externalTrafficPolicy Cluster frontends
+// (KUBE-EXTERNAL-IP, KUBE-LOAD-BALANCER, KUBE-NODE-PORT-*).
+func externalChain() chainSpec {
+	c := chainSpec{name: chainExternal, rules: eachFamily(func(f Family) []rule {
+		return rules(
+			[]part{inFrontendSet(f, ExternalIPs), jump(chainMarkMasq)},
+			[]part{inFrontendSet(f, LoadBalancerIPs), jump(chainMarkMasq)},
+		)
+	})}
+	return c.append(rules([]part{fibDaddrLocal, inSet(0, NodePorts.kernel(), false, l4protoField, dportField), jump(chainMarkMasq)})...)
+}
+
+// markForMasqueradeChain is KUBE-MARK-MASQ.
+func (cfg Config) markForMasqueradeChain() chainSpec {
+	return chainSpec{name: chainMarkMasq, rules: rules([]part{markOr(cfg.MasqueradeMark)})}
+}
+
+// serviceFilterChain is KUBE-IPVS-FILTER: a VIP answers only on its
+// Service ports.
+func serviceFilterChain() chainSpec {
+	c := chainSpec{name: chainServiceFilter, rules: rules([]part{tcpDport(HealthCheckNodePorts.kernel()), accept})}
+	c.rules = append(c.rules, eachFamily(func(f Family) []rule {
+		var out []rule
 		for _, s := range []SetName{ClusterIPs, ExternalIPs, ExternalIPsLocal, LoadBalancerIPs, LoadBalancerIPsLocal} {
-			serviceFilter.rules = append(serviceFilter.rules, rule{parts: []part{inSet(f, kernelSetName(s, f), false, svc...), accept}})
+			out = append(out, rule{parts: []part{inFrontendSet(f, s), accept}})
 		}
-		serviceFilter.rules = append(serviceFilter.rules, rule{parts: []part{
+		return append(out, rule{parts: []part{
 			ctState("new", expr.CtStateBitNEW),
 			inSet(f, kernelSetName(IPVSAddresses, f), false, daddrField(f)),
 			counter, reject,
 		}, comment: "not a Service port"})
-	}
-	input := chainSpec{name: chainInput, hook: nftables.ChainHookInput,
-		priority: nftables.ChainPriorityFilter, typ: nftables.ChainTypeFilter,
-		header: "type filter hook input priority filter; policy accept;",
-		rules:  []rule{{parts: []part{jump(chainServiceFilter)}}}}
+	})...)
+	return c
+}
 
-	// KUBE-FORWARD.
-	forward := chainSpec{name: chainForward, hook: nftables.ChainHookForward,
-		priority: nftables.ChainPriorityFilter, typ: nftables.ChainTypeFilter,
-		header: "type filter hook forward priority filter; policy accept;"}
-	if cfg.DropInvalid {
-		forward.rules = append(forward.rules, rule{parts: []part{ctState("invalid", expr.CtStateBitINVALID), counter, drop}})
-	}
-	forward.rules = append(forward.rules,
-		rule{parts: []part{markBits(masq, masq), accept}},
-		rule{parts: []part{ctState("established,related", expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), accept}},
-	)
-
-	// KUBE-POSTROUTING.
-	masquerading := chainSpec{name: chainMasquerading}
-	for _, f := range families {
-		masquerading.rules = append(masquerading.rules, rule{parts: []part{
+// masqueradingChain is KUBE-POSTROUTING: hairpin, then what carries the
+// mark, fully random.
+func (cfg Config) masqueradingChain() chainSpec {
+	c := chainSpec{name: chainMasquerading, rules: eachFamily(func(f Family) []rule {
+		return []rule{{parts: []part{
 			inSet(f, kernelSetName(Hairpin, f), false, saddrField(f), l4protoField, dportField, daddrField(f)),
 			masquerade,
-		}, comment: "hairpin"})
-	}
-	masquerading.rules = append(masquerading.rules,
-		rule{parts: []part{markBits(masq, 0), ret}},
-		rule{parts: []part{markXor(masq)}},
-		rule{parts: []part{counter, masqueradeFullyRandom}},
-	)
-	postrouting := chainSpec{name: chainPostrouting, hook: nftables.ChainHookPostrouting,
-		priority: nftables.ChainPriorityNATSource, typ: nftables.ChainTypeNAT,
-		header: "type nat hook postrouting priority srcnat; policy accept;",
-		rules:  []rule{{parts: []part{jump(chainMasquerading)}}}}
+		}, comment: "hairpin"}}
+	})}
+	return c.append(rules(
+		[]part{markBits(cfg.MasqueradeMark, 0), ret},
+		[]part{markXor(cfg.MasqueradeMark)},
+		[]part{counter, masqueradeFullyRandom},
+	)...)
+}
 
-	return []chainSpec{prerouting, output, input, forward, postrouting,
-		firewall, localPolicy, external, markMasq, serviceFilter, masquerading}
+func (c chainSpec) append(rs ...rule) chainSpec {
+	c.rules = append(c.rules, rs...)
+	return c
 }
 
 // localMatch matches traffic from this node's pods (or, inverted, traffic
@@ -370,12 +396,10 @@ func (cfg Config) Validate() error {
 	return nil
 }
 
-// sortedSetNames lists the per-Service sets in a stable order.
-func sortedSetNames() []SetName {
-	names := make([]SetName, 0, len(setSpecs))
-	for n := range setSpecs {
-		names = append(names, n)
+// header is the base chain line nft prints, "" for a regular chain.
+func (c chainSpec) header() string {
+	if c.base == nil {
+		return ""
 	}
-	slices.Sort(names)
-	return names
+	return c.base.header()
 }
