@@ -96,9 +96,6 @@ func newTable(cfg Config, b backend) (*Table, error) {
 	}, nil
 }
 
-// Config returns the table's configuration, defaults applied.
-func (t *Table) Config() Config { return t.cfg }
-
 // SetElements implements Interface.
 func (t *Table) SetElements(owner string, elems []Element) error {
 	t.mu.Lock()
@@ -305,19 +302,6 @@ func (t *Table) Cleanup() error {
 	clear(t.programmed)
 	t.needsBuild = true
 	return nil
-}
-
-// Programmed returns the elements the kernel holds, as last programmed,
-// sorted. For tests and debugging.
-func (t *Table) Programmed() []kernelElement {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	out := make([]kernelElement, 0, len(t.programmed))
-	for _, e := range t.programmed {
-		out = append(out, e)
-	}
-	sortElements(out)
-	return out
 }
 
 func sortElements(es []kernelElement) {

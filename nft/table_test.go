@@ -12,6 +12,9 @@ import (
 
 var update = flag.Bool("update", false, "rewrite golden files")
 
+// errInjected is a ready-made error for Fake.FailNext.
+var errInjected = errors.New("injected failure")
+
 // svc builds the elements a typical ClusterIP Service port needs: its
 // ClusterIP . proto . port, the VIP on kube-ipvs0, and hairpin entries for
 // its endpoints.
