@@ -54,8 +54,8 @@ type PlanConfig struct {
 // PortPlan is everything one Service port needs in the kernel.
 type PortPlan struct {
 	Name ServicePortName
-	// Services are IPVS virtual servers with their real servers.
-	Services []ipvs.Service
+	// VirtualServers are IPVS virtual servers with their real servers.
+	VirtualServers []ipvs.Service
 	// Addresses are bound to kube-ipvs0.
 	Addresses []netip.Addr
 	// Elements go to the nftables table, owned by Name.
@@ -175,7 +175,7 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 			for _, w := range sel {
 				s.RealServers = append(s.RealServers, ipvs.RealServer{Address: w.IP, Port: w.Port, Weight: w.Weight})
 			}
-			plan.Services = append(plan.Services, s)
+			plan.VirtualServers = append(plan.VirtualServers, s)
 		}
 		el := func(e nft.Element) { plan.Elements = append(plan.Elements, e) }
 		mark := fwmark(name, proto, nodePort)
@@ -284,7 +284,7 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 				vs(ipvs.VSKey{FWMark: mark, IPv6: ipv6}, cluster)
 			}
 		}
-		if nodePort != 0 && len(plan.Services) > 0 {
+		if nodePort != 0 && len(plan.VirtualServers) > 0 {
 			if externalLocal {
 				el(nft.Element{Set: nft.NodePortsLocal, Protocol: proto, Port: nodePort})
 				el(nft.Element{Set: nft.NodePortFWMarks, Protocol: proto, Port: nodePort, Mark: mark})
@@ -297,10 +297,10 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 				el(nft.Element{Set: nft.NodePorts, Protocol: proto, Port: nodePort})
 			}
 		}
-		if plan.HealthCheckNodePort > 0 && plan.HealthCheckNodePort < 65536 && len(plan.Services) > 0 {
+		if plan.HealthCheckNodePort > 0 && plan.HealthCheckNodePort < 65536 && len(plan.VirtualServers) > 0 {
 			el(nft.Element{Set: nft.HealthCheckNodePorts, Port: uint16(plan.HealthCheckNodePort)})
 		}
-		if len(plan.Services) == 0 {
+		if len(plan.VirtualServers) == 0 {
 			continue
 		}
 		plan.Addresses = uniqueAddrs(plan.Addresses)

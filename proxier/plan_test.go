@@ -32,7 +32,7 @@ func dump(plans []PortPlan) string {
 	var b strings.Builder
 	for _, p := range plans {
 		fmt.Fprintf(&b, "%s\n", p.Name)
-		for _, s := range p.Services {
+		for _, s := range p.VirtualServers {
 			fmt.Fprintf(&b, "  %s %s", vsString(s.VSKey), s.Scheduler)
 			if s.Flags&ipvs.FlagPersistent != 0 {
 				fmt.Fprintf(&b, " persistent %d", s.Timeout)
@@ -524,7 +524,7 @@ func FuzzPlanService(f *testing.F) {
 					t.Fatalf("invalid element planned: %v", err)
 				}
 			}
-			for _, s := range p.Services {
+			for _, s := range p.VirtualServers {
 				if s.FWMark == 0 && (!s.Address.IsValid() || s.Port == 0) {
 					t.Fatalf("invalid virtual server planned: %+v", s.VSKey)
 				}

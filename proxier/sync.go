@@ -1,0 +1,371 @@
+package proxier
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+
+	"github.com/nftvs/nftvs/ipvs"
+	"github.com/nftvs/nftvs/nft"
+)
+
+// work is what one sync replans, taken from the watch's state at once.
+type work struct {
+	full bool
+	node Node
+	// inputs holds each Service to replan with its EndpointSlices; a nil
+	// Service was deleted.
+	inputs map[types.NamespacedName]serviceInput
+	// pendingSince is when the oldest change in inputs was recorded.
+	pendingSince time.Time
+}
+
+type serviceInput struct {
+	svc    *v1.Service
+	slices []*discovery.EndpointSlice
+}
+
+// Sync plans the Services that changed (all of them when full, or when a
+// previous sync failed) and applies the difference, in an order that never
+// refuses a good connection: nft elements for new frontends first, then
+// virtual servers, then addresses; on removal the reverse.
+func (p *Proxier) Sync(full bool) (SyncResult, error) {
+	p.syncMu.Lock()
+	defer p.syncMu.Unlock()
+	start := p.cfg.Now()
+	w := p.collectWork(full || p.needFull, start)
+	res := SyncResult{Full: w.full, PendingSince: w.pendingSince}
+	if w.full {
+		p.refreshNodePortAddresses()
+	}
+	planned := p.plan(w, start)
+	res.ServicesSeen = len(planned)
+
+	if err := p.addElements(planned, w.full, &res); err != nil {
+		// Without the companion table in place, do not move IPVS ahead of
+		// it: try again later.
+		p.requeue(w)
+		return res, err
+	}
+	deletes, err := p.upsertVirtualServers(planned, w.full, start, &res)
+	errs := []error{err}
+	errs = append(errs, p.syncAddresses(planned, w.full, &res))
+	errs = append(errs, p.deleteVirtualServers(deletes, &res))
+	old := p.commit(planned)
+	errs = append(errs, p.trimElements(planned, old, &res))
+	p.cleanConntrack(old, planned, &res)
+
+	err = errors.Join(errs...)
+	if err != nil {
+		p.requeue(w)
+	} else {
+		p.needFull = false
+	}
+	res.Duration = p.cfg.Now().Sub(start)
+	return res, err
+}
+
+// collectWork takes the Services to replan: the changed ones, every one
+// on a full sync (or after a Node change), and those whose drain bound
+// has passed.
+func (p *Proxier) collectWork(full bool, now time.Time) work {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	w := work{full: full || p.nodeChanged, node: p.node, inputs: map[types.NamespacedName]serviceInput{}}
+	p.nodeChanged = false
+	add := func(n types.NamespacedName) {
+		if _, ok := w.inputs[n]; ok {
+			return
+		}
+		in := serviceInput{svc: p.services[n]}
+		for _, s := range p.slices[n] {
+			in.slices = append(in.slices, s)
+		}
+		w.inputs[n] = in
+	}
+	if w.full {
+		for n := range p.services {
+			add(n)
+		}
+		for n := range p.applied {
+			add(n)
+		}
+	}
+	for n := range p.dirty {
+		add(n)
+	}
+	for n, d := range p.draining {
+		if !d.After(now) {
+			add(n)
+		}
+	}
+	clear(p.dirty)
+	w.pendingSince, p.dirtySince = p.dirtySince, time.Time{}
+	return w
+}
+
+// requeue gives a failed sync's work back to the next sync, which will be
+// a full one.
+func (p *Proxier) requeue(w work) {
+	p.needFull = true
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for n := range w.inputs {
+		p.dirty[n] = true
+	}
+	// The failed sync's changes are still pending since they were seen.
+	if since := w.pendingSince; !since.IsZero() && (p.dirtySince.IsZero() || since.Before(p.dirtySince)) {
+		p.dirtySince = since
+	}
+}
+
+func (p *Proxier) refreshNodePortAddresses() {
+	if p.cfg.NodePortAddresses == nil {
+		return
+	}
+	addrs, err := p.cfg.NodePortAddresses()
+	if err != nil {
+		klog.ErrorS(err, "Listing node port addresses; keeping the previous ones")
+		return
+	}
+	p.nodePortAddresses = addrs
+}
+
+// plan computes the new plans of the Services in w (nil for a deleted
+// one), with drains bounded.
+func (p *Proxier) plan(w work, now time.Time) map[types.NamespacedName][]PortPlan {
+	cfg := p.cfg.PlanConfig
+	cfg.Node = w.node
+	cfg.Node.NodePortAddresses = p.nodePortAddresses
+	planned := make(map[types.NamespacedName][]PortPlan, len(w.inputs))
+	for n, in := range w.inputs {
+		if in.svc == nil {
+			planned[n] = nil
+			continue
+		}
+		plans, err := PlanService(in.svc, in.slices, &cfg)
+		if err != nil {
+			// The rest of the Service is planned; the bad parts are left out.
+			klog.ErrorS(err, "Service has fields that cannot be programmed", "service", n)
+		}
+		planned[n] = p.boundDrains(n, plans, now)
+	}
+	return planned
+}
+
+// addElements is step 1: every replanned port owns the union of its old
+// and new nft elements, so new frontends are accepted before their VIP
+// answers. A failure here stops the sync.
+func (p *Proxier) addElements(planned map[types.NamespacedName][]PortPlan, full bool, res *SyncResult) error {
+	for n, plans := range planned {
+		old := portsByName(p.applied[n])
+		for _, pl := range plans {
+			els := pl.Elements
+			if o, ok := old[pl.Name]; ok {
+				els = append(slices.Clone(o.Elements), els...)
+			}
+			p.setElements(pl.Name, els)
+		}
+	}
+	r, err := p.k.NFT.Sync(full)
+	res.NFT = append(res.NFT, r)
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	return nil
+}
+
+// setElements declares a port's elements. Elements the table refuses (an
+// overlap with another owner's, say) are left out and logged; the port's
+// other elements are kept, and the sync goes on.
+func (p *Proxier) setElements(name ServicePortName, els []nft.Element) {
+	if err := p.k.NFT.SetElements(name.String(), els); err != nil {
+		klog.ErrorS(err, "Some nftables elements refused", "servicePort", name)
+	}
+}
+
+// upsertVirtualServers is step 2: new and changed virtual servers with
+// their real servers. A full sync dumps and repairs IPVS now and then
+// (IPVSResyncPeriod). It returns the virtual servers replanned Services
+// no longer want, to delete once their addresses are gone.
+func (p *Proxier) upsertVirtualServers(planned map[types.NamespacedName][]PortPlan, full bool, now time.Time, res *SyncResult) ([]ipvs.VSKey, error) {
+	var upserts []ipvs.Service
+	var deletes []ipvs.VSKey
+	for n, plans := range planned {
+		want := map[ipvs.VSKey]bool{}
+		for _, pl := range plans {
+			for _, s := range pl.VirtualServers {
+				upserts = append(upserts, s)
+				want[s.Key()] = true
+			}
+		}
+		for _, pl := range p.applied[n] {
+			for _, s := range pl.VirtualServers {
+				if !want[s.Key()] {
+					deletes = append(deletes, s.Key())
+				}
+			}
+		}
+	}
+	if !full || (!p.lastIPVSResync.IsZero() && now.Sub(p.lastIPVSResync) < p.cfg.IPVSResyncPeriod) {
+		r, err := p.k.IPVS.Apply(upserts, nil)
+		res.IPVS = r
+		res.Removed = append(res.Removed, r.Removed...)
+		if err != nil {
+			return deletes, fmt.Errorf("ipvs: %w", err)
+		}
+		return deletes, nil
+	}
+	all := upserts
+	for n, plans := range p.applied {
+		if _, replanned := planned[n]; replanned {
+			continue
+		}
+		for _, pl := range plans {
+			all = append(all, pl.VirtualServers...)
+		}
+	}
+	r, err := p.k.IPVS.Resync(all)
+	res.IPVS = r
+	res.IPVSResync = true
+	res.Removed = append(res.Removed, r.Removed...)
+	if err != nil {
+		return deletes, fmt.Errorf("ipvs resync: %w", err)
+	}
+	p.lastIPVSResync = now
+	return nil, nil // Resync removed every virtual server not in all
+}
+
+// syncAddresses is step 3: kube-ipvs0's addresses. New references are
+// counted before old ones are dropped, so a replanned Service that keeps
+// its addresses (an endpoint change) never takes a count through zero: no
+// address changes, and the link's addresses are not listed and diffed
+// (an O(Services) netlink dump) for a sync that changes none.
+func (p *Proxier) syncAddresses(planned map[types.NamespacedName][]PortPlan, full bool, res *SyncResult) error {
+	changed := full
+	for n, plans := range planned {
+		for _, pl := range plans {
+			for _, a := range pl.Addresses {
+				if p.addrCount[a]++; p.addrCount[a] == 1 {
+					changed = true
+				}
+			}
+		}
+		for _, pl := range p.applied[n] {
+			for _, a := range pl.Addresses {
+				if p.addrCount[a]--; p.addrCount[a] <= 0 {
+					delete(p.addrCount, a)
+					changed = true
+				}
+			}
+		}
+	}
+	if !changed {
+		return nil
+	}
+	res.AddressesSync = true
+	if err := p.k.Addresses.EnsureDummy(p.cfg.DummyName); err != nil {
+		return fmt.Errorf("%s: %w", p.cfg.DummyName, err)
+	}
+	want := make([]netip.Addr, 0, len(p.addrCount))
+	for a := range p.addrCount {
+		want = append(want, a)
+	}
+	slices.SortFunc(want, netip.Addr.Compare)
+	_, _, err := p.k.Addresses.SyncAddresses(p.cfg.DummyName, want)
+	var inUse *ipvs.AddressInUseError
+	if errors.As(err, &inUse) {
+		klog.V(2).InfoS("Service addresses already on another interface, not bound again", "detail", inUse.Error())
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("addresses of %s: %w", p.cfg.DummyName, err)
+	}
+	return nil
+}
+
+// deleteVirtualServers is step 4: virtual servers no longer wanted, now
+// that their addresses are gone.
+func (p *Proxier) deleteVirtualServers(deletes []ipvs.VSKey, res *SyncResult) error {
+	if len(deletes) == 0 {
+		return nil
+	}
+	r, err := p.k.IPVS.Apply(nil, deletes)
+	res.IPVS.Writes = res.IPVS.Writes.Add(r.Writes)
+	res.Removed = append(res.Removed, r.Removed...)
+	if err != nil {
+		return fmt.Errorf("ipvs: %w", err)
+	}
+	return nil
+}
+
+// commit records the new plans as applied and returns the ones they
+// replace.
+func (p *Proxier) commit(planned map[types.NamespacedName][]PortPlan) map[types.NamespacedName][]PortPlan {
+	old := make(map[types.NamespacedName][]PortPlan, len(planned))
+	for n, plans := range planned {
+		old[n] = p.applied[n]
+		if plans == nil {
+			delete(p.applied, n)
+		} else {
+			p.applied[n] = plans
+		}
+	}
+	return old
+}
+
+// trimElements is step 5: every replanned port keeps only its new nft
+// elements, and ports that are gone lose theirs.
+func (p *Proxier) trimElements(planned, old map[types.NamespacedName][]PortPlan, res *SyncResult) error {
+	for n, plans := range planned {
+		now := portsByName(plans)
+		for _, pl := range plans {
+			p.setElements(pl.Name, pl.Elements)
+		}
+		for name := range portsByName(old[n]) {
+			if _, ok := now[name]; !ok {
+				p.setElements(name, nil)
+			}
+		}
+	}
+	r, err := p.k.NFT.Sync(false)
+	res.NFT = append(res.NFT, r)
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	return nil
+}
+
+// cleanConntrack is step 6: flows to real servers that are gone. IPVS
+// flushed its own connections when the real server was deleted (kernel
+// 5.9+ with expire_nodest_conn); the cleaner removes the conntrack entries
+// that would otherwise make a reused 5-tuple hit a dead pod
+// (kubernetes#81775).
+func (p *Proxier) cleanConntrack(old, planned map[types.NamespacedName][]PortPlan, res *SyncResult) {
+	res.Stale = staleFlows(res.Removed, old, planned)
+	if p.k.Conntrack == nil || len(res.Stale) == 0 {
+		return
+	}
+	r, err := p.k.Conntrack.Clean(res.Stale)
+	res.Conntrack = r
+	if err != nil {
+		// Not worth failing the sync for: the entries expire by
+		// themselves; log and go on.
+		klog.ErrorS(err, "Cleaning conntrack entries of removed endpoints")
+	}
+}
+
+func portsByName(plans []PortPlan) map[ServicePortName]PortPlan {
+	m := make(map[ServicePortName]PortPlan, len(plans))
+	for _, pl := range plans {
+		m[pl.Name] = pl
+	}
+	return m
+}
