@@ -103,58 +103,13 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s/%s: "+format, append([]any{svc.Namespace, svc.Name}, args...)...))
 	}
-
-	clusterIPs := parseIPs(svc.Spec.ClusterIPs, "clusterIPs", bad)
-	if len(svc.Spec.ClusterIPs) == 0 {
-		clusterIPs = parseIPs([]string{svc.Spec.ClusterIP}, "clusterIP", bad)
-	}
-	externalIPs := parseIPs(svc.Spec.ExternalIPs, "externalIPs", bad)
-	var lbIPs []netip.Addr
-	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
-		for _, ing := range svc.Status.LoadBalancer.Ingress {
-			// ipMode Proxy: the load balancer proxies, so traffic arrives
-			// for a node address, not for the ingress IP: do not bind it.
-			if ing.IP == "" || (ing.IPMode != nil && *ing.IPMode == v1.LoadBalancerIPModeProxy) {
-				continue
-			}
-			lbIPs = append(lbIPs, parseIPs([]string{ing.IP}, "loadBalancer ingress IP", bad)...)
-		}
-	}
-	var sourceRanges []netip.Prefix
-	for _, r := range svc.Spec.LoadBalancerSourceRanges {
-		p, err := netip.ParsePrefix(r)
-		if err != nil {
-			bad("loadBalancerSourceRanges: %v", err)
-			continue
-		}
-		sourceRanges = append(sourceRanges, p.Masked())
-	}
-
-	externalLocal := svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal &&
-		(svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer)
-	internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
-
-	var flags ipvs.Flags
-	var timeout uint32
-	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
-		flags |= ipvs.FlagPersistent
-		timeout = defaultAffinityTimeout
-		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil && *c.ClientIP.TimeoutSeconds > 0 {
-			timeout = uint32(*c.ClientIP.TimeoutSeconds)
-		}
-	}
-	sched := cfg.Scheduler
-	if sched == "" {
-		sched = "rr"
-	}
-	flags |= ipvs.SchedulerFlags(sched)
-
+	fe := parseFrontends(svc, bad)
+	tmpl := virtualServerTemplate(svc, cfg)
 	var plans []PortPlan
 	for _, sp := range svc.Spec.Ports {
 		if sp.Protocol == "" {
 			sp.Protocol = v1.ProtocolTCP // the API default
 		}
-		name := ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: sp.Name, Protocol: sp.Protocol}
 		proto, ok := protocol(sp.Protocol)
 		if !ok {
 			bad("port %q: unsupported protocol %q", sp.Name, sp.Protocol)
@@ -164,149 +119,245 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 			bad("port %q: port %d / nodePort %d out of range", sp.Name, sp.Port, sp.NodePort)
 			continue
 		}
-		port := uint16(sp.Port)
-		nodePort := uint16(sp.NodePort)
-		plan := PortPlan{Name: name}
-		if externalLocal {
-			plan.HealthCheckNodePort = int(svc.Spec.HealthCheckNodePort)
-		}
-		vs := func(key ipvs.VSKey, sel epSelection) {
-			s := ipvs.Service{VirtualServer: ipvs.VirtualServer{VSKey: key, Scheduler: sched, Flags: flags, Timeout: timeout}}
-			for _, w := range sel {
-				s.RealServers = append(s.RealServers, ipvs.RealServer{Address: w.IP, Port: w.Port, Weight: w.Weight})
-			}
-			plan.VirtualServers = append(plan.VirtualServers, s)
-		}
-		el := func(e nft.Element) { plan.Elements = append(plan.Elements, e) }
-		mark := fwmark(name, proto, nodePort)
-
+		pp := newPortPlanner(svc, sp, proto, fe, tmpl, cfg)
 		for _, ipv6 := range []bool{false, true} {
-			if (ipv6 && !cfg.IPv6) || (!ipv6 && !cfg.IPv4) {
-				continue
-			}
-			family := func(ips []netip.Addr) []netip.Addr {
-				var out []netip.Addr
-				for _, ip := range ips {
-					if ip.Is6() == ipv6 {
-						out = append(out, ip)
-					}
-				}
-				return out
-			}
-			cips := family(clusterIPs)
-			if len(cips) == 0 {
-				// The Service is not of this family (single-stack).
-				continue
-			}
-			all := endpointsForPort(eps, sp.Name, sp.Protocol, ipv6)
-			local := localOnly(all, cfg.Node.Name)
-			cluster := selectEndpoints(all, true, cfg.Node.Name, cfg.Node.Zone)
-			localSel := selectEndpoints(local, false, cfg.Node.Name, cfg.Node.Zone)
-			internal := cluster
-			if internalLocal {
-				internal = localSel
-				plan.InternalNoLocal = plan.InternalNoLocal || !carries(localSel)
-			}
-			external := cluster
-			noLocal := false
-			if externalLocal {
-				external = localSel
-				noLocal = !carries(localSel)
-				plan.ExternalNoLocal = plan.ExternalNoLocal || noLocal
-				plan.LocalEndpoints += countCarrying(localSel)
-			}
-			for _, e := range local {
-				el(nft.Element{Set: nft.Hairpin, Addr: e.IP, Protocol: proto, Port: e.Port})
-			}
-
-			for _, ip := range cips {
-				vs(ipvs.VSKey{Address: ip, Protocol: ipvs.Protocol(sp.Protocol), Port: port}, internal)
-				plan.Addresses = append(plan.Addresses, ip)
-				el(nft.Element{Set: nft.ClusterIPs, Addr: ip, Protocol: proto, Port: port})
-				el(nft.Element{Set: nft.IPVSAddresses, Addr: ip})
-			}
-			// Frontends reached from outside the cluster.
-			extSet, lbSet := nft.ExternalIPs, nft.LoadBalancerIPs
-			if externalLocal {
-				extSet, lbSet = nft.ExternalIPsLocal, nft.LoadBalancerIPsLocal
-			}
-			for _, ip := range family(externalIPs) {
-				vs(ipvs.VSKey{Address: ip, Protocol: ipvs.Protocol(sp.Protocol), Port: port}, external)
-				plan.Addresses = append(plan.Addresses, ip)
-				el(nft.Element{Set: extSet, Addr: ip, Protocol: proto, Port: port})
-				el(nft.Element{Set: nft.IPVSAddresses, Addr: ip})
-				if externalLocal {
-					el(nft.Element{Set: nft.LocalPolicyFWMarks, Addr: ip, Protocol: proto, Port: port, Mark: mark})
-				}
-				if noLocal {
-					el(nft.Element{Set: nft.NoLocalEndpoints, Addr: ip, Protocol: proto, Port: port})
-				}
-			}
-			for _, ip := range family(lbIPs) {
-				vs(ipvs.VSKey{Address: ip, Protocol: ipvs.Protocol(sp.Protocol), Port: port}, external)
-				plan.Addresses = append(plan.Addresses, ip)
-				el(nft.Element{Set: lbSet, Addr: ip, Protocol: proto, Port: port})
-				el(nft.Element{Set: nft.IPVSAddresses, Addr: ip})
-				if externalLocal {
-					el(nft.Element{Set: nft.LocalPolicyFWMarks, Addr: ip, Protocol: proto, Port: port, Mark: mark})
-				}
-				if noLocal {
-					el(nft.Element{Set: nft.NoLocalEndpoints, Addr: ip, Protocol: proto, Port: port})
-				}
-				if len(sourceRanges) > 0 {
-					el(nft.Element{Set: nft.LoadBalancerFirewall, Addr: ip, Protocol: proto, Port: port})
-					allowNode := false
-					for _, r := range sourceRanges {
-						if r.Addr().Is6() != ipv6 {
-							continue
-						}
-						el(nft.Element{Set: nft.LoadBalancerSourceRanges, Addr: ip, Protocol: proto, Port: port, Source: r})
-						for _, n := range cfg.Node.IPs {
-							allowNode = allowNode || r.Contains(n)
-						}
-					}
-					// The node reaches its own kube-ipvs0 address with that
-					// address as source: allow it when the node is allowed.
-					if allowNode {
-						el(nft.Element{Set: nft.LoadBalancerSourceRanges, Addr: ip, Protocol: proto, Port: port,
-							Source: netip.PrefixFrom(ip, ip.BitLen())})
-					}
-				}
-			}
-			if nodePort != 0 {
-				for _, ip := range family(cfg.Node.NodePortAddresses) {
-					vs(ipvs.VSKey{Address: ip, Protocol: ipvs.Protocol(sp.Protocol), Port: nodePort}, external)
-				}
-			}
-			// Internal traffic to ETP=Local frontends: an fwmark virtual
-			// server with every endpoint (see docs/architecture.md).
-			if externalLocal && (nodePort != 0 || len(family(externalIPs)) > 0 || len(family(lbIPs)) > 0) {
-				vs(ipvs.VSKey{FWMark: mark, IPv6: ipv6}, cluster)
+			if (ipv6 && cfg.IPv6) || (!ipv6 && cfg.IPv4) {
+				pp.planFamily(ipv6, eps)
 			}
 		}
-		if nodePort != 0 && len(plan.VirtualServers) > 0 {
-			if externalLocal {
-				el(nft.Element{Set: nft.NodePortsLocal, Protocol: proto, Port: nodePort})
-				el(nft.Element{Set: nft.NodePortFWMarks, Protocol: proto, Port: nodePort, Mark: mark})
-				// A node port has no family: drop only when no family has
-				// a local endpoint.
-				if plan.ExternalNoLocal && plan.LocalEndpoints == 0 {
-					el(nft.Element{Set: nft.NodePortsNoLocalEndpoints, Protocol: proto, Port: nodePort})
-				}
-			} else {
-				el(nft.Element{Set: nft.NodePorts, Protocol: proto, Port: nodePort})
-			}
+		if plan, ok := pp.finish(); ok {
+			plans = append(plans, plan)
 		}
-		if plan.HealthCheckNodePort > 0 && plan.HealthCheckNodePort < 65536 && len(plan.VirtualServers) > 0 {
-			el(nft.Element{Set: nft.HealthCheckNodePorts, Port: uint16(plan.HealthCheckNodePort)})
-		}
-		if len(plan.VirtualServers) == 0 {
-			continue
-		}
-		plan.Addresses = uniqueAddrs(plan.Addresses)
-		plans = append(plans, plan)
 	}
 	return plans, errors.Join(errs...)
+}
+
+// frontends are a Service's addresses and the fields that apply to all of
+// its ports, parsed once.
+type frontends struct {
+	clusterIPs, externalIPs, loadBalancerIPs []netip.Addr
+	sourceRanges                             []netip.Prefix
+	externalLocal, internalLocal             bool
+}
+
+func parseFrontends(svc *v1.Service, bad func(string, ...any)) frontends {
+	var fe frontends
+	fe.clusterIPs = parseIPs(svc.Spec.ClusterIPs, "clusterIPs", bad)
+	if len(svc.Spec.ClusterIPs) == 0 {
+		fe.clusterIPs = parseIPs([]string{svc.Spec.ClusterIP}, "clusterIP", bad)
+	}
+	fe.externalIPs = parseIPs(svc.Spec.ExternalIPs, "externalIPs", bad)
+	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			// ipMode Proxy: the load balancer proxies, so traffic arrives
+			// for a node address, not for the ingress IP: do not bind it.
+			if ing.IP == "" || (ing.IPMode != nil && *ing.IPMode == v1.LoadBalancerIPModeProxy) {
+				continue
+			}
+			fe.loadBalancerIPs = append(fe.loadBalancerIPs, parseIPs([]string{ing.IP}, "loadBalancer ingress IP", bad)...)
+		}
+	}
+	for _, r := range svc.Spec.LoadBalancerSourceRanges {
+		p, err := netip.ParsePrefix(r)
+		if err != nil {
+			bad("loadBalancerSourceRanges: %v", err)
+			continue
+		}
+		fe.sourceRanges = append(fe.sourceRanges, p.Masked())
+	}
+	fe.externalLocal = svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal &&
+		(svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer)
+	fe.internalLocal = svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
+	return fe
+}
+
+// virtualServerTemplate is what every virtual server of svc shares:
+// scheduler, flags and session affinity.
+func virtualServerTemplate(svc *v1.Service, cfg *PlanConfig) ipvs.VirtualServer {
+	vs := ipvs.VirtualServer{Scheduler: cfg.Scheduler}
+	if vs.Scheduler == "" {
+		vs.Scheduler = "rr"
+	}
+	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
+		vs.Flags |= ipvs.FlagPersistent
+		vs.Timeout = defaultAffinityTimeout
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil && *c.ClientIP.TimeoutSeconds > 0 {
+			vs.Timeout = uint32(*c.ClientIP.TimeoutSeconds)
+		}
+	}
+	vs.Flags |= ipvs.SchedulerFlags(vs.Scheduler)
+	return vs
+}
+
+// portPlanner builds the PortPlan of one Service port, family by family.
+type portPlanner struct {
+	cfg            *PlanConfig
+	fe             frontends
+	tmpl           ipvs.VirtualServer
+	portName       string
+	k8sProto       v1.Protocol
+	proto          nft.Protocol
+	port, nodePort uint16
+	mark           uint32
+	plan           PortPlan
+}
+
+func newPortPlanner(svc *v1.Service, sp v1.ServicePort, proto nft.Protocol, fe frontends, tmpl ipvs.VirtualServer, cfg *PlanConfig) *portPlanner {
+	name := ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: sp.Name, Protocol: sp.Protocol}
+	pp := &portPlanner{cfg: cfg, fe: fe, tmpl: tmpl, portName: sp.Name, k8sProto: sp.Protocol, proto: proto,
+		port: uint16(sp.Port), nodePort: uint16(sp.NodePort), plan: PortPlan{Name: name}}
+	pp.mark = fwmark(name, proto, pp.nodePort)
+	if fe.externalLocal {
+		pp.plan.HealthCheckNodePort = int(svc.Spec.HealthCheckNodePort)
+	}
+	return pp
+}
+
+// virtualServer adds a virtual server for key with the endpoints of sel.
+func (pp *portPlanner) virtualServer(key ipvs.VSKey, sel epSelection) {
+	s := ipvs.Service{VirtualServer: pp.tmpl}
+	s.VSKey = key
+	for _, w := range sel {
+		s.RealServers = append(s.RealServers, ipvs.RealServer{Address: w.IP, Port: w.Port, Weight: w.Weight})
+	}
+	pp.plan.VirtualServers = append(pp.plan.VirtualServers, s)
+}
+
+func (pp *portPlanner) element(e nft.Element) { pp.plan.Elements = append(pp.plan.Elements, e) }
+
+// frontend is an ip:port frontend of the port: its virtual server, its
+// address on kube-ipvs0 and its element in set.
+func (pp *portPlanner) frontend(ip netip.Addr, set nft.SetName, sel epSelection) {
+	pp.virtualServer(ipvs.VSKey{Address: ip, Protocol: ipvs.Protocol(pp.k8sProto), Port: pp.port}, sel)
+	pp.plan.Addresses = append(pp.plan.Addresses, ip)
+	pp.element(nft.Element{Set: set, Addr: ip, Protocol: pp.proto, Port: pp.port})
+	pp.element(nft.Element{Set: nft.IPVSAddresses, Addr: ip})
+}
+
+// externalFrontend is an external IP or load-balancer IP frontend, with
+// what externalTrafficPolicy Local adds to it.
+func (pp *portPlanner) externalFrontend(ip netip.Addr, set nft.SetName, sel epSelection, noLocal bool) {
+	pp.frontend(ip, set, sel)
+	if pp.fe.externalLocal {
+		pp.element(nft.Element{Set: nft.LocalPolicyFWMarks, Addr: ip, Protocol: pp.proto, Port: pp.port, Mark: pp.mark})
+	}
+	if noLocal {
+		pp.element(nft.Element{Set: nft.NoLocalEndpoints, Addr: ip, Protocol: pp.proto, Port: pp.port})
+	}
+}
+
+// planFamily plans the port's frontends of one IP family.
+func (pp *portPlanner) planFamily(ipv6 bool, eps []*discovery.EndpointSlice) {
+	family := func(ips []netip.Addr) []netip.Addr {
+		var out []netip.Addr
+		for _, ip := range ips {
+			if ip.Is6() == ipv6 {
+				out = append(out, ip)
+			}
+		}
+		return out
+	}
+	cips := family(pp.fe.clusterIPs)
+	if len(cips) == 0 {
+		return // the Service is not of this family (single-stack)
+	}
+	node := pp.cfg.Node
+	all := endpointsForPort(eps, pp.portName, pp.k8sProto, ipv6)
+	local := localOnly(all, node.Name)
+	cluster := selectEndpoints(all, true, node.Name, node.Zone)
+	localSel := selectEndpoints(local, false, node.Name, node.Zone)
+	internal := cluster
+	if pp.fe.internalLocal {
+		internal = localSel
+		pp.plan.InternalNoLocal = pp.plan.InternalNoLocal || !carries(localSel)
+	}
+	external, noLocal := cluster, false
+	if pp.fe.externalLocal {
+		external = localSel
+		noLocal = !carries(localSel)
+		pp.plan.ExternalNoLocal = pp.plan.ExternalNoLocal || noLocal
+		pp.plan.LocalEndpoints += countCarrying(localSel)
+	}
+	for _, e := range local {
+		pp.element(nft.Element{Set: nft.Hairpin, Addr: e.IP, Protocol: pp.proto, Port: e.Port})
+	}
+	for _, ip := range cips {
+		pp.frontend(ip, nft.ClusterIPs, internal)
+	}
+	extSet, lbSet := nft.ExternalIPs, nft.LoadBalancerIPs
+	if pp.fe.externalLocal {
+		extSet, lbSet = nft.ExternalIPsLocal, nft.LoadBalancerIPsLocal
+	}
+	externalIPs, lbIPs := family(pp.fe.externalIPs), family(pp.fe.loadBalancerIPs)
+	for _, ip := range externalIPs {
+		pp.externalFrontend(ip, extSet, external, noLocal)
+	}
+	for _, ip := range lbIPs {
+		pp.externalFrontend(ip, lbSet, external, noLocal)
+		pp.sourceRanges(ip, ipv6)
+	}
+	if pp.nodePort != 0 {
+		for _, ip := range family(node.NodePortAddresses) {
+			pp.virtualServer(ipvs.VSKey{Address: ip, Protocol: ipvs.Protocol(pp.k8sProto), Port: pp.nodePort}, external)
+		}
+	}
+	// Internal traffic to ETP=Local frontends: an fwmark virtual server
+	// with every endpoint (see docs/architecture.md).
+	if pp.fe.externalLocal && (pp.nodePort != 0 || len(externalIPs) > 0 || len(lbIPs) > 0) {
+		pp.virtualServer(ipvs.VSKey{FWMark: pp.mark, IPv6: ipv6}, cluster)
+	}
+}
+
+// sourceRanges restricts a load-balancer IP to the Service's
+// loadBalancerSourceRanges.
+func (pp *portPlanner) sourceRanges(ip netip.Addr, ipv6 bool) {
+	if len(pp.fe.sourceRanges) == 0 {
+		return
+	}
+	pp.element(nft.Element{Set: nft.LoadBalancerFirewall, Addr: ip, Protocol: pp.proto, Port: pp.port})
+	allowNode := false
+	for _, r := range pp.fe.sourceRanges {
+		if r.Addr().Is6() != ipv6 {
+			continue
+		}
+		pp.element(nft.Element{Set: nft.LoadBalancerSourceRanges, Addr: ip, Protocol: pp.proto, Port: pp.port, Source: r})
+		for _, n := range pp.cfg.Node.IPs {
+			allowNode = allowNode || r.Contains(n)
+		}
+	}
+	// The node reaches its own kube-ipvs0 address with that address as
+	// source: allow it when the node is allowed.
+	if allowNode {
+		pp.element(nft.Element{Set: nft.LoadBalancerSourceRanges, Addr: ip, Protocol: pp.proto, Port: pp.port,
+			Source: netip.PrefixFrom(ip, ip.BitLen())})
+	}
+}
+
+// finish adds the port's family-less elements (node ports, health check)
+// and returns the plan; false when the port has nothing to program.
+func (pp *portPlanner) finish() (PortPlan, bool) {
+	plan := &pp.plan
+	if len(plan.VirtualServers) == 0 {
+		return PortPlan{}, false
+	}
+	if pp.nodePort != 0 {
+		if pp.fe.externalLocal {
+			pp.element(nft.Element{Set: nft.NodePortsLocal, Protocol: pp.proto, Port: pp.nodePort})
+			pp.element(nft.Element{Set: nft.NodePortFWMarks, Protocol: pp.proto, Port: pp.nodePort, Mark: pp.mark})
+			// A node port has no family: drop only when no family has a
+			// local endpoint.
+			if plan.ExternalNoLocal && plan.LocalEndpoints == 0 {
+				pp.element(nft.Element{Set: nft.NodePortsNoLocalEndpoints, Protocol: pp.proto, Port: pp.nodePort})
+			}
+		} else {
+			pp.element(nft.Element{Set: nft.NodePorts, Protocol: pp.proto, Port: pp.nodePort})
+		}
+	}
+	if plan.HealthCheckNodePort > 0 && plan.HealthCheckNodePort < 65536 {
+		pp.element(nft.Element{Set: nft.HealthCheckNodePorts, Port: uint16(plan.HealthCheckNodePort)})
+	}
+	plan.Addresses = uniqueAddrs(plan.Addresses)
+	return *plan, true
 }
 
 // fwmark is the firewall mark of an ETP=Local port's all-endpoints virtual
