@@ -6,9 +6,11 @@ import (
 	"hash/fnv"
 	"net/netip"
 	"slices"
+	"strings"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	netutils "k8s.io/utils/net"
 
 	"github.com/nftvs/nftvs/ipvs"
 	"github.com/nftvs/nftvs/nft"
@@ -41,6 +43,17 @@ type Node struct {
 	// (every local address but kube-ipvs0's, loopback and IPv6 link-local,
 	// or those selected by --nodeport-addresses).
 	NodePortAddresses []netip.Addr
+	// LocalAddresses are the addresses of this node's links, but
+	// kube-ipvs0's. An external or load-balancer IP among them (or among
+	// IPs) is the node's own: its Service port is served, as kube-proxy
+	// does, but nftvs never binds it to kube-ipvs0 nor filters its other
+	// ports (kubernetes#115019).
+	LocalAddresses []netip.Addr
+}
+
+// owns reports whether ip is one of the node's own addresses.
+func (n *Node) owns(ip netip.Addr) bool {
+	return slices.Contains(n.IPs, ip) || slices.Contains(n.LocalAddresses, ip)
 }
 
 // PlanConfig is the configuration planning depends on.
@@ -49,6 +62,10 @@ type PlanConfig struct {
 	Scheduler string // --ipvs-scheduler, default rr
 	// IPv4 and IPv6 say which families this node proxies.
 	IPv4, IPv6 bool
+	// ExcludeCIDRs (--ipvs-exclude-cidrs) belong to someone else
+	// (keepalived, kube-vip): no external or load-balancer IP inside them
+	// is programmed.
+	ExcludeCIDRs []netip.Prefix
 }
 
 // PortPlan is everything one Service port needs in the kernel.
@@ -100,10 +117,10 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 		return nil, nil
 	}
 	var errs []error
-	bad := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s/%s: "+format, append([]any{svc.Namespace, svc.Name}, args...)...))
+	bad := func(reason, format string, args ...any) {
+		errs = append(errs, &FieldError{Reason: reason, Message: fmt.Sprintf("%s/%s: "+format, append([]any{svc.Namespace, svc.Name}, args...)...)})
 	}
-	fe := parseFrontends(svc, bad)
+	fe := parseFrontends(svc, cfg, bad)
 	tmpl := virtualServerTemplate(svc, cfg)
 	var plans []PortPlan
 	for _, sp := range svc.Spec.Ports {
@@ -112,14 +129,15 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 		}
 		proto, ok := protocol(sp.Protocol)
 		if !ok {
-			bad("port %q: unsupported protocol %q", sp.Name, sp.Protocol)
+			bad(ReasonInvalidPort, "port %q: unsupported protocol %q", sp.Name, sp.Protocol)
 			continue
 		}
 		if sp.Port <= 0 || sp.Port > 65535 || sp.NodePort < 0 || sp.NodePort > 65535 {
-			bad("port %q: port %d / nodePort %d out of range", sp.Name, sp.Port, sp.NodePort)
+			bad(ReasonInvalidPort, "port %q: port %d / nodePort %d out of range", sp.Name, sp.Port, sp.NodePort)
 			continue
 		}
 		pp := newPortPlanner(svc, sp, proto, fe, tmpl, cfg)
+		pp.bad = bad
 		for _, ipv6 := range []bool{false, true} {
 			if (ipv6 && cfg.IPv6) || (!ipv6 && cfg.IPv4) {
 				pp.planFamily(ipv6, eps)
@@ -136,39 +154,88 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 // its ports, parsed once.
 type frontends struct {
 	clusterIPs, externalIPs, loadBalancerIPs []netip.Addr
-	sourceRanges                             []netip.Prefix
-	externalLocal, internalLocal             bool
+	// sourceRanges are the usable loadBalancerSourceRanges; firewalled
+	// says the Service asked for some, usable or not.
+	sourceRanges                 []netip.Prefix
+	firewalled                   bool
+	externalLocal, internalLocal bool
+	// nodeOwned are the external and load-balancer IPs that are the
+	// node's own addresses.
+	nodeOwned map[netip.Addr]bool
 }
 
-func parseFrontends(svc *v1.Service, bad func(string, ...any)) frontends {
+func parseFrontends(svc *v1.Service, cfg *PlanConfig, bad badField) frontends {
 	var fe frontends
 	fe.clusterIPs = parseIPs(svc.Spec.ClusterIPs, "clusterIPs", bad)
 	if len(svc.Spec.ClusterIPs) == 0 {
 		fe.clusterIPs = parseIPs([]string{svc.Spec.ClusterIP}, "clusterIP", bad)
 	}
-	fe.externalIPs = parseIPs(svc.Spec.ExternalIPs, "externalIPs", bad)
+	fe.externalIPs = externalAddresses(parseIPs(svc.Spec.ExternalIPs, "externalIPs", bad), "externalIPs", cfg, bad)
 	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
+		var ips []string
 		for _, ing := range svc.Status.LoadBalancer.Ingress {
 			// ipMode Proxy: the load balancer proxies, so traffic arrives
 			// for a node address, not for the ingress IP: do not bind it.
-			if ing.IP == "" || (ing.IPMode != nil && *ing.IPMode == v1.LoadBalancerIPModeProxy) {
-				continue
+			if ing.IP != "" && (ing.IPMode == nil || *ing.IPMode == v1.LoadBalancerIPModeVIP) {
+				ips = append(ips, ing.IP)
 			}
-			fe.loadBalancerIPs = append(fe.loadBalancerIPs, parseIPs([]string{ing.IP}, "loadBalancer ingress IP", bad)...)
 		}
+		fe.loadBalancerIPs = externalAddresses(parseIPs(ips, "loadBalancer ingress IP", bad), "loadBalancer ingress IP", cfg, bad)
 	}
+	fe.firewalled = len(svc.Spec.LoadBalancerSourceRanges) > 0
 	for _, r := range svc.Spec.LoadBalancerSourceRanges {
-		p, err := netip.ParsePrefix(r)
+		// The API server accepts padding; kube-proxy trims it.
+		_, n, err := netutils.ParseCIDRSloppy(strings.TrimSpace(r))
 		if err != nil {
-			bad("loadBalancerSourceRanges: %v", err)
+			bad(ReasonInvalidSourceRange, "loadBalancerSourceRanges: %q is not a CIDR: left out, the others still restrict", r)
 			continue
 		}
-		fe.sourceRanges = append(fe.sourceRanges, p.Masked())
+		p, _ := netip.AddrFromSlice(n.IP)
+		ones, _ := n.Mask.Size()
+		fe.sourceRanges = append(fe.sourceRanges, netip.PrefixFrom(p.Unmap(), ones).Masked())
 	}
 	fe.externalLocal = svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal &&
 		(svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer)
 	fe.internalLocal = svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
+	fe.nodeOwned = map[netip.Addr]bool{}
+	for _, ip := range append(slices.Clone(fe.externalIPs), fe.loadBalancerIPs...) {
+		if cfg.Node.owns(ip) {
+			fe.nodeOwned[ip] = true
+		}
+	}
 	return fe
+}
+
+// externalAddresses keeps the external or load-balancer IPs nftvs may
+// claim. Any namespace user writes them, so an address that would capture
+// traffic meant for someone else is refused: loopback (the node's own
+// daemons), link-local (metadata services), unspecified, multicast and
+// broadcast, and addresses inside --ipvs-exclude-cidrs.
+func externalAddresses(ips []netip.Addr, field string, cfg *PlanConfig, bad badField) []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range ips {
+		why := ""
+		switch {
+		case ip.IsUnspecified():
+			why = "unspecified"
+		case ip.IsLoopback():
+			why = "a loopback address"
+		case ip.IsLinkLocalUnicast():
+			why = "a link-local address"
+		case ip.IsMulticast():
+			why = "a multicast address"
+		case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+			why = "the broadcast address"
+		case slices.ContainsFunc(cfg.ExcludeCIDRs, func(p netip.Prefix) bool { return p.Contains(ip) }):
+			why = "inside --ipvs-exclude-cidrs (another owner's)"
+		}
+		if why != "" {
+			bad(ReasonRefusedAddress, "%s: %s is %s: not programmed", field, ip, why)
+			continue
+		}
+		out = append(out, ip)
+	}
+	return out
 }
 
 // virtualServerTemplate is what every virtual server of svc shares:
@@ -199,6 +266,7 @@ type portPlanner struct {
 	proto          nft.Protocol
 	port, nodePort uint16
 	mark           uint32
+	bad            badField
 	plan           PortPlan
 }
 
@@ -229,8 +297,13 @@ func (pp *portPlanner) element(e nft.Element) { pp.plan.Elements = append(pp.pla
 // address on kube-ipvs0 and its element in set.
 func (pp *portPlanner) frontend(ip netip.Addr, set nft.SetName, sel epSelection) {
 	pp.virtualServer(ipvs.VSKey{Address: ip, Protocol: ipvs.Protocol(pp.k8sProto), Port: pp.port}, sel)
-	pp.plan.Addresses = append(pp.plan.Addresses, ip)
 	pp.element(nft.Element{Set: set, Addr: ip, Protocol: pp.proto, Port: pp.port})
+	if pp.fe.nodeOwned[ip] {
+		// The node's own address: IPVS takes the Service port, and the
+		// node keeps the address and every other port.
+		return
+	}
+	pp.plan.Addresses = append(pp.plan.Addresses, ip)
 	pp.element(nft.Element{Set: nft.IPVSAddresses, Addr: ip})
 }
 
@@ -309,17 +382,29 @@ func (pp *portPlanner) planFamily(ipv6 bool, eps []*discovery.EndpointSlice) {
 }
 
 // sourceRanges restricts a load-balancer IP to the Service's
-// loadBalancerSourceRanges.
+// loadBalancerSourceRanges of its family. It fails closed: when the
+// Service asked for ranges and none of this family is usable, the IP
+// accepts no traffic from outside. A zero-length range allows everyone,
+// as in kube-proxy.
 func (pp *portPlanner) sourceRanges(ip netip.Addr, ipv6 bool) {
-	if len(pp.fe.sourceRanges) == 0 {
+	if !pp.fe.firewalled {
+		return
+	}
+	var ranges []netip.Prefix
+	for _, r := range pp.fe.sourceRanges {
+		if r.Addr().Is6() == ipv6 {
+			ranges = append(ranges, r)
+		}
+	}
+	if slices.ContainsFunc(ranges, func(r netip.Prefix) bool { return r.Bits() == 0 }) {
 		return
 	}
 	pp.element(nft.Element{Set: nft.LoadBalancerFirewall, Addr: ip, Protocol: pp.proto, Port: pp.port})
+	if len(ranges) == 0 {
+		pp.bad(ReasonInvalidSourceRange, "loadBalancerSourceRanges: none usable for %s: it accepts no traffic from outside", ip)
+	}
 	allowNode := false
-	for _, r := range pp.fe.sourceRanges {
-		if r.Addr().Is6() != ipv6 {
-			continue
-		}
+	for _, r := range ranges {
 		pp.element(nft.Element{Set: nft.LoadBalancerSourceRanges, Addr: ip, Protocol: pp.proto, Port: pp.port, Source: r})
 		for _, n := range pp.cfg.Node.IPs {
 			allowNode = allowNode || r.Contains(n)
@@ -402,18 +487,39 @@ func protocol(p v1.Protocol) (nft.Protocol, bool) {
 	return "", false
 }
 
-func parseIPs(ss []string, field string, bad func(string, ...any)) []netip.Addr {
+// parseIPs parses addresses as kube-proxy does (IPv4 octets with leading
+// zeros are read as decimal).
+func parseIPs(ss []string, field string, bad badField) []netip.Addr {
 	var out []netip.Addr
 	for _, s := range ss {
-		ip, err := netip.ParseAddr(s)
-		if err != nil || ip.Zone() != "" || ip.IsUnspecified() {
-			bad("%s: invalid IP %q", field, s)
+		ip, ok := netip.AddrFromSlice(netutils.ParseIPSloppy(s))
+		if !ok || ip.IsUnspecified() {
+			bad(ReasonInvalidIP, "%s: invalid IP %q", field, s)
 			continue
 		}
 		out = append(out, ip.Unmap())
 	}
 	return out
 }
+
+// badField reports a field left out, with the reason of its Event.
+type badField func(reason, format string, args ...any)
+
+// Reasons of FieldErrors, also the reasons of the Events that report them.
+const (
+	ReasonInvalidIP          = "InvalidIP"
+	ReasonRefusedAddress     = "RefusedAddress"
+	ReasonInvalidSourceRange = "InvalidSourceRange"
+	ReasonInvalidPort        = "InvalidPort"
+)
+
+// FieldError is a part of a Service that is not programmed as asked.
+type FieldError struct {
+	Reason  string // CamelCase, the Event's reason
+	Message string // names the Service
+}
+
+func (e *FieldError) Error() string { return e.Message }
 
 func uniqueAddrs(as []netip.Addr) []netip.Addr {
 	slices.SortFunc(as, netip.Addr.Compare)

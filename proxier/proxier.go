@@ -35,9 +35,15 @@ type Config struct {
 	// kept off the SyncPeriod path; other full syncs diff against the
 	// cache. Default 5 minutes; the first sync always dumps.
 	IPVSResyncPeriod time.Duration
-	// NodePortAddresses, when set, is called on every full sync to
-	// refresh Node.NodePortAddresses (local addresses change).
-	NodePortAddresses func() ([]netip.Addr, error)
+	// NodePortAddresses and LocalAddresses, when set, are called on
+	// every full sync to refresh Node.NodePortAddresses and
+	// Node.LocalAddresses (local addresses change without a Node update).
+	NodePortAddresses, LocalAddresses func() ([]netip.Addr, error)
+	// Warn, when set, is told of every part of a Service that is not
+	// programmed as asked (a FieldError's reason and message), once each
+	// time the Service's problems change: kube-proxy's way is a Warning
+	// Event on the Service.
+	Warn func(service types.NamespacedName, reason, message string)
 	// Now is the clock (tests replace it).
 	Now func() time.Time
 }
@@ -115,10 +121,11 @@ type Proxier struct {
 	addrCount map[netip.Addr]int
 	drains    map[drainKey]time.Time // first seen at weight 0
 	draining  map[types.NamespacedName]time.Time
-	// nodePortAddresses are refreshed by full syncs (local addresses
-	// change without a Node update).
-	nodePortAddresses []netip.Addr
-	needFull          bool
+	// nodePortAddresses and localAddresses are refreshed by full syncs.
+	nodePortAddresses, localAddresses []netip.Addr
+	// problems are the FieldErrors last reported per Service.
+	problems map[types.NamespacedName]string
+	needFull bool
 	// lastIPVSResync is when IPVS was last dumped and repaired (zero:
 	// never, so the first sync adopts or removes what it finds).
 	lastIPVSResync time.Time
@@ -161,6 +168,8 @@ func New(cfg Config, k Kernel) *Proxier {
 		drains:            map[drainKey]time.Time{},
 		draining:          map[types.NamespacedName]time.Time{},
 		nodePortAddresses: cfg.Node.NodePortAddresses,
+		localAddresses:    cfg.Node.LocalAddresses,
+		problems:          map[types.NamespacedName]string{},
 		needFull:          true,
 	}
 }

@@ -43,7 +43,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	w := p.collectWork(full || p.needFull, start)
 	res := SyncResult{Full: w.full, PendingSince: w.pendingSince}
 	if w.full {
-		p.refreshNodePortAddresses()
+		p.refreshLocalAddresses()
 	}
 	planned := p.plan(w, start)
 	res.ServicesSeen = len(planned)
@@ -126,16 +126,23 @@ func (p *Proxier) requeue(w work) {
 	}
 }
 
-func (p *Proxier) refreshNodePortAddresses() {
-	if p.cfg.NodePortAddresses == nil {
-		return
+// refreshLocalAddresses lists the node's addresses again.
+func (p *Proxier) refreshLocalAddresses() {
+	for _, a := range []struct {
+		list func() ([]netip.Addr, error)
+		into *[]netip.Addr
+		what string
+	}{{p.cfg.NodePortAddresses, &p.nodePortAddresses, "node port"}, {p.cfg.LocalAddresses, &p.localAddresses, "local"}} {
+		if a.list == nil {
+			continue
+		}
+		addrs, err := a.list()
+		if err != nil {
+			klog.ErrorS(err, "Listing addresses; keeping the previous ones", "addresses", a.what)
+			continue
+		}
+		*a.into = addrs
 	}
-	addrs, err := p.cfg.NodePortAddresses()
-	if err != nil {
-		klog.ErrorS(err, "Listing node port addresses; keeping the previous ones")
-		return
-	}
-	p.nodePortAddresses = addrs
 }
 
 // plan computes the new plans of the Services in w (nil for a deleted
@@ -144,20 +151,55 @@ func (p *Proxier) plan(w work, now time.Time) map[types.NamespacedName][]PortPla
 	cfg := p.cfg.PlanConfig
 	cfg.Node = w.node
 	cfg.Node.NodePortAddresses = p.nodePortAddresses
+	cfg.Node.LocalAddresses = p.localAddresses
 	planned := make(map[types.NamespacedName][]PortPlan, len(w.inputs))
 	for n, in := range w.inputs {
 		if in.svc == nil {
 			planned[n] = nil
 			continue
 		}
+		// The rest of the Service is planned; the bad parts are left out.
 		plans, err := PlanService(in.svc, in.slices, &cfg)
-		if err != nil {
-			// The rest of the Service is planned; the bad parts are left out.
-			klog.ErrorS(err, "Service has fields that cannot be programmed", "service", n)
-		}
+		p.report(n, err)
 		planned[n] = p.boundDrains(n, plans, now)
 	}
+	for n, in := range w.inputs {
+		if in.svc == nil {
+			delete(p.problems, n)
+		}
+	}
 	return planned
+}
+
+// report logs and warns about a Service's field errors when they differ
+// from those last reported: a full sync replans every Service, and the
+// same Event every sync period would only be noise.
+func (p *Proxier) report(n types.NamespacedName, err error) {
+	if err == nil {
+		delete(p.problems, n)
+		return
+	}
+	if p.problems[n] == err.Error() {
+		klog.V(4).InfoS("Service still has fields that cannot be programmed", "service", n, "err", err)
+		return
+	}
+	p.problems[n] = err.Error()
+	klog.ErrorS(err, "Service has fields that cannot be programmed", "service", n)
+	if p.cfg.Warn == nil {
+		return
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, e := range errs {
+		var fe *FieldError
+		if errors.As(e, &fe) {
+			p.cfg.Warn(n, fe.Reason, fe.Message)
+		} else {
+			p.cfg.Warn(n, "FailedToProgram", e.Error())
+		}
+	}
 }
 
 // addElements is step 1: every replanned port owns the union of its old

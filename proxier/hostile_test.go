@@ -1,0 +1,212 @@
+package proxier
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Any namespace user writes Services: these plans must never claim an
+// address that would capture other traffic, and a restriction that cannot
+// be used must restrict more, never less (issue 15).
+func TestPlanHostileFrontends(t *testing.T) {
+	one := func(s *v1.Service) []*discovery.EndpointSlice {
+		return []*discovery.EndpointSlice{httpSlice(s, ready("10.244.2.5", "node-b"))}
+	}
+	runPlanCases(t, []planCase{{
+		name:   "an externalIP that is the node's address: Service port served, address neither bound nor filtered",
+		svc:    makeService("ns", "web", externalIPs("192.168.0.10"), ports(v1.ServicePort{Name: "http", Port: 8080})),
+		slices: one,
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:8080 rr -> [10.244.2.5:8080 w1]
+		  TCP 192.168.0.10:8080 rr -> [10.244.2.5:8080 w1]
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 8080
+		  ipvs-addresses 10.96.0.10
+		  external-ips 192.168.0.10 . tcp . 8080
+		`,
+	}, {
+		name:   "an externalIP on another local link counts as the node's",
+		svc:    makeService("ns", "web", externalIPs("172.17.0.1")),
+		slices: one,
+		cfg:    func(c *PlanConfig) { c.Node.LocalAddresses = []netip.Addr{netip.MustParseAddr("172.17.0.1")} },
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.2.5:8080 w1]
+		  TCP 172.17.0.1:80 rr -> [10.244.2.5:8080 w1]
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		  external-ips 172.17.0.1 . tcp . 80
+		`,
+	}, {
+		name: "a load-balancer IP that is loopback, link-local, multicast or unspecified is refused",
+		svc:  makeService("ns", "lb", loadBalancer(0, "127.0.0.1", "169.254.169.254", "224.0.0.1", "::1", "fe80::1", "192.0.2.10")),
+		err:  "127.0.0.1 is a loopback address: not programmed",
+		want: `
+		ns/lb:http
+		  TCP 10.96.0.10:80 rr -> []
+		  TCP 192.0.2.10:80 rr -> []
+		  addr 10.96.0.10
+		  addr 192.0.2.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		  load-balancer-ips 192.0.2.10 . tcp . 80
+		  ipvs-addresses 192.0.2.10
+		`,
+	}, {
+		name: "an externalIP inside --ipvs-exclude-cidrs is someone else's",
+		svc:  makeService("ns", "web", externalIPs("198.51.100.7")),
+		cfg:  func(c *PlanConfig) { c.ExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")} },
+		err:  "inside --ipvs-exclude-cidrs",
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> []
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
+		name: "padded source ranges are trimmed, as kube-proxy does",
+		svc:  makeService("ns", "lb", loadBalancer(0, "192.0.2.10"), sourceRanges(" 198.51.100.0/24 ", "010.0.0.0/8")),
+		want: `
+		ns/lb:http
+		  TCP 10.96.0.10:80 rr -> []
+		  TCP 192.0.2.10:80 rr -> []
+		  addr 10.96.0.10
+		  addr 192.0.2.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		  load-balancer-ips 192.0.2.10 . tcp . 80
+		  ipvs-addresses 192.0.2.10
+		  load-balancer-firewall 192.0.2.10 . tcp . 80
+		  load-balancer-source-ranges 192.0.2.10 . tcp . 80 . 198.51.100.0/24
+		  load-balancer-source-ranges 192.0.2.10 . tcp . 80 . 10.0.0.0/8
+		`,
+	}, {
+		name: "no usable source range: the firewall stays, with nobody allowed",
+		svc:  makeService("ns", "lb", loadBalancer(0, "192.0.2.10"), sourceRanges("not-a-cidr")),
+		err:  "none usable for 192.0.2.10: it accepts no traffic from outside",
+		want: `
+		ns/lb:http
+		  TCP 10.96.0.10:80 rr -> []
+		  TCP 192.0.2.10:80 rr -> []
+		  addr 10.96.0.10
+		  addr 192.0.2.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		  load-balancer-ips 192.0.2.10 . tcp . 80
+		  ipvs-addresses 192.0.2.10
+		  load-balancer-firewall 192.0.2.10 . tcp . 80
+		`,
+	}, {
+		name: "ranges of the other family only: closed too",
+		svc: makeService("ns", "lb", clusterIPs("10.96.0.10", "fd00:96::10"), loadBalancer(0, "192.0.2.10", "2001:db8::10"),
+			sourceRanges("198.51.100.0/24")),
+		err: "none usable for 2001:db8::10",
+		want: `
+		ns/lb:http
+		  TCP 10.96.0.10:80 rr -> []
+		  TCP 192.0.2.10:80 rr -> []
+		  TCP [fd00:96::10]:80 rr -> []
+		  TCP [2001:db8::10]:80 rr -> []
+		  addr 10.96.0.10
+		  addr 192.0.2.10
+		  addr 2001:db8::10
+		  addr fd00:96::10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		  load-balancer-ips 192.0.2.10 . tcp . 80
+		  ipvs-addresses 192.0.2.10
+		  load-balancer-firewall 192.0.2.10 . tcp . 80
+		  load-balancer-source-ranges 192.0.2.10 . tcp . 80 . 198.51.100.0/24
+		  cluster-ips fd00:96::10 . tcp . 80
+		  ipvs-addresses fd00:96::10
+		  load-balancer-ips 2001:db8::10 . tcp . 80
+		  ipvs-addresses 2001:db8::10
+		  load-balancer-firewall 2001:db8::10 . tcp . 80
+		`,
+	}, {
+		name: "a zero-length range allows everyone, as in kube-proxy",
+		svc:  makeService("ns", "lb", loadBalancer(0, "192.0.2.10"), sourceRanges("0.0.0.0/0")),
+		want: `
+		ns/lb:http
+		  TCP 10.96.0.10:80 rr -> []
+		  TCP 192.0.2.10:80 rr -> []
+		  addr 10.96.0.10
+		  addr 192.0.2.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		  load-balancer-ips 192.0.2.10 . tcp . 80
+		  ipvs-addresses 192.0.2.10
+		`,
+	}})
+}
+
+func TestPlanFieldErrorsCarryAReason(t *testing.T) {
+	svc := makeService("ns", "lb", loadBalancer(0, "127.0.0.1"), sourceRanges(" bad "))
+	_, err := PlanService(svc, nil, testConfig())
+	var reasons []string
+	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+		var fe *FieldError
+		if !errors.As(e, &fe) {
+			t.Fatalf("%v is not a FieldError", e)
+		}
+		reasons = append(reasons, fe.Reason)
+	}
+	if len(reasons) != 2 || reasons[0] != ReasonRefusedAddress || reasons[1] != ReasonInvalidSourceRange {
+		t.Errorf("reasons %v", reasons)
+	}
+}
+
+// TestProxierWarnsOncePerProblem: a Service's unusable fields are reported
+// when they appear or change, not again by every full sync; the rest of
+// the node's Services are programmed.
+func TestProxierWarnsOncePerProblem(t *testing.T) {
+	f := newFakeNode(t)
+	var warned []string
+	f.p = New(Config{PlanConfig: f.p.cfg.PlanConfig, Now: f.p.cfg.Now,
+		Warn: func(n types.NamespacedName, reason, msg string) { warned = append(warned, n.String()+" "+reason) }}, f.p.k)
+	f.p.SetSynced(true, true)
+	good := makeService("ns", "good", clusterIPs("10.96.0.11"))
+	f.addService(good)
+	f.addService(makeService("ns", "lb", loadBalancer(0, "127.0.0.1", "192.0.2.10")))
+	f.sync(t, false)
+	f.sync(t, true)
+	if len(warned) != 1 || warned[0] != "ns/lb RefusedAddress" {
+		t.Fatalf("warnings %v, want one RefusedAddress for ns/lb", warned)
+	}
+	if got := f.ipvsText(); !strings.Contains(got, "10.96.0.11:80") || !strings.Contains(got, "192.0.2.10:80") || strings.Contains(got, "127.0.0.1") {
+		t.Errorf("IPVS:\n%s", got)
+	}
+	f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: "lb"}, makeService("ns", "lb", loadBalancer(0, "127.0.0.2")))
+	f.sync(t, false)
+	if len(warned) != 2 {
+		t.Errorf("a changed problem was not reported again: %v", warned)
+	}
+}
+
+// TestProxierNeverBindsNodeAddresses: an externalIP that is one of the
+// node's addresses is served on its Service port but neither bound to
+// kube-ipvs0 nor put in the set whose other ports are rejected.
+func TestProxierNeverBindsNodeAddresses(t *testing.T) {
+	f := newFakeNode(t)
+	svc := makeService("ns", "web", externalIPs("192.168.0.10"), ports(v1.ServicePort{Name: "http", Port: 8080}))
+	f.addService(svc, httpSlice(svc, ready("10.244.2.5", "node-b")))
+	f.sync(t, false)
+	if as := f.addresses(t); len(as) != 1 || as[0] != netip.MustParseAddr("10.96.0.10") {
+		t.Errorf("kube-ipvs0 holds %v, want the ClusterIP only", as)
+	}
+	if dump := f.nft.Dump(); strings.Contains(dump, "192.168.0.10 comment") {
+		t.Errorf("the node's address is in ipvs-addresses:\n%s", dump)
+	}
+	if got := f.ipvsText(); !strings.Contains(got, "192.168.0.10:8080") {
+		t.Errorf("the Service port on the node's address is not served:\n%s", got)
+	}
+}
