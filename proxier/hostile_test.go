@@ -8,6 +8,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
 
@@ -208,5 +209,64 @@ func TestProxierNeverBindsNodeAddresses(t *testing.T) {
 	}
 	if got := f.ipvsText(); !strings.Contains(got, "192.168.0.10:8080") {
 		t.Errorf("the Service port on the node's address is not served:\n%s", got)
+	}
+}
+
+func created(sec int64) func(*v1.Service) {
+	return func(s *v1.Service) { s.CreationTimestamp = metav1.Unix(1_700_000_000+sec, 0) }
+}
+
+// TestProxierConflictingFrontends: two Services asking for one frontend
+// leave it to one owner, picked the same way everywhere; the other is
+// warned; every sync stays healthy; the frontend is handed over when the
+// owner goes away, without being deleted in between.
+func TestProxierConflictingFrontends(t *testing.T) {
+	f := newFakeNode(t)
+	var warned []string
+	f.p = New(Config{PlanConfig: f.p.cfg.PlanConfig, Now: f.p.cfg.Now,
+		Warn: func(n types.NamespacedName, reason, msg string) { warned = append(warned, n.String()+" "+reason+": "+msg) }}, f.p.k)
+	f.p.SetSynced(true, true)
+
+	older := makeService("ns", "older", clusterIPs("10.96.0.11"), externalIPs("198.51.100.7"), created(0))
+	newer := makeService("ns", "newer", clusterIPs("10.96.0.12"), externalIPs("198.51.100.7"), created(60),
+		func(s *v1.Service) { s.Spec.LoadBalancerSourceRanges = []string{"203.0.113.0/24"} })
+	f.addService(newer, httpSlice(newer, ready("10.244.2.12", "node-b")))
+	f.addService(older, httpSlice(older, ready("10.244.2.11", "node-b")))
+	f.sync(t, false)
+	got := f.ipvsText()
+	if !strings.Contains(got, "TCP  198.51.100.7:80 rr\n  "+w1("10.244.2.11:8080")) {
+		t.Errorf("the older Service does not own 198.51.100.7:80:\n%s", got)
+	}
+	if len(warned) != 1 || !strings.HasPrefix(warned[0], "ns/newer FrontendConflict") || !strings.Contains(warned[0], "ns/older") {
+		t.Errorf("warnings %q", warned)
+	}
+	if dump := f.nft.Dump(); strings.Contains(dump, `"ns/newer:http"`) && strings.Contains(dump, "198.51.100.7 . tcp . 80 comment \"ns/newer") {
+		t.Errorf("the newer Service's elements for the frontend it lost are programmed:\n%s", dump)
+	}
+
+	// The owner goes away: the frontend is handed over in the same sync.
+	f.ipvs.Reset()
+	f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: "older"}, nil)
+	f.sync(t, false)
+	got = f.ipvsText()
+	if !strings.Contains(got, "TCP  198.51.100.7:80 rr\n  "+w1("10.244.2.12:8080")) {
+		t.Errorf("198.51.100.7:80 was not handed over to ns/newer:\n%s", got)
+	}
+	if d := f.ipvs.Writes().DeleteVirtualServer; d != 1 {
+		t.Errorf("%d virtual servers deleted, want 1 (the older Service's ClusterIP; the shared frontend is updated in place)", d)
+	}
+}
+
+// TestProxierClusterIPsComeFirst: a load-balancer IP or external IP naming
+// another Service's ClusterIP and port never takes it over, however old.
+func TestProxierClusterIPsComeFirst(t *testing.T) {
+	f := newFakeNode(t)
+	victim := makeService("ns", "victim", clusterIPs("10.96.0.11"), created(3600))
+	thief := makeService("evil", "thief", clusterIPs("10.96.0.12"), externalIPs("10.96.0.11"), created(0))
+	f.addService(victim, httpSlice(victim, ready("10.244.2.11", "node-b")))
+	f.addService(thief, httpSlice(thief, ready("10.244.2.66", "node-b")))
+	f.sync(t, false)
+	if got := f.ipvsText(); !strings.Contains(got, "TCP  10.96.0.11:80 rr\n  "+w1("10.244.2.11:8080")+"\n") {
+		t.Errorf("the ClusterIP was taken over:\n%s", got)
 	}
 }

@@ -73,6 +73,10 @@ type PortPlan struct {
 	Name ServicePortName
 	// VirtualServers are IPVS virtual servers with their real servers.
 	VirtualServers []ipvs.Service
+	// Chosen marks the virtual servers on addresses the Service's author
+	// chose (externalIPs, load-balancer ingress): when two Services ask
+	// for one frontend, they yield to allocated ones (claims.go).
+	Chosen map[ipvs.VSKey]bool
 	// Addresses are bound to kube-ipvs0.
 	Addresses []netip.Addr
 	// Elements go to the nftables table, owned by Name.
@@ -311,6 +315,10 @@ func (pp *portPlanner) frontend(ip netip.Addr, set nft.SetName, sel epSelection)
 // what externalTrafficPolicy Local adds to it.
 func (pp *portPlanner) externalFrontend(ip netip.Addr, set nft.SetName, sel epSelection, noLocal bool) {
 	pp.frontend(ip, set, sel)
+	if pp.plan.Chosen == nil {
+		pp.plan.Chosen = map[ipvs.VSKey]bool{}
+	}
+	pp.plan.Chosen[ipvs.VSKey{Address: ip, Protocol: ipvs.Protocol(pp.k8sProto), Port: pp.port}.Key()] = true
 	if pp.fe.externalLocal {
 		pp.element(nft.Element{Set: nft.LocalPolicyFWMarks, Addr: ip, Protocol: pp.proto, Port: pp.port, Mark: pp.mark})
 	}
@@ -511,6 +519,7 @@ const (
 	ReasonRefusedAddress     = "RefusedAddress"
 	ReasonInvalidSourceRange = "InvalidSourceRange"
 	ReasonInvalidPort        = "InvalidPort"
+	ReasonFrontendConflict   = "FrontendConflict"
 )
 
 // FieldError is a part of a Service that is not programmed as asked.

@@ -123,6 +123,8 @@ type Proxier struct {
 	draining  map[types.NamespacedName]time.Time
 	// nodePortAddresses and localAddresses are refreshed by full syncs.
 	nodePortAddresses, localAddresses []netip.Addr
+	// claims are the frontends each Service asks for, and their owners.
+	claims frontendClaims
 	// problems are the FieldErrors last reported per Service.
 	problems map[types.NamespacedName]string
 	needFull bool
@@ -170,6 +172,7 @@ func New(cfg Config, k Kernel) *Proxier {
 		nodePortAddresses: cfg.Node.NodePortAddresses,
 		localAddresses:    cfg.Node.LocalAddresses,
 		problems:          map[types.NamespacedName]string{},
+		claims:            newFrontendClaims(),
 		needFull:          true,
 	}
 }

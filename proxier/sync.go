@@ -45,7 +45,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	if w.full {
 		p.refreshLocalAddresses()
 	}
-	planned := p.plan(w, start)
+	planned := p.plan(&w, start)
 	res.ServicesSeen = len(planned)
 
 	if err := p.addElements(planned, w.full, &res); err != nil {
@@ -81,14 +81,9 @@ func (p *Proxier) collectWork(full bool, now time.Time) work {
 	w := work{full: full || p.nodeChanged, node: p.node, inputs: map[types.NamespacedName]serviceInput{}}
 	p.nodeChanged = false
 	add := func(n types.NamespacedName) {
-		if _, ok := w.inputs[n]; ok {
-			return
+		if _, ok := w.inputs[n]; !ok {
+			w.inputs[n] = p.input(n)
 		}
-		in := serviceInput{svc: p.services[n]}
-		for _, s := range p.slices[n] {
-			in.slices = append(in.slices, s)
-		}
-		w.inputs[n] = in
 	}
 	if w.full {
 		for n := range p.services {
@@ -109,6 +104,15 @@ func (p *Proxier) collectWork(full bool, now time.Time) work {
 	clear(p.dirty)
 	w.pendingSince, p.dirtySince = p.dirtySince, time.Time{}
 	return w
+}
+
+// input is what n is planned from; p.mu is held.
+func (p *Proxier) input(n types.NamespacedName) serviceInput {
+	in := serviceInput{svc: p.services[n]}
+	for _, s := range p.slices[n] {
+		in.slices = append(in.slices, s)
+	}
+	return in
 }
 
 // requeue gives a failed sync's work back to the next sync, which will be
@@ -146,29 +150,73 @@ func (p *Proxier) refreshLocalAddresses() {
 }
 
 // plan computes the new plans of the Services in w (nil for a deleted
-// one), with drains bounded.
-func (p *Proxier) plan(w work, now time.Time) map[types.NamespacedName][]PortPlan {
+// one): each Service is planned alone, then frontends two Services ask
+// for go to one owner (claims.go) — a Service whose ownership changed is
+// planned in this sync too — and drains are bounded.
+func (p *Proxier) plan(w *work, now time.Time) map[types.NamespacedName][]PortPlan {
 	cfg := p.cfg.PlanConfig
 	cfg.Node = w.node
 	cfg.Node.NodePortAddresses = p.nodePortAddresses
 	cfg.Node.LocalAddresses = p.localAddresses
-	planned := make(map[types.NamespacedName][]PortPlan, len(w.inputs))
-	for n, in := range w.inputs {
-		if in.svc == nil {
+	raw := make(map[types.NamespacedName][]PortPlan, len(w.inputs))
+	problems := map[types.NamespacedName][]error{}
+	for pending := w.inputs; len(pending) > 0; {
+		var affected []types.NamespacedName
+		for n, in := range pending {
+			var created time.Time
+			if in.svc != nil {
+				plans, err := PlanService(in.svc, in.slices, &cfg)
+				raw[n], problems[n], created = plans, unjoin(err), in.svc.CreationTimestamp.Time
+			} else {
+				raw[n] = nil
+			}
+			for _, o := range p.claims.set(n, created, raw[n]) {
+				if _, done := raw[o]; !done {
+					affected = append(affected, o)
+				}
+			}
+		}
+		pending = p.collectMore(w, affected)
+	}
+	planned := make(map[types.NamespacedName][]PortPlan, len(raw))
+	for n, plans := range raw {
+		if w.inputs[n].svc == nil {
 			planned[n] = nil
+			delete(p.problems, n)
 			continue
 		}
-		// The rest of the Service is planned; the bad parts are left out.
-		plans, err := PlanService(in.svc, in.slices, &cfg)
-		p.report(n, err)
+		conflicts := p.claims.keepOwned(n, plans)
+		p.report(n, errors.Join(append(problems[n], conflicts...)...))
 		planned[n] = p.boundDrains(n, plans, now)
 	}
-	for n, in := range w.inputs {
-		if in.svc == nil {
-			delete(p.problems, n)
-		}
-	}
 	return planned
+}
+
+// collectMore adds Services to w, for the same sync, and returns their
+// inputs.
+func (p *Proxier) collectMore(w *work, names []types.NamespacedName) map[types.NamespacedName]serviceInput {
+	if len(names) == 0 {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	more := map[types.NamespacedName]serviceInput{}
+	for _, n := range names {
+		in := p.input(n)
+		w.inputs[n], more[n] = in, in
+	}
+	return more
+}
+
+// unjoin lists the errors errors.Join put together.
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 // report logs and warns about a Service's field errors when they differ
@@ -188,11 +236,7 @@ func (p *Proxier) report(n types.NamespacedName, err error) {
 	if p.cfg.Warn == nil {
 		return
 	}
-	errs := []error{err}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		errs = j.Unwrap()
-	}
-	for _, e := range errs {
+	for _, e := range unjoin(err) {
 		var fe *FieldError
 		if errors.As(e, &fe) {
 			p.cfg.Warn(n, fe.Reason, fe.Message)
@@ -250,8 +294,10 @@ func (p *Proxier) upsertVirtualServers(planned map[types.NamespacedName][]PortPl
 		}
 		for _, pl := range p.applied[n] {
 			for _, s := range pl.VirtualServers {
-				if !want[s.Key()] {
-					deletes = append(deletes, s.Key())
+				// A frontend another Service still asks for is handed
+				// over (updated in place), not deleted.
+				if k := s.Key(); !want[k] && !p.claims.claimed(k) {
+					deletes = append(deletes, k)
 				}
 			}
 		}

@@ -1,0 +1,184 @@
+package proxier
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/nftvs/nftvs/ipvs"
+	"github.com/nftvs/nftvs/nft"
+)
+
+// Two Services may ask for one IPVS frontend: the same external IP and
+// port, a load-balancer IP that is another Service's ClusterIP, an
+// external IP and port that is a node port on a node address, or two
+// fwmarks that collide. One virtual server holds one list of real
+// servers, so one Service owns the frontend and the others are told
+// (FrontendConflict). The owner is picked the same way on every node and
+// after every restart:
+//  1. addresses the cluster allocated (ClusterIPs, node ports, fwmarks)
+//     before addresses a Service's author chose (externalIPs,
+//     load-balancer ingress), so nobody takes over another Service's
+//     ClusterIP by naming it;
+//  2. then the oldest Service (creationTimestamp);
+//  3. then namespace/name.
+// When the owner lets go, the next claimant is replanned in the same sync
+// and takes the frontend over.
+
+// claim is one Service's claim on a frontend.
+type claim struct {
+	chosen  bool // an address the Service's author chose
+	created time.Time
+	name    types.NamespacedName
+}
+
+func (a claim) before(b claim) bool {
+	if a.chosen != b.chosen {
+		return !a.chosen
+	}
+	if !a.created.Equal(b.created) {
+		return a.created.Before(b.created)
+	}
+	return cmp.Compare(a.name.String(), b.name.String()) < 0
+}
+
+// frontendClaims counts, for every frontend, the Services that ask for it:
+// the reference count of IPVS virtual servers.
+type frontendClaims struct {
+	by map[ipvs.VSKey]map[types.NamespacedName]claim
+	of map[types.NamespacedName][]ipvs.VSKey
+}
+
+func newFrontendClaims() frontendClaims {
+	return frontendClaims{by: map[ipvs.VSKey]map[types.NamespacedName]claim{}, of: map[types.NamespacedName][]ipvs.VSKey{}}
+}
+
+// set replaces n's claims with those of its new plans (none: n is gone)
+// and returns the Services whose ownership of a frontend may have changed
+// with it: the other claimants of every frontend n took or let go.
+func (c *frontendClaims) set(n types.NamespacedName, created time.Time, plans []PortPlan) []types.NamespacedName {
+	touched := map[ipvs.VSKey]bool{}
+	for _, k := range c.of[n] {
+		delete(c.by[k], n)
+		if len(c.by[k]) == 0 {
+			delete(c.by, k)
+		}
+		touched[k] = true
+	}
+	delete(c.of, n)
+	for _, pl := range plans {
+		for _, s := range pl.VirtualServers {
+			k := s.Key()
+			if _, dup := c.by[k][n]; dup {
+				continue
+			}
+			if c.by[k] == nil {
+				c.by[k] = map[types.NamespacedName]claim{}
+			}
+			c.by[k][n] = claim{chosen: pl.Chosen[k], created: created, name: n}
+			c.of[n] = append(c.of[n], k)
+			touched[k] = !touched[k] // claimed before and now: unchanged
+		}
+	}
+	var others []types.NamespacedName
+	for k, changed := range touched {
+		if !changed {
+			continue
+		}
+		for o := range c.by[k] {
+			if o != n && !slices.Contains(others, o) {
+				others = append(others, o)
+			}
+		}
+	}
+	return others
+}
+
+// owner is the Service that programs k.
+func (c *frontendClaims) owner(k ipvs.VSKey) (claim, bool) {
+	var best claim
+	found := false
+	for _, cl := range c.by[k] {
+		if !found || cl.before(best) {
+			best, found = cl, true
+		}
+	}
+	return best, found
+}
+
+// claimed reports whether any Service asks for k.
+func (c *frontendClaims) claimed(k ipvs.VSKey) bool { return len(c.by[k]) > 0 }
+
+// keepOwned drops from n's plans the virtual servers another Service
+// owns, with every nft element of those frontends, so that a Service that
+// lost a frontend neither changes who may reach it (source ranges,
+// firewall) nor steers traffic to it (fwmarks). It returns the conflicts,
+// to report.
+func (c *frontendClaims) keepOwned(n types.NamespacedName, plans []PortPlan) []error {
+	var errs []error
+	for i := range plans {
+		pl := &plans[i]
+		lost := map[ipvs.VSKey]bool{}
+		kept := pl.VirtualServers[:0]
+		for _, s := range pl.VirtualServers {
+			k := s.Key()
+			if _, seen := lost[k]; seen {
+				continue // asked for twice by this Service: once is enough
+			}
+			if o, ok := c.owner(k); ok && o.name != n {
+				lost[k] = true
+				errs = append(errs, &FieldError{Reason: ReasonFrontendConflict, Message: fmt.Sprintf(
+					"%s: %s is %s's (%s): not programmed for this Service", pl.Name, describeKey(k), o.name, whyOwner(o, c.by[k][n]))})
+				continue
+			}
+			lost[k] = false
+			kept = append(kept, s)
+		}
+		pl.VirtualServers = kept
+		pl.Elements = slices.DeleteFunc(pl.Elements, func(e nft.Element) bool { return elementOfLost(e, lost) })
+	}
+	return errs
+}
+
+// elementOfLost reports whether e belongs to one of the lost frontends.
+func elementOfLost(e nft.Element, lost map[ipvs.VSKey]bool) bool {
+	for k, isLost := range lost {
+		if !isLost {
+			continue
+		}
+		if k.FWMark != 0 {
+			if e.Mark == k.FWMark {
+				return true
+			}
+			continue
+		}
+		switch e.Set {
+		case nft.ClusterIPs, nft.ExternalIPs, nft.ExternalIPsLocal, nft.LoadBalancerIPs, nft.LoadBalancerIPsLocal,
+			nft.LoadBalancerFirewall, nft.LoadBalancerSourceRanges, nft.LocalPolicyFWMarks, nft.NoLocalEndpoints:
+			if e.Addr == k.Address && e.Port == k.Port && string(e.Protocol) == string(k.Protocol) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func describeKey(k ipvs.VSKey) string {
+	if k.FWMark != 0 {
+		return fmt.Sprintf("fwmark %#x", k.FWMark)
+	}
+	return k.String()
+}
+
+func whyOwner(owner, loser claim) string {
+	switch {
+	case owner.chosen != loser.chosen:
+		return "a ClusterIP or node port comes before a chosen address"
+	case !owner.created.Equal(loser.created):
+		return "the older Service"
+	}
+	return "first by namespace/name"
+}
