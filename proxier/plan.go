@@ -83,7 +83,11 @@ type PortPlan struct {
 	Elements []nft.Element
 	// HealthCheckNodePort is the ETP=Local health check port, or 0.
 	HealthCheckNodePort int
-	// LocalEndpoints counts local endpoints in use (health check answer).
+	// LocalEndpoints counts the Service's ready endpoints on this node
+	// (distinct IPs, every port and family), what the health check node
+	// port answers, as kube-proxy counts them: serving-but-terminating
+	// ones do not count, so a load balancer drains a node whose only
+	// local pods are terminating.
 	LocalEndpoints int
 	// ExternalNoLocal is true when an ETP=Local port has no local
 	// endpoint: external traffic is dropped (kube-proxy's
@@ -127,6 +131,7 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 	fe := parseFrontends(svc, cfg, bad)
 	tmpl := virtualServerTemplate(svc, cfg)
 	var plans []PortPlan
+	readyLocal := map[netip.Addr]bool{}
 	for _, sp := range svc.Spec.Ports {
 		if sp.Protocol == "" {
 			sp.Protocol = v1.ProtocolTCP // the API default
@@ -141,7 +146,7 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 			continue
 		}
 		pp := newPortPlanner(svc, sp, proto, fe, tmpl, cfg)
-		pp.bad = bad
+		pp.bad, pp.readyLocal = bad, readyLocal
 		for _, ipv6 := range []bool{false, true} {
 			if (ipv6 && cfg.IPv6) || (!ipv6 && cfg.IPv4) {
 				pp.planFamily(ipv6, eps)
@@ -150,6 +155,9 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 		if plan, ok := pp.finish(); ok {
 			plans = append(plans, plan)
 		}
+	}
+	for i := range plans {
+		plans[i].LocalEndpoints = len(readyLocal)
 	}
 	return plans, errors.Join(errs...)
 }
@@ -272,6 +280,11 @@ type portPlanner struct {
 	mark           uint32
 	bad            badField
 	plan           PortPlan
+	// localCarrying counts local endpoints carrying external traffic
+	// (every family): none means a node port drops it.
+	localCarrying int
+	// readyLocal collects the Service's ready local endpoints.
+	readyLocal map[netip.Addr]bool
 }
 
 func newPortPlanner(svc *v1.Service, sp v1.ServicePort, proto nft.Protocol, fe frontends, tmpl ipvs.VirtualServer, cfg *PlanConfig) *portPlanner {
@@ -357,9 +370,12 @@ func (pp *portPlanner) planFamily(ipv6 bool, eps []*discovery.EndpointSlice) {
 		external = localSel
 		noLocal = !carries(localSel)
 		pp.plan.ExternalNoLocal = pp.plan.ExternalNoLocal || noLocal
-		pp.plan.LocalEndpoints += countCarrying(localSel)
+		pp.localCarrying += countCarrying(localSel)
 	}
 	for _, e := range local {
+		if e.Ready {
+			pp.readyLocal[e.IP] = true
+		}
 		pp.element(nft.Element{Set: nft.Hairpin, Addr: e.IP, Protocol: pp.proto, Port: e.Port})
 	}
 	for _, ip := range cips {
@@ -439,7 +455,7 @@ func (pp *portPlanner) finish() (PortPlan, bool) {
 			pp.element(nft.Element{Set: nft.NodePortFWMarks, Protocol: pp.proto, Port: pp.nodePort, Mark: pp.mark})
 			// A node port has no family: drop only when no family has a
 			// local endpoint.
-			if plan.ExternalNoLocal && plan.LocalEndpoints == 0 {
+			if plan.ExternalNoLocal && pp.localCarrying == 0 {
 				pp.element(nft.Element{Set: nft.NodePortsNoLocalEndpoints, Protocol: pp.proto, Port: pp.nodePort})
 			}
 		} else {
