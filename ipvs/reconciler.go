@@ -229,7 +229,7 @@ func sortedServices(in []Service) ([]Service, []error) {
 	out := make([]Service, 0, len(in))
 	for _, s := range in {
 		if err := s.Validate(); err != nil {
-			errs = append(errs, err)
+			errs = append(errs, &VirtualServerError{Key: s.Key(), Err: err})
 			continue
 		}
 		s.VirtualServer = s.VirtualServer.normalized()
@@ -239,7 +239,7 @@ func sortedServices(in []Service) ([]Service, []error) {
 	dedup := out[:0]
 	for i, s := range out {
 		if i > 0 && s.VSKey == out[i-1].VSKey {
-			errs = append(errs, fmt.Errorf("virtual server %s given twice: kept the first", s.VSKey))
+			errs = append(errs, &VirtualServerError{Key: s.VSKey, Err: fmt.Errorf("virtual server %s given twice: kept the first", s.VSKey)})
 			continue
 		}
 		dedup = append(dedup, s)
@@ -264,6 +264,9 @@ func (r *Reconciler) sync(s Service, res *Result) []error {
 	if gone {
 		_, errs = r.syncOnce(s, res)
 	}
+	for i, err := range errs {
+		errs[i] = &VirtualServerError{Key: s.Key(), Err: err}
+	}
 	return errs
 }
 
@@ -272,66 +275,85 @@ func (r *Reconciler) sync(s Service, res *Result) []error {
 // it either, and the next try creates it.
 func (r *Reconciler) syncOnce(s Service, res *Result) (gone bool, errs []error) {
 	want := s.VirtualServer
-	key := want.VSKey
-	cur, ok := r.cache[key]
-	if !ok {
-		res.Writes.AddVirtualServer++
-		err := r.h.AddVirtualServer(want)
-		switch {
-		case err == nil:
-			cur = &applied{vs: want, rs: map[netip.AddrPort]RealServer{}}
-		case errors.Is(err, syscall.EEXIST):
-			// In the kernel but not in the cache (Apply before any
-			// Resync, or a failed dump): adopt it, real servers and all,
-			// and let the update below set its scheduling.
-			rss, gerr := r.h.GetRealServers(key)
-			if gerr != nil {
-				return false, []error{gerr}
-			}
-			cur = &applied{rs: make(map[netip.AddrPort]RealServer, len(rss))}
-			for _, rs := range rss {
-				cur.rs[rs.AddrPort()] = rs
-			}
-		default:
-			return false, []error{err}
-		}
-		r.cache[key] = cur
+	cur, err := r.ensureVirtualServer(want, res)
+	if err != nil {
+		return false, []error{err}
 	}
-
-	desired := make(map[netip.AddrPort]RealServer, len(s.RealServers))
+	vs := vsSync{r: r, key: want.VSKey, cur: cur, res: res, desired: make(map[netip.AddrPort]RealServer, len(s.RealServers))}
 	for _, rs := range s.RealServers {
 		rs.Address = rs.Address.Unmap()
-		desired[rs.AddrPort()] = rs
+		vs.desired[rs.AddrPort()] = rs
 	}
-	// goneNow drops a virtual server the kernel does not have (ESRCH)
-	// from the cache; its real servers that are not desired any more are
-	// gone with it.
-	goneNow := func(err error) (bool, []error) {
-		for ap, rs := range cur.rs {
-			if _, ok := desired[ap]; !ok {
-				res.Removed = append(res.Removed, RemovedRealServer{VirtualServer: key, RealServer: rs})
-			}
-		}
-		delete(r.cache, key)
-		return true, append(errs, err)
-	}
-
 	if cur.vs != want {
 		res.Writes.UpdateVirtualServer++
 		switch err := r.h.UpdateVirtualServer(want); {
 		case err == nil:
 			cur.vs = want
 		case errors.Is(err, syscall.ESRCH):
-			return goneNow(err)
+			return vs.gone(err)
 		default:
 			// The old scheduling stays; the real servers still matter.
-			errs = append(errs, err)
+			vs.errs = append(vs.errs, err)
 		}
 	}
+	adds, updates, dels := vs.diff()
+	for _, step := range []struct {
+		rss   []RealServer
+		write func(RealServer) error
+	}{{adds, vs.add}, {updates, vs.update}, {dels, vs.delete}} {
+		for _, rs := range step.rss {
+			if err := step.write(rs); errors.Is(err, syscall.ESRCH) {
+				return vs.gone(err)
+			}
+		}
+	}
+	return false, vs.errs
+}
 
-	var adds, updates, dels []RealServer
-	for ap, rs := range desired {
-		have, ok := cur.rs[ap]
+// ensureVirtualServer returns the cache entry of want's key, creating the
+// virtual server when the cache lacks it, or adopting it when the kernel
+// has it already (Apply before any Resync, or a failed dump): real servers
+// and all, the caller then sets its scheduling.
+func (r *Reconciler) ensureVirtualServer(want VirtualServer, res *Result) (*applied, error) {
+	if cur, ok := r.cache[want.VSKey]; ok {
+		return cur, nil
+	}
+	res.Writes.AddVirtualServer++
+	err := r.h.AddVirtualServer(want)
+	var cur *applied
+	switch {
+	case err == nil:
+		cur = &applied{vs: want, rs: map[netip.AddrPort]RealServer{}}
+	case errors.Is(err, syscall.EEXIST):
+		rss, gerr := r.h.GetRealServers(want.VSKey)
+		if gerr != nil {
+			return nil, gerr
+		}
+		cur = &applied{rs: make(map[netip.AddrPort]RealServer, len(rss))}
+		for _, rs := range rss {
+			cur.rs[rs.AddrPort()] = rs
+		}
+	default:
+		return nil, err
+	}
+	r.cache[want.VSKey] = cur
+	return cur, nil
+}
+
+// vsSync brings one cached virtual server's real servers to desired.
+type vsSync struct {
+	r       *Reconciler
+	key     VSKey
+	cur     *applied
+	desired map[netip.AddrPort]RealServer
+	res     *Result
+	errs    []error
+}
+
+// diff returns the real servers to add, to reweigh and to delete, sorted.
+func (v *vsSync) diff() (adds, updates, dels []RealServer) {
+	for ap, rs := range v.desired {
+		have, ok := v.cur.rs[ap]
 		switch {
 		case !ok:
 			adds = append(adds, rs)
@@ -339,64 +361,77 @@ func (r *Reconciler) syncOnce(s Service, res *Result) (gone bool, errs []error) 
 			updates = append(updates, rs)
 		}
 	}
-	for ap, rs := range cur.rs {
-		if _, ok := desired[ap]; !ok {
+	for ap, rs := range v.cur.rs {
+		if _, ok := v.desired[ap]; !ok {
 			dels = append(dels, rs)
 		}
 	}
 	sortRealServers(adds)
 	sortRealServers(updates)
 	sortRealServers(dels)
+	return adds, updates, dels
+}
 
-	for _, rs := range adds {
-		res.Writes.AddRealServer++
-		err := r.h.AddRealServer(key, rs)
-		if errors.Is(err, syscall.EEXIST) {
-			// Someone added it behind our back: set its weight.
-			res.Writes.UpdateRealServer++
-			err = r.h.UpdateRealServer(key, rs)
-		}
-		switch {
-		case err == nil:
-			cur.rs[rs.AddrPort()] = rs
-		case errors.Is(err, syscall.ESRCH):
-			return goneNow(err)
-		default:
-			errs = append(errs, err)
+// done records a real server write: err nil means rs is now as cached
+// (removed: gone from the kernel). ESRCH is returned to the caller, whose
+// virtual server has vanished; other errors are kept.
+func (v *vsSync) done(rs RealServer, removed bool, err error) error {
+	switch {
+	case err == nil && removed:
+		delete(v.cur.rs, rs.AddrPort())
+		v.res.Removed = append(v.res.Removed, RemovedRealServer{VirtualServer: v.key, RealServer: rs})
+	case err == nil:
+		v.cur.rs[rs.AddrPort()] = rs
+	case errors.Is(err, syscall.ESRCH):
+		return err
+	default:
+		v.errs = append(v.errs, err)
+	}
+	return nil
+}
+
+func (v *vsSync) add(rs RealServer) error {
+	v.res.Writes.AddRealServer++
+	err := v.r.h.AddRealServer(v.key, rs)
+	if errors.Is(err, syscall.EEXIST) {
+		// Someone added it behind our back: set its weight.
+		v.res.Writes.UpdateRealServer++
+		err = v.r.h.UpdateRealServer(v.key, rs)
+	}
+	return v.done(rs, false, err)
+}
+
+func (v *vsSync) update(rs RealServer) error {
+	v.res.Writes.UpdateRealServer++
+	err := v.r.h.UpdateRealServer(v.key, rs)
+	if errors.Is(err, syscall.ENOENT) {
+		// Deleted behind our back: add it again.
+		delete(v.cur.rs, rs.AddrPort())
+		v.res.Writes.AddRealServer++
+		err = v.r.h.AddRealServer(v.key, rs)
+	}
+	return v.done(rs, false, err)
+}
+
+func (v *vsSync) delete(rs RealServer) error {
+	v.res.Writes.DeleteRealServer++
+	err := v.r.h.DeleteRealServer(v.key, rs)
+	if errors.Is(err, syscall.ENOENT) {
+		err = nil // already gone
+	}
+	return v.done(rs, true, err)
+}
+
+// gone drops a virtual server the kernel does not have (ESRCH) from the
+// cache; its real servers that are not desired any more are gone with it.
+func (v *vsSync) gone(err error) (bool, []error) {
+	for ap, rs := range v.cur.rs {
+		if _, ok := v.desired[ap]; !ok {
+			v.res.Removed = append(v.res.Removed, RemovedRealServer{VirtualServer: v.key, RealServer: rs})
 		}
 	}
-	for _, rs := range updates {
-		res.Writes.UpdateRealServer++
-		err := r.h.UpdateRealServer(key, rs)
-		if errors.Is(err, syscall.ENOENT) {
-			// Deleted behind our back: add it again.
-			delete(cur.rs, rs.AddrPort())
-			res.Writes.AddRealServer++
-			err = r.h.AddRealServer(key, rs)
-		}
-		switch {
-		case err == nil:
-			cur.rs[rs.AddrPort()] = rs
-		case errors.Is(err, syscall.ESRCH):
-			return goneNow(err)
-		default:
-			errs = append(errs, err)
-		}
-	}
-	for _, rs := range dels {
-		res.Writes.DeleteRealServer++
-		err := r.h.DeleteRealServer(key, rs)
-		switch {
-		case err == nil, errors.Is(err, syscall.ENOENT):
-			delete(cur.rs, rs.AddrPort())
-			res.Removed = append(res.Removed, RemovedRealServer{VirtualServer: key, RealServer: rs})
-		case errors.Is(err, syscall.ESRCH):
-			return goneNow(err)
-		default:
-			errs = append(errs, err)
-		}
-	}
-	return false, errs
+	delete(v.r.cache, v.key)
+	return true, append(v.errs, err)
 }
 
 // delete removes a virtual server the cache has; its real servers go
@@ -408,11 +443,38 @@ func (r *Reconciler) delete(k VSKey, res *Result) error {
 	}
 	res.Writes.DeleteVirtualServer++
 	if err := r.h.DeleteVirtualServer(k); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return err
+		return &VirtualServerError{Key: k, Err: err}
 	}
 	for _, rs := range cur.rs {
 		res.Removed = append(res.Removed, RemovedRealServer{VirtualServer: k, RealServer: rs})
 	}
 	delete(r.cache, k)
 	return nil
+}
+
+// VirtualServerError is what went wrong with one virtual server; the
+// others were still applied.
+type VirtualServerError struct {
+	Key VSKey
+	Err error
+}
+
+func (e *VirtualServerError) Error() string { return e.Err.Error() }
+func (e *VirtualServerError) Unwrap() error { return e.Err }
+
+// Refused reports whether the virtual server itself was refused (invalid,
+// or an answer the kernel gives for one object's content), rather than
+// IPVS failing the node (no memory, no module, a broken socket): one
+// refused object must not fail every other Service's sync.
+func (e *VirtualServerError) Refused() bool {
+	var errno syscall.Errno
+	if !errors.As(e.Err, &errno) {
+		return true // refused before any write: invalid, or given twice
+	}
+	switch errno {
+	case syscall.EINVAL, syscall.ERANGE, syscall.ENOENT, syscall.EEXIST, syscall.E2BIG,
+		syscall.EOVERFLOW, syscall.ESRCH, syscall.EADDRNOTAVAIL, syscall.EAFNOSUPPORT:
+		return true
+	}
+	return false
 }

@@ -2,14 +2,18 @@ package proxier
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/nftvs/nftvs/ipvs"
 )
 
 // Any namespace user writes Services: these plans must never claim an
@@ -224,7 +228,9 @@ func TestProxierConflictingFrontends(t *testing.T) {
 	f := newFakeNode(t)
 	var warned []string
 	f.p = New(Config{PlanConfig: f.p.cfg.PlanConfig, Now: f.p.cfg.Now,
-		Warn: func(n types.NamespacedName, reason, msg string) { warned = append(warned, n.String()+" "+reason+": "+msg) }}, f.p.k)
+		Warn: func(n types.NamespacedName, reason, msg string) {
+			warned = append(warned, n.String()+" "+reason+": "+msg)
+		}}, f.p.k)
 	f.p.SetSynced(true, true)
 
 	older := makeService("ns", "older", clusterIPs("10.96.0.11"), externalIPs("198.51.100.7"), created(0))
@@ -268,5 +274,58 @@ func TestProxierClusterIPsComeFirst(t *testing.T) {
 	f.sync(t, false)
 	if got := f.ipvsText(); !strings.Contains(got, "TCP  10.96.0.11:80 rr\n  "+w1("10.244.2.11:8080")+"\n") {
 		t.Errorf("the ClusterIP was taken over:\n%s", got)
+	}
+}
+
+// TestProxierIsolatesRefusedVirtualServers: a virtual server the kernel
+// refuses (EINVAL) is reported for its Service and retried by the next
+// full sync, while the sync succeeds and every other Service is
+// programmed; IPVS failing the node (ENOMEM) still fails the sync.
+func TestProxierIsolatesRefusedVirtualServers(t *testing.T) {
+	f := newFakeNode(t)
+	var warned []string
+	f.p = New(Config{PlanConfig: f.p.cfg.PlanConfig, Now: f.p.cfg.Now,
+		Warn: func(n types.NamespacedName, reason, msg string) { warned = append(warned, n.String()+" "+reason) }}, f.p.k)
+	f.p.SetSynced(true, true)
+	bad := netip.MustParseAddr("10.96.0.66")
+	refuse := syscall.EINVAL
+	f.kern.Inject = func(op ipvs.Op, key ipvs.VSKey, _ *ipvs.RealServer) error {
+		if op == ipvs.OpAddVirtualServer && key.Address == bad {
+			return fmt.Errorf("add virtual server %s: %w", key, refuse)
+		}
+		return nil
+	}
+	f.addService(makeService("ns", "bad", clusterIPs("10.96.0.66")))
+	f.addService(makeService("ns", "good", clusterIPs("10.96.0.11")))
+	res := f.sync(t, false)
+	if len(res.Refused) != 1 || res.Refused[0].Service.Name != "bad" {
+		t.Errorf("refused %v, want ns/bad's virtual server", res.Refused)
+	}
+	if got := f.ipvsText(); !strings.Contains(got, "10.96.0.11:80") {
+		t.Errorf("the good Service is not programmed:\n%s", got)
+	}
+	if len(warned) != 1 || warned[0] != "ns/bad FailedToProgram" {
+		t.Errorf("warnings %v", warned)
+	}
+	f.sync(t, true)
+	if len(warned) != 1 {
+		t.Errorf("the same refusal was reported again: %v", warned)
+	}
+	f.kern.Inject = nil
+	f.sync(t, true)
+	if got := f.ipvsText(); !strings.Contains(got, "10.96.0.66:80") {
+		t.Errorf("the next full sync did not retry the refused virtual server:\n%s", got)
+	}
+
+	refuse = syscall.ENOMEM
+	f.kern.Inject = func(op ipvs.Op, key ipvs.VSKey, _ *ipvs.RealServer) error {
+		if op == ipvs.OpAddVirtualServer {
+			return fmt.Errorf("add virtual server %s: %w", key, refuse)
+		}
+		return nil
+	}
+	f.addService(makeService("ns", "third", clusterIPs("10.96.0.12")))
+	if _, err := f.p.Sync(false); err == nil {
+		t.Error("IPVS out of memory did not fail the sync")
 	}
 }

@@ -536,6 +536,8 @@ const (
 	ReasonInvalidSourceRange = "InvalidSourceRange"
 	ReasonInvalidPort        = "InvalidPort"
 	ReasonFrontendConflict   = "FrontendConflict"
+	// ReasonFailedToProgram: the kernel refused what was planned.
+	ReasonFailedToProgram = "FailedToProgram"
 )
 
 // FieldError is a part of a Service that is not programmed as asked.

@@ -80,7 +80,10 @@ type SyncResult struct {
 	// Conntrack what it did.
 	Stale     []conntrack.Stale
 	Conntrack conntrack.Result
-	Duration  time.Duration
+	// Refused are the virtual servers IPVS refused: the sync went on
+	// without them.
+	Refused  []Refusal
+	Duration time.Duration
 	// PendingSince is when the oldest change this sync programmed was
 	// recorded (zero: it programmed no change, e.g. a periodic sync):
 	// the start of kubeproxy_network_programming_duration_seconds.
@@ -125,6 +128,8 @@ type Proxier struct {
 	nodePortAddresses, localAddresses []netip.Addr
 	// claims are the frontends each Service asks for, and their owners.
 	claims frontendClaims
+	// refusals are the IPVS refusals reported already.
+	refusals map[string]bool
 	// problems are the FieldErrors last reported per Service.
 	problems map[types.NamespacedName]string
 	needFull bool
@@ -173,6 +178,7 @@ func New(cfg Config, k Kernel) *Proxier {
 		localAddresses:    cfg.Node.LocalAddresses,
 		problems:          map[types.NamespacedName]string{},
 		claims:            newFrontendClaims(),
+		refusals:          map[string]bool{},
 		needFull:          true,
 	}
 }

@@ -55,9 +55,9 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 		return res, err
 	}
 	deletes, err := p.upsertVirtualServers(planned, w.full, start, &res)
-	errs := []error{err}
+	errs := []error{p.isolate(err, &res)}
 	errs = append(errs, p.syncAddresses(planned, w.full, &res))
-	errs = append(errs, p.deleteVirtualServers(deletes, &res))
+	errs = append(errs, p.isolate(p.deleteVirtualServers(deletes, &res), &res))
 	old := p.commit(planned)
 	errs = append(errs, p.trimElements(planned, old, &res))
 	p.cleanConntrack(old, planned, &res)
@@ -68,6 +68,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	} else {
 		p.needFull = false
 	}
+	p.reportRefused(res.Refused, w.full)
 	res.Duration = p.cfg.Now().Sub(start)
 	return res, err
 }
@@ -241,7 +242,7 @@ func (p *Proxier) report(n types.NamespacedName, err error) {
 		if errors.As(e, &fe) {
 			p.cfg.Warn(n, fe.Reason, fe.Message)
 		} else {
-			p.cfg.Warn(n, "FailedToProgram", e.Error())
+			p.cfg.Warn(n, ReasonFailedToProgram, e.Error())
 		}
 	}
 }
@@ -306,10 +307,7 @@ func (p *Proxier) upsertVirtualServers(planned map[types.NamespacedName][]PortPl
 		r, err := p.k.IPVS.Apply(upserts, nil)
 		res.IPVS = r
 		res.Removed = append(res.Removed, r.Removed...)
-		if err != nil {
-			return deletes, fmt.Errorf("ipvs: %w", err)
-		}
-		return deletes, nil
+		return deletes, err
 	}
 	all := upserts
 	for n, plans := range p.applied {
@@ -325,7 +323,7 @@ func (p *Proxier) upsertVirtualServers(planned map[types.NamespacedName][]PortPl
 	res.IPVSResync = true
 	res.Removed = append(res.Removed, r.Removed...)
 	if err != nil {
-		return deletes, fmt.Errorf("ipvs resync: %w", err)
+		return deletes, err
 	}
 	p.lastIPVSResync = now
 	return nil, nil // Resync removed every virtual server not in all
@@ -388,10 +386,7 @@ func (p *Proxier) deleteVirtualServers(deletes []ipvs.VSKey, res *SyncResult) er
 	r, err := p.k.IPVS.Apply(nil, deletes)
 	res.IPVS.Writes = res.IPVS.Writes.Add(r.Writes)
 	res.Removed = append(res.Removed, r.Removed...)
-	if err != nil {
-		return fmt.Errorf("ipvs: %w", err)
-	}
-	return nil
+	return err
 }
 
 // commit records the new plans as applied and returns the ones they
@@ -456,4 +451,53 @@ func portsByName(plans []PortPlan) map[ServicePortName]PortPlan {
 		m[pl.Name] = pl
 	}
 	return m
+}
+
+// Refusal is a virtual server the kernel refused, and the Service that
+// asked for it.
+type Refusal struct {
+	Service types.NamespacedName
+	Err     error
+}
+
+// isolate takes the virtual servers IPVS refused out of err into
+// res.Refused: one refused object fails neither the sync nor the other
+// Services, and is tried again by the next full sync. What is left (IPVS
+// failing the node) fails the sync.
+func (p *Proxier) isolate(err error, res *SyncResult) error {
+	var rest []error
+	for _, e := range unjoin(err) {
+		var vs *ipvs.VirtualServerError
+		if !errors.As(e, &vs) || !vs.Refused() {
+			rest = append(rest, e)
+			continue
+		}
+		owner, _ := p.claims.owner(vs.Key)
+		res.Refused = append(res.Refused, Refusal{Service: owner.name, Err: e})
+	}
+	if len(rest) == 0 {
+		return nil
+	}
+	return fmt.Errorf("ipvs: %w", errors.Join(rest...))
+}
+
+// reportRefused logs and warns about each refusal once; a full sync
+// forgets the refusals it did not see again.
+func (p *Proxier) reportRefused(refused []Refusal, full bool) {
+	seen := map[string]bool{}
+	for _, r := range refused {
+		msg := r.Err.Error()
+		seen[msg] = true
+		if p.refusals[msg] {
+			continue
+		}
+		p.refusals[msg] = true
+		klog.ErrorS(r.Err, "IPVS refused a virtual server; the node's other Services are programmed", "service", r.Service)
+		if p.cfg.Warn != nil && r.Service.Name != "" {
+			p.cfg.Warn(r.Service, ReasonFailedToProgram, msg)
+		}
+	}
+	if full {
+		p.refusals = seen
+	}
 }
