@@ -212,6 +212,51 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 	return res, errors.Join(errs...)
 }
 
+// Repair lists the kernel's virtual servers — one dump, no real server
+// read — and restores those the cache has but the kernel lost or changed
+// behind our back (ipvsadm -D, -C, -E), with their real servers as
+// cached. It never deletes: strangers wait for Resync, and so do real
+// servers changed behind our back. Cheap enough for every full sync.
+func (r *Reconciler) Repair() (Result, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var res Result
+	kernel, err := r.h.GetVirtualServers()
+	if err != nil {
+		return res, fmt.Errorf("repair: %w", err)
+	}
+	have := make(map[VSKey]VirtualServer, len(kernel))
+	for _, v := range kernel {
+		have[v.Key()] = v.normalized()
+	}
+	keys := make([]VSKey, 0, len(r.cache))
+	for k := range r.cache {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, VSKey.Compare)
+	var errs []error
+	for _, k := range keys {
+		a := r.cache[k]
+		v, ok := have[k]
+		adopted := a.vs == VirtualServer{} // scheduling unknown: only its presence is checked
+		if ok && (adopted || v == a.vs) {
+			continue
+		}
+		if adopted {
+			continue // lost, but what to restore is unknown: the next Apply or Resync re-creates it
+		}
+		s := a.service(k)
+		if !ok {
+			delete(r.cache, k) // gone with its real servers (IPVS dropped their connections)
+		} else {
+			a.vs = VirtualServer{} // changed: force the update
+		}
+		errs = append(errs, r.sync(s, &res)...)
+	}
+	sortRemoved(res.Removed)
+	return res, errors.Join(errs...)
+}
+
 // wantedKeys are the keys of services, invalid ones included: a Service
 // refused for a bad real server must not have its virtual server deleted.
 func wantedKeys(services []Service) map[VSKey]bool {

@@ -584,3 +584,45 @@ func TestCounting(t *testing.T) {
 		t.Errorf("reset did not reset")
 	}
 }
+
+// TestReconcilerRepair: virtual servers deleted (ipvsadm -D, -C) or
+// changed (ipvsadm -E) behind the Reconciler's back come back from the
+// cache, real servers and all, for one dump of the virtual servers and no
+// real server read; strangers are left to Resync.
+func TestReconcilerRepair(t *testing.T) {
+	f := NewFake()
+	c := NewCounting(f)
+	r := NewReconciler(c, nil)
+	a := svc(key(TCP, "10.96.0.10:80"), "rr", rs("10.244.1.1:8080", 1), rs("10.244.1.2:8080", 0))
+	b := svc(key(UDP, "10.96.0.11:53"), "rr", rs("10.244.1.3:53", 1))
+	if _, err := r.Apply([]Service{a, b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := f.String()
+	c.Reset()
+	if res, err := r.Repair(); err != nil || res.Writes.Total() != 0 || c.Reads() != 1 {
+		t.Fatalf("idle repair: %v, writes %+v, reads %d; want none and one dump", err, res.Writes, c.Reads())
+	}
+	// ipvsadm -C, a stranger, and ipvsadm -E on what comes back.
+	for _, s := range f.Services() {
+		_ = f.DeleteVirtualServer(s.VSKey)
+	}
+	_ = f.AddVirtualServer(VirtualServer{VSKey: key(TCP, "10.99.0.1:1"), Scheduler: "rr"})
+	c.Reset()
+	if _, err := r.Repair(); err != nil {
+		t.Fatal(err)
+	}
+	if reads := c.Reads(); reads != 1 {
+		t.Errorf("%d reads, want the one dump of virtual servers", reads)
+	}
+	if got := f.String(); !strings.Contains(got, strings.TrimSpace(want)) || !strings.Contains(got, "10.99.0.1:1") {
+		t.Errorf("after ipvsadm -C and a repair:\n%s\nwant ours back (and the stranger kept):\n%s", got, want)
+	}
+	_ = f.UpdateVirtualServer(VirtualServer{VSKey: key(TCP, "10.96.0.10:80"), Scheduler: "wlc"})
+	if _, err := r.Repair(); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.String(); !strings.Contains(got, "TCP  10.96.0.10:80 rr") {
+		t.Errorf("a changed scheduler was not restored:\n%s", got)
+	}
+}

@@ -215,11 +215,15 @@ func TestProxierFullSyncRepairsDrift(t *testing.T) {
 	// Someone deletes the virtual server and adds a stranger.
 	_ = f.kern.DeleteVirtualServer(ipvs.VSKey{Address: netip.MustParseAddr("10.96.0.10"), Protocol: ipvs.TCP, Port: 80})
 	_ = f.kern.AddVirtualServer(ipvs.VirtualServer{VSKey: ipvs.VSKey{Address: netip.MustParseAddr("10.99.0.1"), Protocol: ipvs.TCP, Port: 1}, Scheduler: "rr"})
-	// A full sync within the IPVS resync period diffs against the cache
-	// only: no dump of every virtual server's real servers.
+	// A full sync within the IPVS resync period lists the virtual servers
+	// once, no real server, and restores the deleted one at once; the
+	// stranger waits for the resync.
 	f.ipvs.Reset()
-	if res := f.sync(t, true); res.IPVSResync || f.ipvs.Reads() != 0 {
-		t.Fatalf("full sync dumped IPVS %d times before the resync period", f.ipvs.Reads())
+	if res := f.sync(t, true); res.IPVSResync || f.ipvs.Reads() != 1 {
+		t.Fatalf("full sync read IPVS %d times before the resync period, want 1 (the virtual servers)", f.ipvs.Reads())
+	}
+	if got := f.ipvsText(); !strings.Contains(got, "10.96.0.10:80 rr\n  "+w1("10.244.2.1:8080")) {
+		t.Fatalf("the deleted virtual server is not back after one full sync:\n%s", got)
 	}
 	f.now = f.now.Add(DefaultIPVSResyncPeriod)
 	if res := f.sync(t, true); !res.IPVSResync {

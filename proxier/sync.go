@@ -209,15 +209,20 @@ func (p *Proxier) collectMore(w *work, names []types.NamespacedName) map[types.N
 	return more
 }
 
-// unjoin lists the errors errors.Join put together.
+// unjoin lists the errors errors.Join put together, at any depth.
 func unjoin(err error) []error {
 	if err == nil {
 		return nil
 	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []error{err}
 	}
-	return []error{err}
+	var out []error
+	for _, e := range j.Unwrap() {
+		out = append(out, unjoin(e)...)
+	}
+	return out
 }
 
 // report logs and warns about a Service's field errors when they differ
@@ -304,10 +309,19 @@ func (p *Proxier) upsertVirtualServers(planned map[types.NamespacedName][]PortPl
 		}
 	}
 	if !full || (!p.lastIPVSResync.IsZero() && now.Sub(p.lastIPVSResync) < p.cfg.IPVSResyncPeriod) {
+		var errs []error
+		if full {
+			// Virtual servers deleted or changed behind our back come back
+			// within one sync period, for one dump of the virtual
+			// servers (no real server read).
+			r, err := p.k.IPVS.Repair()
+			res.IPVS, errs = r, append(errs, err)
+			res.Removed = append(res.Removed, r.Removed...)
+		}
 		r, err := p.k.IPVS.Apply(upserts, nil)
-		res.IPVS = r
+		res.IPVS.Writes = res.IPVS.Writes.Add(r.Writes)
 		res.Removed = append(res.Removed, r.Removed...)
-		return deletes, err
+		return deletes, errors.Join(append(errs, err)...)
 	}
 	all := upserts
 	for n, plans := range p.applied {
