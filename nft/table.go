@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -20,10 +21,15 @@ type Interface interface {
 	// Sync sends what changed since the last Sync in one atomic
 	// transaction. With full set, it also repairs drift: when anyone
 	// changed the ruleset since our last commit, the table is rebuilt
-	// whole, in one transaction.
+	// whole, in one transaction. When the kernel refuses a transaction,
+	// it is retried as a rebuild, then owner by owner: the error is then
+	// a *RefusedError naming the owners left out, and the rest is applied.
 	Sync(full bool) (SyncResult, error)
 	// Cleanup deletes the table, and nothing else.
 	Cleanup() error
+	// WatchDrift calls onDrift soon after someone else changes the
+	// table; the next Sync then rebuilds it. See Table.WatchDrift.
+	WatchDrift(ctx context.Context, onDrift func()) error
 }
 
 // SyncResult says what a Sync did.
@@ -54,11 +60,18 @@ type transaction struct {
 
 // backend applies transactions to a kernel (or to a fake).
 type backend interface {
-	apply(cfg Config, tx transaction) error
+	// apply commits tx in one transaction and returns the ruleset
+	// generation that commit made.
+	apply(cfg Config, tx transaction) (uint32, error)
 	// generation is the ruleset generation: it changes with every commit
 	// by anyone.
 	generation() (uint32, error)
-	deleteTable(name string) error
+	// deleteTable deletes the table if it exists, and returns the
+	// generation of that commit (0 when there was nothing to delete).
+	deleteTable(name string) (uint32, error)
+	// watch calls on for every ruleset generation committed from now
+	// until ctx is done, in order, from one goroutine.
+	watch(ctx context.Context, table string, on func(genEvent)) error
 }
 
 // Table is the companion table: a mirror of its elements with owner
@@ -76,7 +89,10 @@ type Table struct {
 	programmed map[Element]kernelElement // kernel key → as programmed
 	dirty      map[Element]struct{}      // kernel keys to reconcile
 	needsBuild bool                      // next sync rebuilds the table
-	lastGen    uint32
+	// lastGen is the ruleset generation of our last commit; own holds
+	// our recent ones, so that drift watching can tell them from others'.
+	lastGen uint32
+	own     generations
 }
 
 func newTable(cfg Config, b backend) (*Table, error) {
@@ -234,6 +250,45 @@ func (t *Table) Sync(full bool) (SyncResult, error) {
 		}
 	}
 	res := SyncResult{Rules: t.cfg.ruleCount()}
+	tx := t.pending()
+	if !tx.rebuild && len(tx.add) == 0 && len(tx.del) == 0 {
+		clear(t.dirty)
+		res.Elements = len(t.programmed)
+		return res, nil
+	}
+	err := t.commit(tx, &res)
+	if err != nil && !tx.rebuild {
+		// The failure may come from drift (an element someone deleted or
+		// added behind our back): a rebuild repairs that. If the kernel
+		// refuses the rebuild too, it still holds the old table, and the
+		// changes are sorted out below.
+		t.needsBuild = true
+		if t.commit(t.pending(), &res) != nil {
+			t.needsBuild = false
+		} else {
+			err = nil
+		}
+	}
+	var refused error
+	if err != nil {
+		// Transactions are atomic: the kernel is unchanged. Find the
+		// owners whose elements the kernel refuses and apply the rest.
+		re, err := t.isolate(tx, err, &res)
+		if err != nil {
+			return res, err
+		}
+		if re != nil {
+			refused = re
+		}
+	}
+	clear(t.dirty)
+	res.Elements = len(t.programmed)
+	return res, refused
+}
+
+// pending is the transaction that brings the kernel to the mirror: every
+// element on a rebuild, else the changed keys.
+func (t *Table) pending() transaction {
 	var tx transaction
 	if t.needsBuild {
 		tx.rebuild = true
@@ -259,23 +314,24 @@ func (t *Table) Sync(full bool) (SyncResult, error) {
 			}
 		}
 	}
-	if !tx.rebuild && len(tx.add) == 0 && len(tx.del) == 0 {
-		clear(t.dirty)
-		res.Elements = len(t.programmed)
-		return res, nil
-	}
 	sortElements(tx.add)
 	sortElements(tx.del)
-	if err := t.backend.apply(t.cfg, tx); err != nil {
-		// The transaction is atomic: the kernel is unchanged. Rebuild next
-		// time, in case the failure came from drift (an element someone
-		// deleted or added behind our back).
-		t.needsBuild = true
-		return res, fmt.Errorf("nftables transaction (%d adds, %d deletes, rebuild=%v): %w",
+	return tx
+}
+
+// commit applies tx and, when the kernel took it, updates the record of
+// what is programmed and res.
+func (t *Table) commit(tx transaction, res *SyncResult) error {
+	gen, err := t.backend.apply(t.cfg, tx)
+	if err != nil {
+		return fmt.Errorf("nftables transaction (%d adds, %d deletes, rebuild=%v): %w",
 			len(tx.add), len(tx.del), tx.rebuild, err)
 	}
+	t.ownGeneration(gen)
 	if tx.rebuild {
 		clear(t.programmed)
+		t.needsBuild = false
+		res.Rebuilt = true
 	}
 	for _, e := range tx.del {
 		delete(t.programmed, e.kernelKey())
@@ -283,22 +339,20 @@ func (t *Table) Sync(full bool) (SyncResult, error) {
 	for _, e := range tx.add {
 		t.programmed[e.kernelKey()] = e
 	}
-	clear(t.dirty)
-	t.needsBuild = false
-	if gen, err := t.backend.generation(); err == nil {
-		t.lastGen = gen
-	}
-	res.Rebuilt, res.Added, res.Deleted, res.Elements = tx.rebuild, len(tx.add), len(tx.del), len(t.programmed)
-	return res, nil
+	res.Added += len(tx.add)
+	res.Deleted += len(tx.del)
+	return nil
 }
 
 // Cleanup implements Interface.
 func (t *Table) Cleanup() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if err := t.backend.deleteTable(t.cfg.TableName); err != nil {
+	gen, err := t.backend.deleteTable(t.cfg.TableName)
+	if err != nil {
 		return fmt.Errorf("delete table inet %s: %w", t.cfg.TableName, err)
 	}
+	t.ownGeneration(gen)
 	clear(t.programmed)
 	t.needsBuild = true
 	return nil
