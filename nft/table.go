@@ -132,13 +132,14 @@ func (t *Table) SetElements(owner string, elems []Element) error {
 
 	var errs []error
 	var kept []Element
+	others := map[Element]sortedRanges{} // by frontend, built when needed
 	for _, e := range normalizeSourceRanges(elems) {
 		if err := e.Validate(); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		k := e.kernelKey()
-		if err := t.conflict(owner, e); err != nil {
+		if err := t.conflict(owner, e, others); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -169,8 +170,9 @@ func (t *Table) SetElements(owner string, elems []Element) error {
 
 // conflict refuses an element the kernel would reject because another
 // owner's element overlaps it: a different map value for the same key, or
-// an overlapping source range for the same frontend.
-func (t *Table) conflict(owner string, e Element) error {
+// an overlapping source range for the same frontend. others caches, per
+// frontend, the ranges held before this SetElements call.
+func (t *Table) conflict(owner string, e Element, others map[Element]sortedRanges) error {
 	k := e.kernelKey()
 	for o, other := range t.owners[k] {
 		if o != owner && other.Mark != e.Mark {
@@ -180,12 +182,43 @@ func (t *Table) conflict(owner string, e Element) error {
 	if e.Set != LoadBalancerSourceRanges {
 		return nil
 	}
-	for ok := range t.ranges[frontend(k)] {
-		if ok != k && ok.Source.Overlaps(e.Source) {
-			return fmt.Errorf("%s %s: overlaps %s", e.Set, e, ok.Source)
+	fe := frontend(k)
+	held, ok := others[fe]
+	if !ok {
+		for r := range t.ranges[fe] {
+			held = append(held, r.Source)
 		}
+		slices.SortFunc(held, comparePrefixes)
+		others[fe] = held
+	}
+	if p, ok := held.overlap(e.Source); ok {
+		return fmt.Errorf("%s %s: overlaps %s", e.Set, e, p)
 	}
 	return nil
+}
+
+// sortedRanges are disjoint prefixes sorted by address: the source ranges
+// of one frontend, which the kernel keeps disjoint.
+type sortedRanges []netip.Prefix
+
+// overlap returns a range that overlaps p without being p. Prefixes nest
+// or are disjoint, so only p's neighbours in the order can.
+func (s sortedRanges) overlap(p netip.Prefix) (netip.Prefix, bool) {
+	i, _ := slices.BinarySearchFunc(s, p, comparePrefixes)
+	if i < len(s) && s[i] != p && s[i].Overlaps(p) {
+		return s[i], true
+	}
+	if i > 0 && s[i-1].Overlaps(p) {
+		return s[i-1], true
+	}
+	return netip.Prefix{}, false
+}
+
+func comparePrefixes(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }
 
 // frontend is a source range element without its range.
@@ -193,27 +226,40 @@ func frontend(e Element) Element {
 	return Element{Set: e.Set, Addr: e.Addr, Protocol: e.Protocol, Port: e.Port}
 }
 
-// normalizeSourceRanges drops source ranges contained in a wider range of
-// the same frontend: the kernel refuses overlapping intervals.
+// normalizeSourceRanges drops source ranges contained in a wider (or
+// equal, earlier) range of the same frontend: the kernel refuses
+// overlapping intervals. Sorted by address, then widest first, a range is
+// covered exactly when the last range kept for its frontend contains it.
 func normalizeSourceRanges(elems []Element) []Element {
-	out := make([]Element, 0, len(elems))
+	var idx []int
 	for i, e := range elems {
-		covered := false
-		if e.Set == LoadBalancerSourceRanges && e.Source.IsValid() {
-			for j, o := range elems {
-				if i == j || o.Set != LoadBalancerSourceRanges || !o.Source.IsValid() ||
-					o.Addr != e.Addr || o.Protocol != e.Protocol || o.Port != e.Port {
-					continue
-				}
-				wider := o.Source.Bits() < e.Source.Bits() && o.Source.Contains(e.Source.Addr())
-				same := o.Source.Masked() == e.Source.Masked() && j < i
-				if wider || same {
-					covered = true
-					break
-				}
+		if e.Set == LoadBalancerSourceRanges && e.Source.IsValid() && e.Source.Masked() == e.Source {
+			idx = append(idx, i)
+		}
+	}
+	slices.SortStableFunc(idx, func(i, j int) int {
+		a, b := elems[i], elems[j]
+		if c := compareElements(frontend(a), frontend(b)); c != 0 {
+			return c
+		}
+		return comparePrefixes(a.Source, b.Source)
+	})
+	covered := map[int]bool{}
+	kept := -1
+	for _, i := range idx {
+		e := elems[i]
+		if kept >= 0 {
+			last := elems[kept]
+			if frontend(last) == frontend(e) && last.Source.Bits() <= e.Source.Bits() && last.Source.Contains(e.Source.Addr()) {
+				covered[i] = true
+				continue
 			}
 		}
-		if !covered {
+		kept = i
+	}
+	out := make([]Element, 0, len(elems))
+	for i, e := range elems {
+		if !covered[i] {
 			out = append(out, e)
 		}
 	}
