@@ -138,6 +138,10 @@ func (t *Table) SetElements(owner string, elems []Element) error {
 			errs = append(errs, err)
 			continue
 		}
+		if spec := setSpecs[e.Set]; spec.isMap && e.Mark&t.cfg.MasqueradeMark == 0 {
+			errs = append(errs, fmt.Errorf("%s %s: fwmark lacks the masquerade bit %#x", e.Set, e, t.cfg.MasqueradeMark))
+			continue
+		}
 		k := e.kernelKey()
 		if err := t.conflict(owner, e, others); err != nil {
 			errs = append(errs, err)
