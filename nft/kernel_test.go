@@ -5,6 +5,7 @@ package nft
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -403,4 +404,47 @@ func TestKernelWatchDrift(t *testing.T) {
 	}
 	quiet("our own 100k-element rebuild")
 	noticed("nft flush ruleset after a large rebuild", "nft", "flush", "ruleset")
+}
+
+// TestKernelRefusedOwnerIsIsolated: the kernel refuses overlapping source
+// ranges of one frontend. SetElements never lets them through, so the
+// mirror is forced here; the sync applies every other owner's change and
+// names the bad owner.
+func TestKernelRefusedOwnerIsIsolated(t *testing.T) {
+	ns := netnstest.New(t)
+	tbl := kernelTable(t, ns, Config{})
+	for i := range 10 {
+		_ = tbl.SetElements(fmt.Sprintf("ns/svc-%d:p", i), bigSvc(i))
+	}
+	lb := netip.MustParseAddr("192.0.2.1")
+	ranges := []Element{
+		{Set: LoadBalancerFirewall, Addr: lb, Protocol: TCP, Port: 443},
+		{Set: LoadBalancerSourceRanges, Addr: lb, Protocol: TCP, Port: 443, Source: netip.MustParsePrefix("10.0.0.0/8")},
+	}
+	_ = tbl.SetElements("ns/bad:https", ranges)
+	mustSync(t, tbl, false)
+
+	// An overlapping range, past normalisation and the overlap check.
+	inner := Element{Set: LoadBalancerSourceRanges, Addr: lb, Protocol: TCP, Port: 443, Source: netip.MustParsePrefix("10.1.0.0/16")}
+	tbl.mu.Lock()
+	tbl.owners[inner] = map[string]Element{"ns/bad:https": inner}
+	tbl.byOwner["ns/bad:https"] = append(tbl.byOwner["ns/bad:https"], inner)
+	tbl.dirty[inner] = struct{}{}
+	tbl.mu.Unlock()
+	_ = tbl.SetElements("ns/svc-3:p", nil)
+	_ = tbl.SetElements("ns/svc-30:p", bigSvc(30))
+
+	res, err := tbl.Sync(false)
+	var re *RefusedError
+	if !errors.As(err, &re) || strings.Join(re.Owners, " ") != "ns/bad:https" {
+		t.Fatalf("sync: %+v, %v; want a RefusedError naming ns/bad:https", res, err)
+	}
+	t.Logf("%v", err)
+	requireSameElements(t, ns, tbl)
+	listed := ns.Run(t, "nft", "list", "table", "inet", "nftvs")
+	for what, want := range map[string]bool{"ns/svc-30:p": true, "ns/svc-3:p": false, "10.0.0.0/8": true, "10.1.0.0/16": false} {
+		if strings.Contains(listed, what) != want {
+			t.Errorf("%s listed: %v, want %v", what, !want, want)
+		}
+	}
 }
