@@ -163,13 +163,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	_ = fs.MarkDeprecated("metrics-port", "This flag is deprecated and will be removed in a future release. Please use --metrics-bind-address instead.")
 
 	// Logging, as kube-proxy (component-base logs API): -v, --vmodule,
-	// --logging-format, --log-flush-frequency, --log-text-*.
+	// --logging-format (text, json), --log-flush-frequency, --log-text-*,
+	// --log-json-*.
 	logsapi.AddFlags(&c.Logging, fs)
-	// kube-proxy also registers the JSON format's flags; nftvs logs text.
-	if fs.Lookup("log-json-split-stream") == nil {
-		fs.BoolVar(&c.Logging.Options.JSON.SplitStream, "log-json-split-stream", false, "Accepted for compatibility; nftvs logs in text format only.")
-		fs.Var(&c.Logging.Options.JSON.InfoBufferSize, "log-json-info-buffer-size", "Accepted for compatibility; nftvs logs in text format only.")
-	}
 
 	o.Version = "false"
 	fs.Var(versionValue{&o.Version}, "version", "--version, --version=raw prints version information and quits")
@@ -213,8 +209,6 @@ var otherModeFlags = map[string]string{
 	"iptables-min-sync-period":        "applies to kube-proxy's iptables mode only; nftvs uses --ipvs-min-sync-period",
 	"iptables-localhost-nodeports":    "applies to kube-proxy's iptables mode only; localhost NodePorts are never allowed in IPVS mode",
 	"show-hidden-metrics-for-version": "nftvs hides no metrics",
-	"log-json-split-stream":           "nftvs logs in text format only",
-	"log-json-info-buffer-size":       "nftvs logs in text format only",
 	"boot-id-file":                    "nftvs does not use it",
 	"machine-id-file":                 "nftvs does not use it",
 }
