@@ -187,7 +187,10 @@ func addTableAndSets(c *nftables.Conn, cfg Config, table *nftables.Table, sets m
 }
 
 // writeElements adds the transaction's deletes, then its adds, one call
-// per set (google/nftables splits long lists across messages).
+// per set (google/nftables splits long lists across messages). Both are
+// sorted the same way, so deletes come in the order the elements were
+// added: the kernel's concatenated interval set removes 5,000 elements in
+// about 1 s in that order, and in 98 s in reverse.
 func writeElements(c *nftables.Conn, sets map[string]*nftables.Set, tx transaction) error {
 	order, dels := bySet(tx.del)
 	for _, n := range order {
