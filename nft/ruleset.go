@@ -175,7 +175,7 @@ func rules(parts ...[]part) []rule {
 	return out
 }
 
-// frontend is the "daddr . meta l4proto . th dport" key of family f.
+// frontendFields is the "daddr . meta l4proto . th dport" key of family f.
 func frontendFields(f Family) []matchField {
 	return []matchField{daddrField(f), l4protoField, dportField}
 }
