@@ -44,18 +44,9 @@ func (t *Table) isolate(tx transaction, cause error, res *SyncResult) (*RefusedE
 		}
 		tx.rebuild = false
 	}
+	// The whole once more first: the failure may have been transient.
 	refused := map[string]error{}
-	groups := t.changesByOwner(tx)
-	if len(groups) < 2 {
-		// Nothing to tell apart: the single owner's change is what failed.
-		for _, g := range groups {
-			refused[g.owner] = cause
-		}
-	} else {
-		half := len(groups) / 2
-		t.bisect(groups[:half], res, refused)
-		t.bisect(groups[half:], res, refused)
-	}
+	t.bisect(t.changesByOwner(tx), res, refused)
 	if err, ok := refused[""]; ok {
 		// Deleting what nobody owns failed: the kernel is not what we
 		// think it is. Rebuild next time.

@@ -307,7 +307,7 @@ func (t *Table) Sync(full bool) (SyncResult, error) {
 		return res, nil
 	}
 	err := t.commit(tx, &res)
-	if err != nil && !tx.rebuild {
+	if err != nil && !tx.rebuild && t.othersCommitted() {
 		// The failure may come from drift (an element someone deleted or
 		// added behind our back): a rebuild repairs that. If the kernel
 		// refuses the rebuild too, it still holds the old table, and the
@@ -334,6 +334,13 @@ func (t *Table) Sync(full bool) (SyncResult, error) {
 	clear(t.dirty)
 	res.Elements = len(t.programmed)
 	return res, refused
+}
+
+// othersCommitted says whether anyone else may have committed since our
+// last commit: only then can the table have drifted.
+func (t *Table) othersCommitted() bool {
+	gen, err := t.backend.generation()
+	return err != nil || gen != t.lastGen
 }
 
 // pending is the transaction that brings the kernel to the mirror: every

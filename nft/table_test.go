@@ -190,15 +190,29 @@ func TestSourceRangesAreNormalizedAndOverlapsRefused(t *testing.T) {
 	}
 }
 
-func TestFailedTransactionIsRetriedAsRebuild(t *testing.T) {
+// TestFailedTransactionIsRetried: a transaction the kernel fails once is
+// sent again at once; one that fails after someone else changed the
+// ruleset is retried as a rebuild, which repairs drift.
+func TestFailedTransactionIsRetried(t *testing.T) {
 	tbl, f := mustFake(t, Config{})
 	_ = tbl.SetElements("a/web:http", svc(1))
 	mustSync(t, tbl, false)
 	_ = tbl.SetElements("b/web:http", svc(2))
 	f.FailNext = errInjected
-	res := mustSync(t, tbl, false)
-	if !res.Rebuilt || len(f.Elements()) != 4 {
-		t.Fatalf("retry %+v with %d elements, want a rebuild with 4", res, len(f.Elements()))
+	if res := mustSync(t, tbl, false); res.Rebuilt || res.Added != 2 || len(f.Elements()) != 4 {
+		t.Fatalf("retry %+v with %d elements, want 2 added, 4 in all", res, len(f.Elements()))
+	}
+	// Someone deletes an element of b: b's removal fails, a rebuild does not.
+	f.Drift(func(es map[Element]kernelElement) {
+		for k := range es {
+			if k.Set == ClusterIPs && k.Addr == netip.MustParseAddr("10.96.0.2") {
+				delete(es, k)
+			}
+		}
+	})
+	_ = tbl.SetElements("b/web:http", nil)
+	if res := mustSync(t, tbl, false); !res.Rebuilt || len(f.Elements()) != 2 {
+		t.Fatalf("sync after drift %+v with %d elements, want a rebuild with 2", res, len(f.Elements()))
 	}
 }
 
