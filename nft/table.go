@@ -22,8 +22,9 @@ type Interface interface {
 	// transaction. With full set, it also repairs drift: when anyone
 	// changed the ruleset since our last commit, the table is rebuilt
 	// whole, in one transaction. When the kernel refuses a transaction,
-	// it is retried as a rebuild, then owner by owner: the error is then
-	// a *RefusedError naming the owners left out, and the rest is applied.
+	// it is retried (as a rebuild if the ruleset may have drifted), then
+	// owner by owner: the error is then a *RefusedError naming the owners
+	// left out, and the rest is applied.
 	Sync(full bool) (SyncResult, error)
 	// Cleanup deletes the table, and nothing else.
 	Cleanup() error
