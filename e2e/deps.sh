@@ -13,11 +13,16 @@ declare -A want=(
   # upstream kube-proxy's IPVS mode in the takeover test and the benchmark,
   # and kube-proxy-like state in internal/takeover's kernel tests
   [iptables]=iptables [iptables-legacy]=iptables [ipset]=ipset
+  # the real node in the VM (e2e/node): the OCI runtime under containerd,
+  # and nc for the agnhost image the e2e tests exec into
+  [runc]=runc [nc]=netcat-openbsd
 )
 missing=()
 for cmd in "${!want[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
 done
+# The CNI plugins of the real node (e2e/node) are not on PATH.
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
 # busybox-static ships /bin/busybox; a dynamic busybox would not run in
 # the initramfs.
 if ! { [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; }; then

@@ -10,7 +10,15 @@
 // counts the owners of every element, so one element can serve several
 // Services, and Sync sends only what changed since the last sync, in one
 // atomic transaction. A full sync rebuilds the table in one transaction
-// when the kernel may have drifted (someone else changed the ruleset).
+// when the kernel may have drifted (someone else changed the ruleset), and
+// WatchDrift notices others' changes to the table as they happen. When the
+// kernel refuses a transaction, the owners it refuses are found by
+// bisection and reported (RefusedError); everyone else's elements are
+// applied.
+//
+// Marks are shared: nftvs sets and clears only its masquerade bit, except
+// on the first packet of internal connections to externalTrafficPolicy
+// Local frontends, whose whole mark becomes the IPVS fwmark.
 //
 // The package touches nothing but its own table ("inet nftvs" by default):
 // other tables (firewalld, Docker, iptables-nft, other users) are never read

@@ -60,7 +60,7 @@ const (
 	reg32base = 8
 )
 
-// field is one component of a concatenated match.
+// matchField is one component of a concatenated match.
 type matchField struct {
 	text string
 	load func(reg uint32) expr.Any

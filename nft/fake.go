@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"sync"
@@ -23,6 +24,11 @@ type Fake struct {
 	Writes       int
 	// FailNext, when set, fails the next transaction (and is cleared).
 	FailNext error
+	// Refuse, when set, is asked about every element a transaction adds:
+	// an error fails the whole transaction, as the kernel does.
+	Refuse func(Element) error
+
+	watchers []func(genEvent)
 }
 
 // NewFake returns a companion table over an in-memory kernel.
@@ -32,15 +38,15 @@ func NewFake(cfg Config) (*Table, *Fake, error) {
 	return t, f, err
 }
 
-func (f *Fake) apply(cfg Config, tx transaction) error {
+func (f *Fake) apply(cfg Config, tx transaction) (uint32, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.FailNext; err != nil {
 		f.FailNext = nil
-		return err
+		return 0, err
 	}
 	if !tx.rebuild && !f.exists {
-		return fmt.Errorf("table inet %s: %w", cfg.TableName, syscall.ENOENT)
+		return 0, fmt.Errorf("table inet %s: %w", cfg.TableName, syscall.ENOENT)
 	}
 	next := map[Element]kernelElement{}
 	if !tx.rebuild {
@@ -50,21 +56,38 @@ func (f *Fake) apply(cfg Config, tx transaction) error {
 	}
 	for _, e := range tx.del {
 		if _, ok := next[e.kernelKey()]; !ok {
-			return fmt.Errorf("delete %s from %s: %w", e, e.kernelSet(), syscall.ENOENT)
+			return 0, fmt.Errorf("delete %s from %s: %w", e, e.kernelSet(), syscall.ENOENT)
 		}
 		delete(next, e.kernelKey())
 	}
 	for _, e := range tx.add {
 		if _, ok := next[e.kernelKey()]; ok {
-			return fmt.Errorf("add %s to %s: %w", e, e.kernelSet(), syscall.EEXIST)
+			return 0, fmt.Errorf("add %s to %s: %w", e, e.kernelSet(), syscall.EEXIST)
+		}
+		if f.Refuse != nil {
+			if err := f.Refuse(e.Element); err != nil {
+				return 0, fmt.Errorf("add %s to %s: %w", e, e.kernelSet(), err)
+			}
 		}
 		next[e.kernelKey()] = e
 	}
 	f.elements, f.exists, f.cfg = next, true, cfg
-	f.gen++
 	f.Transactions++
 	f.Writes += len(tx.add) + len(tx.del)
-	return nil
+	return f.commitLocked(), nil
+}
+
+// commitLocked makes a generation that changed the table, and tells the
+// watchers.
+func (f *Fake) commitLocked() uint32 {
+	f.gen++
+	for _, w := range f.watchers {
+		// Queued, and delivered by the watcher's goroutine in order, as
+		// the kernel's notifications are: the committer holds the
+		// table's lock.
+		w(genEvent{gen: f.gen, touched: true})
+	}
+	return f.gen
 }
 
 func (f *Fake) generation() (uint32, error) {
@@ -73,14 +96,50 @@ func (f *Fake) generation() (uint32, error) {
 	return f.gen, nil
 }
 
-func (f *Fake) deleteTable(string) error {
+func (f *Fake) deleteTable(string) (uint32, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.exists {
-		f.gen++
+	if !f.exists {
+		return 0, nil
 	}
 	f.exists = false
 	f.elements = map[Element]kernelElement{}
+	return f.commitLocked(), nil
+}
+
+func (f *Fake) watch(ctx context.Context, _ string, on func(genEvent)) error {
+	var (
+		mu    sync.Mutex
+		queue []genEvent
+		wake  = make(chan struct{}, 1)
+	)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-wake:
+			}
+			mu.Lock()
+			evs := queue
+			queue = nil
+			mu.Unlock()
+			for _, ev := range evs {
+				on(ev)
+			}
+		}
+	}()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.watchers = append(f.watchers, func(ev genEvent) {
+		mu.Lock()
+		queue = append(queue, ev)
+		mu.Unlock()
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	})
 	return nil
 }
 
@@ -90,7 +149,7 @@ func (f *Fake) Drift(fn func(elements map[Element]kernelElement)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fn(f.elements)
-	f.gen++
+	f.commitLocked()
 }
 
 // Dump prints the table as nft text (elements one per line, sorted), or

@@ -4,12 +4,15 @@ package nft
 // namespace on the host, read back over netlink and with `nft`.
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"regexp"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 
@@ -330,5 +333,118 @@ func bigSvc(i int) []Element {
 		{Set: IPVSAddresses, Addr: ip},
 		{Set: Hairpin, Addr: netip.AddrFrom4([4]byte{10, 244, byte(i >> 8), byte(i)}), Protocol: TCP, Port: 8080},
 		{Set: Hairpin, Addr: netip.AddrFrom4([4]byte{10, 245, byte(i >> 8), byte(i)}), Protocol: TCP, Port: 8080},
+	}
+}
+
+// TestKernelWatchDrift: `nft flush ruleset`, a deleted table and a
+// deleted element are noticed within a second through the ruleset's
+// notifications, and the next sync rebuilds the table; our own commits
+// (a 100k-element rebuild among them, which overflows the notification
+// socket's default buffer) and other tables' changes are not drift.
+func TestKernelWatchDrift(t *testing.T) {
+	ns := netnstest.New(t)
+	tbl := kernelTable(t, ns, Config{})
+	for i := range 10 {
+		_ = tbl.SetElements(fmt.Sprintf("ns/svc-%d:p", i), everySet(i))
+	}
+	mustSync(t, tbl, false)
+	drift := make(chan time.Time, 100)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := tbl.WatchDrift(ctx, func() { drift <- time.Now() }); err != nil {
+		t.Fatal(err)
+	}
+	quiet := func(what string) {
+		t.Helper()
+		select {
+		case <-drift:
+			t.Fatalf("onDrift called after %s", what)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	noticed := func(what string, cmd ...string) {
+		t.Helper()
+		start := time.Now()
+		ns.Run(t, cmd[0], cmd[1:]...)
+		select {
+		case at := <-drift:
+			t.Logf("%s noticed after %v", what, at.Sub(start))
+		case <-time.After(time.Second):
+			t.Fatalf("%s not noticed within 1 s", what)
+		}
+		res := mustSync(t, tbl, true)
+		if !res.Rebuilt {
+			t.Fatalf("sync after %s: %+v, want a rebuild", what, res)
+		}
+		requireSameElements(t, ns, tbl)
+		quiet("the rebuild after " + what)
+	}
+
+	_ = tbl.SetElements("ns/svc-1:p", nil)
+	mustSync(t, tbl, false)
+	mustSync(t, tbl, true)
+	quiet("our own syncs")
+	ns.Run(t, "nft", "add", "table", "inet", "other")
+	ns.Run(t, "nft", "add", "set", "inet", "other", "s", "{ type ipv4_addr; }")
+	ns.Run(t, "nft", "add", "element", "inet", "other", "s", "{ 10.0.0.1 }")
+	quiet("changes to another table")
+
+	noticed("nft flush ruleset", "nft", "flush", "ruleset")
+	noticed("nft delete table", "nft", "delete", "table", "inet", "nftvs")
+	noticed("nft delete element", "nft", "delete", "element", "inet", "nftvs", "cluster-ips-v4", "{ 10.96.0.3 . tcp . 80 }")
+
+	for i := range 25000 {
+		_ = tbl.SetElements(fmt.Sprintf("ns/big-%d:http", i), bigSvc(i))
+	}
+	tbl.mu.Lock()
+	tbl.needsBuild = true
+	tbl.mu.Unlock()
+	if res := mustSync(t, tbl, false); !res.Rebuilt {
+		t.Fatalf("%+v, want a rebuild", res)
+	}
+	quiet("our own 100k-element rebuild")
+	noticed("nft flush ruleset after a large rebuild", "nft", "flush", "ruleset")
+}
+
+// TestKernelRefusedOwnerIsIsolated: the kernel refuses overlapping source
+// ranges of one frontend. SetElements never lets them through, so the
+// mirror is forced here; the sync applies every other owner's change and
+// names the bad owner.
+func TestKernelRefusedOwnerIsIsolated(t *testing.T) {
+	ns := netnstest.New(t)
+	tbl := kernelTable(t, ns, Config{})
+	for i := range 10 {
+		_ = tbl.SetElements(fmt.Sprintf("ns/svc-%d:p", i), bigSvc(i))
+	}
+	lb := netip.MustParseAddr("192.0.2.1")
+	ranges := []Element{
+		{Set: LoadBalancerFirewall, Addr: lb, Protocol: TCP, Port: 443},
+		{Set: LoadBalancerSourceRanges, Addr: lb, Protocol: TCP, Port: 443, Source: netip.MustParsePrefix("10.0.0.0/8")},
+	}
+	_ = tbl.SetElements("ns/bad:https", ranges)
+	mustSync(t, tbl, false)
+
+	// An overlapping range, past normalisation and the overlap check.
+	inner := Element{Set: LoadBalancerSourceRanges, Addr: lb, Protocol: TCP, Port: 443, Source: netip.MustParsePrefix("10.1.0.0/16")}
+	tbl.mu.Lock()
+	tbl.owners[inner] = map[string]Element{"ns/bad:https": inner}
+	tbl.byOwner["ns/bad:https"] = append(tbl.byOwner["ns/bad:https"], inner)
+	tbl.dirty[inner] = struct{}{}
+	tbl.mu.Unlock()
+	_ = tbl.SetElements("ns/svc-3:p", nil)
+	_ = tbl.SetElements("ns/svc-30:p", bigSvc(30))
+
+	res, err := tbl.Sync(false)
+	var re *RefusedError
+	if !errors.As(err, &re) || strings.Join(re.Owners, " ") != "ns/bad:https" {
+		t.Fatalf("sync: %+v, %v; want a RefusedError naming ns/bad:https", res, err)
+	}
+	t.Logf("%v", err)
+	requireSameElements(t, ns, tbl)
+	listed := ns.Run(t, "nft", "list", "table", "inet", "nftvs")
+	for what, want := range map[string]bool{"ns/svc-30:p": true, "ns/svc-3:p": false, "10.0.0.0/8": true, "10.1.0.0/16": false} {
+		if strings.Contains(listed, what) != want {
+			t.Errorf("%s listed: %v, want %v", what, !want, want)
+		}
 	}
 }

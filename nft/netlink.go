@@ -1,10 +1,12 @@
 package nft
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
 )
 
 // Option configures the netlink backend.
@@ -13,7 +15,10 @@ type Option func(*netlinkBackend)
 // WithNetNS programs the table in the network namespace open at fd
 // instead of the current one.
 func WithNetNS(fd int) Option {
-	return func(b *netlinkBackend) { b.opts = append(b.opts, nftables.WithNetNSFd(fd)) }
+	return func(b *netlinkBackend) {
+		b.netns = fd
+		b.opts = append(b.opts, nftables.WithNetNSFd(fd))
+	}
 }
 
 // New returns the companion table programmed over netlink.
@@ -26,7 +31,8 @@ func New(cfg Config, opts ...Option) (*Table, error) {
 }
 
 type netlinkBackend struct {
-	opts []nftables.ConnOption
+	opts  []nftables.ConnOption
+	netns int // 0: the current one
 }
 
 // conn opens a netlink socket per call: google/nftables sizes its buffers
@@ -51,22 +57,51 @@ func (b *netlinkBackend) generation() (uint32, error) {
 	return g.ID, nil
 }
 
-func (b *netlinkBackend) deleteTable(name string) error {
+func (b *netlinkBackend) deleteTable(name string) (uint32, error) {
 	c, err := b.conn()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return fmt.Errorf("list tables: %w", err)
+		return 0, fmt.Errorf("list tables: %w", err)
 	}
 	for _, t := range tables {
 		if t.Name == name {
-			c.DelTable(t)
-			return c.Flush()
+			return b.commit(func(c *nftables.Conn) error { c.DelTable(t); return nil })
 		}
 	}
-	return nil
+	return 0, nil
+}
+
+// commit sends the batch fill writes, as one transaction, and returns the
+// generation it made. The batch names the generation it expects to follow,
+// so the kernel refuses it (ERESTART) if anyone committed in between and
+// our commit is exactly the next generation; then it is sent again.
+func (b *netlinkBackend) commit(fill func(c *nftables.Conn) error) (uint32, error) {
+	for try := 0; ; try++ {
+		gen, err := b.generation()
+		if err != nil {
+			return 0, err
+		}
+		c, err := b.conn()
+		if err != nil {
+			return 0, err
+		}
+		if err := fill(c); err != nil {
+			return 0, err
+		}
+		err = c.FlushWithGenID(gen)
+		if err == nil {
+			if gen++; gen == 0 { // the kernel skips 0
+				gen = 1
+			}
+			return gen, nil
+		}
+		if !errors.Is(err, unix.ERESTART) || try == 2 {
+			return 0, err
+		}
+	}
 }
 
 // kernelSetFor is the nftables object of one set of the table. ID is
@@ -113,28 +148,26 @@ func toSetElement(e kernelElement) nftables.SetElement {
 	return se
 }
 
-func (b *netlinkBackend) apply(cfg Config, tx transaction) error {
-	c, err := b.conn()
-	if err != nil {
-		return err
-	}
-	table := &nftables.Table{Name: cfg.TableName, Family: nftables.TableFamilyINet}
-	sets := map[string]*nftables.Set{}
-	for _, s := range kernelSets() {
-		sets[s.kernelName()] = kernelSetFor(table, s)
-	}
-	if tx.rebuild {
-		if err := addTableAndSets(c, cfg, table, sets); err != nil {
+func (b *netlinkBackend) apply(cfg Config, tx transaction) (uint32, error) {
+	return b.commit(func(c *nftables.Conn) error {
+		table := &nftables.Table{Name: cfg.TableName, Family: nftables.TableFamilyINet}
+		sets := map[string]*nftables.Set{}
+		for _, s := range kernelSets() {
+			sets[s.kernelName()] = kernelSetFor(table, s)
+		}
+		if tx.rebuild {
+			if err := addTableAndSets(c, cfg, table, sets); err != nil {
+				return err
+			}
+		}
+		if err := writeElements(c, sets, tx); err != nil {
 			return err
 		}
-	}
-	if err := writeElements(c, sets, tx); err != nil {
-		return err
-	}
-	if tx.rebuild {
-		addChains(c, cfg, table, sets)
-	}
-	return c.Flush()
+		if tx.rebuild {
+			addChains(c, cfg, table, sets)
+		}
+		return nil
+	})
 }
 
 // addTableAndSets replaces the table with an empty one holding every set,
@@ -154,7 +187,10 @@ func addTableAndSets(c *nftables.Conn, cfg Config, table *nftables.Table, sets m
 }
 
 // writeElements adds the transaction's deletes, then its adds, one call
-// per set (google/nftables splits long lists across messages).
+// per set (google/nftables splits long lists across messages). Both are
+// sorted the same way, so deletes come in the order the elements were
+// added: the kernel's concatenated interval set removes 5,000 elements in
+// about 1 s in that order, and in 98 s in reverse.
 func writeElements(c *nftables.Conn, sets map[string]*nftables.Set, tx transaction) error {
 	order, dels := bySet(tx.del)
 	for _, n := range order {

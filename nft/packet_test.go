@@ -457,6 +457,7 @@ func TestPacket(t *testing.T) {
 	t.Run("nodeport-mark", testPacketNodePortMark)
 	t.Run("etp-local-fwmarks", testPacketETPLocalFWMarks)
 	t.Run("foreign-tables-untouched", testPacketForeignTablesUntouched)
+	t.Run("foreign-mark-bits", testPacketForeignMarkBits)
 }
 
 // testPacketMasquerade: ClusterIP traffic forwarded by the node is
@@ -725,6 +726,67 @@ func testPacketETPLocalFWMarks(t *testing.T) {
 			} {
 				if (got[name] > 0) != wantSome {
 					t.Errorf("observer counter %s = %d packets, want %s", name, got[name], map[bool]string{true: "> 0", false: "0"}[wantSome])
+				}
+			}
+		})
+	}
+}
+
+// testPacketForeignMarkBits: a CNI-style table sets a bit of its own
+// (0x10000000, in Calico's 0xffff0000) on every packet before nftvs's
+// chains run. With a non-default masquerade bit (--iptables-masquerade-bit
+// 3): traffic marked for masquerade keeps the foreign bit, is masqueraded,
+// and no packet carries kube-proxy's default bit 0x4000; internal traffic
+// to an externalTrafficPolicy Local frontend carries exactly the fwmark on
+// its first packet (IPVS matches the whole mark) and the foreign bit, not
+// the fwmark, on the later ones.
+func testPacketForeignMarkBits(t *testing.T) {
+	const foreign, masq, lbMark = 0x10000000, 0x8, 0x12340008
+	for _, f := range pktFamilies {
+		t.Run(f.name, func(t *testing.T) {
+			tp := newPktTopo(t)
+			pktServeTCP(t, tp.backend, 80)
+			pktServeTCP(t, tp.node, 80)
+			pktNft(t, tp.node, fmt.Sprintf(`table inet cni {
+	chain early { type filter hook prerouting priority mangle; policy accept; meta mark set meta mark | 0x%08[1]x; }
+	chain forwarded {
+		type filter hook forward priority filter + 10; policy accept;
+		meta mark & 0x%08[2]x == 0x%08[2]x counter comment "forwarded-foreign-and-masquerade"
+		meta mark & 0x00004000 != 0 counter comment "forwarded-default-bit"
+	}
+	chain leaving {
+		type filter hook postrouting priority srcnat + 10; policy accept;
+		%[3]s daddr %[4]v meta mark & 0x%08[1]x == 0x%08[1]x counter comment "postrouting-foreign"
+	}
+	chain arriving {
+		type filter hook input priority filter + 10; policy accept;
+		%[3]s saddr %[5]v ct state new meta mark 0x%08[6]x counter comment "first-fwmark"
+		%[3]s saddr %[5]v ct state established meta mark 0x%08[1]x counter comment "later-foreign"
+		%[3]s saddr %[5]v ct state established meta mark != 0x%08[1]x counter comment "later-other"
+	}
+}
+`, foreign, foreign|masq, f.ip, f.clusterIP, f.pod, lbMark))
+			cfg := Config{MasqueradeMark: masq, LocalTraffic: LocalTraffic{PodCIDRs: []netip.Prefix{f.podCIDR}}}
+			tbl := pktProgram(t, tp.node, cfg, "default/web:http",
+				Element{Set: ClusterIPs, Addr: f.clusterIP, Protocol: TCP, Port: 80},
+				Element{Set: LoadBalancerIPsLocal, Addr: f.lb, Protocol: TCP, Port: 80},
+				Element{Set: LocalPolicyFWMarks, Addr: f.lb, Protocol: TCP, Port: 80, Mark: lbMark})
+			if err := tbl.SetElements("default/other:http", []Element{
+				{Set: NodePortFWMarks, Protocol: TCP, Port: 30080, Mark: 0x12344000},
+			}); err == nil {
+				t.Error("an fwmark without the configured masquerade bit was accepted")
+			}
+
+			pktExpectPeer(t, "outside → ClusterIP", tp.ext, netip.Addr{}, pktPort(f.clusterIP, 80), f.nodeBackend)
+			pktExpectPeer(t, "pod → LB", tp.pod, netip.Addr{}, pktPort(f.lb, 80), f.pod)
+
+			got := pktCounters(t, tp.node, "inet", "cni")
+			for name, wantSome := range map[string]bool{
+				"forwarded-foreign-and-masquerade": true, "forwarded-default-bit": false, "postrouting-foreign": true,
+				"first-fwmark": true, "later-foreign": true, "later-other": false,
+			} {
+				if (got[name] > 0) != wantSome {
+					t.Errorf("cni counter %s = %d packets, want %s", name, got[name], map[bool]string{true: "> 0", false: "0"}[wantSome])
 				}
 			}
 		})

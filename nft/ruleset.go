@@ -175,7 +175,7 @@ func rules(parts ...[]part) []rule {
 	return out
 }
 
-// frontend is the "daddr . meta l4proto . th dport" key of family f.
+// frontendFields is the "daddr . meta l4proto . th dport" key of family f.
 func frontendFields(f Family) []matchField {
 	return []matchField{daddrField(f), l4protoField, dportField}
 }
@@ -305,11 +305,26 @@ func firewallChain() chainSpec {
 
 // localPolicyChain sends internal traffic to externalTrafficPolicy Local
 // frontends to the all-endpoints fwmark virtual server.
+//
+// Marks are shared with others (a CNI, the kubelet, firewalls), so nftvs
+// changes only its own bits: the masquerade bit is set with an OR and
+// cleared with an XOR, keeping every other bit. The fwmark is the
+// exception, because IPVS looks up fwmark virtual servers by the whole
+// skb->mark: the mark must equal the fwmark exactly. So the fwmark replaces
+// the mark, but only on the packets IPVS schedules: the first of a
+// connection (ct state new, or untracked). Later packets find their IPVS
+// connection by address and port, keep their mark, and with it the
+// bits of others; masquerade is decided on the first packet too. A foreign
+// bit set before this chain is lost only on the first packet of internal
+// connections to externalTrafficPolicy Local frontends. Map values must
+// carry the masquerade bit (SetElements refuses others), so that this
+// traffic is masqueraded like externalTrafficPolicy Cluster traffic.
 func (cfg Config) localPolicyChain() chainSpec {
+	first := ctState("new,untracked", expr.CtStateBitNEW|expr.CtStateBitUNTRACKED)
 	c := chainSpec{name: chainLocalPolicy, rules: eachFamily(func(f Family) []rule {
-		return rules([]part{setMarkFromMap(f, kernelSetName(LocalPolicyFWMarks, f), frontendFields(f)...)})
+		return rules([]part{first, setMarkFromMap(f, kernelSetName(LocalPolicyFWMarks, f), frontendFields(f)...)})
 	})}
-	return c.append(rules([]part{fibDaddrLocal, setMarkFromMap(0, NodePortFWMarks.kernel(), l4protoField, dportField)})...)
+	return c.append(rules([]part{first, fibDaddrLocal, setMarkFromMap(0, NodePortFWMarks.kernel(), l4protoField, dportField)})...)
 }
 
 // externalChain masquerades externalTrafficPolicy Cluster frontends

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -20,10 +21,16 @@ type Interface interface {
 	// Sync sends what changed since the last Sync in one atomic
 	// transaction. With full set, it also repairs drift: when anyone
 	// changed the ruleset since our last commit, the table is rebuilt
-	// whole, in one transaction.
+	// whole, in one transaction. When the kernel refuses a transaction,
+	// it is retried (as a rebuild if the ruleset may have drifted), then
+	// owner by owner: the error is then a *RefusedError naming the owners
+	// left out, and the rest is applied.
 	Sync(full bool) (SyncResult, error)
 	// Cleanup deletes the table, and nothing else.
 	Cleanup() error
+	// WatchDrift calls onDrift soon after someone else changes the
+	// table; the next Sync then rebuilds it. See Table.WatchDrift.
+	WatchDrift(ctx context.Context, onDrift func()) error
 }
 
 // SyncResult says what a Sync did.
@@ -54,11 +61,18 @@ type transaction struct {
 
 // backend applies transactions to a kernel (or to a fake).
 type backend interface {
-	apply(cfg Config, tx transaction) error
+	// apply commits tx in one transaction and returns the ruleset
+	// generation that commit made.
+	apply(cfg Config, tx transaction) (uint32, error)
 	// generation is the ruleset generation: it changes with every commit
 	// by anyone.
 	generation() (uint32, error)
-	deleteTable(name string) error
+	// deleteTable deletes the table if it exists, and returns the
+	// generation of that commit (0 when there was nothing to delete).
+	deleteTable(name string) (uint32, error)
+	// watch calls on for every ruleset generation committed from now
+	// until ctx is done, in order, from one goroutine.
+	watch(ctx context.Context, table string, on func(genEvent)) error
 }
 
 // Table is the companion table: a mirror of its elements with owner
@@ -76,7 +90,10 @@ type Table struct {
 	programmed map[Element]kernelElement // kernel key → as programmed
 	dirty      map[Element]struct{}      // kernel keys to reconcile
 	needsBuild bool                      // next sync rebuilds the table
-	lastGen    uint32
+	// lastGen is the ruleset generation of our last commit; own holds
+	// our recent ones, so that drift watching can tell them from others'.
+	lastGen uint32
+	own     generations
 }
 
 func newTable(cfg Config, b backend) (*Table, error) {
@@ -116,13 +133,18 @@ func (t *Table) SetElements(owner string, elems []Element) error {
 
 	var errs []error
 	var kept []Element
+	others := map[Element]sortedRanges{} // by frontend, built when needed
 	for _, e := range normalizeSourceRanges(elems) {
 		if err := e.Validate(); err != nil {
 			errs = append(errs, err)
 			continue
 		}
+		if spec := setSpecs[e.Set]; spec.isMap && e.Mark&t.cfg.MasqueradeMark == 0 {
+			errs = append(errs, fmt.Errorf("%s %s: fwmark lacks the masquerade bit %#x", e.Set, e, t.cfg.MasqueradeMark))
+			continue
+		}
 		k := e.kernelKey()
-		if err := t.conflict(owner, e); err != nil {
+		if err := t.conflict(owner, e, others); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -153,8 +175,9 @@ func (t *Table) SetElements(owner string, elems []Element) error {
 
 // conflict refuses an element the kernel would reject because another
 // owner's element overlaps it: a different map value for the same key, or
-// an overlapping source range for the same frontend.
-func (t *Table) conflict(owner string, e Element) error {
+// an overlapping source range for the same frontend. others caches, per
+// frontend, the ranges held before this SetElements call.
+func (t *Table) conflict(owner string, e Element, others map[Element]sortedRanges) error {
 	k := e.kernelKey()
 	for o, other := range t.owners[k] {
 		if o != owner && other.Mark != e.Mark {
@@ -164,12 +187,43 @@ func (t *Table) conflict(owner string, e Element) error {
 	if e.Set != LoadBalancerSourceRanges {
 		return nil
 	}
-	for ok := range t.ranges[frontend(k)] {
-		if ok != k && ok.Source.Overlaps(e.Source) {
-			return fmt.Errorf("%s %s: overlaps %s", e.Set, e, ok.Source)
+	fe := frontend(k)
+	held, ok := others[fe]
+	if !ok {
+		for r := range t.ranges[fe] {
+			held = append(held, r.Source)
 		}
+		slices.SortFunc(held, comparePrefixes)
+		others[fe] = held
+	}
+	if p, ok := held.overlap(e.Source); ok {
+		return fmt.Errorf("%s %s: overlaps %s", e.Set, e, p)
 	}
 	return nil
+}
+
+// sortedRanges are disjoint prefixes sorted by address: the source ranges
+// of one frontend, which the kernel keeps disjoint.
+type sortedRanges []netip.Prefix
+
+// overlap returns a range that overlaps p without being p. Prefixes nest
+// or are disjoint, so only p's neighbours in the order can.
+func (s sortedRanges) overlap(p netip.Prefix) (netip.Prefix, bool) {
+	i, _ := slices.BinarySearchFunc(s, p, comparePrefixes)
+	if i < len(s) && s[i] != p && s[i].Overlaps(p) {
+		return s[i], true
+	}
+	if i > 0 && s[i-1].Overlaps(p) {
+		return s[i-1], true
+	}
+	return netip.Prefix{}, false
+}
+
+func comparePrefixes(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }
 
 // frontend is a source range element without its range.
@@ -177,27 +231,40 @@ func frontend(e Element) Element {
 	return Element{Set: e.Set, Addr: e.Addr, Protocol: e.Protocol, Port: e.Port}
 }
 
-// normalizeSourceRanges drops source ranges contained in a wider range of
-// the same frontend: the kernel refuses overlapping intervals.
+// normalizeSourceRanges drops source ranges contained in a wider (or
+// equal, earlier) range of the same frontend: the kernel refuses
+// overlapping intervals. Sorted by address, then widest first, a range is
+// covered exactly when the last range kept for its frontend contains it.
 func normalizeSourceRanges(elems []Element) []Element {
-	out := make([]Element, 0, len(elems))
+	var idx []int
 	for i, e := range elems {
-		covered := false
-		if e.Set == LoadBalancerSourceRanges && e.Source.IsValid() {
-			for j, o := range elems {
-				if i == j || o.Set != LoadBalancerSourceRanges || !o.Source.IsValid() ||
-					o.Addr != e.Addr || o.Protocol != e.Protocol || o.Port != e.Port {
-					continue
-				}
-				wider := o.Source.Bits() < e.Source.Bits() && o.Source.Contains(e.Source.Addr())
-				same := o.Source.Masked() == e.Source.Masked() && j < i
-				if wider || same {
-					covered = true
-					break
-				}
+		if e.Set == LoadBalancerSourceRanges && e.Source.IsValid() && e.Source.Masked() == e.Source {
+			idx = append(idx, i)
+		}
+	}
+	slices.SortStableFunc(idx, func(i, j int) int {
+		a, b := elems[i], elems[j]
+		if c := compareElements(frontend(a), frontend(b)); c != 0 {
+			return c
+		}
+		return comparePrefixes(a.Source, b.Source)
+	})
+	covered := map[int]bool{}
+	kept := -1
+	for _, i := range idx {
+		e := elems[i]
+		if kept >= 0 {
+			last := elems[kept]
+			if frontend(last) == frontend(e) && last.Source.Bits() <= e.Source.Bits() && last.Source.Contains(e.Source.Addr()) {
+				covered[i] = true
+				continue
 			}
 		}
-		if !covered {
+		kept = i
+	}
+	out := make([]Element, 0, len(elems))
+	for i, e := range elems {
+		if !covered[i] {
 			out = append(out, e)
 		}
 	}
@@ -234,6 +301,52 @@ func (t *Table) Sync(full bool) (SyncResult, error) {
 		}
 	}
 	res := SyncResult{Rules: t.cfg.ruleCount()}
+	tx := t.pending()
+	if !tx.rebuild && len(tx.add) == 0 && len(tx.del) == 0 {
+		clear(t.dirty)
+		res.Elements = len(t.programmed)
+		return res, nil
+	}
+	err := t.commit(tx, &res)
+	if err != nil && !tx.rebuild && t.othersCommitted() {
+		// The failure may come from drift (an element someone deleted or
+		// added behind our back): a rebuild repairs that. If the kernel
+		// refuses the rebuild too, it still holds the old table, and the
+		// changes are sorted out below.
+		t.needsBuild = true
+		if t.commit(t.pending(), &res) != nil {
+			t.needsBuild = false
+		} else {
+			err = nil
+		}
+	}
+	var refused error
+	if err != nil {
+		// Transactions are atomic: the kernel is unchanged. Find the
+		// owners whose elements the kernel refuses and apply the rest.
+		re, err := t.isolate(tx, err, &res)
+		if err != nil {
+			return res, err
+		}
+		if re != nil {
+			refused = re
+		}
+	}
+	clear(t.dirty)
+	res.Elements = len(t.programmed)
+	return res, refused
+}
+
+// othersCommitted says whether anyone else may have committed since our
+// last commit: only then can the table have drifted.
+func (t *Table) othersCommitted() bool {
+	gen, err := t.backend.generation()
+	return err != nil || gen != t.lastGen
+}
+
+// pending is the transaction that brings the kernel to the mirror: every
+// element on a rebuild, else the changed keys.
+func (t *Table) pending() transaction {
 	var tx transaction
 	if t.needsBuild {
 		tx.rebuild = true
@@ -259,23 +372,24 @@ func (t *Table) Sync(full bool) (SyncResult, error) {
 			}
 		}
 	}
-	if !tx.rebuild && len(tx.add) == 0 && len(tx.del) == 0 {
-		clear(t.dirty)
-		res.Elements = len(t.programmed)
-		return res, nil
-	}
 	sortElements(tx.add)
 	sortElements(tx.del)
-	if err := t.backend.apply(t.cfg, tx); err != nil {
-		// The transaction is atomic: the kernel is unchanged. Rebuild next
-		// time, in case the failure came from drift (an element someone
-		// deleted or added behind our back).
-		t.needsBuild = true
-		return res, fmt.Errorf("nftables transaction (%d adds, %d deletes, rebuild=%v): %w",
+	return tx
+}
+
+// commit applies tx and, when the kernel took it, updates the record of
+// what is programmed and res.
+func (t *Table) commit(tx transaction, res *SyncResult) error {
+	gen, err := t.backend.apply(t.cfg, tx)
+	if err != nil {
+		return fmt.Errorf("nftables transaction (%d adds, %d deletes, rebuild=%v): %w",
 			len(tx.add), len(tx.del), tx.rebuild, err)
 	}
+	t.ownGeneration(gen)
 	if tx.rebuild {
 		clear(t.programmed)
+		t.needsBuild = false
+		res.Rebuilt = true
 	}
 	for _, e := range tx.del {
 		delete(t.programmed, e.kernelKey())
@@ -283,22 +397,20 @@ func (t *Table) Sync(full bool) (SyncResult, error) {
 	for _, e := range tx.add {
 		t.programmed[e.kernelKey()] = e
 	}
-	clear(t.dirty)
-	t.needsBuild = false
-	if gen, err := t.backend.generation(); err == nil {
-		t.lastGen = gen
-	}
-	res.Rebuilt, res.Added, res.Deleted, res.Elements = tx.rebuild, len(tx.add), len(tx.del), len(t.programmed)
-	return res, nil
+	res.Added += len(tx.add)
+	res.Deleted += len(tx.del)
+	return nil
 }
 
 // Cleanup implements Interface.
 func (t *Table) Cleanup() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if err := t.backend.deleteTable(t.cfg.TableName); err != nil {
+	gen, err := t.backend.deleteTable(t.cfg.TableName)
+	if err != nil {
 		return fmt.Errorf("delete table inet %s: %w", t.cfg.TableName, err)
 	}
+	t.ownGeneration(gen)
 	clear(t.programmed)
 	t.needsBuild = true
 	return nil

@@ -1,13 +1,16 @@
 package nft
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -187,21 +190,79 @@ func TestSourceRangesAreNormalizedAndOverlapsRefused(t *testing.T) {
 	}
 }
 
-func TestFailedTransactionIsRetriedAsRebuild(t *testing.T) {
+// TestFailedTransactionIsRetried: a transaction the kernel fails once is
+// sent again at once; one that fails after someone else changed the
+// ruleset is retried as a rebuild, which repairs drift.
+func TestFailedTransactionIsRetried(t *testing.T) {
 	tbl, f := mustFake(t, Config{})
 	_ = tbl.SetElements("a/web:http", svc(1))
 	mustSync(t, tbl, false)
 	_ = tbl.SetElements("b/web:http", svc(2))
 	f.FailNext = errInjected
-	if _, err := tbl.Sync(false); !errors.Is(err, errInjected) {
-		t.Fatalf("error %v, want the injected one", err)
+	if res := mustSync(t, tbl, false); res.Rebuilt || res.Added != 2 || len(f.Elements()) != 4 {
+		t.Fatalf("retry %+v with %d elements, want 2 added, 4 in all", res, len(f.Elements()))
 	}
-	if n := len(f.Elements()); n != 2 {
-		t.Fatalf("a failed transaction changed the kernel: %d elements", n)
+	// Someone deletes an element of b: b's removal fails, a rebuild does not.
+	f.Drift(func(es map[Element]kernelElement) {
+		for k := range es {
+			if k.Set == ClusterIPs && k.Addr == netip.MustParseAddr("10.96.0.2") {
+				delete(es, k)
+			}
+		}
+	})
+	_ = tbl.SetElements("b/web:http", nil)
+	if res := mustSync(t, tbl, false); !res.Rebuilt || len(f.Elements()) != 2 {
+		t.Fatalf("sync after drift %+v with %d elements, want a rebuild with 2", res, len(f.Elements()))
 	}
-	res := mustSync(t, tbl, false)
-	if !res.Rebuilt || len(f.Elements()) != 4 {
-		t.Fatalf("retry %+v with %d elements, want a rebuild with 4", res, len(f.Elements()))
+}
+
+// TestRefusedOwnerIsIsolated: when the kernel refuses the elements of one
+// owner, every other owner's change is applied, in the first sync (a
+// rebuild) and in incremental ones, and the error names the owner.
+func TestRefusedOwnerIsIsolated(t *testing.T) {
+	tbl, f := mustFake(t, Config{})
+	bad := fmt.Errorf("refused: %w", syscall.EINVAL)
+	f.Refuse = func(e Element) error {
+		if e.Set == ClusterIPs && e.Port == 6666 {
+			return bad
+		}
+		return nil
+	}
+	for i := range 20 {
+		_ = tbl.SetElements(fmt.Sprintf("ns/svc-%02d:http", i), svc(i))
+	}
+	broken := append(svc(7), Element{Set: ClusterIPs, Addr: netip.MustParseAddr("10.96.0.7"), Protocol: TCP, Port: 6666})
+	_ = tbl.SetElements("ns/svc-07:http", broken)
+	requireRefused := func(res SyncResult, err error, want string) {
+		t.Helper()
+		var re *RefusedError
+		if !errors.As(err, &re) || strings.Join(re.Owners, " ") != want || !errors.Is(re.Errs[want], syscall.EINVAL) {
+			t.Fatalf("sync: %+v, %v; want a RefusedError naming %s", res, err, want)
+		}
+	}
+	res, err := tbl.Sync(false)
+	requireRefused(res, err, "ns/svc-07:http")
+	if n := len(f.Elements()); n != 19*2 || res.Elements != 19*2 || !res.Rebuilt {
+		t.Fatalf("after the first sync: %d elements in the kernel, %+v; want the 19 good owners' 38", n, res)
+	}
+
+	// Incremental: the bad owner's old elements stay, others' changes go.
+	_ = tbl.SetElements("ns/svc-07:http", svc(7))
+	mustSync(t, tbl, false)
+	_ = tbl.SetElements("ns/svc-03:http", nil)
+	_ = tbl.SetElements("ns/svc-07:http", broken)
+	_ = tbl.SetElements("ns/svc-30:http", svc(30))
+	res, err = tbl.Sync(false)
+	requireRefused(res, err, "ns/svc-07:http")
+	got := map[string]bool{}
+	for _, e := range f.Elements() {
+		got[e.Comment] = true
+	}
+	if got["ns/svc-03:http"] || !got["ns/svc-30:http"] || !got["ns/svc-07:http"] || len(f.Elements()) != 20*2 {
+		t.Fatalf("kernel holds %v (%d elements): want svc-03 gone, svc-30 added, svc-07 as before", got, len(f.Elements()))
+	}
+	if tbl.needsBuild {
+		t.Fatal("isolating an owner left the table marked for a rebuild")
 	}
 }
 
@@ -371,5 +432,40 @@ func TestRenderGolden(t *testing.T) {
 	}
 	if got != string(want) {
 		t.Fatalf("table differs from %s (rerun with -update after checking):\n%s", golden, got)
+	}
+}
+
+// TestWatchDriftIgnoresOwnCommits: the fake tells watchers about every
+// commit; only someone else's change to the table reaches onDrift, and
+// the next sync, even a partial one, rebuilds.
+func TestWatchDriftIgnoresOwnCommits(t *testing.T) {
+	tbl, f := mustFake(t, Config{})
+	drift := make(chan struct{}, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := tbl.WatchDrift(ctx, func() { drift <- struct{}{} }); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		_ = tbl.SetElements(fmt.Sprintf("ns/svc-%d:http", i), svc(i))
+		mustSync(t, tbl, false)
+	}
+	if err := tbl.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	mustSync(t, tbl, false)
+	select {
+	case <-drift:
+		t.Fatal("onDrift called for our own commits")
+	case <-time.After(100 * time.Millisecond):
+	}
+	f.Drift(func(es map[Element]kernelElement) { clear(es) })
+	select {
+	case <-drift:
+	case <-time.After(time.Second):
+		t.Fatal("onDrift not called within 1 s of someone else's change")
+	}
+	if res := mustSync(t, tbl, false); !res.Rebuilt || len(f.Elements()) != 10 {
+		t.Fatalf("sync after drift: %+v, %d elements; want a rebuild with 10", res, len(f.Elements()))
 	}
 }

@@ -9,6 +9,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
@@ -29,8 +30,61 @@ const (
 // Watch starts informers for Services, EndpointSlices and this Node, feeds
 // the proxier, and returns once the caches have synced (or ctx ends).
 // Like kube-proxy, it ignores objects labelled with another proxy's name
-// and EndpointSlices of headless Services.
+// and EndpointSlices of headless Services. A command that watches this
+// Node itself hands its informer to WatchWith instead, so that the Node
+// is watched once.
 func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, nodeName string, resync time.Duration) error {
+	return p.WatchWith(ctx, client, WatchOptions{Resync: resync, Node: NewNodeInformer(client, nodeName, resync)})
+}
+
+// WatchOptions are what WatchWith watches besides Services and
+// EndpointSlices.
+type WatchOptions struct {
+	// Resync is the informers' resync period (--config-sync-period).
+	Resync time.Duration
+	// Node is the informer on this Node: its topology zone and addresses
+	// feed the proxier (OnNodeUpdate). It may already be running (the
+	// command starts it first, to wait for the Node's IPs); WatchWith
+	// then only adds the proxier's handler to it.
+	Node *NodeInformer
+	// OnChange, when set, is called after each Service and EndpointSlice
+	// event has been handed to the proxier (kube-proxy's change metrics).
+	OnChange func(Change)
+}
+
+// Change is one Service or EndpointSlice event handed to the proxier.
+type Change struct {
+	// EndpointSlice is true for an EndpointSlice event, false for a
+	// Service event.
+	EndpointSlice bool
+	// Service is the Service the object belongs to.
+	Service types.NamespacedName
+	// Changed is false for an update that changed nothing (an informer
+	// resync hands every object again with the same resourceVersion).
+	Changed bool
+}
+
+// NodeInformer is an informer on one Node only, by name.
+type NodeInformer struct {
+	cache.SharedIndexInformer
+	factory informers.SharedInformerFactory
+}
+
+// NewNodeInformer returns an informer on the Node named nodeName; it does
+// not start it.
+func NewNodeInformer(client kubernetes.Interface, nodeName string, resync time.Duration) *NodeInformer {
+	factory := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", nodeName).String()
+		}))
+	return &NodeInformer{SharedIndexInformer: factory.Core().V1().Nodes().Informer(), factory: factory}
+}
+
+// Start starts the informer unless it runs already.
+func (n *NodeInformer) Start(stop <-chan struct{}) { n.factory.Start(stop) }
+
+// WatchWith is Watch with the Node's informer given (see WatchOptions).
+func (p *Proxier) WatchWith(ctx context.Context, client kubernetes.Interface, o WatchOptions) error {
 	noProxyName, err := labels.NewRequirement(labelServiceProxyName, selection.DoesNotExist, nil)
 	if err != nil {
 		return err
@@ -40,18 +94,18 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, nodeNa
 		return err
 	}
 	sel := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
-	factory := informers.NewSharedInformerFactoryWithOptions(client, resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel }))
-	nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", nodeName).String()
-		}))
+	factory := informers.NewSharedInformerFactoryWithOptions(client, o.Resync,
+		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = sel }))
 
 	svcInformer := factory.Core().V1().Services().Informer()
 	sliceInformer := factory.Discovery().V1().EndpointSlices().Informer()
-	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
+	nodeInformer := o.Node.SharedIndexInformer
+	onChange := o.OnChange
+	if onChange == nil {
+		onChange = func(Change) {}
+	}
 
-	onService := func(obj any, deleted bool) {
+	onService := func(old, obj any, deleted bool) {
 		svc, ok := unwrap[*v1.Service](obj)
 		if !ok {
 			return
@@ -61,8 +115,9 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, nodeNa
 			svc = nil
 		}
 		p.OnServiceUpdate(name, svc)
+		onChange(Change{Service: name, Changed: changed(old, obj)})
 	}
-	onSlice := func(obj any, deleted bool) {
+	onSlice := func(old, obj any, deleted bool) {
 		s, ok := unwrap[*discovery.EndpointSlice](obj)
 		if !ok {
 			return
@@ -72,8 +127,11 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, nodeNa
 			s = nil
 		}
 		p.OnEndpointSliceUpdate(sliceNamespace(obj), sliceName(obj), s, owner)
+		if owner != "" {
+			onChange(Change{EndpointSlice: true, Service: types.NamespacedName{Namespace: sliceNamespace(obj), Name: owner}, Changed: changed(old, obj)})
+		}
 	}
-	onNode := func(obj any, deleted bool) {
+	onNode := func(_, obj any, deleted bool) {
 		n, ok := unwrap[*v1.Node](obj)
 		if !ok || deleted {
 			return
@@ -90,11 +148,11 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, nodeNa
 		p.OnNodeUpdate(n.Labels[v1.LabelTopologyZone], ips)
 	}
 	var handlers []cache.ResourceEventHandlerRegistration
-	for inf, fn := range map[cache.SharedIndexInformer]func(any, bool){svcInformer: onService, sliceInformer: onSlice, nodeInformer: onNode} {
+	for inf, fn := range map[cache.SharedIndexInformer]func(old, obj any, deleted bool){svcInformer: onService, sliceInformer: onSlice, nodeInformer: onNode} {
 		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(o any) { fn(o, false) },
-			UpdateFunc: func(_, o any) { fn(o, false) },
-			DeleteFunc: func(o any) { fn(o, true) },
+			AddFunc:    func(o any) { fn(nil, o, false) },
+			UpdateFunc: func(old, o any) { fn(old, o, false) },
+			DeleteFunc: func(o any) { fn(nil, o, true) },
 		})
 		if err != nil {
 			return fmt.Errorf("add event handler: %w", err)
@@ -105,7 +163,7 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, nodeNa
 		"services": svcInformer, "endpointslices.discovery.k8s.io": sliceInformer, "nodes": nodeInformer,
 	}, handlers, func() {
 		factory.Start(ctx.Done())
-		nodeFactory.Start(ctx.Done())
+		o.Node.Start(ctx.Done())
 	})
 	if err != nil {
 		return err
@@ -114,6 +172,18 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, nodeNa
 		"endpointSlices", len(sliceInformer.GetStore().ListKeys()))
 	p.SetSynced(true, true)
 	return nil
+}
+
+// changed says whether an event changes the object: an add or delete
+// does (old is nil); an update does unless both have the same
+// resourceVersion (an informer resync).
+func changed(old, obj any) bool {
+	if old == nil {
+		return true
+	}
+	a, errA := meta.Accessor(old)
+	b, errB := meta.Accessor(obj)
+	return errA != nil || errB != nil || a.GetResourceVersion() != b.GetResourceVersion()
 }
 
 // unwrap handles the tombstones informers hand to delete handlers.

@@ -280,10 +280,6 @@ func (o *Options) Complete() (*Config, error) {
 	if cfg.Mode == "" && o.ConfigFile != "" {
 		out.Warnings = append(out.Warnings, "mode is empty (kube-proxy would run iptables mode): nftvs runs IPVS mode with the ipvs section")
 	}
-	if cfg.Logging.Format == "json" {
-		out.Warnings = append(out.Warnings, "logging format json is not supported by nftvs: logging as text")
-		cfg.Logging.Format = logsapi.DefaultLogFormat
-	}
 	platformDefaults(cfg)
 	out.KubeProxy = cfg
 	gate, ignoredGates, gateErr := loggingFeatureGate(cfg.FeatureGates)

@@ -321,9 +321,9 @@ func TestConfigFileModesAndOtherModeFields(t *testing.T) {
 	if _, minSync := cfg.syncPeriods(); minSync != time.Nanosecond {
 		t.Errorf("min sync period %v, want 1ns", minSync)
 	}
-	// JSON logging is not available: text, with a warning.
+	// JSON logging, as kube-proxy.
 	cfg = mustParse(t, "--config="+writeFile(t, header+"mode: ipvs\nlogging:\n  format: json\n"))
-	if cfg.KubeProxy.Logging.Format != "text" || !slices.ContainsFunc(cfg.Warnings, func(w string) bool { return strings.Contains(w, "json") }) {
+	if cfg.KubeProxy.Logging.Format != "json" || slices.ContainsFunc(cfg.Warnings, func(w string) bool { return strings.Contains(w, "json") }) {
 		t.Errorf("format %q warnings %q", cfg.KubeProxy.Logging.Format, cfg.Warnings)
 	}
 }

@@ -1,35 +1,41 @@
 package app
 
 import (
+	"errors"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/component-base/metrics/legacyregistry"
+	_ "k8s.io/component-base/metrics/prometheus/clientgo" // rest_client_* and informer metrics, as kube-proxy registers them
 
 	"github.com/nftvs/nftvs/conntrack"
 	"github.com/nftvs/nftvs/proxier"
 )
 
 // Metrics are kube-proxy's metrics where they apply
-// (pkg/proxy/metrics/metrics.go: same names, labels and buckets), and
-// nftvs's own.
+// (pkg/proxy/metrics/metrics.go: same names, labels and buckets), the
+// client-go and build metrics kube-proxy's binary registers
+// (k8s.io/component-base/metrics/prometheus/clientgo and .../version),
+// and nftvs's own, under nftvs_.
 //
 // Where nftvs differs from kube-proxy:
 //   - kube-proxy runs one proxier per IP family and labels by ip_family;
 //     nftvs's one proxier syncs both families at once, so every sync is
 //     reported under each family proxied, and counts (no local endpoints)
-//     under the primary family;
-//   - the proxier counts changed Services, not Service and EndpointSlice
-//     events: both *_changes_pending gauges report the number of Services
-//     waiting for a sync;
-//   - network_programming_duration_seconds is measured from when the
-//     change was first seen pending (polled every second) to the end of
-//     the sync that programmed it, not from the EndpointSlice's
-//     last-change-trigger-time annotation: it leaves out the time the
-//     endpoint controllers took, and may be up to one poll late.
+//     under the primary family; the conntrack cleaner is run once per
+//     family, as kube-proxy's reconciler, and reported under it;
+//   - network_programming_duration_seconds starts when the proxier
+//     received the oldest change a sync programmed (SyncResult.PendingSince);
+//   - kube-proxy's IPVS mode also has
+//     sync_proxy_rules_iptables_restore_failures_total: nftvs runs no
+//     iptables-restore (nftvs_sync_errors_total counts failed syncs by
+//     subsystem); nftvs has the full and partial sync durations of the
+//     iptables and nftables modes.
 type Metrics struct {
 	Registry *prometheus.Registry
 
@@ -40,15 +46,16 @@ type Metrics struct {
 	networkProgramming                                  *prometheus.HistogramVec
 	lastSync, lastQueued                                *prometheus.GaugeVec
 	endpointChangesPending, serviceChangesPending       prometheus.Gauge
+	endpointChangesTotal, serviceChangesTotal           prometheus.Counter
 	noLocalEndpoints                                    *prometheus.GaugeVec
 	healthzTotal, livezTotal                            *prometheus.CounterVec
+	conntrackDeleted                                    *prometheus.CounterVec
+	conntrackDuration                                   *prometheus.HistogramVec
 
-	nftElements, nftRules  prometheus.Gauge
-	ipvsWrites             *prometheus.CounterVec
-	syncErrors             *prometheus.CounterVec
-	conntrackDeleted       prometheus.Counter
-	conntrackCleanDuration prometheus.Histogram
-	realServersRemoved     prometheus.Counter
+	nftElements, nftRules prometheus.Gauge
+	ipvsWrites            *prometheus.CounterVec
+	syncErrors            *prometheus.CounterVec
+	realServersRemoved    prometheus.Counter
 }
 
 // syncBuckets are kube-proxy's: 1ms to ~16s.
@@ -71,61 +78,24 @@ var ipvsWriteOps = []string{"add_virtual_server", "update_virtual_server", "dele
 // Subsystems, the subsystem label of nftvs_sync_errors_total.
 var syncSubsystems = []string{"nftables", "ipvs", "addresses", "conntrack", "other"}
 
-// NewMetrics registers every metric on a new registry, with the Go and
-// process collectors. families are the IP families proxied, primary
-// first.
+// NewMetrics registers kube-proxy's and nftvs's metrics on a new
+// registry. families are the IP families proxied, primary first. The Go,
+// process, client-go and build metrics are in component-base's global
+// registry, as in kube-proxy: Gatherer serves both.
 func NewMetrics(families []v1.IPFamily) *Metrics {
-	const ns = "kubeproxy"
 	m := &Metrics{Registry: prometheus.NewRegistry(), families: families}
 	if len(families) > 0 {
 		m.primary = families[0]
 	}
-	histogram := func(name, help string, buckets []float64) *prometheus.HistogramVec {
-		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: name, Help: help, Buckets: buckets}, []string{"ip_family"})
-	}
-	m.syncDuration = histogram("sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds", syncBuckets)
-	m.syncFullDuration = histogram("sync_full_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for full resyncs", syncBuckets)
-	m.syncPartialDuration = histogram("sync_partial_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for partial resyncs", syncBuckets)
-	m.networkProgramming = histogram("network_programming_duration_seconds",
-		"In Cluster Network Programming Latency in seconds (nftvs: from a change seen pending to the end of the sync that programmed it)", networkProgrammingBuckets())
-	m.lastSync = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_last_timestamp_seconds",
-		Help: "The last time proxy rules were successfully synced"}, []string{"ip_family"})
-	m.lastQueued = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_last_queued_timestamp_seconds",
-		Help: "The last time a sync of proxy rules was queued"}, []string{"ip_family"})
-	m.endpointChangesPending = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_endpoint_changes_pending",
-		Help: "Pending proxy rules Endpoint changes (nftvs: Services with a pending Service or EndpointSlice change)"})
-	m.serviceChangesPending = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_service_changes_pending",
-		Help: "Pending proxy rules Service changes (nftvs: Services with a pending Service or EndpointSlice change)"})
-	m.noLocalEndpoints = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_no_local_endpoints_total",
-		Help: "Number of services with a Local traffic policy and no endpoints"}, []string{"traffic_policy", "ip_family"})
-	m.healthzTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "proxy_healthz_total",
-		Help: "Cumulative proxy healthz HTTP status"}, []string{"code"})
-	m.livezTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "proxy_livez_total",
-		Help: "Cumulative proxy livez HTTP status"}, []string{"code"})
-
-	m.nftElements = prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftvs_nft_elements",
-		Help: "Set and map elements in the nftvs nftables table after the last sync"})
-	m.nftRules = prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftvs_nft_rules",
-		Help: "Rules in the nftvs nftables table (constant for a configuration)"})
-	m.ipvsWrites = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nftvs_ipvs_netlink_writes_total",
-		Help: "IPVS netlink write requests sent by syncs, failed ones included, by operation"}, []string{"op"})
-	m.syncErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nftvs_sync_errors_total",
-		Help: "Failed syncs, by the kernel subsystem that failed (nftables, ipvs, addresses of kube-ipvs0, conntrack cleanup)"}, []string{"subsystem"})
-	m.conntrackDeleted = prometheus.NewCounter(prometheus.CounterOpts{Name: "nftvs_conntrack_entries_deleted_total",
-		Help: "Conntrack entries of flows to removed endpoints deleted by the cleaner"})
-	m.conntrackCleanDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "nftvs_conntrack_clean_duration_seconds",
-		Help: "Time of one conntrack cleanup (one table walk and its deletes)", Buckets: syncBuckets})
-	m.realServersRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "nftvs_ipvs_real_servers_removed_total",
-		Help: "IPVS real servers removed (endpoints gone, or drained past --ipvs-graceful-termination-period)"})
-
+	m.newKubeProxyMetrics()
+	m.newNftvsMetrics()
 	m.Registry.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.syncDuration, m.syncFullDuration, m.syncPartialDuration, m.networkProgramming,
 		m.lastSync, m.lastQueued, m.endpointChangesPending, m.serviceChangesPending,
-		m.noLocalEndpoints, m.healthzTotal, m.livezTotal,
-		m.nftElements, m.nftRules, m.ipvsWrites, m.syncErrors,
-		m.conntrackDeleted, m.conntrackCleanDuration, m.realServersRemoved,
+		m.endpointChangesTotal, m.serviceChangesTotal,
+		m.noLocalEndpoints, m.healthzTotal, m.livezTotal, m.conntrackDeleted, m.conntrackDuration,
+		m.nftElements, m.nftRules, m.ipvsWrites, m.syncErrors, m.realServersRemoved,
+		buildInfo(),
 	)
 	// Every label value exists from the start, so that rates work from
 	// the first scrape.
@@ -139,8 +109,96 @@ func NewMetrics(families []v1.IPFamily) *Metrics {
 		for _, p := range []string{"internal", "external"} {
 			m.noLocalEndpoints.WithLabelValues(p, string(f)).Set(0)
 		}
+		m.conntrackDeleted.WithLabelValues(string(f))
 	}
 	return m
+}
+
+// newKubeProxyMetrics makes kube-proxy's metrics
+// (pkg/proxy/metrics/metrics.go).
+func (m *Metrics) newKubeProxyMetrics() {
+	const ns = "kubeproxy"
+	family := []string{"ip_family"}
+	histogram := func(name, help string, buckets []float64) *prometheus.HistogramVec {
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: name, Help: help, Buckets: buckets}, family)
+	}
+	gauge := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: name, Help: help})
+	}
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: name, Help: help})
+	}
+	m.syncDuration = histogram("sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds", syncBuckets)
+	m.syncFullDuration = histogram("sync_full_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for full resyncs", syncBuckets)
+	m.syncPartialDuration = histogram("sync_partial_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for partial resyncs", syncBuckets)
+	m.networkProgramming = histogram("network_programming_duration_seconds",
+		"In Cluster Network Programming Latency in seconds (nftvs: from a change seen pending to the end of the sync that programmed it)", networkProgrammingBuckets())
+	m.lastSync = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_last_timestamp_seconds",
+		Help: "The last time proxy rules were successfully synced"}, family)
+	m.lastQueued = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_last_queued_timestamp_seconds",
+		Help: "The last time a sync of proxy rules was queued"}, family)
+	m.endpointChangesPending = gauge("sync_proxy_rules_endpoint_changes_pending", "Pending proxy rules Endpoint changes")
+	m.endpointChangesTotal = counter("sync_proxy_rules_endpoint_changes_total", "Cumulative proxy rules Endpoint changes")
+	m.serviceChangesPending = gauge("sync_proxy_rules_service_changes_pending", "Pending proxy rules Service changes")
+	m.serviceChangesTotal = counter("sync_proxy_rules_service_changes_total", "Cumulative proxy rules Service changes")
+	m.noLocalEndpoints = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_no_local_endpoints_total",
+		Help: "Number of services with a Local traffic policy and no endpoints"}, []string{"traffic_policy", "ip_family"})
+	m.healthzTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "proxy_healthz_total",
+		Help: "Cumulative proxy healthz HTTP status"}, []string{"code"})
+	m.livezTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "proxy_livez_total",
+		Help: "Cumulative proxy livez HTTP status"}, []string{"code"})
+	m.conntrackDuration = histogram("conntrack_reconciler_sync_duration_seconds",
+		"ReconcileConntrackFlowsLatency latency in seconds (nftvs: one conntrack cleanup of removed endpoints' flows)", syncBuckets)
+	m.conntrackDeleted = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "conntrack_reconciler_deleted_entries_total",
+		Help: "Cumulative conntrack flows deleted by conntrack reconciler"}, family)
+}
+
+// newNftvsMetrics makes nftvs's own metrics.
+func (m *Metrics) newNftvsMetrics() {
+	m.nftElements = prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftvs_nft_elements",
+		Help: "Set and map elements in the nftvs nftables table after the last sync"})
+	m.nftRules = prometheus.NewGauge(prometheus.GaugeOpts{Name: "nftvs_nft_rules",
+		Help: "Rules in the nftvs nftables table (constant for a configuration)"})
+	m.ipvsWrites = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nftvs_ipvs_netlink_writes_total",
+		Help: "IPVS netlink write requests sent by syncs, failed ones included, by operation"}, []string{"op"})
+	m.syncErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nftvs_sync_errors_total",
+		Help: "Failed syncs, by the kernel subsystem that failed (nftables, ipvs, addresses of kube-ipvs0, conntrack cleanup)"}, []string{"subsystem"})
+	m.realServersRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "nftvs_ipvs_real_servers_removed_total",
+		Help: "IPVS real servers removed (endpoints gone, or drained past --ipvs-graceful-termination-period)"})
+}
+
+// buildInfo is component-base's kubernetes_build_info
+// (k8s.io/component-base/metrics/prometheus/version), with kube-proxy's
+// labels: major and minor are the release nftvs stands in for,
+// git_version is nftvs's version, the rest comes from the Go build
+// information.
+func buildInfo() prometheus.Collector {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubernetes_build_info",
+		Help: "A metric with a constant '1' value labeled by major, minor, git version, git commit, git tree state, build date, Go version, and compiler from which Kubernetes was built, and platform on which it is running."},
+		[]string{"major", "minor", "git_version", "git_commit", "git_tree_state", "build_date", "go_version", "compiler", "platform"})
+	commit, tree, date := "", "", ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				commit = s.Value
+			case "vcs.modified":
+				tree = map[string]string{"true": "dirty", "false": "clean"}[s.Value]
+			case "vcs.time":
+				date = s.Value
+			}
+		}
+	}
+	g.WithLabelValues(strconv.Itoa(int(kubeVersion.Major())), strconv.Itoa(int(kubeVersion.Minor())), Version(), commit, tree, date,
+		runtime.Version(), runtime.Compiler, runtime.GOOS+"/"+runtime.GOARCH).Set(1)
+	return g
+}
+
+// Gatherer gathers m's metrics and component-base's global registry
+// (Go, process, rest_client_* and informer metrics), as kube-proxy's
+// /metrics serves them.
+func (m *Metrics) Gatherer() prometheus.Gatherer {
+	return prometheus.Gatherers{legacyregistry.DefaultGatherer, m.Registry}
 }
 
 // ObserveSync records one sync's outcome. pendingSince is when the
@@ -191,17 +249,30 @@ func (m *Metrics) ObserveNoLocalEndpoints(internal, external int) {
 	m.noLocalEndpoints.WithLabelValues("external", string(m.primary)).Set(float64(external))
 }
 
-// ObservePending sets the changes_pending gauges and, when something is
-// pending, the last queued timestamp.
-func (m *Metrics) ObservePending(pending int, now time.Time) {
+// ObserveChange counts one Service (endpointSlice false) or EndpointSlice
+// event as kube-proxy's change trackers do
+// (pkg/proxy/servicechangetracker.go, endpointschangetracker.go): every
+// Service event once per IP family proxied (kube-proxy hands it to each
+// family's proxier), every EndpointSlice event once (to its family's
+// proxier).
+func (m *Metrics) ObserveChange(endpointSlice bool) {
 	if m == nil {
 		return
 	}
-	m.endpointChangesPending.Set(float64(pending))
-	m.serviceChangesPending.Set(float64(pending))
-	if pending > 0 {
-		m.SetLastQueued(now)
+	if endpointSlice {
+		m.endpointChangesTotal.Inc()
+		return
 	}
+	m.serviceChangesTotal.Add(float64(len(m.families)))
+}
+
+// SetPending sets the *_changes_pending gauges.
+func (m *Metrics) SetPending(services, endpoints int) {
+	if m == nil {
+		return
+	}
+	m.serviceChangesPending.Set(float64(services))
+	m.endpointChangesPending.Set(float64(endpoints))
 }
 
 // SetLastQueued sets the last queued timestamp of every family.
@@ -267,24 +338,74 @@ func syncErrorSubsystems(err error) []string {
 	return out
 }
 
-// instrumentedConntrack counts what the conntrack cleaner does. The
-// proxier logs and swallows cleanup errors (entries expire on their own),
-// so this is where they are counted.
+// instrumentedConntrack runs the conntrack cleaner once per IP family,
+// as kube-proxy runs its reconciler in each family's proxier, and counts
+// what it does under that family. The proxier logs and swallows cleanup
+// errors (entries expire on their own), so this is where they are
+// counted.
 type instrumentedConntrack struct {
 	inner   conntrack.Interface
 	metrics *Metrics
 }
 
 func (c instrumentedConntrack) Clean(stale []conntrack.Stale) (conntrack.Result, error) {
-	r, err := c.inner.Clean(stale)
-	if m := c.metrics; m != nil {
-		if r.Walks > 0 {
-			m.conntrackCleanDuration.Observe(r.Duration.Seconds())
-		}
-		m.conntrackDeleted.Add(float64(r.Deleted))
+	var total conntrack.Result
+	var errs []error
+	for _, f := range staleByFamily(stale) {
+		r, err := c.inner.Clean(f.stale)
+		total = addResults(total, r)
 		if err != nil {
-			m.syncErrors.WithLabelValues("conntrack").Inc()
+			errs = append(errs, err)
+		}
+		if m := c.metrics; m != nil {
+			if r.Walks > 0 {
+				m.conntrackDuration.WithLabelValues(string(f.family)).Observe(r.Duration.Seconds())
+			}
+			m.conntrackDeleted.WithLabelValues(string(f.family)).Add(float64(r.Deleted))
+			if err != nil {
+				m.syncErrors.WithLabelValues("conntrack").Inc()
+			}
 		}
 	}
-	return r, err
+	return total, errors.Join(errs...)
+}
+
+type familyStale struct {
+	family v1.IPFamily
+	stale  []conntrack.Stale
+}
+
+// staleByFamily splits stale by the family of its frontends (or of its
+// endpoint), IPv4 first; an entry with neither goes with IPv4.
+func staleByFamily(stale []conntrack.Stale) []familyStale {
+	var v4, v6 []conntrack.Stale
+	for _, s := range stale {
+		is6 := s.Endpoint.Addr().Is6()
+		if len(s.Frontends) > 0 {
+			is6 = s.Frontends[0].Addr().Is6()
+		}
+		if is6 {
+			v6 = append(v6, s)
+		} else {
+			v4 = append(v4, s)
+		}
+	}
+	var out []familyStale
+	if len(v4) > 0 || len(v6) == 0 {
+		out = append(out, familyStale{v1.IPv4Protocol, v4})
+	}
+	if len(v6) > 0 {
+		out = append(out, familyStale{v1.IPv6Protocol, v6})
+	}
+	return out
+}
+
+// addResults sums two cleanups' results.
+func addResults(a, b conntrack.Result) conntrack.Result {
+	filtered := b.Filtered && (a.Walks == 0 || a.Filtered)
+	return conntrack.Result{
+		Walks: a.Walks + b.Walks, Scanned: a.Scanned + b.Scanned, Filtered: filtered,
+		Deleted: a.Deleted + b.Deleted, Vanished: a.Vanished + b.Vanished,
+		Duration: a.Duration + b.Duration, DumpDuration: a.DumpDuration + b.DumpDuration,
+	}
 }

@@ -23,12 +23,13 @@ func TestMetricNames(t *testing.T) {
 	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
 	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond}, nil, time.Now(), time.Now().Add(-time.Second))
 	m.ObserveSync(proxier.SyncResult{Full: true, Duration: time.Millisecond}, nil, time.Now(), time.Time{})
-	m.ObservePending(1, time.Now())
+	m.SetPending(1, 1)
+	m.SetLastQueued(time.Now())
 	m.observeHealth("healthz", 200)
 	m.observeHealth("livez", 200)
-	m.conntrackCleanDuration.Observe(0.01)
+	m.conntrackDuration.WithLabelValues("IPv4").Observe(0.01)
 
-	families, err := m.Registry.Gather()
+	families, err := m.Gatherer().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,11 +53,9 @@ func TestMetricNames(t *testing.T) {
 		"nftvs_nft_rules":                                          dto.MetricType_GAUGE,
 		"nftvs_ipvs_netlink_writes_total":                          dto.MetricType_COUNTER,
 		"nftvs_sync_errors_total":                                  dto.MetricType_COUNTER,
-		"nftvs_conntrack_entries_deleted_total":                    dto.MetricType_COUNTER,
-		"nftvs_conntrack_clean_duration_seconds":                   dto.MetricType_HISTOGRAM,
+		"kubeproxy_conntrack_reconciler_deleted_entries_total":     dto.MetricType_COUNTER,
+		"kubeproxy_conntrack_reconciler_sync_duration_seconds":     dto.MetricType_HISTOGRAM,
 		"nftvs_ipvs_real_servers_removed_total":                    dto.MetricType_COUNTER,
-		"go_goroutines":                                            dto.MetricType_GAUGE,
-		"process_start_time_seconds":                               dto.MetricType_GAUGE,
 	}
 	for name, typ := range want {
 		if g, ok := got[name]; !ok || g != typ {
@@ -116,8 +115,8 @@ func TestObserveSync(t *testing.T) {
 	if got := testutil.ToFloat64(m.noLocalEndpoints.WithLabelValues("internal", "IPv4")); got != 2 {
 		t.Errorf("no local endpoints internal = %v", got)
 	}
-	m.ObservePending(4, now)
-	if testutil.ToFloat64(m.serviceChangesPending) != 4 || testutil.ToFloat64(m.endpointChangesPending) != 4 {
+	m.SetPending(4, 5)
+	if testutil.ToFloat64(m.serviceChangesPending) != 4 || testutil.ToFloat64(m.endpointChangesPending) != 5 {
 		t.Error("pending gauges not set")
 	}
 }
@@ -152,10 +151,10 @@ func TestInstrumentedConntrack(t *testing.T) {
 	if _, err := c.Clean([]conntrack.Stale{{}}); err == nil {
 		t.Fatal("error swallowed")
 	}
-	if testutil.ToFloat64(m.conntrackDeleted) != 2 || testutil.ToFloat64(m.syncErrors.WithLabelValues("conntrack")) != 1 {
-		t.Errorf("deleted %v errors %v", testutil.ToFloat64(m.conntrackDeleted), testutil.ToFloat64(m.syncErrors.WithLabelValues("conntrack")))
+	if testutil.ToFloat64(m.conntrackDeleted.WithLabelValues("IPv4")) != 2 || testutil.ToFloat64(m.syncErrors.WithLabelValues("conntrack")) != 1 {
+		t.Errorf("deleted %v errors %v", testutil.ToFloat64(m.conntrackDeleted.WithLabelValues("IPv4")), testutil.ToFloat64(m.syncErrors.WithLabelValues("conntrack")))
 	}
-	if n := testutil.CollectAndCount(m.conntrackCleanDuration); n != 1 {
+	if n := testutil.CollectAndCount(m.conntrackDuration); n != 1 {
 		t.Errorf("clean duration series %d", n)
 	}
 }

@@ -12,11 +12,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	listers "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	netutils "k8s.io/utils/net"
@@ -42,17 +38,23 @@ func nodeName(override string) (string, error) {
 	return name, nil
 }
 
-// nodeWatcher is kube-proxy's NodeManager: an informer on this node only,
-// for its IPs and podCIDRs at start and its state for /healthz (a node
-// being deleted or drained by the cluster autoscaler is not eligible for
-// load-balancer traffic). The proxier watches the node on its own for
-// topology and node IPs.
+// nodeWatcher is kube-proxy's NodeManager: the one informer on this node
+// (the proxier gets it too, for topology and node IPs), for its IPs and
+// podCIDRs at start and its state for /healthz (a node being deleted or
+// drained by the cluster autoscaler is not eligible for load-balancer
+// traffic).
 type nodeWatcher struct {
-	lister listers.NodeLister
-	name   string
+	informer *proxier.NodeInformer
+	name     string
 
 	mu   sync.Mutex
-	node *v1.Node
+	node *v1.Node // as last seen, or as found at start
+	// podCIDRs are the podCIDRs found at start (needPodCIDRs only);
+	// started is set once they are known.
+	podCIDRs         []string
+	started          bool
+	needPodCIDRs     bool
+	onPodCIDRsChange func()
 }
 
 // Timeouts kube-proxy waits at start for the node's IPs, and for its
@@ -68,34 +70,13 @@ const (
 // podCIDRsTimeout). onPodCIDRsChange is called when the podCIDRs change
 // later: nftvs then exits, as kube-proxy does, to be restarted with them.
 func watchNode(ctx context.Context, client kubernetes.Interface, name string, resync time.Duration, needPodCIDRs bool, onPodCIDRsChange func()) (*nodeWatcher, error) {
-	factory := informers.NewSharedInformerFactoryWithOptions(client, resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
-		}))
-	inf := factory.Core().V1().Nodes()
-	w := &nodeWatcher{lister: inf.Lister(), name: name}
-	var initialPodCIDRs []string
-	var started bool
-	var mu sync.Mutex
-	update := func(obj any) {
-		n, ok := obj.(*v1.Node)
-		if !ok {
-			return
-		}
-		w.mu.Lock()
-		w.node = n
-		w.mu.Unlock()
-		mu.Lock()
-		changed := started && needPodCIDRs && !slices.Equal(initialPodCIDRs, n.Spec.PodCIDRs)
-		mu.Unlock()
-		if changed && onPodCIDRsChange != nil {
-			klog.InfoS("PodCIDRs changed for the node", "node", klog.KObj(n), "newPodCIDRs", n.Spec.PodCIDRs, "oldPodCIDRs", initialPodCIDRs)
-			onPodCIDRsChange()
-		}
+	w := &nodeWatcher{
+		informer: proxier.NewNodeInformer(client, name, resync), name: name,
+		needPodCIDRs: needPodCIDRs, onPodCIDRsChange: onPodCIDRsChange,
 	}
-	if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    update,
-		UpdateFunc: func(_, o any) { update(o) },
+	if _, err := w.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    w.update,
+		UpdateFunc: func(_, o any) { w.update(o) },
 		DeleteFunc: func(obj any) {
 			if n, ok := obj.(*v1.Node); ok {
 				klog.InfoS("Node is being deleted", "node", klog.KObj(n))
@@ -104,49 +85,18 @@ func watchNode(ctx context.Context, client kubernetes.Interface, name string, re
 	}); err != nil {
 		return nil, fmt.Errorf("watch node %s: %w", name, err)
 	}
-	if err := proxier.StartAndSync(ctx, map[string]cache.SharedIndexInformer{"nodes": inf.Informer()}, nil, func() { factory.Start(ctx.Done()) }); err != nil {
+	if err := proxier.StartAndSync(ctx, map[string]cache.SharedIndexInformer{"nodes": w.informer}, nil, func() { w.informer.Start(ctx.Done()) }); err != nil {
 		return nil, fmt.Errorf("watch node %s: %w", name, err)
 	}
-
-	wait := func(timeout time.Duration, done func(*v1.Node) bool) *v1.Node {
-		deadline := time.Now().Add(timeout)
-		for {
-			n, _ := w.lister.Get(name)
-			if n != nil && done(n) {
-				return n
-			}
-			if time.Now().After(deadline) || ctx.Err() != nil {
-				return n
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-		}
+	n, err := w.waitForStart(ctx)
+	if err != nil {
+		return nil, err
 	}
-	n := wait(nodeIPsTimeout, func(n *v1.Node) bool { return len(NodeHostIPs(n)) > 0 })
-	if needPodCIDRs {
-		n = wait(podCIDRsTimeout, func(n *v1.Node) bool { return len(n.Spec.PodCIDRs) > 0 })
-		if n == nil {
-			return nil, fmt.Errorf("timeout waiting for node %q to exist", name)
-		}
-		if len(n.Spec.PodCIDRs) == 0 {
-			return nil, fmt.Errorf("timeout waiting for PodCIDR allocation on node %q", name)
-		}
-	}
-	switch {
-	case n == nil:
-		klog.ErrorS(nil, "Timed out waiting for node to exist", "node", klog.KRef("", name))
-	case len(NodeHostIPs(n)) == 0:
-		klog.ErrorS(nil, "Timed out waiting for node to be assigned IPs", "node", klog.KRef("", name))
-	}
-	mu.Lock()
-	if n != nil {
-		initialPodCIDRs = slices.Clone(n.Spec.PodCIDRs)
-	}
-	started = true
-	mu.Unlock()
 	w.mu.Lock()
+	if n != nil {
+		w.podCIDRs = slices.Clone(n.Spec.PodCIDRs)
+	}
+	w.started = true
 	if w.node == nil {
 		w.node = n
 	}
@@ -154,13 +104,82 @@ func watchNode(ctx context.Context, client kubernetes.Interface, name string, re
 	return w, nil
 }
 
+// update records the node as the informer hands it, and reports podCIDRs
+// that changed since the start.
+func (w *nodeWatcher) update(obj any) {
+	n, ok := obj.(*v1.Node)
+	if !ok {
+		return
+	}
+	w.mu.Lock()
+	w.node = n
+	changed := w.started && w.needPodCIDRs && !slices.Equal(w.podCIDRs, n.Spec.PodCIDRs)
+	old := w.podCIDRs
+	w.mu.Unlock()
+	if changed && w.onPodCIDRsChange != nil {
+		klog.InfoS("PodCIDRs changed for the node", "node", klog.KObj(n), "newPodCIDRs", n.Spec.PodCIDRs, "oldPodCIDRs", old)
+		w.onPodCIDRsChange()
+	}
+}
+
+// waitForStart waits, as kube-proxy does, for the node's IPs and, when
+// they are needed, its podCIDRs; it returns the node as last seen (nil:
+// not found).
+func (w *nodeWatcher) waitForStart(ctx context.Context) (*v1.Node, error) {
+	n := w.waitFor(ctx, nodeIPsTimeout, func(n *v1.Node) bool { return len(NodeHostIPs(n)) > 0 })
+	if w.needPodCIDRs {
+		n = w.waitFor(ctx, podCIDRsTimeout, func(n *v1.Node) bool { return len(n.Spec.PodCIDRs) > 0 })
+		if n == nil {
+			return nil, fmt.Errorf("timeout waiting for node %q to exist", w.name)
+		}
+		if len(n.Spec.PodCIDRs) == 0 {
+			return nil, fmt.Errorf("timeout waiting for PodCIDR allocation on node %q", w.name)
+		}
+	}
+	switch {
+	case n == nil:
+		klog.ErrorS(nil, "Timed out waiting for node to exist", "node", klog.KRef("", w.name))
+	case len(NodeHostIPs(n)) == 0:
+		klog.ErrorS(nil, "Timed out waiting for node to be assigned IPs", "node", klog.KRef("", w.name))
+	}
+	return n, nil
+}
+
+// waitFor polls the informer's cache every second until done holds for
+// the node, timeout passes or ctx ends.
+func (w *nodeWatcher) waitFor(ctx context.Context, timeout time.Duration, done func(*v1.Node) bool) *v1.Node {
+	deadline := time.Now().Add(timeout)
+	for {
+		n := w.cached()
+		if n != nil && done(n) {
+			return n
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return n
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// cached is the node in the informer's cache, or nil.
+func (w *nodeWatcher) cached() *v1.Node {
+	obj, ok, err := w.informer.GetStore().GetByKey(w.name)
+	if err != nil || !ok {
+		return nil
+	}
+	n, _ := obj.(*v1.Node)
+	return n
+}
+
 // Node is the node as last seen, or nil.
 func (w *nodeWatcher) Node() *v1.Node {
 	if w == nil {
 		return nil
 	}
-	n, err := w.lister.Get(w.name)
-	if err == nil {
+	if n := w.cached(); n != nil {
 		return n
 	}
 	w.mu.Lock()

@@ -98,13 +98,24 @@ func (o *Options) NewFlagSet() *pflag.FlagSet {
 	return fs
 }
 
+// ignoredWithConfig ends the help of flags a --config file replaces.
+const ignoredWithConfig = " This parameter is ignored if a config file is specified by --config."
+
 // AddFlags registers kube-proxy 1.36's flags (cmd/kube-proxy/app/options.go,
 // same names, types and defaults) and nftvs's own on fs.
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	o.fs = fs
-	c := o.config
-	ignoredWithConfig := " This parameter is ignored if a config file is specified by --config."
+	o.addGeneralFlags(fs)
+	o.addIPTablesAndIPVSFlags(fs)
+	o.addLocalTrafficAndConntrackFlags(fs)
+	o.addLoggingAndCompatibilityFlags(fs)
+	o.addOwnFlags(fs)
+}
 
+// addGeneralFlags registers the configuration file, API client, node and
+// server flags.
+func (o *Options) addGeneralFlags(fs *pflag.FlagSet) {
+	c := o.config
 	fs.StringVar(&o.ConfigFile, "config", o.ConfigFile, "The path to the configuration file (a KubeProxyConfiguration, kubeproxy.config.k8s.io/v1alpha1, mode ipvs).")
 	fs.StringVar(&o.WriteConfigTo, "write-config-to", o.WriteConfigTo, "If set, write the default configuration values to this file and exit.")
 	fs.BoolVar(&o.Cleanup, "cleanup", o.Cleanup, "If true, remove what nftvs programmed (its nftables table, kube-ipvs0, and every IPVS virtual server outside --ipvs-exclude-cidrs) and exit.")
@@ -125,7 +136,12 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.ShowHiddenMetricsForVersion, "show-hidden-metrics-for-version", c.ShowHiddenMetricsForVersion, "Accepted for compatibility; nftvs hides no metrics."+ignoredWithConfig)
 	fs.BoolVar(&o.InitOnly, "init-only", o.InitOnly, "If true, perform any initialization steps that must be done with full root privileges (sysctls, IPVS timeouts), and then exit.")
 	fs.Var(stringValue[v1alpha1.ProxyMode]{&c.Mode, "ProxyMode"}, "proxy-mode", "Which proxy mode to use: nftvs implements 'ipvs' only (empty means ipvs)."+ignoredWithConfig)
+}
 
+// addIPTablesAndIPVSFlags registers the iptables (masquerade) and IPVS
+// flags.
+func (o *Options) addIPTablesAndIPVSFlags(fs *pflag.FlagSet) {
+	c := o.config
 	fs.Int32Var(c.IPTables.MasqueradeBit, "iptables-masquerade-bit", *c.IPTables.MasqueradeBit, "The bit of the fwmark space to mark packets requiring SNAT with. Must be within the range [0, 31].")
 	fs.BoolVar(&c.IPTables.MasqueradeAll, "masquerade-all", c.IPTables.MasqueradeAll, "SNAT all traffic sent via Service cluster IPs. This may be required with some CNI plugins.")
 	fs.BoolVar(c.IPTables.LocalhostNodePorts, "iptables-localhost-nodeports", *c.IPTables.LocalhostNodePorts, "Applies only to kube-proxy's iptables mode: accepted and ignored (localhost NodePorts are never allowed in IPVS mode).")
@@ -140,7 +156,13 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.IPVS.TCPTimeout.Duration, "ipvs-tcp-timeout", c.IPVS.TCPTimeout.Duration, "The timeout for idle IPVS TCP connections, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
 	fs.DurationVar(&c.IPVS.TCPFinTimeout.Duration, "ipvs-tcpfin-timeout", c.IPVS.TCPFinTimeout.Duration, "The timeout for IPVS TCP connections after receiving a FIN packet, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
 	fs.DurationVar(&c.IPVS.UDPTimeout.Duration, "ipvs-udp-timeout", c.IPVS.UDPTimeout.Duration, "The timeout for IPVS UDP packets, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
+}
 
+// addLocalTrafficAndConntrackFlags registers local traffic detection,
+// node port addresses, OOM score, conntrack and the deprecated port
+// flags.
+func (o *Options) addLocalTrafficAndConntrackFlags(fs *pflag.FlagSet) {
+	c := o.config
 	fs.Var(stringValue[v1alpha1.LocalMode]{&c.DetectLocalMode, "LocalMode"}, "detect-local-mode", "Mode to use to detect local traffic: ClusterCIDR (default), NodeCIDR, BridgeInterface or InterfaceNamePrefix."+ignoredWithConfig)
 	fs.StringVar(&c.DetectLocal.BridgeInterface, "pod-bridge-interface", c.DetectLocal.BridgeInterface, "A bridge interface name. When --detect-local-mode is set to BridgeInterface, nftvs will consider traffic to be local if it originates from this bridge.")
 	fs.StringVar(&c.DetectLocal.InterfaceNamePrefix, "pod-interface-name-prefix", c.DetectLocal.InterfaceNamePrefix, "An interface name prefix. When --detect-local-mode is set to InterfaceNamePrefix, nftvs will consider traffic to be local if it originates from any interface whose name begins with this prefix.")
@@ -161,15 +183,16 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	_ = fs.MarkDeprecated("healthz-port", "This flag is deprecated and will be removed in a future release. Please use --healthz-bind-address instead.")
 	fs.Int32Var(&o.MetricsPort, "metrics-port", o.MetricsPort, "The port to bind the metrics server. Use 0 to disable.")
 	_ = fs.MarkDeprecated("metrics-port", "This flag is deprecated and will be removed in a future release. Please use --metrics-bind-address instead.")
+}
 
+// addLoggingAndCompatibilityFlags registers component-base's logging and
+// version flags, and the flags kube-proxy gets from cAdvisor.
+func (o *Options) addLoggingAndCompatibilityFlags(fs *pflag.FlagSet) {
+	c := o.config
 	// Logging, as kube-proxy (component-base logs API): -v, --vmodule,
-	// --logging-format, --log-flush-frequency, --log-text-*.
+	// --logging-format (text, json), --log-flush-frequency, --log-text-*,
+	// --log-json-*.
 	logsapi.AddFlags(&c.Logging, fs)
-	// kube-proxy also registers the JSON format's flags; nftvs logs text.
-	if fs.Lookup("log-json-split-stream") == nil {
-		fs.BoolVar(&c.Logging.Options.JSON.SplitStream, "log-json-split-stream", false, "Accepted for compatibility; nftvs logs in text format only.")
-		fs.Var(&c.Logging.Options.JSON.InfoBufferSize, "log-json-info-buffer-size", "Accepted for compatibility; nftvs logs in text format only.")
-	}
 
 	o.Version = "false"
 	fs.Var(versionValue{&o.Version}, "version", "--version, --version=raw prints version information and quits")
@@ -178,8 +201,10 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	// kube-proxy gets these from cAdvisor through the Go flag set.
 	fs.String("boot-id-file", "/proc/sys/kernel/random/boot_id", "Accepted for compatibility; not used by nftvs.")
 	fs.String("machine-id-file", "/etc/machine-id,/var/lib/dbus/machine-id", "Accepted for compatibility; not used by nftvs.")
+}
 
-	// nftvs's own.
+// addOwnFlags registers nftvs's own flags.
+func (o *Options) addOwnFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Companion, "companion", o.Companion, "What replaces kube-proxy's iptables and ipset companions of IPVS: only \"nft\" (one nftables table, programmed over netlink).")
 	fs.DurationVar(&o.GracefulTerminationPeriod, "ipvs-graceful-termination-period", o.GracefulTerminationPeriod, "The longest time a real server of a terminating or not-ready endpoint is kept at weight 0 for its connections before it is removed. Must be greater than 0.")
 	fs.BoolVar(&o.TakeoverKubeProxy, "takeover-kube-proxy", o.TakeoverKubeProxy, "At start, before the first sync, remove what kube-proxy's IPVS mode left in iptables-nft (its KUBE-* chains and the jumps to them) and its ipsets, and nothing else, so that nftvs takes over a node from kube-proxy without dropping connections: the IPVS virtual servers and kube-ipvs0 are adopted in place. Safe to repeat.")
@@ -213,8 +238,6 @@ var otherModeFlags = map[string]string{
 	"iptables-min-sync-period":        "applies to kube-proxy's iptables mode only; nftvs uses --ipvs-min-sync-period",
 	"iptables-localhost-nodeports":    "applies to kube-proxy's iptables mode only; localhost NodePorts are never allowed in IPVS mode",
 	"show-hidden-metrics-for-version": "nftvs hides no metrics",
-	"log-json-split-stream":           "nftvs logs in text format only",
-	"log-json-info-buffer-size":       "nftvs logs in text format only",
 	"boot-id-file":                    "nftvs does not use it",
 	"machine-id-file":                 "nftvs does not use it",
 }

@@ -265,7 +265,6 @@ func TestOtherModeFlagsAreAcceptedWithAWarning(t *testing.T) {
 		{[]string{"--iptables-localhost-nodeports=false"}, "flag --iptables-localhost-nodeports does not apply"},
 		{[]string{"--show-hidden-metrics-for-version=1.35"}, "flag --show-hidden-metrics-for-version does not apply"},
 		{[]string{"--boot-id-file=/x"}, "flag --boot-id-file does not apply"},
-		{[]string{"--feature-gates=LoggingAlphaOptions=true", "--log-json-split-stream"}, "flag --log-json-split-stream does not apply"},
 		{[]string{"--feature-gates=Foo=true,Bar=false,ContextualLogging=false"}, "feature gates Bar, Foo do not apply"},
 	}
 	for _, c := range cases {

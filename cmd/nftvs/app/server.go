@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -26,6 +27,7 @@ import (
 	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/klog/v2"
 	"k8s.io/kube-proxy/config/v1alpha1"
+	netutils "k8s.io/utils/net"
 	"sigs.k8s.io/yaml"
 
 	"github.com/nftvs/nftvs/conntrack"
@@ -121,7 +123,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	case cfg.Cleanup:
 		err = runCleanup(cfg)
 	case cfg.InitOnly:
-		_, err = setupKernel(cfg, ipv6Supported())
+		_, err = setupKernel(cfg, ipv6Supported() && usesIPv6(cfg, nil, nil))
 	default:
 		err = run(ctx, cfg)
 	}
@@ -150,9 +152,11 @@ func writeConfig(c *v1alpha1.KubeProxyConfiguration, path string) error {
 // setupKernel does what needs full privileges, as kube-proxy's IPVS mode
 // does before it syncs anything (and all that --init-only does): kernel
 // modules (ip_vs, the scheduler, what the table uses), the conntrack
-// sysctls, IPVS mode's sysctls, the IPVS timeouts, and a check that the
-// scheduler works. Any failure stops nftvs, as it stops kube-proxy.
-func setupKernel(cfg *Config, ipv6 bool) (*ipvs.Kernel, error) {
+// sysctls, IPVS mode's sysctls (IPv6 forwarding only with
+// ipv6Forwarding), the IPVS timeouts, and a check that the scheduler
+// works. A failure stops nftvs, as it stops kube-proxy, except for the
+// IPVS timeouts, which kube-proxy only logs.
+func setupKernel(cfg *Config, ipv6Forwarding bool) (*ipvs.Kernel, error) {
 	// Modules first: nf_conntrack's sysctls exist only once it is loaded.
 	if err := loadKernelModules(cfg.KubeProxy.IPVS.Scheduler); err != nil {
 		return nil, err
@@ -164,22 +168,34 @@ func setupKernel(cfg *Config, ipv6 bool) (*ipvs.Kernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := ipvs.EnsureSysctls(ipvs.ProcSys, ipvs.SysctlOptions{IPv6: ipv6, StrictARP: cfg.KubeProxy.IPVS.StrictARP}); err != nil {
+	if err := ipvs.EnsureSysctls(ipvs.ProcSys, ipvs.SysctlOptions{IPv6: ipv6Forwarding, StrictARP: cfg.KubeProxy.IPVS.StrictARP}); err != nil {
 		kernel.Close()
 		return nil, fmt.Errorf("set IPVS sysctls: %w", err)
 	}
-	t := cfg.KubeProxy.IPVS
-	if t.TCPTimeout.Duration > 0 || t.TCPFinTimeout.Duration > 0 || t.UDPTimeout.Duration > 0 {
-		if err := kernel.SetTimeouts(t.TCPTimeout.Duration, t.TCPFinTimeout.Duration, t.UDPTimeout.Duration); err != nil {
-			kernel.Close()
-			return nil, fmt.Errorf("set IPVS timeouts: %w", err)
-		}
-	}
-	if err := ipvs.ProbeScheduler(kernel, t.Scheduler); err != nil {
+	setIPVSTimeouts(kernel, cfg.KubeProxy.IPVS)
+	if err := ipvs.ProbeScheduler(kernel, cfg.KubeProxy.IPVS.Scheduler); err != nil {
 		kernel.Close()
 		return nil, err
 	}
 	return kernel, nil
+}
+
+// ipvsTimeouts sets IPVS's connection timeouts (ipvsadm --set).
+type ipvsTimeouts interface {
+	SetTimeouts(tcp, tcpFin, udp time.Duration) error
+}
+
+// setIPVSTimeouts sets --ipvs-tcp-timeout, --ipvs-tcpfin-timeout and
+// --ipvs-udp-timeout when one is set (0 keeps the kernel's). A failure is
+// logged and nftvs goes on, as kube-proxy's IPVS mode does
+// (pkg/proxy/ipvs/proxier.go: "Failed to configure IPVS timeouts").
+func setIPVSTimeouts(k ipvsTimeouts, c v1alpha1.KubeProxyIPVSConfiguration) {
+	if c.TCPTimeout.Duration <= 0 && c.TCPFinTimeout.Duration <= 0 && c.UDPTimeout.Duration <= 0 {
+		return
+	}
+	if err := k.SetTimeouts(c.TCPTimeout.Duration, c.TCPFinTimeout.Duration, c.UDPTimeout.Duration); err != nil {
+		klog.ErrorS(err, "Failed to configure IPVS timeouts")
+	}
 }
 
 // runCleanup removes what nftvs programmed: every IPVS virtual server
@@ -285,11 +301,11 @@ var errPodCIDRsChanged = errors.New("the node's podCIDRs changed (detect-local-m
 
 // run is the proxy: it programs the kernel until ctx ends (SIGTERM), then
 // stops, leaving IPVS, kube-ipvs0 and the nftables table in place so that
-// connections survive the restart.
+// connections survive the restart. Its steps are kube-proxy's: the node,
+// the kernel, the servers, the watch, the sync loop.
 func run(parent context.Context, cfg *Config) error {
 	klog.InfoS("Starting nftvs", "version", Version(), "companion", cfg.Companion)
 	applyOOMScoreAdj(cfg.KubeProxy.OOMScoreAdj)
-
 	name, err := nodeName(cfg.KubeProxy.HostnameOverride)
 	if err != nil {
 		return err
@@ -300,22 +316,94 @@ func run(parent context.Context, cfg *Config) error {
 	}
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
-
-	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
-	recorder := broadcaster.NewRecorder(scheme.Scheme, "nftvs")
-	defer broadcaster.Shutdown()
-	nodeRef := &v1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: name}
+	ev := newNodeEvents(client, name)
+	defer ev.broadcaster.Shutdown()
 
 	resync := cfg.KubeProxy.ConfigSyncPeriod.Duration
-	nodeCIDR := cfg.KubeProxy.DetectLocalMode == "NodeCIDR"
-	nw, err := watchNode(ctx, client, name, resync, nodeCIDR, func() { cancel(errPodCIDRsChanged) })
+	nw, err := watchNode(ctx, client, name, resync, cfg.KubeProxy.DetectLocalMode == "NodeCIDR", func() { cancel(errPodCIDRsChanged) })
 	if ctx.Err() != nil {
 		return stopped(ctx) // stopped while waiting for the node
 	}
 	if err != nil {
 		return err
 	}
-	node := nw.Node()
+	node, err := detectNode(cfg, nw.Node())
+	if err != nil {
+		return err
+	}
+	metrics := NewMetrics(node.families)
+	p, nodePorts, closeKernel, err := newProxier(cfg, name, node, metrics)
+	if err != nil {
+		return err
+	}
+	defer closeKernel()
+
+	health := NewHealthServer(2*cfg.KubeProxy.IPVS.SyncPeriod.Duration, nw.Node, metrics)
+	serviceHealth := NewServiceHealthServers(name, ev.recorder, nodePorts.healthCheckAddresses(), node.ipv6, func() bool { return health.Health().Healthy })
+	defer serviceHealth.Close()
+	ev.broadcaster.StartRecordingToSink(ctx.Done())
+	servers := startServers(ctx, cancel, cfg, health, metrics, ev)
+	defer func() {
+		cancel(nil) // whatever ended the run, the servers stop
+		servers.Wait()
+	}()
+	ev.event(v1.EventTypeNormal, "Starting", "Starting nftvs")
+
+	// As kube-proxy's sync loop: healthy while starting; the informers'
+	// initial lists are the first queued change.
+	changes := newChangeTracker(metrics, health, node.families)
+	for _, f := range node.families {
+		health.Updated(f)
+	}
+	changes.queued(time.Now())
+	err = p.WatchWith(ctx, client, proxier.WatchOptions{Resync: resync, Node: nw.informer, OnChange: changes.observe})
+	if err != nil {
+		if ctx.Err() != nil {
+			return stopped(ctx)
+		}
+		return fmt.Errorf("watch the API server: %w", err)
+	}
+	if cfg.TakeoverKubeProxy {
+		takeOver(ev)
+	}
+	p.Run(ctx, func(res proxier.SyncResult, err error) {
+		observeSync(res, err, p, node.families, metrics, health, changes, serviceHealth)
+	})
+	return stopped(ctx)
+}
+
+// nodeEvents records Events on this Node.
+type nodeEvents struct {
+	broadcaster events.EventBroadcaster
+	recorder    events.EventRecorder
+	node        *v1.ObjectReference
+}
+
+func newNodeEvents(client kubernetes.Interface, name string) *nodeEvents {
+	b := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
+	return &nodeEvents{broadcaster: b, recorder: b.NewRecorder(scheme.Scheme, "nftvs"),
+		node: &v1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: name}}
+}
+
+func (e *nodeEvents) event(eventType, reason, note string) {
+	e.recorder.Eventf(e.node, nil, eventType, reason, "StartNftvs", "%s", note)
+}
+
+// nodeFacts are what nftvs learns from the Node and the kernel at start.
+type nodeFacts struct {
+	ip4, ip6 netip.Addr // the node's IPs, loopback when unknown
+	// ipv6 says the kernel has IPv6; families are the IP families
+	// proxied, primary first.
+	ipv6     bool
+	families []v1.IPFamily
+	podCIDRs []string
+	// ipv6Forwarding says the cluster uses IPv6 (usesIPv6).
+	ipv6Forwarding bool
+}
+
+// detectNode is kube-proxy's detectNodeIPs and platformCheckSupported:
+// the node's IPs, the primary family, and the families proxied.
+func detectNode(cfg *Config, node *v1.Node) (nodeFacts, error) {
 	rawIPs := NodeHostIPs(node)
 	if len(rawIPs) > 0 {
 		klog.InfoS("Successfully retrieved NodeIPs", "NodeIPs", rawIPs)
@@ -324,172 +412,192 @@ func run(parent context.Context, cfg *Config) error {
 	if primaryIPv6 && ip6.IsLoopback() || !primaryIPv6 && ip4.IsLoopback() {
 		klog.InfoS("Can't determine this node's IP, assuming loopback; if this is incorrect, please set the --bind-address flag")
 	}
-	ipv6 := ipv6Supported()
-	if primaryIPv6 && !ipv6 {
-		return errors.New("no support for primary IP family IPv6 (IPv6 is disabled in this kernel)")
+	f := nodeFacts{ip4: ip4, ip6: ip6, ipv6: ipv6Supported(), families: []v1.IPFamily{v1.IPv4Protocol}}
+	if primaryIPv6 && !f.ipv6 {
+		return f, errors.New("no support for primary IP family IPv6 (IPv6 is disabled in this kernel)")
 	}
-	families := []v1.IPFamily{v1.IPv4Protocol}
-	if ipv6 {
-		families = append(families, v1.IPv6Protocol)
+	if f.ipv6 {
+		f.families = append(f.families, v1.IPv6Protocol)
 	}
 	if primaryIPv6 {
-		slices.Reverse(families)
+		slices.Reverse(f.families)
 	}
-	klog.InfoS("IP families", "primary", families[0], "dualStack", len(families) == 2)
-
-	var podCIDRs []string
+	klog.InfoS("IP families", "primary", f.families[0], "dualStack", len(f.families) == 2)
 	if node != nil {
-		podCIDRs = node.Spec.PodCIDRs
+		f.podCIDRs = node.Spec.PodCIDRs
 	}
-	nftCfg, err := cfg.nftConfig(podCIDRs)
-	if err != nil {
-		return err
-	}
-	if nftCfg.LocalTraffic.Interface == "" && len(nftCfg.LocalTraffic.PodCIDRs) == 0 {
-		klog.InfoS("No local traffic detection: traffic from pods to ClusterIPs is masqueraded only with --masquerade-all",
-			"detectLocalMode", cfg.KubeProxy.DetectLocalMode, "clusterCIDR", cfg.KubeProxy.ClusterCIDR, "podCIDRs", podCIDRs)
-	}
-	npCIDRs, primary, err := cfg.nodePortCIDRs()
-	if err != nil {
-		return err
-	}
-	if primary {
-		npCIDRs = primaryNodePortCIDRs([]netip.Addr{ip4, ip6})
-	}
-	if len(npCIDRs) == 0 {
-		klog.InfoS("nodePortAddresses is unset; NodePort connections will be accepted on all local IPs. Consider using `--nodeport-addresses primary`")
-	}
-	nodePorts := NodePortAddresses{Dummy: ipvs.DummyName, CIDRs: npCIDRs, IPv4: true, IPv6: ipv6}
-	exclude, err := cfg.excludeCIDRs()
-	if err != nil {
-		return err
-	}
+	f.ipv6Forwarding = f.ipv6 && usesIPv6(cfg, rawIPs, f.podCIDRs)
+	return f, nil
+}
 
-	// The kernel: every failure here stops nftvs before it serves.
-	kernel, err := setupKernel(cfg, ipv6)
-	if err != nil {
-		return err
+// usesIPv6 says whether the cluster uses IPv6, and so needs IPv6
+// forwarding: the node has an IPv6 address, or --bind-address, a
+// --cluster-cidr or one of the node's podCIDRs is IPv6. Setting
+// net.ipv6.conf.all.forwarding turns off Router Advertisements
+// (accept_ra=1) on SLAAC nodes, so an IPv4-only cluster is left without
+// it; kube-proxy's IPVS mode never sets it (only net.ipv4.ip_forward).
+func usesIPv6(cfg *Config, nodeIPs []netip.Addr, podCIDRs []string) bool {
+	if slices.ContainsFunc(nodeIPs, netip.Addr.Is6) {
+		return true
 	}
-	defer kernel.Close()
+	if ip := netutils.ParseIPSloppy(cfg.KubeProxy.BindAddress); ip != nil && !ip.IsUnspecified() && ip.To4() == nil {
+		return true
+	}
+	cidrs := append(strings.Split(cfg.KubeProxy.ClusterCIDR, ","), podCIDRs...)
+	return slices.ContainsFunc(cidrs, func(c string) bool {
+		p, err := parseCIDR(c)
+		return err == nil && strings.TrimSpace(c) != "" && p.Addr().Is6()
+	})
+}
+
+// nodePortSelection chooses node port and health check addresses.
+type nodePortSelection struct{ NodePortAddresses }
+
+// addresses are the node port addresses among the host's current ones.
+func (n nodePortSelection) addresses() ([]netip.Addr, error) {
+	all, err := hostAddresses()
+	if err != nil {
+		return nil, err
+	}
+	return n.Select(all), nil
+}
+
+// healthCheckAddresses are the addresses health check node ports listen
+// on: nil (every address) unless --nodeport-addresses narrows them.
+func (n nodePortSelection) healthCheckAddresses() func() []netip.Addr {
+	if n.MatchAll() {
+		return nil
+	}
+	return func() []netip.Addr {
+		addrs, err := n.addresses()
+		if err != nil {
+			klog.ErrorS(err, "Listing node port addresses for health check ports")
+			return nil
+		}
+		return addrs
+	}
+}
+
+// newProxier sets up the kernel and returns the proxier programming it,
+// the node port addresses, and what closes the kernel handles. Every
+// failure stops nftvs before it serves.
+func newProxier(cfg *Config, name string, node nodeFacts, m *Metrics) (*proxier.Proxier, nodePortSelection, func(), error) {
+	nodePorts, exclude, nftCfg, err := tableConfig(cfg, node)
+	if err != nil {
+		return nil, nodePorts, nil, err
+	}
+	kernel, err := setupKernel(cfg, node.ipv6Forwarding)
+	if err != nil {
+		return nil, nodePorts, nil, err
+	}
 	table, err := nft.New(nftCfg)
 	if err != nil {
-		return fmt.Errorf("nftables table: %w", err)
+		kernel.Close()
+		return nil, nodePorts, nil, fmt.Errorf("nftables table: %w", err)
 	}
 	addrs, err := ipvs.NewNetlinkAddresses("")
 	if err != nil {
-		return err
+		kernel.Close()
+		return nil, nodePorts, nil, err
 	}
-	defer addrs.Close()
-	metrics := NewMetrics(families)
-	k, err := proxierKernel(cfg, ipvs.NewReconciler(kernel, exclude), addrs, table, metrics, func() (conntrack.Interface, error) {
+	closeKernel := func() {
+		addrs.Close()
+		kernel.Close()
+	}
+	k, err := proxierKernel(cfg, ipvs.NewReconciler(kernel, exclude), addrs, table, m, func() (conntrack.Interface, error) {
 		return conntrack.New()
 	})
 	if err != nil {
-		return err
+		closeKernel()
+		return nil, nodePorts, nil, err
 	}
-
-	pcfg := cfg.proxierConfig(name, true, ipv6)
-	for _, ip := range []netip.Addr{ip4, ip6} {
+	pcfg := cfg.proxierConfig(name, true, node.ipv6)
+	for _, ip := range []netip.Addr{node.ip4, node.ip6} {
 		if !ip.IsLoopback() {
 			pcfg.Node.IPs = append(pcfg.Node.IPs, ip)
 		}
 	}
-	pcfg.NodePortAddresses = func() ([]netip.Addr, error) {
-		all, err := hostAddresses()
-		if err != nil {
-			return nil, err
-		}
-		return nodePorts.Select(all), nil
-	}
-	p := proxier.New(pcfg, k)
+	pcfg.NodePortAddresses = nodePorts.addresses
+	return proxier.New(pcfg, k), nodePorts, closeKernel, nil
+}
 
-	health := NewHealthServer(2*cfg.KubeProxy.IPVS.SyncPeriod.Duration, nw.Node, metrics)
-	var hcAddrs func() []netip.Addr
-	if !nodePorts.MatchAll() {
-		hcAddrs = func() []netip.Addr {
-			all, err := hostAddresses()
-			if err != nil {
-				klog.ErrorS(err, "Listing node port addresses for health check ports")
-				return nil
-			}
-			return nodePorts.Select(all)
-		}
+// tableConfig is what the node adds to the configuration: node port
+// addresses, the IPVS exclude CIDRs and the nftables table's
+// configuration.
+func tableConfig(cfg *Config, node nodeFacts) (nodePortSelection, []netip.Prefix, nft.Config, error) {
+	nftCfg, err := cfg.nftConfig(node.podCIDRs)
+	if err != nil {
+		return nodePortSelection{}, nil, nftCfg, err
 	}
-	serviceHealth := NewServiceHealthServers(name, recorder, hcAddrs, ipv6, func() bool { return health.Health().Healthy })
-	defer serviceHealth.Close()
+	if nftCfg.LocalTraffic.Interface == "" && len(nftCfg.LocalTraffic.PodCIDRs) == 0 {
+		klog.InfoS("No local traffic detection: traffic from pods to ClusterIPs is masqueraded only with --masquerade-all",
+			"detectLocalMode", cfg.KubeProxy.DetectLocalMode, "clusterCIDR", cfg.KubeProxy.ClusterCIDR, "podCIDRs", node.podCIDRs)
+	}
+	npCIDRs, primary, err := cfg.nodePortCIDRs()
+	if err != nil {
+		return nodePortSelection{}, nil, nftCfg, err
+	}
+	if primary {
+		npCIDRs = primaryNodePortCIDRs([]netip.Addr{node.ip4, node.ip6})
+	}
+	if len(npCIDRs) == 0 {
+		klog.InfoS("nodePortAddresses is unset; NodePort connections will be accepted on all local IPs. Consider using `--nodeport-addresses primary`")
+	}
+	nodePorts := nodePortSelection{NodePortAddresses{Dummy: ipvs.DummyName, CIDRs: npCIDRs, IPv4: true, IPv6: node.ipv6}}
+	exclude, err := cfg.excludeCIDRs()
+	return nodePorts, exclude, nftCfg, err
+}
 
-	broadcaster.StartRecordingToSink(ctx.Done())
-	hardFail := func(event string) func(error) {
+// startServers starts the health and metrics servers; with
+// --bind-address-hard-fail, one that cannot serve sends an Event and
+// ends the run.
+func startServers(ctx context.Context, cancel context.CancelCauseFunc, cfg *Config, health *HealthServer, metrics *Metrics, ev *nodeEvents) *sync.WaitGroup {
+	hardFail := func(reason string) func(error) {
 		if !cfg.KubeProxy.BindAddressHardFail {
 			return nil
 		}
 		return func(err error) {
-			recorder.Eventf(nodeRef, nil, v1.EventTypeWarning, event, "StartNftvs", "%s", err.Error())
+			ev.event(v1.EventTypeWarning, reason, err.Error())
 			cancel(err)
 		}
 	}
 	var servers sync.WaitGroup
-	defer func() {
-		cancel(nil) // whatever ended the run, the servers stop
-		servers.Wait()
-	}()
 	if a := cfg.KubeProxy.HealthzBindAddress; a != "" {
 		serveHTTP(ctx, &servers, "healthz", a, health.Handler(), hardFail("FailedToStartProxierHealthcheck"))
 	}
 	if a := cfg.KubeProxy.MetricsBindAddress; a != "" {
 		serveHTTP(ctx, &servers, "metrics", a, metricsHandler(metrics, cfg), hardFail("FailedToStartMetricServer"))
 	}
+	return &servers
+}
 
-	recorder.Eventf(nodeRef, nil, v1.EventTypeNormal, "Starting", "StartNftvs", "Starting nftvs")
-
-	// As kube-proxy's sync loop: healthy while starting; the informers'
-	// initial lists are the first queued change.
-	for _, f := range families {
-		health.Updated(f)
-		health.QueuedUpdate(f)
+// takeOver runs --takeover-kube-proxy right before the first sync, which
+// adopts kube-proxy's IPVS state: a failure is reported, and nftvs serves
+// anyway, since stopping would leave the node with no proxy at all.
+func takeOver(ev *nodeEvents) {
+	if err := takeover.KubeProxy(); err != nil {
+		klog.ErrorS(err, "Taking over from kube-proxy left some of its iptables rules or ipsets in place; serving anyway")
+		ev.event(v1.EventTypeWarning, "FailedTakeoverKubeProxy", err.Error())
 	}
-	metrics.SetLastQueued(time.Now())
-	pending := &pendingTracker{}
-	go pending.poll(ctx, p, health, metrics, families)
+}
 
-	if err := p.Watch(ctx, client, name, resync); err != nil {
-		if ctx.Err() != nil {
-			return stopped(ctx)
-		}
-		return fmt.Errorf("watch the API server: %w", err)
-	}
-	// Right before the first sync, which adopts kube-proxy's IPVS state:
-	// a failure is reported, and nftvs serves anyway, since stopping
-	// would leave the node with no proxy at all.
-	if cfg.TakeoverKubeProxy {
-		if err := takeover.KubeProxy(); err != nil {
-			klog.ErrorS(err, "Taking over from kube-proxy left some of its iptables rules or ipsets in place; serving anyway")
-			recorder.Eventf(nodeRef, nil, v1.EventTypeWarning, "FailedTakeoverKubeProxy", "StartNftvs", "%s", err.Error())
+// observeSync reports one sync: metrics, the changes it took, health,
+// and the per-Service health check servers.
+func observeSync(res proxier.SyncResult, err error, p *proxier.Proxier, families []v1.IPFamily, metrics *Metrics, health *HealthServer, changes *changeTracker, serviceHealth *ServiceHealthServers) {
+	now := time.Now()
+	changes.synced(now.Add(-res.Duration))
+	var since time.Time // a failed sync leaves its changes pending
+	if err == nil {
+		since = res.PendingSince
+		for _, f := range families {
+			health.Updated(f)
 		}
 	}
-	p.Run(ctx, func(res proxier.SyncResult, err error) {
-		now := time.Now()
-		var since time.Time // a failed sync leaves its changes pending
-		if err == nil {
-			// The proxier knows when the oldest change it programmed
-			// arrived; the 1 s poller misses changes synced faster.
-			since = res.PendingSince
-			if polled := pending.take(); since.IsZero() {
-				since = polled
-			}
-		}
-		metrics.ObserveSync(res, err, now, since)
-		if err == nil {
-			for _, f := range families {
-				health.Updated(f)
-			}
-		}
-		metrics.ObserveNoLocalEndpoints(p.NoLocalEndpoints())
-		serviceHealth.Sync(p.HealthChecks())
-		klog.V(2).InfoS("Synced", "full", res.Full, "services", res.ServicesSeen, "ipvs", res.IPVS.String(),
-			"realServersRemoved", len(res.Removed), "conntrackDeleted", res.Conntrack.Deleted, "duration", res.Duration, "err", err)
-	})
-	return stopped(ctx)
+	metrics.ObserveSync(res, err, now, since)
+	metrics.ObserveNoLocalEndpoints(p.NoLocalEndpoints())
+	serviceHealth.Sync(p.HealthChecks())
+	klog.V(2).InfoS("Synced", "full", res.Full, "services", res.ServicesSeen, "ipvs", res.IPVS.String(),
+		"realServersRemoved", len(res.Removed), "conntrackDeleted", res.Conntrack.Deleted, "duration", res.Duration, "err", err)
 }
 
 // stopped is the outcome of a run whose context ended: a signal is a
@@ -501,49 +609,4 @@ func stopped(ctx context.Context) error {
 	}
 	klog.InfoS("Stopping nftvs; IPVS, kube-ipvs0 and the nftables table are left in place")
 	return nil
-}
-
-// pendingTracker polls the proxier for changes waiting to be synced, for
-// /healthz (a change waiting longer than 2 × the sync period makes the
-// proxy unhealthy), the *_changes_pending gauges and the network
-// programming latency.
-type pendingTracker struct {
-	mu    sync.Mutex
-	since time.Time // when a change was first seen waiting; zero: none
-}
-
-const pendingPollPeriod = time.Second
-
-func (t *pendingTracker) poll(ctx context.Context, p *proxier.Proxier, health *HealthServer, metrics *Metrics, families []v1.IPFamily) {
-	tick := time.NewTicker(pendingPollPeriod)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-tick.C:
-			n := p.Pending()
-			metrics.ObservePending(n, now)
-			if n == 0 {
-				continue
-			}
-			for _, f := range families {
-				health.QueuedUpdate(f)
-			}
-			t.mu.Lock()
-			if t.since.IsZero() {
-				t.since = now
-			}
-			t.mu.Unlock()
-		}
-	}
-}
-
-// take returns when the oldest waiting change was seen, and forgets it.
-func (t *pendingTracker) take() time.Time {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	s := t.since
-	t.since = time.Time{}
-	return s
 }

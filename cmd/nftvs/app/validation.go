@@ -101,126 +101,143 @@ func (errs FieldErrors) render(file string) error {
 // schedulerName is what an IPVS scheduler module name can be (ip_vs_<name>).
 var schedulerName = regexp.MustCompile(`^[a-z0-9_]+$`)
 
+// fieldErrors collects FieldErrors.
+type fieldErrors struct{ errs FieldErrors }
+
+func (e *fieldErrors) add(field string, value any, detail string) {
+	e.errs = append(e.errs, FieldError{Field: field, Value: value, Detail: detail})
+}
+
 // Validate checks a defaulted configuration as kube-proxy 1.36 does in
 // IPVS mode (pkg/proxy/apis/config/validation), plus what nftvs cannot
 // do: any mode but ipvs, interface names the kernel would refuse.
 // logging is the feature gate the logging configuration is checked
 // against (nil: the gates' defaults).
 func Validate(c *v1alpha1.KubeProxyConfiguration, logging featuregate.FeatureGate) FieldErrors {
-	var errs FieldErrors
-	add := func(field string, value any, detail string) {
-		errs = append(errs, FieldError{Field: field, Value: value, Detail: detail})
-	}
+	var e fieldErrors
 	if c.Mode != "ipvs" && c.Mode != "" {
-		add("mode", c.Mode, `nftvs implements IPVS mode only: must be "ipvs" or empty`)
+		e.add("mode", c.Mode, `nftvs implements IPVS mode only: must be "ipvs" or empty`)
 	}
 	if b := c.IPTables.MasqueradeBit; b != nil && (*b < 0 || *b > 31) {
-		add("iptables.masqueradeBit", *b, "must be within the range [0, 31]")
+		e.add("iptables.masqueradeBit", *b, "must be within the range [0, 31]")
 	}
+	validateIPVS(&e, c.IPVS)
+	validateLinux(&e, c)
+	validateClientAndServers(&e, c)
+	validateDetectLocal(&e, c)
+	for _, fe := range logsapi.Validate(&c.Logging, logging, nil) {
+		e.errs = append(e.errs, FieldError{Field: "logging." + fe.Field, Detail: fe.Detail})
+	}
+	return e.errs
+}
 
-	// IPVS.
-	if c.IPVS.SyncPeriod.Duration <= 0 {
-		add("ipvs.syncPeriod", c.IPVS.SyncPeriod.Duration, "must be greater than 0")
+// validateIPVS checks the ipvs section.
+func validateIPVS(e *fieldErrors, c v1alpha1.KubeProxyIPVSConfiguration) {
+	if c.SyncPeriod.Duration <= 0 {
+		e.add("ipvs.syncPeriod", c.SyncPeriod.Duration, "must be greater than 0")
 	}
-	if c.IPVS.MinSyncPeriod.Duration < 0 {
-		add("ipvs.minSyncPeriod", c.IPVS.MinSyncPeriod.Duration, "must be greater than or equal to 0")
+	if c.MinSyncPeriod.Duration < 0 {
+		e.add("ipvs.minSyncPeriod", c.MinSyncPeriod.Duration, "must be greater than or equal to 0")
 	}
-	if c.IPVS.SyncPeriod.Duration > 0 && c.IPVS.MinSyncPeriod.Duration > c.IPVS.SyncPeriod.Duration {
-		add("ipvs.syncPeriod", c.IPVS.SyncPeriod.Duration, fmt.Sprintf("must be greater than or equal to ipvs.minSyncPeriod (%s)", c.IPVS.MinSyncPeriod.Duration))
+	if c.SyncPeriod.Duration > 0 && c.MinSyncPeriod.Duration > c.SyncPeriod.Duration {
+		e.add("ipvs.syncPeriod", c.SyncPeriod.Duration, fmt.Sprintf("must be greater than or equal to ipvs.minSyncPeriod (%s)", c.MinSyncPeriod.Duration))
 	}
-	if s := c.IPVS.Scheduler; s != "" && !schedulerName.MatchString(s) {
-		add("ipvs.scheduler", s, "must be the name of an IPVS scheduler (rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh)")
+	if s := c.Scheduler; s != "" && !schedulerName.MatchString(s) {
+		e.add("ipvs.scheduler", s, "must be the name of an IPVS scheduler (rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh)")
 	}
-	for i, cidr := range c.IPVS.ExcludeCIDRs {
+	for i, cidr := range c.ExcludeCIDRs {
 		if _, _, err := netutils.ParseCIDRSloppy(cidr); err != nil {
-			add(fmt.Sprintf("ipvs.excludeCIDRs[%d]", i), cidr, "must be a valid CIDR")
+			e.add(fmt.Sprintf("ipvs.excludeCIDRs[%d]", i), cidr, "must be a valid CIDR")
 		}
 	}
 	for _, t := range []struct {
 		field string
 		d     time.Duration
-	}{{"ipvs.tcpTimeout", c.IPVS.TCPTimeout.Duration}, {"ipvs.tcpFinTimeout", c.IPVS.TCPFinTimeout.Duration}, {"ipvs.udpTimeout", c.IPVS.UDPTimeout.Duration}} {
+	}{{"ipvs.tcpTimeout", c.TCPTimeout.Duration}, {"ipvs.tcpFinTimeout", c.TCPFinTimeout.Duration}, {"ipvs.udpTimeout", c.UDPTimeout.Duration}} {
 		if t.d < 0 {
-			add(t.field, t.d, "must be greater than or equal to 0")
+			e.add(t.field, t.d, "must be greater than or equal to 0")
 		}
 	}
+}
 
-	// Linux: conntrack and OOM score.
+// validateLinux checks the conntrack section and the OOM score.
+func validateLinux(e *fieldErrors, c *v1alpha1.KubeProxyConfiguration) {
 	ct := c.Conntrack
 	if ct.MaxPerCore != nil && *ct.MaxPerCore < 0 {
-		add("conntrack.maxPerCore", *ct.MaxPerCore, "must be greater than or equal to 0")
+		e.add("conntrack.maxPerCore", *ct.MaxPerCore, "must be greater than or equal to 0")
 	}
 	if ct.Min != nil && *ct.Min < 0 {
-		add("conntrack.min", *ct.Min, "must be greater than or equal to 0")
+		e.add("conntrack.min", *ct.Min, "must be greater than or equal to 0")
 	}
 	if ct.TCPEstablishedTimeout != nil && ct.TCPEstablishedTimeout.Duration < 0 {
-		add("conntrack.tcpEstablishedTimeout", ct.TCPEstablishedTimeout.Duration, "must be greater than or equal to 0")
+		e.add("conntrack.tcpEstablishedTimeout", ct.TCPEstablishedTimeout.Duration, "must be greater than or equal to 0")
 	}
 	if ct.TCPCloseWaitTimeout != nil && ct.TCPCloseWaitTimeout.Duration < 0 {
-		add("conntrack.tcpCloseWaitTimeout", ct.TCPCloseWaitTimeout.Duration, "must be greater than or equal to 0")
+		e.add("conntrack.tcpCloseWaitTimeout", ct.TCPCloseWaitTimeout.Duration, "must be greater than or equal to 0")
 	}
 	if ct.UDPTimeout.Duration < 0 {
-		add("conntrack.udpTimeout", ct.UDPTimeout.Duration, "must be greater than or equal to 0")
+		e.add("conntrack.udpTimeout", ct.UDPTimeout.Duration, "must be greater than or equal to 0")
 	}
 	if ct.UDPStreamTimeout.Duration < 0 {
-		add("conntrack.udpStreamTimeout", ct.UDPStreamTimeout.Duration, "must be greater than or equal to 0")
+		e.add("conntrack.udpStreamTimeout", ct.UDPStreamTimeout.Duration, "must be greater than or equal to 0")
 	}
 	if a := c.OOMScoreAdj; a != nil && (*a < -1000 || *a > 1000) {
-		add("oomScoreAdj", *a, "must be within the range [-1000, 1000]")
+		e.add("oomScoreAdj", *a, "must be within the range [-1000, 1000]")
 	}
+}
 
+// validateClientAndServers checks the API client, the node's addresses
+// and the servers' addresses.
+func validateClientAndServers(e *fieldErrors, c *v1alpha1.KubeProxyConfiguration) {
 	if c.ClientConnection.Burst < 0 {
-		add("clientConnection.burst", c.ClientConnection.Burst, "must be greater than or equal to 0")
+		e.add("clientConnection.burst", c.ClientConnection.Burst, "must be greater than or equal to 0")
 	}
 	if c.ClientConnection.QPS < 0 || math.IsNaN(float64(c.ClientConnection.QPS)) {
-		add("clientConnection.qps", c.ClientConnection.QPS, "must be greater than or equal to 0")
+		e.add("clientConnection.qps", c.ClientConnection.QPS, "must be greater than or equal to 0")
 	}
 	if c.ConfigSyncPeriod.Duration <= 0 {
-		add("configSyncPeriod", c.ConfigSyncPeriod.Duration, "must be greater than 0")
+		e.add("configSyncPeriod", c.ConfigSyncPeriod.Duration, "must be greater than 0")
 	}
 	if netutils.ParseIPSloppy(c.BindAddress) == nil {
-		add("bindAddress", c.BindAddress, "not a valid textual representation of an IP address")
+		e.add("bindAddress", c.BindAddress, "not a valid textual representation of an IP address")
 	}
 	// Empty disables the server (kube-proxy's --healthz-port=0 and
 	// --metrics-port=0 do that).
 	if c.HealthzBindAddress != "" {
-		errs = append(errs, validateHostPort(c.HealthzBindAddress, "healthzBindAddress")...)
+		e.errs = append(e.errs, validateHostPort(c.HealthzBindAddress, "healthzBindAddress")...)
 	}
 	if c.MetricsBindAddress != "" {
-		errs = append(errs, validateHostPort(c.MetricsBindAddress, "metricsBindAddress")...)
+		e.errs = append(e.errs, validateHostPort(c.MetricsBindAddress, "metricsBindAddress")...)
 	}
 	for i, a := range c.NodePortAddresses {
 		if a == "primary" {
 			if i != 0 || len(c.NodePortAddresses) != 1 {
-				add(fmt.Sprintf("nodePortAddresses[%d]", i), a, "can't use both 'primary' and CIDRs")
+				e.add(fmt.Sprintf("nodePortAddresses[%d]", i), a, "can't use both 'primary' and CIDRs")
 			}
 			break
 		}
 		if _, _, err := netutils.ParseCIDRSloppy(a); err != nil {
-			add(fmt.Sprintf("nodePortAddresses[%d]", i), a, "must be a valid CIDR")
+			e.add(fmt.Sprintf("nodePortAddresses[%d]", i), a, "must be a valid CIDR")
 		}
 	}
+}
 
-	// Local traffic detection.
+// validateDetectLocal checks local traffic detection.
+func validateDetectLocal(e *fieldErrors, c *v1alpha1.KubeProxyConfiguration) {
 	switch c.DetectLocalMode {
 	case "ClusterCIDR":
 		if c.ClusterCIDR != "" {
-			errs = append(errs, validateDualStackCIDRs(strings.Split(c.ClusterCIDR, ","), "clusterCIDR")...)
+			e.errs = append(e.errs, validateDualStackCIDRs(strings.Split(c.ClusterCIDR, ","), "clusterCIDR")...)
 		}
 	case "NodeCIDR", "":
 	case "BridgeInterface":
-		errs = append(errs, validateInterface(c.DetectLocal.BridgeInterface, "detectLocal.bridgeInterface", 15)...)
+		e.errs = append(e.errs, validateInterface(c.DetectLocal.BridgeInterface, "detectLocal.bridgeInterface", 15)...)
 	case "InterfaceNamePrefix":
 		// The nft table matches the prefix as "prefix*": 15 bytes in all.
-		errs = append(errs, validateInterface(c.DetectLocal.InterfaceNamePrefix, "detectLocal.interfaceNamePrefix", 14)...)
+		e.errs = append(e.errs, validateInterface(c.DetectLocal.InterfaceNamePrefix, "detectLocal.interfaceNamePrefix", 14)...)
 	default:
-		add("detectLocalMode", c.DetectLocalMode, `supported values: "ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix", ""`)
+		e.add("detectLocalMode", c.DetectLocalMode, `supported values: "ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix", ""`)
 	}
-
-	for _, fe := range logsapi.Validate(&c.Logging, logging, nil) {
-		errs = append(errs, FieldError{Field: "logging." + fe.Field, Detail: fe.Detail})
-	}
-	return errs
 }
 
 // validateOptions checks nftvs's own flags.

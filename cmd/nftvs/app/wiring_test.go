@@ -175,8 +175,8 @@ func TestConntrackCleanerWiring(t *testing.T) {
 	if len(res.Removed) != 2 || res.Conntrack.Deleted != 2 || len(f.ct.Flows()) != 1 {
 		t.Errorf("removed %v, deleted %d, flows left %v", res.Removed, res.Conntrack.Deleted, f.ct.Flows())
 	}
-	if got := testutil.ToFloat64(f.metrics.conntrackDeleted); got != 2 {
-		t.Errorf("nftvs_conntrack_entries_deleted_total = %v, want 2", got)
+	if got := testutil.ToFloat64(f.metrics.conntrackDeleted.WithLabelValues("IPv4")); got != 2 {
+		t.Errorf("kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=IPv4} = %v, want 2", got)
 	}
 	if got := testutil.ToFloat64(f.metrics.realServersRemoved); got != 2 {
 		t.Errorf("nftvs_ipvs_real_servers_removed_total = %v, want 2", got)

@@ -1,0 +1,79 @@
+package app
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/nftvs/nftvs/proxier"
+)
+
+// The change metrics mean what kube-proxy's change trackers make them
+// mean (pkg/proxy/servicechangetracker.go, endpointschangetracker.go):
+// service_changes_pending counts Services with a Service change waiting,
+// endpoint_changes_pending EndpointSlice changes waiting, both cleared by
+// the sync that takes them; the totals count every event, a Service
+// event once per IP family proxied. A resync (nothing changed) is counted
+// but not pending and does not queue a sync.
+func TestChangeMetricsAsKubeProxy(t *testing.T) {
+	families := []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
+	m := NewMetrics(families)
+	clock := &fakeClock{t: time.Unix(1700000000, 0)}
+	h := NewHealthServer(time.Minute, nil, m)
+	h.now = clock.now
+	c := newChangeTracker(m, h, families)
+	c.now = clock.now
+	web := types.NamespacedName{Namespace: "ns", Name: "web"}
+	db := types.NamespacedName{Namespace: "ns", Name: "db"}
+
+	c.observe(proxier.Change{Service: web, Changed: true})
+	c.observe(proxier.Change{Service: web, Changed: true}) // the same Service again
+	c.observe(proxier.Change{Service: db, Changed: false}) // a resync
+	c.observe(proxier.Change{EndpointSlice: true, Service: web, Changed: true})
+	c.observe(proxier.Change{EndpointSlice: true, Service: web, Changed: true})
+	c.observe(proxier.Change{EndpointSlice: true, Service: db, Changed: false})
+	check := func(when string, svcPending, epPending, svcTotal, epTotal float64) {
+		t.Helper()
+		for name, got := range map[string][2]float64{
+			"service_changes_pending":  {testutil.ToFloat64(m.serviceChangesPending), svcPending},
+			"endpoint_changes_pending": {testutil.ToFloat64(m.endpointChangesPending), epPending},
+			"service_changes_total":    {testutil.ToFloat64(m.serviceChangesTotal), svcTotal},
+			"endpoint_changes_total":   {testutil.ToFloat64(m.endpointChangesTotal), epTotal},
+		} {
+			if got[0] != got[1] {
+				t.Errorf("%s: kubeproxy_sync_proxy_rules_%s = %v, want %v", when, name, got[0], got[1])
+			}
+		}
+	}
+	check("after the events", 1, 2, 3*2, 3)
+	if got := testutil.ToFloat64(m.lastQueued.WithLabelValues("IPv6")); got != 1700000000 {
+		t.Errorf("last queued timestamp %v", got)
+	}
+
+	// A change recorded while a sync runs is left for the next one.
+	start := clock.t
+	clock.step(time.Second)
+	c.observe(proxier.Change{EndpointSlice: true, Service: db, Changed: true})
+	c.synced(start)
+	check("after a sync", 0, 1, 6, 4)
+	c.synced(clock.t)
+	check("after the next sync", 0, 0, 6, 4)
+
+	// A change queues a sync for /healthz: unhealthy once it waited
+	// longer than the timeout without a successful sync.
+	for _, f := range families { // as a successful sync
+		h.Updated(f)
+	}
+	clock.step(2 * time.Minute)
+	if !h.Health().Healthy {
+		t.Fatal("unhealthy with nothing queued")
+	}
+	c.observe(proxier.Change{Service: web, Changed: true})
+	clock.step(2 * time.Minute)
+	if h.Health().Healthy {
+		t.Error("healthy with a change queued for 2 minutes")
+	}
+}
