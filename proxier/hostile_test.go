@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/nftvs/nftvs/ipvs"
+	"github.com/nftvs/nftvs/nft"
 )
 
 // Any namespace user writes Services: these plans must never claim an
@@ -327,5 +328,43 @@ func TestProxierIsolatesRefusedVirtualServers(t *testing.T) {
 	f.addService(makeService("ns", "third", clusterIPs("10.96.0.12")))
 	if _, err := f.p.Sync(false); err == nil {
 		t.Error("IPVS out of memory did not fail the sync")
+	}
+}
+
+// TestProxierIsolatesRefusedElements: when the kernel refuses one Service
+// port's nft elements, the table applies everyone else's, the sync
+// succeeds and the Service is reported.
+func TestProxierIsolatesRefusedElements(t *testing.T) {
+	f := newFakeNode(t)
+	bad := netip.MustParseAddr("10.96.0.66")
+	f.nft.Refuse = func(e nft.Element) error {
+		if e.Addr == bad {
+			return syscall.EINVAL
+		}
+		return nil
+	}
+	f.addService(makeService("ns", "bad", clusterIPs("10.96.0.66")))
+	f.addService(makeService("ns", "good", clusterIPs("10.96.0.11")))
+	res := f.sync(t, false)
+	if len(res.Refused) == 0 || res.Refused[0].Service.Name != "bad" {
+		t.Errorf("refused %v, want ns/bad's elements", res.Refused)
+	}
+	if dump := f.nft.Dump(); !strings.Contains(dump, `10.96.0.11 . tcp . 80 comment "ns/good:http"`) {
+		t.Errorf("the good Service's elements are not programmed:\n%s", dump)
+	}
+}
+
+// TestPlanFWMarkCarriesTheConfiguredMasqueradeBit: with
+// --iptables-masquerade-bit 3 the fwmark carries 0x8, not kube-proxy's
+// default 0x4000 (the table's rules masquerade by that bit).
+func TestPlanFWMarkCarriesTheConfiguredMasqueradeBit(t *testing.T) {
+	cfg := testConfig()
+	cfg.MasqueradeMark = 1 << 3
+	plans, err := PlanService(makeService("ns", "web", nodePort(30080), etpLocal(0)), nil, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := dump(plans); !strings.Contains(got, "node-port-fwmarks tcp . 30080 : 0x75801008") {
+		t.Errorf("plan:\n%s", got)
 	}
 }

@@ -51,6 +51,13 @@ type Node struct {
 	LocalAddresses []netip.Addr
 }
 
+func (c *PlanConfig) masqueradeMark() uint32 {
+	if c.MasqueradeMark == 0 {
+		return 1 << nft.DefaultMasqueradeBit
+	}
+	return c.MasqueradeMark
+}
+
 // owns reports whether ip is one of the node's own addresses.
 func (n *Node) owns(ip netip.Addr) bool {
 	return slices.Contains(n.IPs, ip) || slices.Contains(n.LocalAddresses, ip)
@@ -62,6 +69,9 @@ type PlanConfig struct {
 	Scheduler string // --ipvs-scheduler, default rr
 	// IPv4 and IPv6 say which families this node proxies.
 	IPv4, IPv6 bool
+	// MasqueradeMark is the packet mark bit asking for masquerade
+	// (1 << --iptables-masquerade-bit; 0 means kube-proxy's bit 14).
+	MasqueradeMark uint32
 	// ExcludeCIDRs (--ipvs-exclude-cidrs) belong to someone else
 	// (keepalived, kube-vip): no external or load-balancer IP inside them
 	// is programmed.
@@ -291,7 +301,7 @@ func newPortPlanner(svc *v1.Service, sp v1.ServicePort, proto nft.Protocol, fe f
 	name := ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: sp.Name, Protocol: sp.Protocol}
 	pp := &portPlanner{cfg: cfg, fe: fe, tmpl: tmpl, portName: sp.Name, k8sProto: sp.Protocol, proto: proto,
 		port: uint16(sp.Port), nodePort: uint16(sp.NodePort), plan: PortPlan{Name: name}}
-	pp.mark = fwmark(name, proto, pp.nodePort)
+	pp.mark = fwmark(name, proto, pp.nodePort, cfg.masqueradeMark())
 	if fe.externalLocal {
 		pp.plan.HealthCheckNodePort = int(svc.Spec.HealthCheckNodePort)
 	}
@@ -472,11 +482,13 @@ func (pp *portPlanner) finish() (PortPlan, bool) {
 // fwmark is the firewall mark of an ETP=Local port's all-endpoints virtual
 // server. It is derived from the node port and protocol, which are unique
 // in the cluster, so it is stable across restarts without any stored
-// state: node port << 16 | protocol << 12 | masquerade bit (0x4000), which
-// keeps kube-proxy's and the kubelet's mark bits (14, 15) meaningful. A
-// LoadBalancer without node ports gets a hash of its name below 1024
-// instead (node ports start at 30000 by default; the range is documented).
-func fwmark(name ServicePortName, proto nft.Protocol, nodePort uint16) uint32 {
+// state: node port << 16 | protocol << 12 | the masquerade mark, so that
+// internal traffic steered by it is masqueraded (the nft table's rules
+// expect the masquerade bit in every fwmark). A LoadBalancer without node
+// ports gets a hash of its name below 1024 instead (node ports start at
+// 30000 by default); two such hashes may collide, and the Service that
+// loses the fwmark is told (claims.go).
+func fwmark(name ServicePortName, proto nft.Protocol, nodePort uint16, masqueradeMark uint32) uint32 {
 	p := map[nft.Protocol]uint32{nft.TCP: 1, nft.UDP: 2, nft.SCTP: 3}[proto]
 	hi := uint32(nodePort)
 	if hi == 0 {
@@ -484,8 +496,12 @@ func fwmark(name ServicePortName, proto nft.Protocol, nodePort uint16) uint32 {
 		h.Write([]byte(name.String()))
 		hi = 1 + h.Sum32()%1023
 	}
-	return hi<<16 | p<<12 | 0x4000
+	return hi<<16 | p<<12 | masqueradeMark
 }
+
+// FWMarkBits are the mark bits fwmark uses besides the masquerade bit:
+// --iptables-masquerade-bit must lie outside them.
+const FWMarkBits = 0xffff3000
 
 func carries(s epSelection) bool { return countCarrying(s) > 0 }
 

@@ -190,6 +190,10 @@ func (p *Proxier) kick() {
 	}
 }
 
+// SyncSoon asks for a sync without waiting for the sync period: the nft
+// table calls it when someone else changed it (its next sync rebuilds it).
+func (p *Proxier) SyncSoon() { p.kick() }
+
 // OnServiceUpdate records a Service's new state (nil: deleted).
 func (p *Proxier) OnServiceUpdate(name types.NamespacedName, svc *v1.Service) {
 	p.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -268,10 +269,32 @@ func (p *Proxier) addElements(planned map[types.NamespacedName][]PortPlan, full 
 	}
 	r, err := p.k.NFT.Sync(full)
 	res.NFT = append(res.NFT, r)
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+	return p.isolateElements(err, res)
+}
+
+// isolateElements takes the owners whose elements the kernel refused out
+// of err into res.Refused (the table applied everyone else's); what is
+// left fails the sync.
+func (p *Proxier) isolateElements(err error, res *SyncResult) error {
+	var refused *nft.RefusedError
+	if !errors.As(err, &refused) {
+		if err != nil {
+			return fmt.Errorf("nftables: %w", err)
+		}
+		return nil
+	}
+	for _, owner := range refused.Owners {
+		res.Refused = append(res.Refused, Refusal{Service: serviceOfOwner(owner),
+			Err: fmt.Errorf("nftables refused the elements of %s: %w", owner, refused.Errs[owner])})
 	}
 	return nil
+}
+
+// serviceOfOwner is the Service of an nft owner name, "namespace/name:port".
+func serviceOfOwner(owner string) types.NamespacedName {
+	ns, rest, _ := strings.Cut(owner, "/")
+	name, _, _ := strings.Cut(rest, ":")
+	return types.NamespacedName{Namespace: ns, Name: name}
 }
 
 // setElements declares a port's elements. Elements the table refuses (an
@@ -434,10 +457,7 @@ func (p *Proxier) trimElements(planned, old map[types.NamespacedName][]PortPlan,
 	}
 	r, err := p.k.NFT.Sync(false)
 	res.NFT = append(res.NFT, r)
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	return nil
+	return p.isolateElements(err, res)
 }
 
 // cleanConntrack is step 6: flows to real servers that are gone. IPVS
@@ -467,8 +487,8 @@ func portsByName(plans []PortPlan) map[ServicePortName]PortPlan {
 	return m
 }
 
-// Refusal is a virtual server the kernel refused, and the Service that
-// asked for it.
+// Refusal is what the kernel refused (a virtual server, or a Service
+// port's nft elements), and the Service that asked for it.
 type Refusal struct {
 	Service types.NamespacedName
 	Err     error
@@ -506,7 +526,7 @@ func (p *Proxier) reportRefused(refused []Refusal, full bool) {
 			continue
 		}
 		p.refusals[msg] = true
-		klog.ErrorS(r.Err, "IPVS refused a virtual server; the node's other Services are programmed", "service", r.Service)
+		klog.ErrorS(r.Err, "The kernel refused part of a Service; the node's other Services are programmed", "service", r.Service)
 		if p.cfg.Warn != nil && r.Service.Name != "" {
 			p.cfg.Warn(r.Service, ReasonFailedToProgram, msg)
 		}
