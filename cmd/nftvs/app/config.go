@@ -233,16 +233,16 @@ func (o *Options) Complete() (*Config, error) {
 		return nil, errors.New("internal error: flags not registered")
 	}
 	out := &Config{
-		File:             o.ConfigFile,
-		Master:           o.Master,
-		Cleanup:          o.Cleanup,
-		InitOnly:         o.InitOnly,
-		WriteConfigTo:    o.WriteConfigTo,
-		Companion:        o.Companion,
-		DrainTimeout:     o.GracefulTerminationPeriod,
-		ConntrackCleaner: o.ConntrackCleaner,
+		File:              o.ConfigFile,
+		Master:            o.Master,
+		Cleanup:           o.Cleanup,
+		InitOnly:          o.InitOnly,
+		WriteConfigTo:     o.WriteConfigTo,
+		Companion:         o.Companion,
+		DrainTimeout:      o.GracefulTerminationPeriod,
+		ConntrackCleaner:  o.ConntrackCleaner,
+		TakeoverKubeProxy: o.TakeoverKubeProxy,
 	}
-	out.TakeoverKubeProxy = o.TakeoverKubeProxy
 	var cfg *v1alpha1.KubeProxyConfiguration
 	if o.ConfigFile != "" {
 		fileCfg, raw, warnings, err := LoadConfigFile(o.ConfigFile)
