@@ -162,7 +162,7 @@ func (e Element) String() string {
 
 // text renders the element with its comment as `nft list` does: the
 // comment goes between a map element's key and its value.
-func (e kernelElement) text() string {
+func (e KernelElement) text() string {
 	key := e.Element
 	key.Mark = 0
 	s := key.String()

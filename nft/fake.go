@@ -16,7 +16,7 @@ type Fake struct {
 	mu       sync.Mutex
 	exists   bool
 	cfg      Config
-	elements map[Element]kernelElement
+	elements map[Element]KernelElement
 	gen      uint32
 	// Transactions counts applied transactions; Writes counts element
 	// adds and deletes sent.
@@ -33,7 +33,7 @@ type Fake struct {
 
 // NewFake returns a companion table over an in-memory kernel.
 func NewFake(cfg Config) (*Table, *Fake, error) {
-	f := &Fake{elements: map[Element]kernelElement{}}
+	f := &Fake{elements: map[Element]KernelElement{}}
 	t, err := newTable(cfg, f)
 	return t, f, err
 }
@@ -48,7 +48,7 @@ func (f *Fake) apply(cfg Config, tx transaction) (uint32, error) {
 	if !tx.rebuild && !f.exists {
 		return 0, fmt.Errorf("table inet %s: %w", cfg.TableName, syscall.ENOENT)
 	}
-	next := map[Element]kernelElement{}
+	next := map[Element]KernelElement{}
 	if !tx.rebuild {
 		for k, v := range f.elements {
 			next[k] = v
@@ -103,7 +103,7 @@ func (f *Fake) deleteTable(string) (uint32, error) {
 		return 0, nil
 	}
 	f.exists = false
-	f.elements = map[Element]kernelElement{}
+	f.elements = map[Element]KernelElement{}
 	return f.commitLocked(), nil
 }
 
@@ -145,7 +145,7 @@ func (f *Fake) watch(ctx context.Context, _ string, on func(genEvent)) error {
 
 // Drift simulates someone else changing the kernel: it runs fn on the
 // element map and bumps the generation.
-func (f *Fake) Drift(fn func(elements map[Element]kernelElement)) {
+func (f *Fake) Drift(fn func(elements map[Element]KernelElement)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fn(f.elements)
@@ -160,18 +160,18 @@ func (f *Fake) Dump() string {
 	if !f.exists {
 		return ""
 	}
-	var es []kernelElement
+	var es []KernelElement
 	for _, e := range f.elements {
 		es = append(es, e)
 	}
-	return Render(f.cfg, es)
+	return render(f.cfg, es)
 }
 
 // Elements returns the elements the fake kernel holds, sorted.
-func (f *Fake) Elements() []kernelElement {
+func (f *Fake) Elements() []KernelElement {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var es []kernelElement
+	var es []KernelElement
 	for _, e := range f.elements {
 		es = append(es, e)
 	}
@@ -179,9 +179,9 @@ func (f *Fake) Elements() []kernelElement {
 	return es
 }
 
-// Render prints a table with the given elements in nft syntax, as
+// render prints a table with the given elements in nft syntax, as
 // `nft list table` would.
-func Render(cfg Config, elems []kernelElement) string {
+func render(cfg Config, elems []KernelElement) string {
 	cfg.defaults()
 	sortElements(elems)
 	bySet := map[string][]string{}

@@ -115,10 +115,10 @@ func mirrorElements(tbl *Table) []string {
 
 // Programmed returns the elements the kernel holds, as last programmed,
 // sorted.
-func (t *Table) Programmed() []kernelElement {
+func (t *Table) Programmed() []KernelElement {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := make([]kernelElement, 0, len(t.programmed))
+	out := make([]KernelElement, 0, len(t.programmed))
 	for _, e := range t.programmed {
 		out = append(out, e)
 	}
@@ -140,7 +140,7 @@ var counterRE = regexp.MustCompile(`counter packets \d+ bytes \d+`)
 // TestKernelReadsBackWhatWasRendered programs every set in both families
 // and checks, element by element over netlink, that the kernel holds what
 // the mirror says; and that `nft list table` prints every rule exactly as
-// Render does and every element with its Service comment.
+// render does and every element with its Service comment.
 func TestKernelReadsBackWhatWasRendered(t *testing.T) {
 	ns := netnstest.New(t)
 	cfg := Config{

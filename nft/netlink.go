@@ -139,7 +139,7 @@ func (s kernelSet) configElements(cfg Config) []nftables.SetElement {
 	return elems
 }
 
-func toSetElement(e kernelElement) nftables.SetElement {
+func toSetElement(e KernelElement) nftables.SetElement {
 	key, keyEnd := e.key()
 	se := nftables.SetElement{Key: key, KeyEnd: keyEnd, Comment: e.Comment}
 	if setSpecs[e.Set].isMap {
@@ -207,7 +207,7 @@ func writeElements(c *nftables.Conn, sets map[string]*nftables.Set, tx transacti
 	return nil
 }
 
-func bySet(es []kernelElement) ([]string, map[string][]nftables.SetElement) {
+func bySet(es []KernelElement) ([]string, map[string][]nftables.SetElement) {
 	m := map[string][]nftables.SetElement{}
 	var order []string
 	for _, e := range es {

@@ -19,7 +19,7 @@ const (
 
 // setSpec describes one set or map of the table (per family, when keyed by
 // address). It is the table's only description of its sets: the netlink
-// backend creates them from it, and Render prints them from it.
+// backend creates them from it, and render prints them from it.
 type setSpec struct {
 	name      SetName
 	fields    []field

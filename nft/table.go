@@ -46,8 +46,9 @@ type SyncResult struct {
 // userdata limit.
 const maxCommentLen = 128
 
-// kernelElement is an element as programmed, with its comment.
-type kernelElement struct {
+// KernelElement is an element as the kernel holds it: with the comment
+// naming its owners.
+type KernelElement struct {
 	Element
 	Comment string
 }
@@ -55,8 +56,8 @@ type kernelElement struct {
 // transaction is one batch for a backend.
 type transaction struct {
 	rebuild bool
-	add     []kernelElement
-	del     []kernelElement
+	add     []KernelElement
+	del     []KernelElement
 }
 
 // backend applies transactions to a kernel (or to a fake).
@@ -87,7 +88,7 @@ type Table struct {
 	// ranges indexes LoadBalancerSourceRanges keys by frontend, to find
 	// overlaps without walking every element.
 	ranges     map[Element]map[Element]struct{}
-	programmed map[Element]kernelElement // kernel key → as programmed
+	programmed map[Element]KernelElement // kernel key → as programmed
 	dirty      map[Element]struct{}      // kernel keys to reconcile
 	needsBuild bool                      // next sync rebuilds the table
 	// lastGen is the ruleset generation of our last commit; own holds
@@ -107,7 +108,7 @@ func newTable(cfg Config, b backend) (*Table, error) {
 		owners:     map[Element]map[string]Element{},
 		byOwner:    map[string][]Element{},
 		ranges:     map[Element]map[Element]struct{}{},
-		programmed: map[Element]kernelElement{},
+		programmed: map[Element]KernelElement{},
 		dirty:      map[Element]struct{}{},
 		needsBuild: true,
 	}, nil
@@ -272,10 +273,10 @@ func normalizeSourceRanges(elems []Element) []Element {
 }
 
 // desired is the element the kernel should hold for key k, if any.
-func (t *Table) desired(k Element) (kernelElement, bool) {
+func (t *Table) desired(k Element) (KernelElement, bool) {
 	owners := t.owners[k]
 	if len(owners) == 0 {
-		return kernelElement{}, false
+		return KernelElement{}, false
 	}
 	names := make([]string, 0, len(owners))
 	for o := range owners {
@@ -286,7 +287,7 @@ func (t *Table) desired(k Element) (kernelElement, bool) {
 	if len(comment) > maxCommentLen {
 		comment = comment[:maxCommentLen-3] + "..."
 	}
-	return kernelElement{Element: owners[names[0]], Comment: comment}, true
+	return KernelElement{Element: owners[names[0]], Comment: comment}, true
 }
 
 // Sync implements Interface.
@@ -416,8 +417,8 @@ func (t *Table) Cleanup() error {
 	return nil
 }
 
-func sortElements(es []kernelElement) {
-	slices.SortFunc(es, func(a, b kernelElement) int {
+func sortElements(es []KernelElement) {
+	slices.SortFunc(es, func(a, b KernelElement) int {
 		if c := strings.Compare(string(a.Set), string(b.Set)); c != 0 {
 			return c
 		}

@@ -203,7 +203,7 @@ func TestFailedTransactionIsRetried(t *testing.T) {
 		t.Fatalf("retry %+v with %d elements, want 2 added, 4 in all", res, len(f.Elements()))
 	}
 	// Someone deletes an element of b: b's removal fails, a rebuild does not.
-	f.Drift(func(es map[Element]kernelElement) {
+	f.Drift(func(es map[Element]KernelElement) {
 		for k := range es {
 			if k.Set == ClusterIPs && k.Addr == netip.MustParseAddr("10.96.0.2") {
 				delete(es, k)
@@ -271,7 +271,7 @@ func TestFullSyncRepairsDrift(t *testing.T) {
 	_ = tbl.SetElements("a/web:http", svc(1))
 	_ = tbl.SetElements("b/web:http", svc(2))
 	mustSync(t, tbl, false)
-	f.Drift(func(es map[Element]kernelElement) {
+	f.Drift(func(es map[Element]KernelElement) {
 		for k := range es {
 			if k.Set == ClusterIPs {
 				delete(es, k)
@@ -459,7 +459,7 @@ func TestWatchDriftIgnoresOwnCommits(t *testing.T) {
 		t.Fatal("onDrift called for our own commits")
 	case <-time.After(100 * time.Millisecond):
 	}
-	f.Drift(func(es map[Element]kernelElement) { clear(es) })
+	f.Drift(func(es map[Element]KernelElement) { clear(es) })
 	select {
 	case <-drift:
 	case <-time.After(time.Second):

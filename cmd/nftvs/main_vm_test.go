@@ -152,6 +152,26 @@ func TestInitOnly(t *testing.T) {
 	}
 }
 
+// IPv6 forwarding is set only when the cluster uses IPv6 (issue 16):
+// setting net.ipv6.conf.all.forwarding turns off Router Advertisements on
+// SLAAC nodes. A new network namespace starts with it off.
+func TestInitOnlyIPv6Forwarding(t *testing.T) {
+	ns := requireVM(t)
+	const forwarding = "net.ipv6.conf.all.forwarding"
+	if out, code := nftvs(t, ns, "--init-only", "--conntrack-max-per-core=0", "--cluster-cidr=10.244.0.0/16"); code != 0 {
+		t.Fatalf("nftvs --init-only exited %d:\n%s", code, out)
+	}
+	if got := strings.TrimSpace(ns.Run(t, "sysctl", "-n", forwarding)); got != "0" {
+		t.Errorf("IPv4-only cluster: %s = %s, want it left at 0", forwarding, got)
+	}
+	if out, code := nftvs(t, ns, "--init-only", "--conntrack-max-per-core=0", "--cluster-cidr=10.244.0.0/16,fd00:244::/56"); code != 0 {
+		t.Fatalf("nftvs --init-only exited %d:\n%s", code, out)
+	}
+	if got := strings.TrimSpace(ns.Run(t, "sysctl", "-n", forwarding)); got != "1" {
+		t.Errorf("dual-stack cluster: %s = %s, want 1", forwarding, got)
+	}
+}
+
 // A scheduler the kernel cannot load stops nftvs with an error naming the
 // module.
 func TestInitOnlyMissingScheduler(t *testing.T) {

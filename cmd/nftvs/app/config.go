@@ -218,8 +218,8 @@ type Config struct {
 	// not apply, or that kube-proxy would also ignore.
 	Warnings []string
 
-	// loggingGate holds the logging feature gates of FeatureGates.
-	loggingGate featuregate.FeatureGate
+	// featureGate is kube-proxy's feature gate, set from FeatureGates.
+	featureGate featuregate.MutableVersionedFeatureGate
 }
 
 // Complete turns the parsed command line (and the --config file) into the
@@ -233,16 +233,16 @@ func (o *Options) Complete() (*Config, error) {
 		return nil, errors.New("internal error: flags not registered")
 	}
 	out := &Config{
-		File:             o.ConfigFile,
-		Master:           o.Master,
-		Cleanup:          o.Cleanup,
-		InitOnly:         o.InitOnly,
-		WriteConfigTo:    o.WriteConfigTo,
-		Companion:        o.Companion,
-		DrainTimeout:     o.GracefulTerminationPeriod,
-		ConntrackCleaner: o.ConntrackCleaner,
+		File:              o.ConfigFile,
+		Master:            o.Master,
+		Cleanup:           o.Cleanup,
+		InitOnly:          o.InitOnly,
+		WriteConfigTo:     o.WriteConfigTo,
+		Companion:         o.Companion,
+		DrainTimeout:      o.GracefulTerminationPeriod,
+		ConntrackCleaner:  o.ConntrackCleaner,
+		TakeoverKubeProxy: o.TakeoverKubeProxy,
 	}
-	out.TakeoverKubeProxy = o.TakeoverKubeProxy
 	var cfg *v1alpha1.KubeProxyConfiguration
 	if o.ConfigFile != "" {
 		fileCfg, raw, warnings, err := LoadConfigFile(o.ConfigFile)
@@ -282,11 +282,9 @@ func (o *Options) Complete() (*Config, error) {
 	}
 	platformDefaults(cfg)
 	out.KubeProxy = cfg
-	gate, ignoredGates, gateErr := loggingFeatureGate(cfg.FeatureGates)
-	out.loggingGate = gate
-	if len(ignoredGates) > 0 {
-		out.Warnings = append(out.Warnings, fmt.Sprintf("feature gates %s do not apply: nftvs has no feature gates but the logging ones", strings.Join(ignoredGates, ", ")))
-	}
+	gate, gateWarnings, gateErr := newFeatureGate(cfg.FeatureGates)
+	out.featureGate = gate
+	out.Warnings = append(out.Warnings, gateWarnings...)
 	slices.Sort(out.Warnings)
 
 	var errs FieldErrors

@@ -306,12 +306,12 @@ logging:
 }
 
 func TestConfigFileModesAndOtherModeFields(t *testing.T) {
-	cfg := mustParse(t, "--config="+writeFile(t, header+"iptables:\n  syncPeriod: 10s\n  localhostNodePorts: false\nnftables:\n  masqueradeAll: true\nportRange: 30000-32767\nfeatureGates:\n  Foo: true\n"))
+	cfg := mustParse(t, "--config="+writeFile(t, header+"iptables:\n  syncPeriod: 10s\n  localhostNodePorts: false\nnftables:\n  masqueradeAll: true\nportRange: 30000-32767\nfeatureGates:\n  APIServerIdentity: true\n"))
 	if cfg.KubeProxy.Mode != "ipvs" {
 		t.Errorf("empty mode gives %q, want ipvs", cfg.KubeProxy.Mode)
 	}
 	for _, want := range []string{"mode is empty", "field iptables.syncPeriod does not apply", "field iptables.localhostNodePorts does not apply",
-		"field nftables does not apply", "field portRange does not apply", "feature gates Foo do not apply"} {
+		"field nftables does not apply", "field portRange does not apply", "feature gate APIServerIdentity does not change what kube-proxy does"} {
 		if !slices.ContainsFunc(cfg.Warnings, func(w string) bool { return strings.Contains(w, want) }) {
 			t.Errorf("no warning %q in %q", want, cfg.Warnings)
 		}

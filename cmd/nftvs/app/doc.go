@@ -6,8 +6,8 @@
 // Users swap the image of their kube-proxy DaemonSet and keep its
 // arguments, so every kube-proxy 1.36 flag is accepted with kube-proxy's
 // name and default. Flags of IPVS mode are implemented; flags of other
-// modes (iptables-*, feature gates, ...) are accepted and logged as not
-// applying. As in kube-proxy, a --config file replaces the
+// modes (iptables-*, ...) are accepted and logged as not applying;
+// feature gates are validated as kube-proxy validates them. As in kube-proxy, a --config file replaces the
 // configuration flags: only --hostname-override and the logging flags
 // override the file (the others are reported as ignored).
 //

@@ -141,6 +141,7 @@ func TestMetricsAsUpstream(t *testing.T) {
 			if !slices.Contains(upstreamRESTClientMetrics, name) {
 				t.Errorf("%s is not one of component-base's rest_client metrics", name)
 			}
+		case name == "kubernetes_feature_enabled": // the feature gate's, as kube-proxy
 		case name == "kubernetes_build_info":
 			if have := labelNames(f); !slices.Equal(have, sorted([]string{"major", "minor", "git_version", "git_commit", "git_tree_state", "build_date", "go_version", "compiler", "platform"})) {
 				t.Errorf("kubernetes_build_info has labels %v", have)

@@ -119,7 +119,7 @@ func (o *Options) addGeneralFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ConfigFile, "config", o.ConfigFile, "The path to the configuration file (a KubeProxyConfiguration, kubeproxy.config.k8s.io/v1alpha1, mode ipvs).")
 	fs.StringVar(&o.WriteConfigTo, "write-config-to", o.WriteConfigTo, "If set, write the default configuration values to this file and exit.")
 	fs.BoolVar(&o.Cleanup, "cleanup", o.Cleanup, "If true, remove what nftvs programmed (its nftables table, kube-ipvs0, and every IPVS virtual server outside --ipvs-exclude-cidrs) and exit.")
-	fs.Var(mapStringBool{&c.FeatureGates, new(bool)}, "feature-gates", "A set of key=value pairs that describe feature gates of kube-proxy. Only the logging gates (LoggingAlphaOptions, LoggingBetaOptions, ContextualLogging) apply; others are accepted and ignored."+ignoredWithConfig)
+	fs.Var(mapStringBool{&c.FeatureGates, new(bool)}, "feature-gates", "A set of key=value pairs that describe feature gates of kube-proxy 1.36, validated as kube-proxy validates them. The logging and client-go gates apply; AllowServiceExternalIPs=false, ComponentFlagz=true, ComponentStatusz=true and NativeHistograms=true are not implemented; gates kube-proxy does not read are accepted with a warning."+ignoredWithConfig)
 
 	fs.StringVar(&c.ClientConnection.Kubeconfig, "kubeconfig", c.ClientConnection.Kubeconfig, "Path to kubeconfig file with authorization information (the master location can be overridden by the master flag).")
 	fs.StringVar(&o.Master, "master", o.Master, "The address of the Kubernetes API server (overrides any value in kubeconfig)")

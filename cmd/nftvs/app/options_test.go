@@ -265,7 +265,7 @@ func TestOtherModeFlagsAreAcceptedWithAWarning(t *testing.T) {
 		{[]string{"--iptables-localhost-nodeports=false"}, "flag --iptables-localhost-nodeports does not apply"},
 		{[]string{"--show-hidden-metrics-for-version=1.35"}, "flag --show-hidden-metrics-for-version does not apply"},
 		{[]string{"--boot-id-file=/x"}, "flag --boot-id-file does not apply"},
-		{[]string{"--feature-gates=Foo=true,Bar=false,ContextualLogging=false"}, "feature gates Bar, Foo do not apply"},
+		{[]string{"--feature-gates=APIServerIdentity=false,ContextualLogging=false"}, "feature gate APIServerIdentity does not change what kube-proxy does"},
 	}
 	for _, c := range cases {
 		cfg := mustParse(t, c.args...)

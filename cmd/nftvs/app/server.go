@@ -93,7 +93,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nftvs: %v\n", err)
 		return 1
 	}
-	if err := logsapi.ValidateAndApply(&cfg.KubeProxy.Logging, cfg.loggingGate); err != nil {
+	useClientGoFeatureGates(cfg.featureGate)
+	if err := logsapi.ValidateAndApply(&cfg.KubeProxy.Logging, cfg.featureGate); err != nil {
 		fmt.Fprintf(stderr, "nftvs: initialize logging: %v\n", err)
 		return 1
 	}
@@ -305,6 +306,7 @@ var errPodCIDRsChanged = errors.New("the node's podCIDRs changed (detect-local-m
 // the kernel, the servers, the watch, the sync loop.
 func run(parent context.Context, cfg *Config) error {
 	klog.InfoS("Starting nftvs", "version", Version(), "companion", cfg.Companion)
+	cfg.featureGate.AddMetrics() // kubernetes_feature_enabled, as kube-proxy
 	applyOOMScoreAdj(cfg.KubeProxy.OOMScoreAdj)
 	name, err := nodeName(cfg.KubeProxy.HostnameOverride)
 	if err != nil {
