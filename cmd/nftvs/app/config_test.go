@@ -347,3 +347,19 @@ func TestWriteConfigRoundTrip(t *testing.T) {
 		t.Errorf("round trip differs:\n got %+v\nwant %+v", back, want)
 	}
 }
+
+// TestMasqueradeBitOutsideFWMarks: a masquerade bit inside the bits of
+// nftvs's fwmarks (node port, protocol) would make two frontends' marks
+// equal; it is refused with a message that says why.
+func TestMasqueradeBitOutsideFWMarks(t *testing.T) {
+	for bit, ok := range map[int32]bool{0: true, 3: true, 14: true, 15: true, 12: false, 13: false, 16: false, 31: false} {
+		c := &v1alpha1.KubeProxyConfiguration{}
+		SetDefaults(c)
+		c.IPTables.MasqueradeBit = &bit
+		errs := Validate(c, nil)
+		got := len(errs) == 0
+		if got != ok || !got && !strings.Contains(errs.render("").Error(), "fwmarks use mark bits") {
+			t.Errorf("bit %d: accepted %v, want %v (%v)", bit, got, ok, errs)
+		}
+	}
+}

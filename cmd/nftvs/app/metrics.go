@@ -56,6 +56,7 @@ type Metrics struct {
 	ipvsWrites            *prometheus.CounterVec
 	syncErrors            *prometheus.CounterVec
 	realServersRemoved    prometheus.Counter
+	refused               prometheus.Counter
 }
 
 // syncBuckets are kube-proxy's: 1ms to ~16s.
@@ -94,7 +95,7 @@ func NewMetrics(families []v1.IPFamily) *Metrics {
 		m.lastSync, m.lastQueued, m.endpointChangesPending, m.serviceChangesPending,
 		m.endpointChangesTotal, m.serviceChangesTotal,
 		m.noLocalEndpoints, m.healthzTotal, m.livezTotal, m.conntrackDeleted, m.conntrackDuration,
-		m.nftElements, m.nftRules, m.ipvsWrites, m.syncErrors, m.realServersRemoved,
+		m.nftElements, m.nftRules, m.ipvsWrites, m.syncErrors, m.realServersRemoved, m.refused,
 		buildInfo(),
 	)
 	// Every label value exists from the start, so that rates work from
@@ -165,6 +166,8 @@ func (m *Metrics) newNftvsMetrics() {
 		Help: "Failed syncs, by the kernel subsystem that failed (nftables, ipvs, addresses of kube-ipvs0, conntrack cleanup)"}, []string{"subsystem"})
 	m.realServersRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "nftvs_ipvs_real_servers_removed_total",
 		Help: "IPVS real servers removed (endpoints gone, or drained past --ipvs-graceful-termination-period)"})
+	m.refused = prometheus.NewCounter(prometheus.CounterOpts{Name: "nftvs_sync_refused_total",
+		Help: "Virtual servers and Service ports' nft elements the kernel refused while the sync went on with the others (each also logged and reported as a FailedToProgram Event on its Service)"})
 }
 
 // buildInfo is component-base's kubernetes_build_info
@@ -235,6 +238,7 @@ func (m *Metrics) ObserveSync(res proxier.SyncResult, err error, now, pendingSin
 		}
 	}
 	m.realServersRemoved.Add(float64(len(res.Removed)))
+	m.refused.Add(float64(len(res.Refused)))
 	for _, s := range syncErrorSubsystems(err) {
 		m.syncErrors.WithLabelValues(s).Inc()
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/spf13/pflag"
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -334,7 +335,7 @@ func run(parent context.Context, cfg *Config) error {
 		return err
 	}
 	metrics := NewMetrics(node.families)
-	p, nodePorts, closeKernel, err := newProxier(cfg, name, node, metrics)
+	p, nodePorts, closeKernel, err := newProxier(ctx, cfg, name, node, metrics, ev.serviceWarning)
 	if err != nil {
 		return err
 	}
@@ -389,6 +390,14 @@ func newNodeEvents(client kubernetes.Interface, name string) *nodeEvents {
 
 func (e *nodeEvents) event(eventType, reason, note string) {
 	e.recorder.Eventf(e.node, nil, eventType, reason, "StartNftvs", "%s", note)
+}
+
+// serviceWarning is a Warning Event on a Service that nftvs does not
+// program as asked (a refused address, an unusable source range, a
+// frontend another Service owns, a kernel refusal).
+func (e *nodeEvents) serviceWarning(svc types.NamespacedName, reason, note string) {
+	ref := &v1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: svc.Namespace, Name: svc.Name}
+	e.recorder.Eventf(ref, e.node, v1.EventTypeWarning, reason, "SyncProxyRules", "%s", note)
 }
 
 // nodeFacts are what nftvs learns from the Node and the kernel at start.
@@ -483,7 +492,7 @@ func (n nodePortSelection) healthCheckAddresses() func() []netip.Addr {
 // newProxier sets up the kernel and returns the proxier programming it,
 // the node port addresses, and what closes the kernel handles. Every
 // failure stops nftvs before it serves.
-func newProxier(cfg *Config, name string, node nodeFacts, m *Metrics) (*proxier.Proxier, nodePortSelection, func(), error) {
+func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, m *Metrics, warn func(types.NamespacedName, string, string)) (*proxier.Proxier, nodePortSelection, func(), error) {
 	nodePorts, exclude, nftCfg, err := tableConfig(cfg, node)
 	if err != nil {
 		return nil, nodePorts, nil, err
@@ -520,7 +529,33 @@ func newProxier(cfg *Config, name string, node nodeFacts, m *Metrics) (*proxier.
 		}
 	}
 	pcfg.NodePortAddresses = nodePorts.addresses
-	return proxier.New(pcfg, k), nodePorts, closeKernel, nil
+	pcfg.LocalAddresses = localAddresses
+	pcfg.ExcludeCIDRs = exclude
+	pcfg.MasqueradeMark = nftCfg.MasqueradeMark
+	pcfg.Warn = warn
+	p := proxier.New(pcfg, k)
+	// Someone else's change to the table (nft flush ruleset) is repaired
+	// within a second instead of at the next sync period.
+	if err := table.WatchDrift(ctx, p.SyncSoon); err != nil {
+		klog.ErrorS(err, "Not watching the nftables ruleset: drift is repaired by the periodic sync only")
+	}
+	return p, nodePorts, closeKernel, nil
+}
+
+// localAddresses are the addresses of this node's links but kube-ipvs0's:
+// an external or load-balancer IP among them is the node's own.
+func localAddresses() ([]netip.Addr, error) {
+	all, err := hostAddresses()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, ia := range all {
+		if ia.Link != ipvs.DummyName && ia.Addr.IsValid() {
+			out = append(out, ia.Addr.Unmap())
+		}
+	}
+	return out, nil
 }
 
 // tableConfig is what the node adds to the configuration: node port

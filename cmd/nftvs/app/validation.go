@@ -2,6 +2,7 @@ package app
 
 import (
 	"fmt"
+	"github.com/nftvs/nftvs/proxier"
 	"math"
 	"net"
 	"regexp"
@@ -120,6 +121,8 @@ func Validate(c *v1alpha1.KubeProxyConfiguration, logging featuregate.FeatureGat
 	}
 	if b := c.IPTables.MasqueradeBit; b != nil && (*b < 0 || *b > 31) {
 		e.add("iptables.masqueradeBit", *b, "must be within the range [0, 31]")
+	} else if b != nil && uint32(1)<<*b&proxier.FWMarkBits != 0 {
+		e.add("iptables.masqueradeBit", *b, fmt.Sprintf("nftvs's IPVS fwmarks use mark bits %#x (node port and protocol): choose a bit outside them, such as kube-proxy's default 14", uint32(proxier.FWMarkBits)))
 	}
 	validateIPVS(&e, c.IPVS)
 	validateLinux(&e, c)
