@@ -24,6 +24,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 
@@ -77,6 +78,28 @@ func startCluster(t *testing.T, tb *testbed) *cluster {
 // off) and every sync result also handed to onSync (when not nil).
 func startClusterWith(t *testing.T, tb *testbed, ct conntrack.Interface, onSync func(proxier.SyncResult, error)) *cluster {
 	t.Helper()
+	return startClusterOpts(t, tb, clusterOptions{conntrack: ct, onSync: onSync})
+}
+
+// clusterOptions are what a suite may change in the cluster nftvs would
+// run.
+type clusterOptions struct {
+	conntrack conntrack.Interface // nil: the cleaner is off
+	onSync    func(proxier.SyncResult, error)
+	// exclude is --ipvs-exclude-cidrs; syncPeriod --ipvs-sync-period
+	// (default 30 s).
+	exclude    []netip.Prefix
+	syncPeriod time.Duration
+	// warn sees the Warnings the proxier reports (Events in nftvs).
+	warn func(svc string, reason, message string)
+}
+
+func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
+	t.Helper()
+	ct, onSync := o.conntrack, o.onSync
+	if o.syncPeriod == 0 {
+		o.syncPeriod = 30 * time.Second
+	}
 	k, err := ipvs.NewKernel("")
 	if err != nil {
 		t.Fatal(err)
@@ -97,6 +120,7 @@ func startClusterWith(t *testing.T, tb *testbed, ct conntrack.Interface, onSync 
 	t.Cleanup(addrs.Close)
 	table, err := nft.New(nft.Config{
 		LocalTraffic: nft.LocalTraffic{PodCIDRs: []netip.Prefix{podCIDR4, podCIDR6}},
+		ExcludeCIDRs: o.exclude,
 		DropInvalid:  true,
 	})
 	if err != nil {
@@ -113,13 +137,18 @@ func startClusterWith(t *testing.T, tb *testbed, ct conntrack.Interface, onSync 
 			Node:      proxier.Node{Name: nodeName},
 			Scheduler: "rr",
 			IPv4:      true, IPv6: true,
+			ExcludeCIDRs: o.exclude,
 		},
 		MinSyncPeriod:     250 * time.Millisecond,
-		SyncPeriod:        30 * time.Second,
+		SyncPeriod:        o.syncPeriod,
 		DrainTimeout:      30 * time.Second,
 		NodePortAddresses: nodePortAddresses,
+		LocalAddresses:    nodePortAddresses, // every address of the node but kube-ipvs0's, as nftvs lists them
 	}
-	kern := proxier.Kernel{IPVS: ipvs.NewReconciler(k, nil), Addresses: addrs, NFT: table}
+	if o.warn != nil {
+		cfg.Warn = func(n types.NamespacedName, reason, msg string) { o.warn(n.String(), reason, msg) }
+	}
+	kern := proxier.Kernel{IPVS: ipvs.NewReconciler(k, o.exclude), Addresses: addrs, NFT: table}
 	if ct != nil { // a nil interface, not a typed nil
 		kern.Conntrack = ct
 	}
@@ -148,6 +177,11 @@ func startClusterWith(t *testing.T, tb *testbed, ct conntrack.Interface, onSync 
 	case <-time.After(waitTimeout):
 		cancel()
 		t.Fatalf("proxier.Watch: informer caches not synced after %v", waitTimeout)
+	}
+	// As nftvs: someone else's change to the table asks for a sync.
+	if err := table.WatchDrift(ctx, c.p.SyncSoon); err != nil {
+		cancel()
+		t.Fatalf("watch the nftables ruleset: %v", err)
 	}
 	go func() {
 		defer close(done)
