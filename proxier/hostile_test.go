@@ -175,26 +175,22 @@ func TestPlanFieldErrorsCarryAReason(t *testing.T) {
 // when they appear or change, not again by every full sync; the rest of
 // the node's Services are programmed.
 func TestProxierWarnsOncePerProblem(t *testing.T) {
-	f := newFakeNode(t)
-	var warned []string
-	f.p = New(Config{PlanConfig: f.p.cfg.PlanConfig, Now: f.p.cfg.Now,
-		Warn: func(n types.NamespacedName, reason, msg string) { warned = append(warned, n.String()+" "+reason) }}, f.p.k)
-	f.p.SetSynced(true, true)
+	f, warned := newWarnedNode(t, false)
 	good := makeService("ns", "good", clusterIPs("10.96.0.11"))
 	f.addService(good)
 	f.addService(makeService("ns", "lb", loadBalancer(0, "127.0.0.1", "192.0.2.10")))
 	f.sync(t, false)
 	f.sync(t, true)
-	if len(warned) != 1 || warned[0] != "ns/lb RefusedAddress" {
-		t.Fatalf("warnings %v, want one RefusedAddress for ns/lb", warned)
+	if len(*warned) != 1 || (*warned)[0] != "ns/lb RefusedAddress" {
+		t.Fatalf("warnings %v, want one RefusedAddress for ns/lb", *warned)
 	}
 	if got := f.ipvsText(); !strings.Contains(got, "10.96.0.11:80") || !strings.Contains(got, "192.0.2.10:80") || strings.Contains(got, "127.0.0.1") {
 		t.Errorf("IPVS:\n%s", got)
 	}
 	f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: "lb"}, makeService("ns", "lb", loadBalancer(0, "127.0.0.2")))
 	f.sync(t, false)
-	if len(warned) != 2 {
-		t.Errorf("a changed problem was not reported again: %v", warned)
+	if len(*warned) != 2 {
+		t.Errorf("a changed problem was not reported again: %v", *warned)
 	}
 }
 
@@ -226,13 +222,7 @@ func created(sec int64) func(*v1.Service) {
 // warned; every sync stays healthy; the frontend is handed over when the
 // owner goes away, without being deleted in between.
 func TestProxierConflictingFrontends(t *testing.T) {
-	f := newFakeNode(t)
-	var warned []string
-	f.p = New(Config{PlanConfig: f.p.cfg.PlanConfig, Now: f.p.cfg.Now,
-		Warn: func(n types.NamespacedName, reason, msg string) {
-			warned = append(warned, n.String()+" "+reason+": "+msg)
-		}}, f.p.k)
-	f.p.SetSynced(true, true)
+	f, warned := newWarnedNode(t, true)
 
 	older := makeService("ns", "older", clusterIPs("10.96.0.11"), externalIPs("198.51.100.7"), created(0))
 	newer := makeService("ns", "newer", clusterIPs("10.96.0.12"), externalIPs("198.51.100.7"), created(60),
@@ -244,11 +234,13 @@ func TestProxierConflictingFrontends(t *testing.T) {
 	if !strings.Contains(got, "TCP  198.51.100.7:80 rr\n  "+w1("10.244.2.11:8080")) {
 		t.Errorf("the older Service does not own 198.51.100.7:80:\n%s", got)
 	}
-	if len(warned) != 1 || !strings.HasPrefix(warned[0], "ns/newer FrontendConflict") || !strings.Contains(warned[0], "ns/older") {
-		t.Errorf("warnings %q", warned)
+	if len(*warned) != 1 || !strings.HasPrefix((*warned)[0], "ns/newer FrontendConflict") || !strings.Contains((*warned)[0], "ns/older") {
+		t.Errorf("warnings %q", *warned)
 	}
-	if dump := f.nft.Dump(); strings.Contains(dump, `"ns/newer:http"`) && strings.Contains(dump, "198.51.100.7 . tcp . 80 comment \"ns/newer") {
-		t.Errorf("the newer Service's elements for the frontend it lost are programmed:\n%s", dump)
+	for _, l := range strings.Split(f.nft.Dump(), "\n") {
+		if strings.Contains(l, "198.51.100.7 . tcp . 80") && strings.Contains(l, "ns/newer") {
+			t.Errorf("the newer Service owns an element of the frontend it lost: %s", l)
+		}
 	}
 
 	// The owner goes away: the frontend is handed over in the same sync.
@@ -283,11 +275,7 @@ func TestProxierClusterIPsComeFirst(t *testing.T) {
 // full sync, while the sync succeeds and every other Service is
 // programmed; IPVS failing the node (ENOMEM) still fails the sync.
 func TestProxierIsolatesRefusedVirtualServers(t *testing.T) {
-	f := newFakeNode(t)
-	var warned []string
-	f.p = New(Config{PlanConfig: f.p.cfg.PlanConfig, Now: f.p.cfg.Now,
-		Warn: func(n types.NamespacedName, reason, msg string) { warned = append(warned, n.String()+" "+reason) }}, f.p.k)
-	f.p.SetSynced(true, true)
+	f, warned := newWarnedNode(t, false)
 	bad := netip.MustParseAddr("10.96.0.66")
 	refuse := syscall.EINVAL
 	f.kern.Inject = func(op ipvs.Op, key ipvs.VSKey, _ *ipvs.RealServer) error {
@@ -305,12 +293,12 @@ func TestProxierIsolatesRefusedVirtualServers(t *testing.T) {
 	if got := f.ipvsText(); !strings.Contains(got, "10.96.0.11:80") {
 		t.Errorf("the good Service is not programmed:\n%s", got)
 	}
-	if len(warned) != 1 || warned[0] != "ns/bad FailedToProgram" {
-		t.Errorf("warnings %v", warned)
+	if len(*warned) != 1 || (*warned)[0] != "ns/bad FailedToProgram" {
+		t.Errorf("warnings %v", *warned)
 	}
 	f.sync(t, true)
-	if len(warned) != 1 {
-		t.Errorf("the same refusal was reported again: %v", warned)
+	if len(*warned) != 1 {
+		t.Errorf("the same refusal was reported again: %v", *warned)
 	}
 	f.kern.Inject = nil
 	f.sync(t, true)
@@ -367,4 +355,21 @@ func TestPlanFWMarkCarriesTheConfiguredMasqueradeBit(t *testing.T) {
 	if got := dump(plans); !strings.Contains(got, "node-port-fwmarks tcp . 30080 : 0x75801008") {
 		t.Errorf("plan:\n%s", got)
 	}
+}
+
+// newWarnedNode is a fake node whose proxier's warnings are collected as
+// "namespace/name Reason" (with ": message" when withMessage).
+func newWarnedNode(t *testing.T, withMessage bool) (*fakeNode, *[]string) {
+	f := newFakeNode(t)
+	var warned []string
+	f.p = New(Config{PlanConfig: f.p.cfg.PlanConfig, Now: f.p.cfg.Now,
+		Warn: func(n types.NamespacedName, reason, msg string) {
+			w := n.String() + " " + reason
+			if withMessage {
+				w += ": " + msg
+			}
+			warned = append(warned, w)
+		}}, f.p.k)
+	f.p.SetSynced(true, true)
+	return f, &warned
 }
