@@ -2,6 +2,7 @@ package proxier
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -85,6 +86,9 @@ func (n *NodeInformer) Start(stop <-chan struct{}) { n.factory.Start(stop) }
 
 // WatchWith is Watch with the Node's informer given (see WatchOptions).
 func (p *Proxier) WatchWith(ctx context.Context, client kubernetes.Interface, o WatchOptions) error {
+	if o.Node == nil {
+		return errors.New("watch: no Node informer")
+	}
 	noProxyName, err := labels.NewRequirement(labelServiceProxyName, selection.DoesNotExist, nil)
 	if err != nil {
 		return err
