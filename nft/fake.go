@@ -132,6 +132,9 @@ func (f *Fake) watch(ctx context.Context, _ string, on func(genEvent)) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.watchers = append(f.watchers, func(ev genEvent) {
+		if ctx.Err() != nil {
+			return
+		}
 		mu.Lock()
 		queue = append(queue, ev)
 		mu.Unlock()

@@ -59,6 +59,7 @@ func (t *Table) isolate(tx transaction, cause error, res *SyncResult) (*RefusedE
 	if len(refused) == 0 {
 		return nil, nil
 	}
+	t.failClosed(refused, res)
 	re := &RefusedError{Errs: refused}
 	for o := range refused {
 		re.Owners = append(re.Owners, o)
@@ -119,4 +120,37 @@ func (t *Table) changesByOwner(tx transaction) []ownerChange {
 	}
 	slices.SortFunc(out, func(a, b ownerChange) int { return strings.Compare(a.owner, b.owner) })
 	return out
+}
+
+// restrictive are the sets whose elements only ever take traffic away.
+var restrictive = map[SetName]bool{
+	LoadBalancerFirewall:      true,
+	NoLocalEndpoints:          true,
+	NodePortsNoLocalEndpoints: true,
+}
+
+// failClosed programs, for each refused owner, what it declared in the
+// restrictive sets, when the kernel takes it: a LoadBalancer whose source
+// ranges were refused then accepts no outside traffic instead of all of it
+// (its IPVS virtual server is there either way).
+func (t *Table) failClosed(refused map[string]error, res *SyncResult) {
+	owners := make([]string, 0, len(refused))
+	for o := range refused {
+		owners = append(owners, o)
+	}
+	slices.Sort(owners)
+	for _, o := range owners {
+		var tx transaction
+		for _, e := range t.byOwner[o] {
+			k := e.kernelKey()
+			if _, ok := t.programmed[k]; ok || !restrictive[e.Set] {
+				continue
+			}
+			want, _ := t.desired(k)
+			tx.add = append(tx.add, want)
+		}
+		if len(tx.add) > 0 {
+			_ = t.commit(tx, res) // best effort: the owner is reported either way
+		}
+	}
 }

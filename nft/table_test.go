@@ -435,6 +435,37 @@ func TestRenderGolden(t *testing.T) {
 	}
 }
 
+// TestRefusedLoadBalancerFailsClosed: when the kernel refuses a
+// LoadBalancer's source ranges during a rebuild, its firewall element is
+// still programmed: no outside client gets in, instead of every one.
+func TestRefusedLoadBalancerFailsClosed(t *testing.T) {
+	tbl, f := mustFake(t, Config{})
+	f.Refuse = func(e Element) error {
+		if e.Set == LoadBalancerSourceRanges {
+			return syscall.EINVAL
+		}
+		return nil
+	}
+	lb := netip.MustParseAddr("192.0.2.1")
+	_ = tbl.SetElements("ns/lb:https", []Element{
+		{Set: LoadBalancerIPs, Addr: lb, Protocol: TCP, Port: 443},
+		{Set: LoadBalancerFirewall, Addr: lb, Protocol: TCP, Port: 443},
+		{Set: LoadBalancerSourceRanges, Addr: lb, Protocol: TCP, Port: 443, Source: netip.MustParsePrefix("198.51.100.0/24")},
+	})
+	_ = tbl.SetElements("ns/web:http", svc(1))
+	var re *RefusedError
+	if _, err := tbl.Sync(false); !errors.As(err, &re) {
+		t.Fatalf("sync: %v, want a RefusedError", err)
+	}
+	var sets []string
+	for _, e := range f.Elements() {
+		sets = append(sets, string(e.Set))
+	}
+	if got, want := strings.Join(sets, " "), "cluster-ips ipvs-addresses load-balancer-firewall"; got != want {
+		t.Fatalf("kernel holds elements of %s, want %s", got, want)
+	}
+}
+
 // TestWatchDriftIgnoresOwnCommits: the fake tells watchers about every
 // commit; only someone else's change to the table reaches onDrift, and
 // the next sync, even a partial one, rebuilds.

@@ -2,6 +2,7 @@ package proxier
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -85,18 +86,13 @@ func (n *NodeInformer) Start(stop <-chan struct{}) { n.factory.Start(stop) }
 
 // WatchWith is Watch with the Node's informer given (see WatchOptions).
 func (p *Proxier) WatchWith(ctx context.Context, client kubernetes.Interface, o WatchOptions) error {
-	noProxyName, err := labels.NewRequirement(labelServiceProxyName, selection.DoesNotExist, nil)
+	if o.Node == nil {
+		return errors.New("watch: no Node informer")
+	}
+	factory, err := serviceInformers(client, o.Resync)
 	if err != nil {
 		return err
 	}
-	noHeadless, err := labels.NewRequirement(labelHeadless, selection.DoesNotExist, nil)
-	if err != nil {
-		return err
-	}
-	sel := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
-	factory := informers.NewSharedInformerFactoryWithOptions(client, o.Resync,
-		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = sel }))
-
 	svcInformer := factory.Core().V1().Services().Informer()
 	sliceInformer := factory.Discovery().V1().EndpointSlices().Informer()
 	nodeInformer := o.Node.SharedIndexInformer
@@ -104,51 +100,10 @@ func (p *Proxier) WatchWith(ctx context.Context, client kubernetes.Interface, o 
 	if onChange == nil {
 		onChange = func(Change) {}
 	}
-
-	onService := func(old, obj any, deleted bool) {
-		svc, ok := unwrap[*v1.Service](obj)
-		if !ok {
-			return
-		}
-		name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		if deleted {
-			svc = nil
-		}
-		p.OnServiceUpdate(name, svc)
-		onChange(Change{Service: name, Changed: changed(old, obj)})
-	}
-	onSlice := func(old, obj any, deleted bool) {
-		s, ok := unwrap[*discovery.EndpointSlice](obj)
-		if !ok {
-			return
-		}
-		owner := s.Labels[discovery.LabelServiceName]
-		if deleted {
-			s = nil
-		}
-		p.OnEndpointSliceUpdate(sliceNamespace(obj), sliceName(obj), s, owner)
-		if owner != "" {
-			onChange(Change{EndpointSlice: true, Service: types.NamespacedName{Namespace: sliceNamespace(obj), Name: owner}, Changed: changed(old, obj)})
-		}
-	}
-	onNode := func(_, obj any, deleted bool) {
-		n, ok := unwrap[*v1.Node](obj)
-		if !ok || deleted {
-			return
-		}
-		var ips []netip.Addr
-		for _, a := range n.Status.Addresses {
-			if a.Type != v1.NodeInternalIP && a.Type != v1.NodeExternalIP {
-				continue
-			}
-			if ip, err := netip.ParseAddr(a.Address); err == nil {
-				ips = append(ips, ip.Unmap())
-			}
-		}
-		p.OnNodeUpdate(n.Labels[v1.LabelTopologyZone], ips)
-	}
 	var handlers []cache.ResourceEventHandlerRegistration
-	for inf, fn := range map[cache.SharedIndexInformer]func(old, obj any, deleted bool){svcInformer: onService, sliceInformer: onSlice, nodeInformer: onNode} {
+	for inf, fn := range map[cache.SharedIndexInformer]func(old, obj any, deleted bool){
+		svcInformer: p.serviceHandler(onChange), sliceInformer: p.sliceHandler(onChange), nodeInformer: p.nodeHandler,
+	} {
 		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(o any) { fn(nil, o, false) },
 			UpdateFunc: func(old, o any) { fn(old, o, false) },
@@ -172,6 +127,77 @@ func (p *Proxier) WatchWith(ctx context.Context, client kubernetes.Interface, o 
 		"endpointSlices", len(sliceInformer.GetStore().ListKeys()))
 	p.SetSynced(true, true)
 	return nil
+}
+
+// serviceInformers is the informer factory for Services and
+// EndpointSlices, without the objects kube-proxy ignores: those labelled
+// with another proxy's name, and headless Services' EndpointSlices.
+func serviceInformers(client kubernetes.Interface, resync time.Duration) (informers.SharedInformerFactory, error) {
+	noProxyName, err := labels.NewRequirement(labelServiceProxyName, selection.DoesNotExist, nil)
+	if err != nil {
+		return nil, err
+	}
+	noHeadless, err := labels.NewRequirement(labelHeadless, selection.DoesNotExist, nil)
+	if err != nil {
+		return nil, err
+	}
+	sel := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
+	return informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = sel })), nil
+}
+
+// serviceHandler hands Service events to the proxier, then to onChange.
+func (p *Proxier) serviceHandler(onChange func(Change)) func(old, obj any, deleted bool) {
+	return func(old, obj any, deleted bool) {
+		svc, ok := unwrap[*v1.Service](obj)
+		if !ok {
+			return
+		}
+		name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+		if deleted {
+			svc = nil
+		}
+		p.OnServiceUpdate(name, svc)
+		onChange(Change{Service: name, Changed: changed(old, obj)})
+	}
+}
+
+// sliceHandler hands EndpointSlice events to the proxier, then to
+// onChange.
+func (p *Proxier) sliceHandler(onChange func(Change)) func(old, obj any, deleted bool) {
+	return func(old, obj any, deleted bool) {
+		s, ok := unwrap[*discovery.EndpointSlice](obj)
+		if !ok {
+			return
+		}
+		owner := s.Labels[discovery.LabelServiceName]
+		if deleted {
+			s = nil
+		}
+		p.OnEndpointSliceUpdate(sliceNamespace(obj), sliceName(obj), s, owner)
+		if owner != "" {
+			onChange(Change{EndpointSlice: true, Service: types.NamespacedName{Namespace: sliceNamespace(obj), Name: owner}, Changed: changed(old, obj)})
+		}
+	}
+}
+
+// nodeHandler hands this Node's topology zone and addresses to the
+// proxier.
+func (p *Proxier) nodeHandler(_, obj any, deleted bool) {
+	n, ok := unwrap[*v1.Node](obj)
+	if !ok || deleted {
+		return
+	}
+	var ips []netip.Addr
+	for _, a := range n.Status.Addresses {
+		if a.Type != v1.NodeInternalIP && a.Type != v1.NodeExternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil {
+			ips = append(ips, ip.Unmap())
+		}
+	}
+	p.OnNodeUpdate(n.Labels[v1.LabelTopologyZone], ips)
 }
 
 // changed says whether an event changes the object: an add or delete

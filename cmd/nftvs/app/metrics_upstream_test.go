@@ -110,7 +110,9 @@ func TestMetricsAsUpstream(t *testing.T) {
 	client := kubernetes.NewForConfigOrDie(&rest.Config{Host: api.URL})
 	_, _ = client.CoreV1().Nodes().Get(context.Background(), "n", metav1.GetOptions{})
 
-	got := scrape(t, metricsHandler(m, mustParse(t)))
+	cfg := mustParse(t)
+	cfg.featureGate.AddMetrics() // as run does
+	got := scrape(t, metricsHandler(m, cfg))
 
 	want := map[string][]string{}
 	for name, labels := range upstreamKubeProxyMetrics {
@@ -155,7 +157,8 @@ func TestMetricsAsUpstream(t *testing.T) {
 			t.Errorf("%s: neither kube-proxy's (kubeproxy_, rest_client_, component-base's) nor under nftvs_", name)
 		}
 	}
-	for _, name := range []string{"rest_client_requests_total", "rest_client_request_duration_seconds", "kubernetes_build_info", "go_goroutines", "process_start_time_seconds"} {
+	for _, name := range []string{"rest_client_requests_total", "rest_client_request_duration_seconds", "kubernetes_build_info",
+		"kubernetes_feature_enabled", "go_goroutines", "process_start_time_seconds"} {
 		if _, ok := got[name]; !ok {
 			t.Errorf("%s is not served", name)
 		}
