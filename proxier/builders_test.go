@@ -6,9 +6,22 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftvs/nftvs/internal/k8stest"
 )
 
-// Tiny builders in the style of kube-proxy's proxier tests.
+// Tiny builders in the style of kube-proxy's proxier tests; the Service
+// tweaks are shared with the VM suites (internal/k8stest).
+
+var (
+	nodePort     = k8stest.NodePort
+	loadBalancer = k8stest.LoadBalancer
+	etpLocal     = k8stest.ETPLocal
+	itpLocal     = k8stest.ITPLocal
+	externalIPs  = k8stest.ExternalIPs
+	sourceRanges = k8stest.SourceRanges
+	affinity     = k8stest.ClientIPAffinity
+)
 
 func makeService(ns, name string, tweaks ...func(*v1.Service)) *v1.Service {
 	svc := &v1.Service{
@@ -32,52 +45,6 @@ func clusterIPs(ips ...string) func(*v1.Service) {
 
 func ports(ps ...v1.ServicePort) func(*v1.Service) {
 	return func(s *v1.Service) { s.Spec.Ports = ps }
-}
-
-func nodePort(np int32) func(*v1.Service) {
-	return func(s *v1.Service) {
-		s.Spec.Type = v1.ServiceTypeNodePort
-		s.Spec.Ports[0].NodePort = np
-	}
-}
-
-func loadBalancer(np int32, ips ...string) func(*v1.Service) {
-	return func(s *v1.Service) {
-		s.Spec.Type = v1.ServiceTypeLoadBalancer
-		s.Spec.Ports[0].NodePort = np
-		for _, ip := range ips {
-			s.Status.LoadBalancer.Ingress = append(s.Status.LoadBalancer.Ingress, v1.LoadBalancerIngress{IP: ip})
-		}
-	}
-}
-
-func etpLocal(hc int32) func(*v1.Service) {
-	return func(s *v1.Service) {
-		s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
-		s.Spec.HealthCheckNodePort = hc
-	}
-}
-
-func itpLocal(s *v1.Service) {
-	p := v1.ServiceInternalTrafficPolicyLocal
-	s.Spec.InternalTrafficPolicy = &p
-}
-
-func externalIPs(ips ...string) func(*v1.Service) {
-	return func(s *v1.Service) { s.Spec.ExternalIPs = ips }
-}
-
-func sourceRanges(rs ...string) func(*v1.Service) {
-	return func(s *v1.Service) { s.Spec.LoadBalancerSourceRanges = rs }
-}
-
-func affinity(timeout int32) func(*v1.Service) {
-	return func(s *v1.Service) {
-		s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
-		if timeout > 0 {
-			s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: &timeout}}
-		}
-	}
 }
 
 // ep is an endpoint; by default ready, on node "remote".

@@ -31,6 +31,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/nftvs/nftvs/conntrack"
+	"github.com/nftvs/nftvs/internal/k8stest"
 	"github.com/nftvs/nftvs/ipvs"
 	"github.com/nftvs/nftvs/nft"
 	"github.com/nftvs/nftvs/proxier"
@@ -455,6 +456,17 @@ func (c *cluster) waitGone(t *testing.T, keys ...ipvs.VSKey) {
 
 // service is a ClusterIP Service in the test namespace with port "http"
 // 80/TCP (target 8080) and the given tweaks.
+// The Service tweaks shared with the proxier's unit tests.
+var (
+	nodePort         = k8stest.NodePort
+	loadBalancer     = k8stest.LoadBalancer
+	etpLocal         = k8stest.ETPLocal
+	itpLocal         = k8stest.ITPLocal
+	externalIPs      = k8stest.ExternalIPs
+	sourceRanges     = k8stest.SourceRanges
+	clientIPAffinity = k8stest.ClientIPAffinity
+)
+
 func service(name, clusterIP string, tweaks ...func(*v1.Service)) *v1.Service {
 	svc := &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
@@ -478,53 +490,6 @@ func httpPort() v1.ServicePort {
 
 func withDNS(s *v1.Service) {
 	s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP})
-}
-
-func nodePort(np int32) func(*v1.Service) {
-	return func(s *v1.Service) {
-		if s.Spec.Type == v1.ServiceTypeClusterIP {
-			s.Spec.Type = v1.ServiceTypeNodePort
-		}
-		s.Spec.Ports[0].NodePort = np
-	}
-}
-
-func loadBalancer(np int32, ingress ...string) func(*v1.Service) {
-	return func(s *v1.Service) {
-		s.Spec.Type = v1.ServiceTypeLoadBalancer
-		s.Spec.Ports[0].NodePort = np
-		s.Status.LoadBalancer.Ingress = nil
-		for _, ip := range ingress {
-			s.Status.LoadBalancer.Ingress = append(s.Status.LoadBalancer.Ingress, v1.LoadBalancerIngress{IP: ip})
-		}
-	}
-}
-
-func externalIPs(ips ...string) func(*v1.Service) {
-	return func(s *v1.Service) { s.Spec.ExternalIPs = ips }
-}
-
-func sourceRanges(rs ...string) func(*v1.Service) {
-	return func(s *v1.Service) { s.Spec.LoadBalancerSourceRanges = rs }
-}
-
-func etpLocal(healthCheckNodePort int32) func(*v1.Service) {
-	return func(s *v1.Service) {
-		s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
-		s.Spec.HealthCheckNodePort = healthCheckNodePort
-	}
-}
-
-func itpLocal(s *v1.Service) {
-	p := v1.ServiceInternalTrafficPolicyLocal
-	s.Spec.InternalTrafficPolicy = &p
-}
-
-func clientIPAffinity(timeout int32) func(*v1.Service) {
-	return func(s *v1.Service) {
-		s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
-		s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: &timeout}}
-	}
 }
 
 func dualStack(clusterIP6 string) func(*v1.Service) {
