@@ -189,46 +189,11 @@ func (n *NetlinkAddresses) SyncAddresses(name string, want []netip.Addr) (added,
 	if err != nil {
 		return nil, nil, fmt.Errorf("look up link %s: %w", name, err)
 	}
-	index := l.Attrs().Index
-	all, err := n.addrList()
+	ours, elsewhere, err := n.addressesOf(l.Attrs().Index)
 	if err != nil {
 		return nil, nil, err
 	}
-	ours := map[netip.Addr]*netlink.Addr{}
-	elsewhere := map[netip.Addr]int{} // address -> link index
-	for i := range all {
-		ip, ok := netip.AddrFromSlice(all[i].IP)
-		if !ok {
-			continue
-		}
-		ip = ip.Unmap()
-		if all[i].LinkIndex == index {
-			ours[ip] = &all[i]
-		} else {
-			elsewhere[ip] = all[i].LinkIndex
-		}
-	}
-	wanted, toAdd := map[netip.Addr]bool{}, []netip.Addr(nil)
-	var inUse []AddressInUse
-	for _, a := range want {
-		if !a.IsValid() {
-			continue
-		}
-		a = a.Unmap()
-		if wanted[a] {
-			continue
-		}
-		wanted[a] = true
-		if ours[a] != nil {
-			continue
-		}
-		if idx, ok := elsewhere[a]; ok {
-			inUse = append(inUse, AddressInUse{Addr: a, Link: n.linkName(idx)})
-			continue
-		}
-		toAdd = append(toAdd, a)
-	}
-	slices.SortFunc(toAdd, netip.Addr.Compare)
+	wanted, toAdd, inUse := n.diffAddresses(want, ours, elsewhere)
 	var errs []error
 	for _, a := range toAdd {
 		err := n.h.AddrAdd(l, &netlink.Addr{IPNet: hostNet(a)})
@@ -260,10 +225,59 @@ func (n *NetlinkAddresses) SyncAddresses(name string, want []netip.Addr) (added,
 		}
 	}
 	if len(inUse) > 0 {
-		slices.SortFunc(inUse, func(a, b AddressInUse) int { return a.Addr.Compare(b.Addr) })
 		errs = append(errs, &AddressInUseError{Link: name, InUse: inUse})
 	}
 	return added, removed, errors.Join(errs...)
+}
+
+// addressesOf lists every address of the namespace once: those of the
+// link index, and the others with the link holding them.
+func (n *NetlinkAddresses) addressesOf(index int) (ours map[netip.Addr]*netlink.Addr, elsewhere map[netip.Addr]int, err error) {
+	all, err := n.addrList()
+	if err != nil {
+		return nil, nil, err
+	}
+	ours, elsewhere = map[netip.Addr]*netlink.Addr{}, map[netip.Addr]int{}
+	for i := range all {
+		ip, ok := netip.AddrFromSlice(all[i].IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if all[i].LinkIndex == index {
+			ours[ip] = &all[i]
+		} else {
+			elsewhere[ip] = all[i].LinkIndex
+		}
+	}
+	return ours, elsewhere, nil
+}
+
+// diffAddresses returns the wanted addresses, those to add (sorted), and
+// those another link holds already, which are not bound again (sorted).
+func (n *NetlinkAddresses) diffAddresses(want []netip.Addr, ours map[netip.Addr]*netlink.Addr, elsewhere map[netip.Addr]int) (wanted map[netip.Addr]bool, toAdd []netip.Addr, inUse []AddressInUse) {
+	wanted = map[netip.Addr]bool{}
+	for _, a := range want {
+		if !a.IsValid() {
+			continue
+		}
+		a = a.Unmap()
+		if wanted[a] {
+			continue
+		}
+		wanted[a] = true
+		if ours[a] != nil {
+			continue
+		}
+		if idx, ok := elsewhere[a]; ok {
+			inUse = append(inUse, AddressInUse{Addr: a, Link: n.linkName(idx)})
+			continue
+		}
+		toAdd = append(toAdd, a)
+	}
+	slices.SortFunc(toAdd, netip.Addr.Compare)
+	slices.SortFunc(inUse, func(a, b AddressInUse) int { return a.Addr.Compare(b.Addr) })
+	return wanted, toAdd, inUse
 }
 
 func (n *NetlinkAddresses) linkName(index int) string {
