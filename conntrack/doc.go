@@ -35,14 +35,5 @@
 // what the index matches; the kernel still walks every bucket, but copies
 // out only what may match.
 //
-// Measured on the host kernel (6.18, 2 shared vCPUs, 262144 buckets; see
-// bench_test.go): walking 100k entries takes ~55 ms, dumping them 0.7-1.1 s;
-// 500k: ~0.15 s and 2-4.6 s. The kernel's copying dominates (parsing and
-// matching in Go is ~0.25 µs an entry, no allocation); deleting is 3-8 µs
-// an entry. When a Clean removes a single IPv4 endpoint (rolling updates
-// often remove one pod per sync), the filtered dump of 500k entries takes
-// ~0.45 s instead of ~3 s. vishvananda/netlink's ConntrackDeleteFilters
-// (dump per family, whole dump kept in memory and parsed, one round trip
-// per delete) took 1.6-3x as long on the same tables, and cannot match
-// SCTP entries by port: it parses ports of TCP and UDP only.
+// Its cost, measured, is in docs/architecture.md (Conntrack cleanup).
 package conntrack

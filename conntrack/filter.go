@@ -10,7 +10,7 @@ import (
 // Kernel-side dump filtering (CTA_FILTER, Linux 5.9+). The kernel walks the
 // whole table either way; what a filter saves is serialising, copying and
 // parsing the entries that cannot match, which is most of a dump's cost
-// (measured: a 100k-entry table takes ~55 ms to walk and ~500 ms to dump).
+// (docs/architecture.md has the figures).
 //
 // The filter is only ever a superset of what the index matches: every
 // entry is still matched in Go, so a kernel that ignores the filter (older

@@ -67,10 +67,9 @@ const (
 	FlagSched2 Flags = 0x10
 	FlagSched3 Flags = 0x20
 
-	FlagSHFallback = FlagSched1
-	FlagSHPort     = FlagSched2
-	FlagMHFallback = FlagSched1
-	FlagMHPort     = FlagSched2
+	// FlagMHPort makes mh hash the source port too (kube-proxy sets it
+	// with --ipvs-scheduler=mh).
+	FlagMHPort = FlagSched2
 )
 
 // comparable strips what the kernel adds on its own.
