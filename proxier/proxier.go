@@ -84,10 +84,13 @@ type SyncResult struct {
 	// without them.
 	Refused  []Refusal
 	Duration time.Duration
-	// PendingSince is when the oldest change this sync programmed was
-	// recorded (zero: it programmed no change, e.g. a periodic sync):
-	// the start of kubeproxy_network_programming_duration_seconds.
-	PendingSince time.Time
+	// TriggerTimes are the endpoints.kubernetes.io/last-change-trigger-time
+	// annotations of the EndpointSlice changes this sync programmed, as
+	// kube-proxy collects them (later than the proxier's start): each is
+	// the start of one kubeproxy_network_programming_duration_seconds
+	// sample. A failed sync keeps its changes', for the sync that
+	// programs them.
+	TriggerTimes []time.Time
 }
 
 // Proxier watches Services and EndpointSlices and keeps IPVS, kube-ipvs0
@@ -104,9 +107,10 @@ type Proxier struct {
 	services map[types.NamespacedName]*v1.Service
 	slices   map[types.NamespacedName]map[string]*discovery.EndpointSlice
 	dirty    map[types.NamespacedName]bool
-	// dirtySince is when the oldest change in dirty was recorded (zero:
-	// none), for the network programming latency.
-	dirtySince time.Time
+	// triggers are the trigger times of the EndpointSlice changes of the
+	// dirty Services, for the network programming latency.
+	triggers map[types.NamespacedName][]time.Time
+	started  time.Time
 	// node is this node as last watched (zone and addresses); nodeChanged
 	// asks the next sync to replan every Service.
 	node           Node
@@ -168,6 +172,8 @@ func New(cfg Config, k Kernel) *Proxier {
 		services:          map[types.NamespacedName]*v1.Service{},
 		slices:            map[types.NamespacedName]map[string]*discovery.EndpointSlice{},
 		dirty:             map[types.NamespacedName]bool{},
+		triggers:          map[types.NamespacedName][]time.Time{},
+		started:           cfg.Now(),
 		node:              cfg.Node,
 		trigger:           make(chan struct{}, 1),
 		applied:           map[types.NamespacedName][]PortPlan{},
@@ -208,12 +214,7 @@ func (p *Proxier) OnServiceUpdate(name types.NamespacedName, svc *v1.Service) {
 }
 
 // markDirty queues a Service for the next sync; p.mu is held.
-func (p *Proxier) markDirty(name types.NamespacedName) {
-	if len(p.dirty) == 0 && p.dirtySince.IsZero() {
-		p.dirtySince = p.cfg.Now()
-	}
-	p.dirty[name] = true
-}
+func (p *Proxier) markDirty(name types.NamespacedName) { p.dirty[name] = true }
 
 // OnEndpointSliceUpdate records a slice's new state (nil: deleted). The
 // slice belongs to the Service named by its kubernetes.io/service-name
@@ -234,10 +235,24 @@ func (p *Proxier) OnEndpointSliceUpdate(namespace, sliceName string, slice *disc
 			p.slices[name] = map[string]*discovery.EndpointSlice{}
 		}
 		p.slices[name][sliceName] = slice
+		if t, ok := lastChangeTriggerTime(slice); ok && t.After(p.started) {
+			p.triggers[name] = append(p.triggers[name], t)
+		}
 	}
 	p.markDirty(name)
 	p.mu.Unlock()
 	p.kick()
+}
+
+// lastChangeTriggerTime is when the change an EndpointSlice carries was
+// triggered (the EndpointSlice controller's annotation).
+func lastChangeTriggerTime(s *discovery.EndpointSlice) (time.Time, bool) {
+	v, ok := s.Annotations[v1.EndpointsLastChangeTriggerTime]
+	if !ok {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	return t, err == nil
 }
 
 // OnNodeUpdate records this node's topology zone and addresses; a change

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -368,35 +369,38 @@ func TestWatchFailsLoudlyWithoutPermission(t *testing.T) {
 	}
 }
 
-// TestPendingSince: a sync reports when the oldest change it programmed
-// arrived (the start of the network programming latency), a failed
-// sync's changes keep their time, and a sync with no change reports none.
-func TestPendingSince(t *testing.T) {
+// TestTriggerTimes: as kube-proxy, a sync reports the
+// last-change-trigger-time of each EndpointSlice change it programmed
+// (later than the proxier's start; Service changes and slices without the
+// annotation have none), a failed sync's changes keep theirs for the sync
+// that programs them, and a sync with no change reports none.
+func TestTriggerTimes(t *testing.T) {
 	f := newFakeNode(t)
 	t0 := f.now
-	f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: "a"}, makeService("ns", "a"))
-	f.now = t0.Add(time.Second)
-	f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: "b"}, makeService("ns", "b", clusterIPs("10.96.0.11")))
-	f.now = t0.Add(2 * time.Second)
-	res, err := f.p.Sync(false)
-	if err != nil {
-		t.Fatal(err)
+	at := func(s *discovery.EndpointSlice, tm time.Time) *discovery.EndpointSlice {
+		s.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: tm.Format(time.RFC3339Nano)}
+		return s
 	}
-	if !res.PendingSince.Equal(t0) {
-		t.Errorf("PendingSince %v, want the first change's %v", res.PendingSince, t0)
+	a := makeService("ns", "a")
+	f.addService(a)
+	f.p.OnEndpointSliceUpdate("ns", "a", at(httpSlice(a, ready("10.244.2.1", "node-b")), t0.Add(-time.Minute)), "a") // before the start
+	f.p.OnEndpointSliceUpdate("ns", "a", at(httpSlice(a, ready("10.244.2.2", "node-b")), t0.Add(time.Second)), "a")
+	f.p.OnEndpointSliceUpdate("ns", "a", httpSlice(a, ready("10.244.2.3", "node-b")), "a") // no annotation
+	res := f.sync(t, false)
+	if len(res.TriggerTimes) != 1 || !res.TriggerTimes[0].Equal(t0.Add(time.Second)) {
+		t.Errorf("trigger times %v, want the one change after the start", res.TriggerTimes)
 	}
-	res, err = f.p.Sync(false)
-	if err != nil {
-		t.Fatal(err)
+	if res = f.sync(t, false); len(res.TriggerTimes) != 0 {
+		t.Errorf("a sync without changes reports trigger times %v", res.TriggerTimes)
 	}
-	if !res.PendingSince.IsZero() {
-		t.Errorf("a sync without changes reports PendingSince %v, want none", res.PendingSince)
+	f.kern.Inject = func(ipvs.Op, ipvs.VSKey, *ipvs.RealServer) error { return syscall.ENOMEM } // IPVS fails the node
+	f.p.OnEndpointSliceUpdate("ns", "a", at(httpSlice(a, ready("10.244.2.4", "node-b")), t0.Add(2*time.Second)), "a")
+	if res, err := f.p.Sync(false); err == nil || len(res.TriggerTimes) != 0 {
+		t.Fatalf("a failed sync: %v, trigger times %v", err, res.TriggerTimes)
 	}
-	f.now = t0.Add(3 * time.Second)
-	f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: "a"}, nil)
-	f.now = t0.Add(4 * time.Second)
-	if res, _ = f.p.Sync(false); !res.PendingSince.Equal(t0.Add(3 * time.Second)) {
-		t.Errorf("PendingSince %v after a deletion at %v", res.PendingSince, t0.Add(3*time.Second))
+	f.kern.Inject = nil
+	if res = f.sync(t, false); len(res.TriggerTimes) != 1 || !res.TriggerTimes[0].Equal(t0.Add(2*time.Second)) {
+		t.Errorf("after a failed sync, trigger times %v, want the failed sync's change", res.TriggerTimes)
 	}
 }
 

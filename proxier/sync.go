@@ -24,8 +24,8 @@ type work struct {
 	// inputs holds each Service to replan with its EndpointSlices; a nil
 	// Service was deleted.
 	inputs map[types.NamespacedName]serviceInput
-	// pendingSince is when the oldest change in inputs was recorded.
-	pendingSince time.Time
+	// triggers are the trigger times of the changes in inputs.
+	triggers map[types.NamespacedName][]time.Time
 }
 
 type serviceInput struct {
@@ -42,7 +42,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	defer p.syncMu.Unlock()
 	start := p.cfg.Now()
 	w := p.collectWork(full || p.needFull, start)
-	res := SyncResult{Full: w.full, PendingSince: w.pendingSince}
+	res := SyncResult{Full: w.full}
 	if w.full {
 		p.refreshLocalAddresses()
 	}
@@ -68,6 +68,9 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 		p.requeue(w)
 	} else {
 		p.needFull = false
+		for _, ts := range w.triggers {
+			res.TriggerTimes = append(res.TriggerTimes, ts...)
+		}
 	}
 	p.reportRefused(res.Refused, w.full)
 	res.Duration = p.cfg.Now().Sub(start)
@@ -103,8 +106,14 @@ func (p *Proxier) collectWork(full bool, now time.Time) work {
 			add(n)
 		}
 	}
+	w.triggers = map[types.NamespacedName][]time.Time{}
+	for n := range w.inputs {
+		if ts, ok := p.triggers[n]; ok {
+			w.triggers[n] = ts
+			delete(p.triggers, n)
+		}
+	}
 	clear(p.dirty)
-	w.pendingSince, p.dirtySince = p.dirtySince, time.Time{}
 	return w
 }
 
@@ -126,9 +135,10 @@ func (p *Proxier) requeue(w work) {
 	for n := range w.inputs {
 		p.dirty[n] = true
 	}
-	// The failed sync's changes are still pending since they were seen.
-	if since := w.pendingSince; !since.IsZero() && (p.dirtySince.IsZero() || since.Before(p.dirtySince)) {
-		p.dirtySince = since
+	// The failed sync's changes are still to be programmed: their trigger
+	// times go with them, to the sync that does.
+	for n, ts := range w.triggers {
+		p.triggers[n] = append(ts, p.triggers[n]...)
 	}
 }
 

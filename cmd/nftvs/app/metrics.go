@@ -29,8 +29,6 @@ import (
 //     reported under each family proxied, and counts (no local endpoints)
 //     under the primary family; the conntrack cleaner is run once per
 //     family, as kube-proxy's reconciler, and reported under it;
-//   - network_programming_duration_seconds starts when the proxier
-//     received the oldest change a sync programmed (SyncResult.PendingSince);
 //   - kube-proxy's IPVS mode also has
 //     sync_proxy_rules_iptables_restore_failures_total: nftvs runs no
 //     iptables-restore (nftvs_sync_errors_total counts failed syncs by
@@ -204,9 +202,10 @@ func (m *Metrics) Gatherer() prometheus.Gatherer {
 	return prometheus.Gatherers{legacyregistry.DefaultGatherer, m.Registry}
 }
 
-// ObserveSync records one sync's outcome. pendingSince is when the
-// oldest change it programmed was first seen waiting (zero: unknown).
-func (m *Metrics) ObserveSync(res proxier.SyncResult, err error, now, pendingSince time.Time) {
+// ObserveSync records one sync's outcome. Network programming latency is
+// measured as kube-proxy measures it: from the last-change-trigger-time
+// of each EndpointSlice change the sync programmed (res.TriggerTimes).
+func (m *Metrics) ObserveSync(res proxier.SyncResult, err error, now time.Time) {
 	if m == nil {
 		return
 	}
@@ -221,8 +220,8 @@ func (m *Metrics) ObserveSync(res proxier.SyncResult, err error, now, pendingSin
 		}
 		if err == nil {
 			m.lastSync.WithLabelValues(fam).Set(float64(now.UnixNano()) / 1e9)
-			if !pendingSince.IsZero() {
-				m.networkProgramming.WithLabelValues(fam).Observe(now.Sub(pendingSince).Seconds())
+			for _, t := range res.TriggerTimes {
+				m.networkProgramming.WithLabelValues(fam).Observe(now.Sub(t).Seconds())
 			}
 		}
 	}

@@ -21,8 +21,8 @@ import (
 // its type.
 func TestMetricNames(t *testing.T) {
 	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
-	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond}, nil, time.Now(), time.Now().Add(-time.Second))
-	m.ObserveSync(proxier.SyncResult{Full: true, Duration: time.Millisecond}, nil, time.Now(), time.Time{})
+	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond, TriggerTimes: []time.Time{time.Now().Add(-time.Second)}}, nil, time.Now())
+	m.ObserveSync(proxier.SyncResult{Full: true, Duration: time.Millisecond}, nil, time.Now())
 	m.SetPending(1, 1)
 	m.SetLastQueued(time.Now())
 	m.observeHealth("healthz", 200)
@@ -80,7 +80,8 @@ func TestObserveSync(t *testing.T) {
 		Removed:  []ipvs.RemovedRealServer{{}, {}},
 	}
 	now := time.Unix(1700000000, 0)
-	m.ObserveSync(res, nil, now, now.Add(-3*time.Second))
+	res.TriggerTimes = []time.Time{now.Add(-3 * time.Second)}
+	m.ObserveSync(res, nil, now)
 	checks := map[string]float64{
 		"add_virtual_server": 2, "add_real_server": 5, "delete_real_server": 1, "update_real_server": 0,
 	}
@@ -102,7 +103,7 @@ func TestObserveSync(t *testing.T) {
 		t.Errorf("last sync timestamp %v", got)
 	}
 	// A failed sync: no timestamp, no programming latency, errors counted.
-	m.ObserveSync(proxier.SyncResult{}, errors.Join(errors.New("ipvs: add real server: EEXIST"), fmt.Errorf("nftables: %w", errors.New("ENOBUFS"))), now.Add(time.Hour), now)
+	m.ObserveSync(proxier.SyncResult{}, errors.Join(errors.New("ipvs: add real server: EEXIST"), fmt.Errorf("nftables: %w", errors.New("ENOBUFS"))), now.Add(time.Hour))
 	if got := testutil.ToFloat64(m.lastSync.WithLabelValues("IPv4")); got != 1700000000 {
 		t.Errorf("a failed sync moved the last sync timestamp to %v", got)
 	}

@@ -95,8 +95,8 @@ func TestMetricsAsUpstream(t *testing.T) {
 	families := []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
 	m := NewMetrics(families)
 	now := time.Now()
-	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond}, nil, now, now.Add(-time.Second))
-	m.ObserveSync(proxier.SyncResult{Full: true, Duration: time.Millisecond}, nil, now, time.Time{})
+	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond, TriggerTimes: []time.Time{now.Add(-time.Second)}}, nil, now)
+	m.ObserveSync(proxier.SyncResult{Full: true, Duration: time.Millisecond}, nil, now)
 	h := NewHealthServer(time.Minute, nil, m)
 	c := newChangeTracker(m, h, families)
 	c.observe(proxier.Change{Service: types.NamespacedName{Namespace: "ns", Name: "web"}, Changed: true})

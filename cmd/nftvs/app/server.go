@@ -623,14 +623,12 @@ func takeOver(ev *nodeEvents) {
 func observeSync(res proxier.SyncResult, err error, p *proxier.Proxier, families []v1.IPFamily, metrics *Metrics, health *HealthServer, changes *changeTracker, serviceHealth *ServiceHealthServers) {
 	now := time.Now()
 	changes.synced(now.Add(-res.Duration))
-	var since time.Time // a failed sync leaves its changes pending
 	if err == nil {
-		since = res.PendingSince
 		for _, f := range families {
 			health.Updated(f)
 		}
 	}
-	metrics.ObserveSync(res, err, now, since)
+	metrics.ObserveSync(res, err, now)
 	metrics.ObserveNoLocalEndpoints(p.NoLocalEndpoints())
 	serviceHealth.Sync(p.HealthChecks())
 	klog.V(2).InfoS("Synced", "full", res.Full, "services", res.ServicesSeen, "ipvs", res.IPVS.String(),

@@ -102,7 +102,7 @@ func newFakeNode(t *testing.T, args ...string) *fakeNode {
 func (f *fakeNode) sync(t *testing.T) proxier.SyncResult {
 	t.Helper()
 	res, err := f.p.Sync(false)
-	f.metrics.ObserveSync(res, err, time.Now(), time.Time{})
+	f.metrics.ObserveSync(res, err, time.Now())
 	if err != nil {
 		t.Fatalf("sync: %v", err)
 	}
