@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/nftvs/nftvs/ipvs"
 	"github.com/nftvs/nftvs/nft"
@@ -432,5 +433,25 @@ func TestAddressesSyncedOnlyWhenTheyChange(t *testing.T) {
 	}
 	if got := f.addresses(t); !slices.Equal(got, []netip.Addr{netip.MustParseAddr("10.96.0.10")}) {
 		t.Errorf("after deleting b, kube-ipvs0 holds %v", got)
+	}
+}
+
+// TestWatchWithARunningNodeInformer: the command starts the Node's
+// informer first (to wait for the node's IPs) and hands it over: the
+// watch takes it as it is, running, instead of failing to set its watch
+// error handler (nftvs exited at start when this broke).
+func TestWatchWithARunningNodeInformer(t *testing.T) {
+	f := newFakeNode(t)
+	f.p = New(f.p.cfg, f.p.k)
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: thisNode}}
+	client := fake.NewClientset(makeService("ns", "web"), node)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ni := NewNodeInformer(client, thisNode, 0)
+	if err := StartAndSync(ctx, map[string]cache.SharedIndexInformer{"nodes": ni}, nil, func() { ni.Start(ctx.Done()) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.p.WatchWith(ctx, client, WatchOptions{Node: ni}); err != nil {
+		t.Fatalf("WatchWith a running Node informer: %v", err)
 	}
 }
