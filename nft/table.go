@@ -20,7 +20,8 @@ type Interface interface {
 	SetElements(owner string, elems []Element) error
 	// Sync sends what changed since the last Sync in one atomic
 	// transaction. With full set, it also repairs drift: when anyone
-	// changed the ruleset since our last commit, the table is rebuilt
+	// changed the ruleset since our last commit (with a drift watch up:
+	// when the watch saw someone change the table), the table is rebuilt
 	// whole, in one transaction. When the kernel refuses a transaction,
 	// it is retried (as a rebuild if the ruleset may have drifted), then
 	// owner by owner: the error is then a *RefusedError naming the owners
