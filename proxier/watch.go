@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -69,6 +70,7 @@ type Change struct {
 type NodeInformer struct {
 	cache.SharedIndexInformer
 	factory informers.SharedInformerFactory
+	started atomic.Bool
 }
 
 // NewNodeInformer returns an informer on the Node named nodeName; it does
@@ -82,7 +84,10 @@ func NewNodeInformer(client kubernetes.Interface, nodeName string, resync time.D
 }
 
 // Start starts the informer unless it runs already.
-func (n *NodeInformer) Start(stop <-chan struct{}) { n.factory.Start(stop) }
+func (n *NodeInformer) Start(stop <-chan struct{}) {
+	n.started.Store(true)
+	n.factory.Start(stop)
+}
 
 // WatchWith is Watch with the Node's informer given (see WatchOptions).
 func (p *Proxier) WatchWith(ctx context.Context, client kubernetes.Interface, o WatchOptions) error {
@@ -114,9 +119,14 @@ func (p *Proxier) WatchWith(ctx context.Context, client kubernetes.Interface, o 
 		}
 		handlers = append(handlers, reg)
 	}
-	err = StartAndSync(ctx, map[string]cache.SharedIndexInformer{
-		"services": svcInformer, "endpointslices.discovery.k8s.io": sliceInformer, "nodes": nodeInformer,
-	}, handlers, func() {
+	// A Node informer its caller started is not started again (nor given
+	// a watch error handler, which a running informer refuses); the
+	// proxier's handler on it is waited for all the same.
+	toStart := map[string]cache.SharedIndexInformer{"services": svcInformer, "endpointslices.discovery.k8s.io": sliceInformer}
+	if !o.Node.started.Load() {
+		toStart["nodes"] = nodeInformer
+	}
+	err = StartAndSync(ctx, toStart, handlers, func() {
 		factory.Start(ctx.Done())
 		o.Node.Start(ctx.Done())
 	})
