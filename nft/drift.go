@@ -3,14 +3,16 @@ package nft
 import "context"
 
 // genEvent is one ruleset generation seen by a watcher: gen, and whether
-// any change in it named our table. lost reports that notifications were
-// lost (the socket overflowed): every generation after from up to gen
-// may have touched the table.
+// any change in it named our table. lost reports a gap (the watch just
+// started, or notifications were lost): every generation after from up to
+// gen may have touched the table; the watcher sees every change again
+// from gen on. down reports that it does not, until the next lost event.
 type genEvent struct {
 	gen     uint32
 	touched bool
 	lost    bool
 	from    uint32
+	down    bool
 }
 
 // generations remembers our recent commits' generation numbers.
@@ -50,8 +52,13 @@ func (t *Table) ownGeneration(gen uint32) {
 // Watching listens to the kernel's nftables notifications
 // (NFNLGRP_NFTABLES). If they overflow the socket, the generations missed
 // are compared with our own: if any is someone else's, onDrift is called.
+// While the watch is up, a full Sync trusts it, and no longer rebuilds the
+// table because someone committed to another table.
 func (t *Table) WatchDrift(ctx context.Context, onDrift func()) error {
-	return t.backend.watch(ctx, t.cfg.TableName, func(ev genEvent) {
+	t.mu.Lock()
+	from := t.lastGen
+	t.mu.Unlock()
+	return t.backend.watch(ctx, t.cfg.TableName, from, func(ev genEvent) {
 		if t.drifted(ev) {
 			onDrift()
 		}
@@ -67,8 +74,11 @@ func (t *Table) drifted(ev genEvent) bool {
 	defer t.mu.Unlock()
 	foreign := false
 	switch {
+	case ev.down:
+		t.watching = false
 	case ev.lost:
-		for g, n := ev.from+1, 0; g != ev.gen+1; g, n = g+1, n+1 {
+		t.watching = true
+		for g, n := ev.from+1, 0; g != ev.gen+1 && !t.needsBuild; g, n = g+1, n+1 {
 			if _, ours := t.own.seen[g]; !ours && g != 0 || n > maxOwnGenerations {
 				foreign = true
 				break

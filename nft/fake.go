@@ -107,13 +107,14 @@ func (f *Fake) deleteTable(string) (uint32, error) {
 	return f.commitLocked(), nil
 }
 
-func (f *Fake) watch(ctx context.Context, _ string, on func(genEvent)) error {
+func (f *Fake) watch(ctx context.Context, _ string, from uint32, on func(genEvent)) error {
 	var (
 		mu    sync.Mutex
 		queue []genEvent
 		wake  = make(chan struct{}, 1)
 	)
 	go func() {
+		defer on(genEvent{down: true})
 		for {
 			select {
 			case <-ctx.Done():
@@ -131,6 +132,8 @@ func (f *Fake) watch(ctx context.Context, _ string, on func(genEvent)) error {
 	}()
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	queue = append(queue, genEvent{lost: true, from: from, gen: f.gen})
+	wake <- struct{}{}
 	f.watchers = append(f.watchers, func(ev genEvent) {
 		if ctx.Err() != nil {
 			return

@@ -388,6 +388,9 @@ func TestKernelWatchDrift(t *testing.T) {
 	ns.Run(t, "nft", "add", "set", "inet", "other", "s", "{ type ipv4_addr; }")
 	ns.Run(t, "nft", "add", "element", "inet", "other", "s", "{ 10.0.0.1 }")
 	quiet("changes to another table")
+	if res := mustSync(t, tbl, true); res.Rebuilt {
+		t.Fatalf("full sync rebuilt after changes to another table, with the watch up: %+v", res)
+	}
 
 	noticed("nft flush ruleset", "nft", "flush", "ruleset")
 	noticed("nft delete table", "nft", "delete", "table", "inet", "nftvs")

@@ -22,15 +22,20 @@ const monitorReadBuffer = 32 << 20
 // element notification belongs to, so the messages are read here: every
 // nftables object message carries its table's name as attribute 1, and
 // each commit ends with a NEWGEN message carrying the generation.
-func (b *netlinkBackend) watch(ctx context.Context, table string, on func(genEvent)) error {
+func (b *netlinkBackend) watch(ctx context.Context, table string, from uint32, on func(genEvent)) error {
 	conn, last, err := b.subscribe()
 	if err != nil {
 		return err
 	}
 	go func() {
+		defer on(genEvent{down: true})
+		on(genEvent{lost: true, from: from, gen: last})
 		for {
 			last = b.receive(ctx, conn, table, last, on)
 			conn.Close()
+			if ctx.Err() == nil {
+				on(genEvent{down: true})
+			}
 			// The socket broke: listen again, and check what was missed.
 			for {
 				select {

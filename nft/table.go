@@ -20,7 +20,8 @@ type Interface interface {
 	SetElements(owner string, elems []Element) error
 	// Sync sends what changed since the last Sync in one atomic
 	// transaction. With full set, it also repairs drift: when anyone
-	// changed the ruleset since our last commit, the table is rebuilt
+	// changed the ruleset since our last commit (with a drift watch up:
+	// when the watch saw someone change the table), the table is rebuilt
 	// whole, in one transaction. When the kernel refuses a transaction,
 	// it is retried (as a rebuild if the ruleset may have drifted), then
 	// owner by owner: the error is then a *RefusedError naming the owners
@@ -72,8 +73,10 @@ type backend interface {
 	// generation of that commit (0 when there was nothing to delete).
 	deleteTable(name string) (uint32, error)
 	// watch calls on for every ruleset generation committed from now
-	// until ctx is done, in order, from one goroutine.
-	watch(ctx context.Context, table string, on func(genEvent)) error
+	// until ctx is done, in order, from one goroutine; first with a lost
+	// event from generation from up to the one it started at, last with a
+	// down event.
+	watch(ctx context.Context, table string, from uint32, on func(genEvent)) error
 }
 
 // Table is the companion table: a mirror of its elements with owner
@@ -95,6 +98,9 @@ type Table struct {
 	// our recent ones, so that drift watching can tell them from others'.
 	lastGen uint32
 	own     generations
+	// watching: a drift watch sees every change to the ruleset, so a
+	// full sync need not compare generations.
+	watching bool
 }
 
 func newTable(cfg Config, b backend) (*Table, error) {
@@ -295,11 +301,8 @@ func (t *Table) Sync(full bool) (SyncResult, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 
-	if full && !t.needsBuild {
-		gen, err := t.backend.generation()
-		if err != nil || gen != t.lastGen {
-			t.needsBuild = true
-		}
+	if full && !t.needsBuild && !t.watching && t.othersCommitted() {
+		t.needsBuild = true
 	}
 	res := SyncResult{Rules: t.cfg.ruleCount()}
 	tx := t.pending()

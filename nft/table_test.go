@@ -466,6 +466,17 @@ func TestRefusedLoadBalancerFailsClosed(t *testing.T) {
 	}
 }
 
+// commitElsewhere simulates someone else committing to another table: the
+// generation moves, the table does not change.
+func (f *Fake) commitElsewhere() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.gen++
+	for _, w := range f.watchers {
+		w(genEvent{gen: f.gen})
+	}
+}
+
 // TestWatchDriftIgnoresOwnCommits: the fake tells watchers about every
 // commit; only someone else's change to the table reaches onDrift, and
 // the next sync, even a partial one, rebuilds.
@@ -498,5 +509,29 @@ func TestWatchDriftIgnoresOwnCommits(t *testing.T) {
 	}
 	if res := mustSync(t, tbl, false); !res.Rebuilt || len(f.Elements()) != 10 {
 		t.Fatalf("sync after drift: %+v, %d elements; want a rebuild with 10", res, len(f.Elements()))
+	}
+
+	// While the watch is up, a full sync trusts it: another table's
+	// commit is no reason to rebuild. Without it, the generation decides.
+	f.commitElsewhere()
+	time.Sleep(50 * time.Millisecond)
+	if res := mustSync(t, tbl, true); res.Rebuilt {
+		t.Fatalf("full sync rebuilt after another table's commit, with the watch up: %+v", res)
+	}
+	cancel()
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(10 * time.Millisecond) {
+		tbl.mu.Lock()
+		watching := tbl.watching
+		tbl.mu.Unlock()
+		if !watching {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the table still trusts a cancelled watch")
+		}
+	}
+	f.commitElsewhere()
+	if res := mustSync(t, tbl, true); !res.Rebuilt {
+		t.Fatalf("full sync after another commit, without a watch: %+v, want a rebuild", res)
 	}
 }

@@ -119,10 +119,11 @@ func (p *Proxier) WatchWith(ctx context.Context, client kubernetes.Interface, o 
 		}
 		handlers = append(handlers, reg)
 	}
+	// A Node informer its caller started is not started again (nor given
+	// a watch error handler, which a running informer refuses); the
+	// proxier's handler on it is waited for all the same.
 	toStart := map[string]cache.SharedIndexInformer{"services": svcInformer, "endpointslices.discovery.k8s.io": sliceInformer}
 	if !o.Node.started.Load() {
-		// A running informer takes no watch error handler: the command
-		// that started it set one.
 		toStart["nodes"] = nodeInformer
 	}
 	err = StartAndSync(ctx, toStart, handlers, func() {

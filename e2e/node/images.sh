@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# images.sh: the node's container images as OCI tarballs in
+# $NFTVS_CACHE/images (printed), built here, never pulled:
+#   registry.k8s.io/pause:3.10.2                   the pod sandbox (a Go pause)
+#   registry.k8s.io/e2e-test-images/agnhost:2.63.0 upstream agnhost at the
+#     version k8s.io/kubernetes v1.36.3's e2e tests name, with busybox (sh
+#     and friends), nc (netcat-openbsd) and curl, which the tests exec
+#   docker.io/nftvs/nftvs:dev                      deploy/image, the tree's nftvs
+# Each is rebuilt only when its input changed.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+export PATH=/usr/local/go/bin:$PATH
+cache=${NFTVS_CACHE:-/var/cache/nftvs}
+out=$cache/images
+mkdir -p "$out" "$cache/image-work"
+bin=$("$root/e2e/tools/node/build.sh" agnhost)
+tool=$cache/image-work/images
+(cd "$root/e2e/tools/images" && GOWORK=off GOFLAGS=-mod=mod go build -o "$tool" . &&
+  GOWORK=off CGO_ENABLED=0 go build -trimpath -o "$cache/image-work/pause" ./pause)
+
+newer() { [ ! -e "$1" ] || [ -n "$(find "${@:2}" -newer "$1" 2>/dev/null | head -1)" ]; }
+
+if newer "$out/pause.tar" "$cache/image-work/pause" "$tool"; then
+  "$tool" -name registry.k8s.io/pause:3.10.2 -out "$out/pause.tar" \
+    -add "$cache/image-work/pause:/pause" -entrypoint /pause
+fi
+if newer "$out/agnhost.tar" "$bin/agnhost" "$tool"; then
+  "$tool" -name registry.k8s.io/e2e-test-images/agnhost:2.63.0 -out "$out/agnhost.tar" \
+    -add "$bin/agnhost:/agnhost" -add "$(command -v nc.openbsd):/usr/bin/nc" \
+    -add "$(command -v curl):/usr/bin/curl" -busybox /bin/busybox -dir /tmp \
+    -entrypoint /agnhost -cmd pause
+fi
+# deploy/image: nftvs as committed (HEAD, exported with git archive, so
+# that uncommitted edits in a shared tree cannot break or change the
+# run), or with NFTVS_NODE_TREE=1 the working tree as it is.
+if [ "${NFTVS_NODE_TREE:-0}" = 1 ]; then
+  NFTVS_BIN_DIR=$cache/image-work "$root/deploy/image/build.sh" >/dev/null
+  cp "$cache/image-work/nftvs-image.tar" "$out/nftvs.tar.new" && mv "$out/nftvs.tar.new" "$out/nftvs.tar"
+  rm -f "$cache/image-work/nftvs.commit"
+else
+  head=$(git -C "$root" rev-parse HEAD)
+  if [ "$(cat "$cache/image-work/nftvs.commit" 2>/dev/null)" != "$head" ] || [ ! -f "$out/nftvs.tar" ]; then
+    src=$cache/image-work/src
+    rm -rf "$src" && mkdir -p "$src"
+    git -C "$root" archive HEAD | tar -x -C "$src"
+    NFTVS_VERSION=$(git -C "$root" describe --tags --always) \
+      SOURCE_DATE_EPOCH=$(git -C "$root" log -1 --format=%ct) \
+      NFTVS_BIN_DIR=$cache/image-work "$src/deploy/image/build.sh" >/dev/null
+    cp "$cache/image-work/nftvs-image.tar" "$out/nftvs.tar.new" && mv "$out/nftvs.tar.new" "$out/nftvs.tar"
+    echo "$head" >"$cache/image-work/nftvs.commit"
+  fi
+fi
+echo "$out"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds what a real node and upstream's e2e tests need, from the
+# k8s.io/kubernetes release pinned in go.mod, into the cache (outside the
+# git tree), and prints the directory: kubelet, kube-controller-manager,
+# kube-scheduler, kubectl, agnhost and e2e-network.test (upstream's e2e.test
+# with the sig-network suites only; e2e.test, everything, on request).
+# Incremental; a cold build takes long on two cores.
+#   build.sh [NAME...]   only these (default: all but e2e.test)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${NFTVS_CACHE:-/var/cache/nftvs}/bin/$(awk '/^require k8s.io\/kubernetes/ {print $3}' "$here/go.mod")"
+mkdir -p "$out"
+cd "$here"
+export GOFLAGS=-mod=mod
+want=("$@")
+[ ${#want[@]} -gt 0 ] || want=(kubelet kube-controller-manager kube-scheduler kubectl agnhost e2e-network.test)
+for cmd in "${want[@]}"; do
+  case $cmd in
+    # The image holds no libc: agnhost is static.
+    agnhost) CGO_ENABLED=0 go build -trimpath -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost ;;
+    e2e.test) go test -c -trimpath -o "$out/e2e.test" k8s.io/kubernetes/test/e2e ;;
+    # The same, linked with the sig-network suites only (e2enetwork/).
+    e2e-network.test) go test -c -trimpath -o "$out/e2e-network.test" ./e2enetwork ;;
+    *) go build -trimpath -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd" ;;
+  esac
+done
+echo "$out"
