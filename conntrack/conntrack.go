@@ -3,19 +3,21 @@ package conntrack
 import (
 	"errors"
 	"fmt"
+	"github.com/nftvs/nftvs/internal/l4"
 	"net/netip"
 	"strings"
 	"time"
 )
 
-// Protocol is a Service port's protocol, spelled as in the Kubernetes API.
-type Protocol string
+// Protocol is a Service port's protocol: one type for every kernel
+// package (internal/l4).
+type Protocol = l4.Protocol
 
 // The protocols a Service port can have.
 const (
-	ProtocolTCP  Protocol = "TCP"
-	ProtocolUDP  Protocol = "UDP"
-	ProtocolSCTP Protocol = "SCTP"
+	ProtocolTCP  = l4.TCP
+	ProtocolUDP  = l4.UDP
+	ProtocolSCTP = l4.SCTP
 )
 
 // IANA protocol numbers, as conntrack tuples carry them.
@@ -25,29 +27,9 @@ const (
 	protoSCTP = 132
 )
 
-func (p Protocol) number() (uint8, bool) {
-	switch p {
-	case ProtocolTCP:
-		return protoTCP, true
-	case ProtocolUDP:
-		return protoUDP, true
-	case ProtocolSCTP:
-		return protoSCTP, true
-	}
-	return 0, false
-}
-
-func protocolName(n uint8) Protocol {
-	switch n {
-	case protoTCP:
-		return ProtocolTCP
-	case protoUDP:
-		return ProtocolUDP
-	case protoSCTP:
-		return ProtocolSCTP
-	}
-	return Protocol(fmt.Sprintf("proto-%d", n))
-}
+// protocolNumber is p's number in a conntrack tuple; false for a protocol
+// a Service port cannot have.
+func protocolNumber(p Protocol) (uint8, bool) { return p.Number(), p.Known() }
 
 // Stale names conntrack entries to delete: those of Protocol whose original
 // destination is one of Frontends (ClusterIP:port, external or
@@ -147,7 +129,7 @@ func newIndex(stale []Stale) (*index, error) {
 	}
 	var errs []error
 	for _, s := range stale {
-		proto, ok := s.Protocol.number()
+		proto, ok := protocolNumber(s.Protocol)
 		if !ok {
 			errs = append(errs, fmt.Errorf("stale %s: unknown protocol %q", s, s.Protocol))
 			continue

@@ -99,7 +99,7 @@ func (f *Fake) Clean(stale []Stale) (Result, error) {
 	res.Walks, res.Scanned = 1, len(f.flows)
 	kept := f.flows[:0]
 	for _, fl := range f.flows {
-		proto, ok := fl.Protocol.number()
+		proto, ok := protocolNumber(fl.Protocol)
 		if ok && ix.match(proto, unmap(fl.OrigDst), unmap(fl.ReplySrc)) {
 			res.Deleted++
 			continue

@@ -54,7 +54,7 @@ func appendTuple(b []byte, typ uint16, p Protocol, src, dst netip.AddrPort) []by
 		ip = appendAttr(ip, ctaIPv6Src, src.Addr().AsSlice())
 		ip = appendAttr(ip, ctaIPv6Dst, dst.Addr().AsSlice())
 	}
-	num, _ := p.number()
+	num, _ := protocolNumber(p)
 	var proto []byte
 	proto = appendAttr(proto, ctaProtoNum, []byte{num})
 	proto = appendAttr(proto, ctaProtoSrcPort, binary.BigEndian.AppendUint16(nil, src.Port()))

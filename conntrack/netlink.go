@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/nftvs/nftvs/internal/l4"
 	"net/netip"
 	"runtime"
 	"syscall"
@@ -498,7 +499,7 @@ func newDoomed(e *entry) doomed {
 	return doomed{
 		family: e.family,
 		body:   body,
-		desc:   fmt.Sprintf("%s %s -> %s reply from %s", protocolName(e.proto), e.origSrc, e.origDst, e.replySrc),
+		desc:   fmt.Sprintf("%s %s -> %s reply from %s", l4.FromNumber(e.proto), e.origSrc, e.origDst, e.replySrc),
 	}
 }
 

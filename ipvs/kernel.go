@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"fmt"
+	"github.com/nftvs/nftvs/internal/l4"
 	"net"
 	"net/netip"
 	"sync"
@@ -174,7 +175,7 @@ func toService(v VirtualServer) *mobyipvs.Service {
 		return s
 	}
 	s.Address = net.IP(v.Address.AsSlice())
-	s.Protocol = v.Protocol.Number()
+	s.Protocol = uint16(v.Protocol.Number())
 	s.Port = v.Port
 	return s
 }
@@ -214,7 +215,7 @@ func fromService(s *mobyipvs.Service) (VirtualServer, error) {
 		return v, fmt.Errorf("kernel reported a virtual server with address %v", s.Address)
 	}
 	v.Address = a.Unmap()
-	v.Protocol = protocolFromNumber(s.Protocol)
+	v.Protocol = l4.FromNumber(uint8(s.Protocol))
 	v.Port = s.Port
 	return v, nil
 }

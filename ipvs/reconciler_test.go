@@ -3,6 +3,7 @@ package ipvs
 import (
 	"errors"
 	"fmt"
+	"github.com/nftvs/nftvs/internal/l4"
 	"net/netip"
 	"strings"
 	"syscall"
@@ -562,7 +563,7 @@ func TestVSKey(t *testing.T) {
 	if !(VirtualServer{VSKey: web, Scheduler: "rr", Flags: FlagHashed}).Equal(VirtualServer{VSKey: web}) {
 		t.Errorf("hashed flag or default scheduler not ignored")
 	}
-	if p := Protocol("50"); p.Number() != 50 || protocolFromNumber(50) != p {
+	if p := Protocol("50"); p.Number() != 50 || l4.FromNumber(50) != p {
 		t.Errorf("protocol numbers do not round-trip")
 	}
 	if SchedulerFlags("mh") != FlagMHPort || SchedulerFlags("rr") != 0 {

@@ -3,50 +3,21 @@ package ipvs
 import (
 	"cmp"
 	"fmt"
+	"github.com/nftvs/nftvs/internal/l4"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 )
 
-// Protocol is a Service port's protocol, spelled as Kubernetes spells it.
-type Protocol string
+// Protocol is a virtual server's protocol: one type for every kernel
+// package (internal/l4).
+type Protocol = l4.Protocol
 
 const (
-	TCP  Protocol = "TCP"
-	UDP  Protocol = "UDP"
-	SCTP Protocol = "SCTP"
+	TCP  = l4.TCP
+	UDP  = l4.UDP
+	SCTP = l4.SCTP
 )
-
-// Number is the IP protocol number the kernel uses, or 0 when unknown. A
-// protocol Kubernetes has no name for (IPVS also balances AH and ESP) is
-// spelled as its number, so that what the kernel reports can be deleted.
-func (p Protocol) Number() uint16 {
-	switch p {
-	case TCP:
-		return 6
-	case UDP:
-		return 17
-	case SCTP:
-		return 132
-	}
-	if n, err := strconv.ParseUint(string(p), 10, 8); err == nil {
-		return uint16(n)
-	}
-	return 0
-}
-
-func protocolFromNumber(n uint16) Protocol {
-	switch n {
-	case 6:
-		return TCP
-	case 17:
-		return UDP
-	case 132:
-		return SCTP
-	}
-	return Protocol(strconv.Itoa(int(n)))
-}
 
 // Flags are a virtual server's IP_VS_SVC_F_* flags.
 type Flags uint32

@@ -3,33 +3,32 @@ package nft
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/nftvs/nftvs/internal/l4"
 	"net/netip"
 	"strings"
 )
 
-// Protocol is a Service port protocol in Kubernetes spelling.
-type Protocol string
+// Protocol is a Service port protocol: one type for every kernel package
+// (internal/l4).
+type Protocol = l4.Protocol
 
 const (
-	TCP  Protocol = "TCP"
-	UDP  Protocol = "UDP"
-	SCTP Protocol = "SCTP"
+	TCP  = l4.TCP
+	UDP  = l4.UDP
+	SCTP = l4.SCTP
 )
 
-// number is the IP protocol number the kernel matches (meta l4proto).
-func (p Protocol) number() (byte, error) {
-	switch p {
-	case TCP:
-		return 6, nil
-	case UDP:
-		return 17, nil
-	case SCTP:
-		return 132, nil
+// protocolNumber is the IP protocol number the kernel matches (meta
+// l4proto).
+func protocolNumber(p Protocol) (byte, error) {
+	if !p.Known() {
+		return 0, fmt.Errorf("unsupported protocol %q", string(p))
 	}
-	return 0, fmt.Errorf("unsupported protocol %q", string(p))
+	return p.Number(), nil
 }
 
-func (p Protocol) text() string { return strings.ToLower(string(p)) }
+// protocolText is the protocol as nft prints it.
+func protocolText(p Protocol) string { return strings.ToLower(string(p)) }
 
 // SetName names one of the table's per-Service sets or maps, without the
 // family suffix ("-v4"/"-v6") that address-keyed sets carry in the kernel.
@@ -146,7 +145,7 @@ func (e Element) String() string {
 		case fieldAddr, fieldAddr2:
 			parts = append(parts, e.Addr.String())
 		case fieldProto:
-			parts = append(parts, e.Protocol.text())
+			parts = append(parts, protocolText(e.Protocol))
 		case fieldPort:
 			parts = append(parts, fmt.Sprint(e.Port))
 		case fieldSource:
@@ -193,7 +192,7 @@ func (e Element) Validate() error {
 				return fmt.Errorf("%s: invalid address %v", e.Set, e.Addr)
 			}
 		case fieldProto:
-			if _, err := e.Protocol.number(); err != nil {
+			if _, err := protocolNumber(e.Protocol); err != nil {
 				return fmt.Errorf("%s: %w", e.Set, err)
 			}
 		case fieldPort:
@@ -232,7 +231,7 @@ func (e Element) key() (key, keyEnd []byte) {
 		case fieldAddr, fieldAddr2:
 			key = append(key, e.Addr.AsSlice()...)
 		case fieldProto:
-			n, _ := e.Protocol.number()
+			n, _ := protocolNumber(e.Protocol)
 			key = append(key, pad([]byte{n})...)
 		case fieldPort:
 			key = append(key, pad(binary.BigEndian.AppendUint16(nil, e.Port))...)

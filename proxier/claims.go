@@ -158,7 +158,7 @@ func elementOfLost(e nft.Element, lost map[ipvs.VSKey]bool) bool {
 		switch e.Set {
 		case nft.ClusterIPs, nft.ExternalIPs, nft.ExternalIPsLocal, nft.LoadBalancerIPs, nft.LoadBalancerIPsLocal,
 			nft.LoadBalancerFirewall, nft.LoadBalancerSourceRanges, nft.LocalPolicyFWMarks, nft.NoLocalEndpoints:
-			if e.Addr == k.Address && e.Port == k.Port && string(e.Protocol) == string(k.Protocol) {
+			if e.Addr == k.Address && e.Port == k.Port && e.Protocol == k.Protocol {
 				return true
 			}
 		}

@@ -12,6 +12,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	netutils "k8s.io/utils/net"
 
+	"github.com/nftvs/nftvs/internal/l4"
 	"github.com/nftvs/nftvs/ipvs"
 	"github.com/nftvs/nftvs/nft"
 )
@@ -284,8 +285,8 @@ type portPlanner struct {
 	fe             frontends
 	tmpl           ipvs.VirtualServer
 	portName       string
-	k8sProto       v1.Protocol
-	proto          nft.Protocol
+	k8sProto       v1.Protocol // as the EndpointSlices spell it
+	proto          l4.Protocol
 	port, nodePort uint16
 	mark           uint32
 	bad            badField
@@ -297,7 +298,7 @@ type portPlanner struct {
 	readyLocal map[netip.Addr]bool
 }
 
-func newPortPlanner(svc *v1.Service, sp v1.ServicePort, proto nft.Protocol, fe frontends, tmpl ipvs.VirtualServer, cfg *PlanConfig) *portPlanner {
+func newPortPlanner(svc *v1.Service, sp v1.ServicePort, proto l4.Protocol, fe frontends, tmpl ipvs.VirtualServer, cfg *PlanConfig) *portPlanner {
 	name := ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: sp.Name, Protocol: sp.Protocol}
 	pp := &portPlanner{cfg: cfg, fe: fe, tmpl: tmpl, portName: sp.Name, k8sProto: sp.Protocol, proto: proto,
 		port: uint16(sp.Port), nodePort: uint16(sp.NodePort), plan: PortPlan{Name: name}}
@@ -323,7 +324,7 @@ func (pp *portPlanner) element(e nft.Element) { pp.plan.Elements = append(pp.pla
 // frontend is an ip:port frontend of the port: its virtual server, its
 // address on kube-ipvs0 and its element in set.
 func (pp *portPlanner) frontend(ip netip.Addr, set nft.SetName, sel epSelection) {
-	pp.virtualServer(ipvs.VSKey{Address: ip, Protocol: ipvs.Protocol(pp.k8sProto), Port: pp.port}, sel)
+	pp.virtualServer(ipvs.VSKey{Address: ip, Protocol: pp.proto, Port: pp.port}, sel)
 	pp.element(nft.Element{Set: set, Addr: ip, Protocol: pp.proto, Port: pp.port})
 	if pp.fe.nodeOwned[ip] {
 		// The node's own address: IPVS takes the Service port, and the
@@ -341,7 +342,7 @@ func (pp *portPlanner) externalFrontend(ip netip.Addr, set nft.SetName, sel epSe
 	if pp.plan.Chosen == nil {
 		pp.plan.Chosen = map[ipvs.VSKey]bool{}
 	}
-	pp.plan.Chosen[ipvs.VSKey{Address: ip, Protocol: ipvs.Protocol(pp.k8sProto), Port: pp.port}.Key()] = true
+	pp.plan.Chosen[ipvs.VSKey{Address: ip, Protocol: pp.proto, Port: pp.port}.Key()] = true
 	if pp.fe.externalLocal {
 		pp.element(nft.Element{Set: nft.LocalPolicyFWMarks, Addr: ip, Protocol: pp.proto, Port: pp.port, Mark: pp.mark})
 	}
@@ -405,7 +406,7 @@ func (pp *portPlanner) planFamily(ipv6 bool, eps []*discovery.EndpointSlice) {
 	}
 	if pp.nodePort != 0 {
 		for _, ip := range family(node.NodePortAddresses) {
-			pp.virtualServer(ipvs.VSKey{Address: ip, Protocol: ipvs.Protocol(pp.k8sProto), Port: pp.nodePort}, external)
+			pp.virtualServer(ipvs.VSKey{Address: ip, Protocol: pp.proto, Port: pp.nodePort}, external)
 		}
 	}
 	// Internal traffic to ETP=Local frontends: an fwmark virtual server
@@ -488,8 +489,8 @@ func (pp *portPlanner) finish() (PortPlan, bool) {
 // ports gets a hash of its name below 1024 instead (node ports start at
 // 30000 by default); two such hashes may collide, and the Service that
 // loses the fwmark is told (claims.go).
-func fwmark(name ServicePortName, proto nft.Protocol, nodePort uint16, masqueradeMark uint32) uint32 {
-	p := map[nft.Protocol]uint32{nft.TCP: 1, nft.UDP: 2, nft.SCTP: 3}[proto]
+func fwmark(name ServicePortName, proto l4.Protocol, nodePort uint16, masqueradeMark uint32) uint32 {
+	p := map[l4.Protocol]uint32{l4.TCP: 1, l4.UDP: 2, l4.SCTP: 3}[proto]
 	hi := uint32(nodePort)
 	if hi == 0 {
 		h := fnv.New32a()
@@ -515,16 +516,12 @@ func countCarrying(s epSelection) int {
 	return n
 }
 
-func protocol(p v1.Protocol) (nft.Protocol, bool) {
-	switch p {
-	case v1.ProtocolTCP, "":
-		return nft.TCP, true
-	case v1.ProtocolUDP:
-		return nft.UDP, true
-	case v1.ProtocolSCTP:
-		return nft.SCTP, true
+func protocol(p v1.Protocol) (l4.Protocol, bool) {
+	if p == "" {
+		return l4.TCP, true // the API default
 	}
-	return "", false
+	proto := l4.Protocol(p)
+	return proto, proto.Known()
 }
 
 // parseIPs parses addresses as kube-proxy does (IPv4 octets with leading

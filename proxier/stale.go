@@ -7,6 +7,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/nftvs/nftvs/conntrack"
+	"github.com/nftvs/nftvs/internal/l4"
 	"github.com/nftvs/nftvs/ipvs"
 )
 
@@ -19,7 +20,7 @@ import (
 // while there was no endpoint left entries that would blackhole the flow.
 func staleFlows(removed []ipvs.RemovedRealServer, old map[types.NamespacedName][]PortPlan, planned map[types.NamespacedName][]PortPlan) []conntrack.Stale {
 	type target struct {
-		proto     v1.Protocol
+		proto     l4.Protocol
 		frontends []netip.AddrPort
 	}
 	targets := map[ipvs.VSKey]target{}
@@ -31,7 +32,7 @@ func staleFlows(removed []ipvs.RemovedRealServer, old map[types.NamespacedName][
 					if _, done := targets[k]; done {
 						continue
 					}
-					t := target{proto: pl.Name.Protocol}
+					t := target{proto: l4.Protocol(pl.Name.Protocol)}
 					for _, o := range pl.VirtualServers {
 						ok := o.Key()
 						// A fwmark virtual server is reached through every
@@ -53,7 +54,7 @@ func staleFlows(removed []ipvs.RemovedRealServer, old map[types.NamespacedName][
 		if !ok || len(t.frontends) == 0 {
 			continue
 		}
-		out = append(out, conntrack.Stale{Protocol: conntrack.Protocol(t.proto),
+		out = append(out, conntrack.Stale{Protocol: t.proto,
 			Frontends: t.frontends, Endpoint: r.RealServer.AddrPort()})
 	}
 	for n, plans := range planned {
@@ -66,7 +67,7 @@ func staleFlows(removed []ipvs.RemovedRealServer, old map[types.NamespacedName][
 				if s.FWMark != 0 || !servesAny(s) || servesAny(findService(before[pl.Name], s.Key())) {
 					continue
 				}
-				out = append(out, conntrack.Stale{Protocol: conntrack.ProtocolUDP,
+				out = append(out, conntrack.Stale{Protocol: l4.UDP,
 					Frontends: []netip.AddrPort{netip.AddrPortFrom(s.Address, s.Port)}})
 			}
 		}
