@@ -193,7 +193,12 @@ func (n *NetlinkAddresses) SyncAddresses(name string, want []netip.Addr) (added,
 	if err != nil {
 		return nil, nil, err
 	}
-	wanted, toAdd, inUse := n.diffAddresses(want, ours, elsewhere)
+	wanted, toAdd, inUse := diffAddresses(want, func(a netip.Addr) bool { return ours[a] != nil }, func(a netip.Addr) string {
+		if idx, ok := elsewhere[a]; ok {
+			return n.linkName(idx)
+		}
+		return ""
+	})
 	var errs []error
 	for _, a := range toAdd {
 		err := n.h.AddrAdd(l, &netlink.Addr{IPNet: hostNet(a)})
@@ -254,8 +259,10 @@ func (n *NetlinkAddresses) addressesOf(index int) (ours map[netip.Addr]*netlink.
 }
 
 // diffAddresses returns the wanted addresses, those to add (sorted), and
-// those another link holds already, which are not bound again (sorted).
-func (n *NetlinkAddresses) diffAddresses(want []netip.Addr, ours map[netip.Addr]*netlink.Addr, elsewhere map[netip.Addr]int) (wanted map[netip.Addr]bool, toAdd []netip.Addr, inUse []AddressInUse) {
+// those another link holds already, which are not bound again (sorted):
+// have says whether the link has an address, holder names the other link
+// that has it ("" for none).
+func diffAddresses(want []netip.Addr, have func(netip.Addr) bool, holder func(netip.Addr) string) (wanted map[netip.Addr]bool, toAdd []netip.Addr, inUse []AddressInUse) {
 	wanted = map[netip.Addr]bool{}
 	for _, a := range want {
 		if !a.IsValid() {
@@ -266,11 +273,11 @@ func (n *NetlinkAddresses) diffAddresses(want []netip.Addr, ours map[netip.Addr]
 			continue
 		}
 		wanted[a] = true
-		if ours[a] != nil {
+		if have(a) {
 			continue
 		}
-		if idx, ok := elsewhere[a]; ok {
-			inUse = append(inUse, AddressInUse{Addr: a, Link: n.linkName(idx)})
+		if other := holder(a); other != "" {
+			inUse = append(inUse, AddressInUse{Addr: a, Link: other})
 			continue
 		}
 		toAdd = append(toAdd, a)
@@ -404,37 +411,20 @@ func (f *FakeAddresses) SyncAddresses(name string, want []netip.Addr) (added, re
 	if l == nil {
 		return nil, nil, fmt.Errorf("look up link %s: %w", name, netlink.LinkNotFoundError{})
 	}
-	wanted := map[netip.Addr]bool{}
-	var inUse []AddressInUse
-	for _, a := range want {
-		if !a.IsValid() {
-			continue
-		}
-		a = a.Unmap()
-		if wanted[a] {
-			continue
-		}
-		wanted[a] = true
-		if l.addrs[a] {
-			continue
-		}
-		if other := f.holder(a, name); other != "" {
-			inUse = append(inUse, AddressInUse{Addr: a, Link: other})
-			continue
-		}
+	wanted, toAdd, inUse := diffAddresses(want, func(a netip.Addr) bool { return l.addrs[a] },
+		func(a netip.Addr) string { return f.holder(a, name) })
+	for _, a := range toAdd {
 		l.addrs[a] = true
-		added = append(added, a)
 	}
+	added = toAdd
 	for a := range l.addrs {
 		if !wanted[a] {
 			delete(l.addrs, a)
 			removed = append(removed, a)
 		}
 	}
-	slices.SortFunc(added, netip.Addr.Compare)
 	slices.SortFunc(removed, netip.Addr.Compare)
 	if len(inUse) > 0 {
-		slices.SortFunc(inUse, func(a, b AddressInUse) int { return a.Addr.Compare(b.Addr) })
 		return added, removed, &AddressInUseError{Link: name, InUse: inUse}
 	}
 	return added, removed, nil
