@@ -85,8 +85,15 @@ cleanup() {
     for _ in $(seq 1 60); do kill -0 "$vm_pid" 2>/dev/null || break; sleep 1; done
     kill "$vm_pid" 2>/dev/null || true
   fi
+  # kube-apiserver's graceful shutdown can hang once etcd is gone.
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for _ in $(seq 1 10); do
+    alive=''
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ -n "$alive" ] || break
+    sleep 1
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   if [ "$rc" != 0 ] || [ "$keep" = 1 ]; then log "run directory kept: $dir"; else rm -rf "$dir"; fi
 }
 trap cleanup EXIT

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# install-nftvs.sh: nftvs onto the node of cluster.sh exactly as a user
+# installs it: kubectl apply -k of deploy/ (through e2e/node/deploy, which
+# makes the one setting a user must make, the API server's address). Waits
+# until the DaemonSet has rolled out under the kubelet and its pod is
+# Ready through its own readiness probe.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+: "${NFTVS_NODE_BIN:?run me through e2e/node/cluster.sh}"
+kubectl() { "$NFTVS_NODE_BIN/kubectl" "$@"; }
+t0=$(date +%s)
+kubectl apply -k "$here/deploy"
+if ! kubectl -n kube-system rollout status ds/nftvs --timeout=600s ||
+  ! kubectl -n kube-system wait --for=condition=Ready pod -l k8s-app=nftvs --timeout=300s; then
+  kubectl -n kube-system describe pods -l k8s-app=nftvs | tail -40
+  kubectl -n kube-system logs -l k8s-app=nftvs --tail=40 || true
+  exit 1
+fi
+kubectl -n kube-system get pods -l k8s-app=nftvs -o wide
+echo "install-nftvs: DaemonSet rolled out, pod Ready $(($(date +%s) - t0)) s after apply"
+kubectl -n kube-system logs -l k8s-app=nftvs --tail=5
