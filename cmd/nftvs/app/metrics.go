@@ -131,7 +131,7 @@ func (m *Metrics) newKubeProxyMetrics() {
 	m.syncFullDuration = histogram("sync_full_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for full resyncs", syncBuckets)
 	m.syncPartialDuration = histogram("sync_partial_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for partial resyncs", syncBuckets)
 	m.networkProgramming = histogram("network_programming_duration_seconds",
-		"In Cluster Network Programming Latency in seconds (nftvs: from a change seen pending to the end of the sync that programmed it)", networkProgrammingBuckets())
+		"In Cluster Network Programming Latency in seconds", networkProgrammingBuckets())
 	m.lastSync = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_last_timestamp_seconds",
 		Help: "The last time proxy rules were successfully synced"}, family)
 	m.lastQueued = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_last_queued_timestamp_seconds",
