@@ -16,8 +16,9 @@ want=("$@")
 [ ${#want[@]} -gt 0 ] || want=(kubelet kube-controller-manager kube-scheduler kubectl agnhost e2e-network.test)
 for cmd in "${want[@]}"; do
   case $cmd in
-    # The image holds no libc: agnhost is static.
-    agnhost) CGO_ENABLED=0 go build -trimpath -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost ;;
+    # With cgo like the rest (CGO_ENABLED=0 would recompile every package):
+    # e2e/node/images.sh puts the libraries ldd names into its image.
+    agnhost) go build -trimpath -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost ;;
     e2e.test) go test -c -trimpath -o "$out/e2e.test" k8s.io/kubernetes/test/e2e ;;
     # The same, linked with the sig-network suites only (e2enetwork/).
     e2e-network.test) go test -c -trimpath -o "$out/e2e-network.test" ./e2enetwork ;;
