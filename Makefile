@@ -102,3 +102,28 @@ test-demo: deps vm-bins
 
 clean:
 	rm -rf bin
+
+# A real node (e2e/node/README.md): control plane on the host, a VM with
+# containerd 2, runc, bridge CNI and the kubelet; nftvs installed from
+# deploy/ as a DaemonSet. Upstream binaries and images are built into
+# $(NFTVS_CACHE), never pulled.
+.PHONY: node-bins test-node conformance
+
+node-bins: deps
+	@nice -n 15 e2e/tools/build.sh >/dev/null
+	@nice -n 15 e2e/tools/node/build.sh >/dev/null
+	@nice -n 15 e2e/tools/containerd/build.sh >/dev/null
+	@nice -n 15 e2e/node/images.sh >/dev/null
+
+# The short lane: the DaemonSet rolls out under the kubelet and is Ready
+# through its probes, pod → ClusterIP → pods and outside → NodePort work,
+# a handful of upstream Service conformance tests pass.
+test-node: node-bins
+	e2e/vm/build-initramfs.sh $(NFTVS_KERNEL) >/dev/null
+	e2e/node/cluster.sh e2e/node/lane.sh
+
+# Upstream's [sig-network] Services e2e tests, with kube-proxy --proxy-mode=ipvs
+# and with nftvs, on the same kind of node: docs/conformance/.
+conformance: node-bins
+	e2e/vm/build-initramfs.sh $(NFTVS_KERNEL) >/dev/null
+	e2e/node/conformance.sh

@@ -8,7 +8,11 @@
 #   build.sh [NAME...]   only these (default: all but e2e.test)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-out="${NFTVS_CACHE:-/var/cache/nftvs}/bin/$(awk '/^require k8s.io\/kubernetes/ {print $3}' "$here/go.mod")"
+# The version as go.mod requires it (go's -mod=mod may move the line into
+# a require block).
+ver=$(awk '$1 == "k8s.io/kubernetes" || ($1 == "require" && $2 == "k8s.io/kubernetes") {print $NF; exit}' "$here/go.mod")
+[ -n "$ver" ] || { echo "build.sh: no k8s.io/kubernetes requirement in go.mod" >&2; exit 1; }
+out="${NFTVS_CACHE:-/var/cache/nftvs}/bin/$ver"
 mkdir -p "$out"
 cd "$here"
 export GOFLAGS=-mod=mod
@@ -16,11 +20,12 @@ want=("$@")
 [ ${#want[@]} -gt 0 ] || want=(kubelet kube-controller-manager kube-scheduler kubectl agnhost e2e-network.test)
 for cmd in "${want[@]}"; do
   case $cmd in
-    # The image holds no libc: agnhost is static.
-    agnhost) CGO_ENABLED=0 go build -trimpath -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost ;;
-    e2e.test) go test -c -trimpath -o "$out/e2e.test" k8s.io/kubernetes/test/e2e ;;
+    # With cgo like the rest (CGO_ENABLED=0 would recompile every package):
+    # e2e/node/images.sh puts the libraries ldd names into its image.
+    agnhost) go build -trimpath -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost ;;
+    e2e.test) go test -c -vet=off -trimpath -o "$out/e2e.test" k8s.io/kubernetes/test/e2e ;;
     # The same, linked with the sig-network suites only (e2enetwork/).
-    e2e-network.test) go test -c -trimpath -o "$out/e2e-network.test" ./e2enetwork ;;
+    e2e-network.test) go test -c -vet=off -trimpath -o "$out/e2e-network.test" ./e2enetwork ;;
     *) go build -trimpath -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd" ;;
   esac
 done

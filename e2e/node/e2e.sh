@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# e2e.sh -f FOCUSFILE [-s SKIPFILE] -o OUTDIR: upstream's e2e tests (built
+# from k8s.io/kubernetes v1.36.3 by e2e/tools/node/build.sh) against the
+# cluster of e2e/node/cluster.sh (KUBECONFIG), one test at a time. Each
+# file holds regular expressions, one per line (# comments), joined with
+# |. The JUnit report lands in OUTDIR/junit_01.xml, the log in
+# OUTDIR/e2e.log.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+focus='' skip='' out=''
+while getopts f:s:o: o; do
+  case $o in
+    f) focus=$OPTARG ;;
+    s) skip=$OPTARG ;;
+    o) out=$OPTARG ;;
+    *) exit 2 ;;
+  esac
+done
+[ -n "$focus" ] && [ -n "$out" ] || { echo "usage: e2e.sh -f FOCUSFILE [-s SKIPFILE] -o OUTDIR" >&2; exit 2; }
+: "${KUBECONFIG:?run me through e2e/node/cluster.sh}"
+# e2e-network.test: upstream's e2e.test linked with the sig-network
+# suites only (e2e/tools/node/e2enetwork); NFTVS_E2E_BINARY=e2e.test for
+# the whole of it.
+e2e=${NFTVS_E2E_BINARY:-e2e-network.test}
+bin=$("$root/e2e/tools/node/build.sh" "$e2e" kubectl)
+join() { grep -v -e '^#' -e '^[[:space:]]*$' "$1" | paste -sd '|'; }
+mkdir -p "$out"
+args=(--kubeconfig "$KUBECONFIG" --provider skeleton --kubectl-path "$bin/kubectl"
+  --report-dir "$out" --disable-log-dump --dump-logs-on-failure=false --minStartupPods 0
+  --ginkgo.focus "$(join "$focus")" --ginkgo.no-color --ginkgo.v
+  --ginkgo.timeout "${NFTVS_E2E_TIMEOUT:-4h}")
+[ -z "$skip" ] || args+=(--ginkgo.skip "$(join "$skip")")
+# The images are on the node already; nothing is pulled (no registry here).
+"$bin/$e2e" "${args[@]}" 2>&1 | tee "$out/e2e.log" |
+  grep --line-buffered -E '^(•|S |\[FAILED\]|\[PANICKED\]|Ran |FAIL|PASS|SUCCESS)|^  \[(FAILED|PANICKED)\]' || true
+exit "${PIPESTATUS[0]}"

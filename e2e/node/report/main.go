@@ -1,0 +1,158 @@
+// Command report turns the JUnit files of upstream's e2e.test, one per
+// service proxy, into the Markdown table of docs/conformance: one row per
+// test that ran under at least one proxy, one column per proxy (passed,
+// failed, skipped with the reason), totals per proxy.
+//
+//	go run ./e2e/node/report -title T "kube-proxy ipvs=a/junit_01.xml" "nftvs=b/junit_01.xml"
+package main
+
+import (
+	"encoding/xml"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+)
+
+type testcase struct {
+	Name    string  `xml:"name,attr"`
+	Status  string  `xml:"status,attr"`
+	Time    float64 `xml:"time,attr"`
+	Skipped *struct {
+		Message string `xml:"message,attr"`
+	} `xml:"skipped"`
+	Failure *struct {
+		Message string `xml:"message,attr"`
+		Type    string `xml:"type,attr"`
+	} `xml:"failure"`
+	Error *struct {
+		Message string `xml:"message,attr"`
+	} `xml:"error"`
+}
+
+type suites struct {
+	Suites []struct {
+		Cases []testcase `xml:"testcase"`
+	} `xml:"testsuite"`
+}
+
+// result of one test under one proxy.
+type result struct {
+	status, detail string
+	secs           float64
+}
+
+func load(path string) (map[string]result, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var s suites
+	if err := xml.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	out := map[string]result{}
+	for _, su := range s.Suites {
+		for _, c := range su.Cases {
+			name := strings.TrimSpace(strings.TrimPrefix(c.Name, "[It]"))
+			if !strings.HasPrefix(name, "[sig-") {
+				continue // suite set-up and tear-down nodes
+			}
+			r := result{status: c.Status, secs: c.Time}
+			switch {
+			case c.Failure != nil:
+				r.status, r.detail = "failed", firstLine(c.Failure.Message)
+			case c.Error != nil:
+				r.status, r.detail = "failed", firstLine(c.Error.Message)
+			case c.Skipped != nil:
+				r.status, r.detail = "skipped", strings.TrimPrefix(firstLine(c.Skipped.Message), "skipped - ")
+				if r.detail == "skipped" || r.detail == "" {
+					continue // not selected (focus/skip): not part of the run
+				}
+			}
+			if r.status == "" {
+				r.status = "passed"
+			}
+			out[name] = r
+		}
+	}
+	return out, nil
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 160 {
+		s = s[:157] + "..."
+	}
+	return strings.ReplaceAll(s, "|", "\\|")
+}
+
+func cell(r result, ok bool) string {
+	if !ok {
+		return "not run"
+	}
+	switch r.status {
+	case "passed":
+		return fmt.Sprintf("passed (%.0f s)", r.secs)
+	case "failed":
+		return "**failed**: " + r.detail
+	case "skipped":
+		return "skipped: " + r.detail
+	}
+	return r.status + " " + r.detail
+}
+
+func main() {
+	title := flag.String("title", "", "heading")
+	flag.Parse()
+	var names []string
+	var runs []map[string]result
+	for _, a := range flag.Args() {
+		name, path, ok := strings.Cut(a, "=")
+		if !ok {
+			fmt.Fprintln(os.Stderr, "usage: report [-title T] NAME=JUNIT...")
+			os.Exit(2)
+		}
+		r, err := load(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "report:", err)
+			os.Exit(1)
+		}
+		names, runs = append(names, name), append(runs, r)
+	}
+	all := map[string]bool{}
+	for _, r := range runs {
+		for t := range r {
+			all[t] = true
+		}
+	}
+	tests := make([]string, 0, len(all))
+	for t := range all {
+		tests = append(tests, t)
+	}
+	sort.Strings(tests)
+	if *title != "" {
+		fmt.Printf("## %s\n\n", *title)
+	}
+	fmt.Print("| proxy | passed | failed | skipped |\n|---|---|---|---|\n")
+	for i, r := range runs {
+		n := map[string]int{}
+		for _, x := range r {
+			n[x.status]++
+		}
+		fmt.Printf("| %s | %d | %d | %d |\n", names[i], n["passed"], n["failed"], n["skipped"])
+	}
+	fmt.Printf("\n| test | %s |\n|---|%s\n", strings.Join(names, " | "), strings.Repeat("---|", len(names)))
+	for _, t := range tests {
+		row := []string{strings.ReplaceAll(t, "|", "\\|")}
+		for _, r := range runs {
+			x, ok := r[t]
+			row = append(row, cell(x, ok))
+		}
+		fmt.Printf("| %s |\n", strings.Join(row, " | "))
+	}
+}
