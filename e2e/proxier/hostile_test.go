@@ -200,6 +200,31 @@ func TestHostile(t *testing.T) {
 		check(t, "out1 → node:30090 after the repair", out1.askN("tcp", netip.AddrPortFrom(tb.ext0IP4, 30090), 2), expect{only: []*pod{b2}})
 	})
 
+	t.Run("a CNI's mark bits set before nftvs's chains", func(t *testing.T) {
+		// Calico-style: another table marks every packet with a bit of its
+		// own before nftvs's chains run (mangle, -150).
+		cni := "table inet cni {\n\tchain early {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n" +
+			"\t\tmeta mark set meta mark | 0x10000000\n\t}\n}\n"
+		nftRun := exec.Command("nft", "-f", "-")
+		nftRun.Stdin = strings.NewReader(cni)
+		if out, err := nftRun.CombinedOutput(); err != nil {
+			t.Fatalf("nft -f: %v: %s", err, out)
+		}
+		t.Cleanup(func() { _ = exec.Command("nft", "delete", "table", "inet", "cni").Run() })
+		// No local endpoint: a local pod reaches the remote ones only
+		// through the fwmark virtual server, which IPVS finds by the
+		// whole mark.
+		svc := service("etpl", "10.96.1.19", loadBalancer(30095, "192.0.2.50"), etpLocal(0))
+		c.apply(t, svc, slice4(svc, readyEP(b1)))
+		c.waitIPVS(t, fwmarkKey(30095, false), weights(podTCPPort, false, 1, b1))
+		c.settle()
+		check(t, "a1 → 192.0.2.50:80 (fwmark path, foreign bit set)", a1.ns.askN("tcp", ap("192.0.2.50", 80), 3),
+			expect{only: []*pod{b1}})
+		check(t, "out1 → node:30090 (masqueraded, foreign bit set)", out1.askN("tcp", netip.AddrPortFrom(tb.ext0IP4, 30090), 2),
+			expect{only: []*pod{b2}, src: nodeSources(t, tb.ext0IP4, tb.ext1IP4)})
+		c.deleteService(t, "etpl")
+	})
+
 	t.Run("nft flush ruleset is repaired within a second", func(t *testing.T) {
 		// Right after a periodic sync, so that the next one is a sync
 		// period away: a rebuild before it is the drift watch's doing.
