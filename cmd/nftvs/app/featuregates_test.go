@@ -1,9 +1,6 @@
 package app
 
 import (
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -64,23 +61,15 @@ var helpGate = regexp.MustCompile(`^\s*(\w+=true\|false \((?:ALPHA|BETA|DEPRECAT
 // When the kube-proxy binary of the e2e tools is built, the gates its
 // --help lists (all but GA ones) are exactly nftvs's, in the same states.
 func TestFeatureGatesMatchKubeProxyBinary(t *testing.T) {
-	cache := os.Getenv("NFTVS_CACHE")
-	if cache == "" {
-		cache = "/var/cache/nftvs"
-	}
-	bins, _ := filepath.Glob(filepath.Join(cache, "bin", "v1.36.*", "kube-proxy"))
-	if len(bins) == 0 {
-		t.Skip("no kube-proxy 1.36 binary in " + cache + "/bin (e2e/tools/build.sh builds it)")
-	}
-	out, _ := exec.Command(bins[0], "--help").CombinedOutput()
+	bin, out := kubeProxyHelp(t, "TestFeatureGatesAsKubeProxy still checks the table")
 	var upstream []string
-	for _, line := range strings.Split(string(out), "\n") {
+	for _, line := range strings.Split(out, "\n") {
 		if m := helpGate.FindStringSubmatch(line); m != nil {
 			upstream = append(upstream, m[1])
 		}
 	}
 	if len(upstream) < 50 {
-		t.Fatalf("could not read the feature gates of %s --help:\n%s", bins[0], out)
+		t.Fatalf("could not read the feature gates of %s --help:\n%s", bin, out)
 	}
 	ours := mustParse(t).featureGate.KnownFeatures()
 	slices.Sort(upstream)

@@ -358,18 +358,10 @@ func TestMainExitCodes(t *testing.T) {
 // its --help must list exactly our kube-proxy flags, with the same types
 // and defaults.
 func TestFlagsMatchKubeProxyBinary(t *testing.T) {
-	cache := os.Getenv("NFTVS_CACHE")
-	if cache == "" {
-		cache = "/var/cache/nftvs"
-	}
-	bins, _ := filepath.Glob(filepath.Join(cache, "bin", "v1.36.*", "kube-proxy"))
-	if len(bins) == 0 {
-		t.Skip("no kube-proxy 1.36 binary in " + cache + "/bin (e2e/tools/build.sh builds it); the static table still checks the defaults")
-	}
-	out, _ := exec.Command(bins[0], "--help").CombinedOutput()
-	upstream := helpFlags(string(out))
+	bin, out := kubeProxyHelp(t, "the static table still checks the defaults")
+	upstream := helpFlags(out)
 	if len(upstream) < 50 {
-		t.Fatalf("could not read %s --help:\n%s", bins[0], out)
+		t.Fatalf("could not read %s --help:\n%s", bin, out)
 	}
 	ours := helpFlags(NewOptions().NewFlagSet().FlagUsages())
 	for name, u := range upstream {
@@ -412,4 +404,21 @@ func helpFlags(help string) map[string]string {
 		out[m[1]] = typ + " " + def
 	}
 	return out
+}
+
+// kubeProxyHelp is the --help of the kube-proxy binary e2e/tools/build.sh
+// builds into the cache; the test is skipped (saying why, and what still
+// checks) when it is not built.
+func kubeProxyHelp(t *testing.T, stillChecked string) (bin, help string) {
+	t.Helper()
+	cache := os.Getenv("NFTVS_CACHE")
+	if cache == "" {
+		cache = "/var/cache/nftvs"
+	}
+	bins, _ := filepath.Glob(filepath.Join(cache, "bin", "v1.36.*", "kube-proxy"))
+	if len(bins) == 0 {
+		t.Skip("no kube-proxy 1.36 binary in " + cache + "/bin (e2e/tools/build.sh builds it); " + stillChecked)
+	}
+	out, _ := exec.Command(bins[0], "--help").CombinedOutput()
+	return bins[0], string(out)
 }
