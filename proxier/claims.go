@@ -60,13 +60,13 @@ func newFrontendClaims() frontendClaims {
 // and returns the Services whose ownership of a frontend may have changed
 // with it: the other claimants of every frontend n took or let go.
 func (c *frontendClaims) set(n types.NamespacedName, created time.Time, plans []PortPlan) []types.NamespacedName {
-	touched := map[ipvs.VSKey]bool{}
+	before := map[ipvs.VSKey]bool{}
 	for _, k := range c.of[n] {
 		delete(c.by[k], n)
 		if len(c.by[k]) == 0 {
 			delete(c.by, k)
 		}
-		touched[k] = true
+		before[k] = true
 	}
 	delete(c.of, n)
 	for _, pl := range plans {
@@ -80,12 +80,19 @@ func (c *frontendClaims) set(n types.NamespacedName, created time.Time, plans []
 			}
 			c.by[k][n] = claim{chosen: pl.Chosen[k], created: created, name: n}
 			c.of[n] = append(c.of[n], k)
-			touched[k] = !touched[k] // claimed before and now: unchanged
 		}
 	}
+	// The frontends n took or let go: in one of before and now only.
+	changed := map[ipvs.VSKey]bool{}
+	for k := range before {
+		changed[k] = true
+	}
+	for _, k := range c.of[n] {
+		changed[k] = !before[k]
+	}
 	var others []types.NamespacedName
-	for k, changed := range touched {
-		if !changed {
+	for k, ch := range changed {
+		if !ch {
 			continue
 		}
 		for o := range c.by[k] {
