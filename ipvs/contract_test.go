@@ -53,6 +53,17 @@ func testContract(t *testing.T, h Interface) {
 		t.Errorf("IPv6 real servers = %v", got)
 	}
 
+	// Without traffic every real server is idle; a missing virtual server
+	// has none.
+	conns, err := h.GetConnections(v6.VSKey)
+	must(err)
+	if c, ok := conns[rs("[2001:db8::1]:5353", 2).AddrPort()]; len(conns) != 1 || !ok || !c.Idle() {
+		t.Errorf("connections of %v = %v, want one idle real server", v6.VSKey, conns)
+	}
+	if conns, err := h.GetConnections(missing); err != nil || len(conns) != 0 {
+		t.Errorf("connections of a missing virtual server: %v, %v; want none, no error", conns, err)
+	}
+
 	vss, err := h.GetVirtualServers()
 	must(err)
 	if len(vss) != 2 {

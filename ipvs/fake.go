@@ -19,6 +19,7 @@ const (
 	OpUpdateVirtualServer Op = "UpdateVirtualServer"
 	OpDeleteVirtualServer Op = "DeleteVirtualServer"
 	OpGetRealServers      Op = "GetRealServers"
+	OpGetConnections      Op = "GetConnections"
 	OpAddRealServer       Op = "AddRealServer"
 	OpUpdateRealServer    Op = "UpdateRealServer"
 	OpDeleteRealServer    Op = "DeleteRealServer"
@@ -38,7 +39,8 @@ type Fake struct {
 	services map[VSKey]*fakeService
 	// Writes counts write calls, failed ones included.
 	Writes WriteCounts
-	// Reads counts GetVirtualServers and GetRealServers calls.
+	// Reads counts dumps: GetVirtualServers, GetRealServers and
+	// GetConnections calls.
 	Reads int
 	// Timeouts are the last non-zero values given to SetTimeouts.
 	TCPTimeout, TCPFinTimeout, UDPTimeout time.Duration
@@ -53,6 +55,9 @@ type Fake struct {
 type fakeService struct {
 	vs VirtualServer
 	rs map[netip.AddrPort]RealServer
+	// conns are the connection counts SetConnections gave; they go with
+	// the real server.
+	conns map[netip.AddrPort]Connections
 }
 
 var _ Interface = (*Fake)(nil)
@@ -188,6 +193,45 @@ func (f *Fake) GetRealServers(key VSKey) ([]RealServer, error) {
 	return out, nil
 }
 
+// GetConnections counts, like GetRealServers, nothing for a missing
+// virtual server; a real server's counts are what SetConnections gave.
+func (f *Fake) GetConnections(key VSKey) (map[netip.AddrPort]Connections, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Reads++
+	if err := f.inject(OpGetConnections, key.Key(), nil); err != nil {
+		return nil, fmt.Errorf("list real servers of %s: %w", key, err)
+	}
+	s, ok := f.services[key.Key()]
+	if !ok {
+		return nil, nil
+	}
+	out := make(map[netip.AddrPort]Connections, len(s.rs))
+	for ap := range s.rs {
+		out[ap] = s.conns[ap]
+	}
+	return out, nil
+}
+
+// SetConnections sets the connection counts of a real server, as traffic
+// would; it is an error if the real server is not there.
+func (f *Fake) SetConnections(key VSKey, rs netip.AddrPort, c Connections) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.services[key.Key()]
+	if !ok {
+		return syscall.ESRCH
+	}
+	if _, ok := s.rs[rs]; !ok {
+		return syscall.ENOENT
+	}
+	if s.conns == nil {
+		s.conns = map[netip.AddrPort]Connections{}
+	}
+	s.conns[rs] = c
+	return nil
+}
+
 func (f *Fake) realServerCall(op Op, key VSKey, r RealServer, do func(s *fakeService, exists bool) error) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -253,6 +297,7 @@ func (f *Fake) DeleteRealServer(key VSKey, r RealServer) error {
 			return syscall.ENOENT
 		}
 		delete(s.rs, r.AddrPort())
+		delete(s.conns, r.AddrPort())
 		return nil
 	})
 	if err != nil {

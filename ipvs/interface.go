@@ -1,6 +1,7 @@
 package ipvs
 
 import (
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -19,6 +20,9 @@ type Interface interface {
 	AddRealServer(VSKey, RealServer) error
 	UpdateRealServer(VSKey, RealServer) error
 	DeleteRealServer(VSKey, RealServer) error
+	// GetConnections counts each real server's connections (one dump of
+	// the virtual server's real servers).
+	GetConnections(VSKey) (map[netip.AddrPort]Connections, error)
 	// SetTimeouts sets the IPVS connection timeouts (ipvsadm --set);
 	// a zero duration leaves that timeout as it is.
 	SetTimeouts(tcp, tcpFin, udp time.Duration) error
@@ -105,6 +109,13 @@ func (c *Counting) GetRealServers(k VSKey) ([]RealServer, error) {
 	c.reads++
 	c.mu.Unlock()
 	return c.Interface.GetRealServers(k)
+}
+
+func (c *Counting) GetConnections(k VSKey) (map[netip.AddrPort]Connections, error) {
+	c.mu.Lock()
+	c.reads++
+	c.mu.Unlock()
+	return c.Interface.GetConnections(k)
 }
 
 func (c *Counting) AddVirtualServer(v VirtualServer) error {

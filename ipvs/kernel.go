@@ -91,19 +91,50 @@ func (k *Kernel) DeleteVirtualServer(key VSKey) error {
 }
 
 func (k *Kernel) GetRealServers(key VSKey) ([]RealServer, error) {
+	dests, err := k.destinations(key)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]RealServer, 0, len(dests))
+	for _, d := range dests {
+		out = append(out, d.RealServer)
+	}
+	return out, nil
+}
+
+func (k *Kernel) GetConnections(key VSKey) (map[netip.AddrPort]Connections, error) {
+	dests, err := k.destinations(key)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[netip.AddrPort]Connections, len(dests))
+	for _, d := range dests {
+		out[d.AddrPort()] = d.conns
+	}
+	return out, nil
+}
+
+type destination struct {
+	RealServer
+	conns Connections
+}
+
+// destinations dumps the real servers of key with their counters.
+func (k *Kernel) destinations(key VSKey) ([]destination, error) {
 	k.mu.Lock()
 	dests, err := k.h.GetDestinations(toService(VirtualServer{VSKey: key}))
 	k.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("list real servers of %s: %w", key, err)
 	}
-	out := make([]RealServer, 0, len(dests))
+	out := make([]destination, 0, len(dests))
 	for _, d := range dests {
 		a, ok := netip.AddrFromSlice(d.Address)
 		if !ok {
 			return nil, fmt.Errorf("list real servers of %s: kernel reported address %v", key, d.Address)
 		}
-		out = append(out, RealServer{Address: a.Unmap(), Port: d.Port, Weight: d.Weight})
+		out = append(out, destination{RealServer{Address: a.Unmap(), Port: d.Port, Weight: d.Weight},
+			Connections{Active: d.ActiveConnections, Inactive: d.InactiveConnections}})
 	}
 	return out, nil
 }

@@ -88,6 +88,12 @@ func (r *Reconciler) Lookup(k VSKey) (Service, bool) {
 	return a.service(k.Key()), true
 }
 
+// Connections reads the connection counts of k's real servers from the
+// kernel: whether a draining real server still carries traffic.
+func (r *Reconciler) Connections(k VSKey) (map[netip.AddrPort]Connections, error) {
+	return r.h.GetConnections(k)
+}
+
 // Services returns everything the Reconciler believes is in the kernel,
 // sorted.
 func (r *Reconciler) Services() []Service {

@@ -227,6 +227,16 @@ func (r RealServer) String() string {
 	return fmt.Sprintf("%s weight %d", r.AddrPort(), r.Weight)
 }
 
+// Connections are a real server's connection entries, as ipvsadm -Ln
+// counts them: Active are established TCP connections, Inactive every
+// other entry (TCP connections opening or closing, UDP flows). An entry
+// lives until its IPVS timeout, after the flow itself has ended.
+type Connections struct{ Active, Inactive int }
+
+// Idle reports whether no connection entry uses the real server: it can
+// be removed without cutting anything.
+func (c Connections) Idle() bool { return c.Active+c.Inactive == 0 }
+
 // maxWeight is the largest weight that survives a round trip through
 // moby/ipvs, which reads the kernel's 32-bit weight as 16 bits.
 const maxWeight = 65535
