@@ -64,7 +64,7 @@ func servingTerminating(ip, node string) ep {
 	return ep{ip: ip, node: node, ready: &f, serving: &t, terminating: &t}
 }
 
-func terminatingGone(ip, node string) ep {
+func terminatingNotServing(ip, node string) ep {
 	f, t := false, true
 	return ep{ip: ip, node: node, ready: &f, serving: &f, terminating: &t}
 }

@@ -119,8 +119,7 @@ func rank(e Endpoint) int {
 }
 
 // Weighted is an endpoint with the IPVS weight it gets: 1 carries new
-// connections, 0 drains (kept for the connections it has, bounded by the
-// proxier's drain timer).
+// connections, 0 drains (kept while it has connections: drain.go).
 type Weighted struct {
 	Endpoint
 	Weight int
@@ -177,10 +176,10 @@ func availableForTopology(e Endpoint, mode, node, zone string) bool {
 //   - ready endpoints (within the topology when hints apply) get weight 1;
 //   - when there are none, serving-and-terminating endpoints get weight 1
 //     (the terminating-endpoint fallback);
-//   - other endpoints that still exist and serve or may serve again (not
-//     ready, serving while terminating, or outside the topology) get
-//     weight 0 and drain;
-//   - terminating endpoints that no longer serve are dropped: they are gone.
+//   - every other endpoint (not ready, terminating, or outside the
+//     topology) gets weight 0: it takes no new connection, and the ones
+//     it has may finish, as in kube-proxy, which drains whatever leaves
+//     its endpoint set.
 func selectEndpoints(eps []Endpoint, useTopology bool, node, zone string) epSelection {
 	mode := ""
 	if useTopology {
@@ -199,19 +198,13 @@ func selectEndpoints(eps []Endpoint, useTopology bool, node, zone string) epSele
 			}
 		}
 	}
-	var out epSelection
+	out := make(epSelection, 0, len(eps))
 	for _, e := range eps {
-		switch {
-		case active[e.AddrPort()]:
-			out = append(out, Weighted{e, 1})
-		case e.Terminating && !e.Serving:
-			// Gone: removed at once (and its flows cleaned up).
-		default:
-			// Not ready, serving while terminating, or ready but outside
-			// this node's topology: no new connections, but the ones it
-			// has may finish (the proxier bounds how long).
-			out = append(out, Weighted{e, 0})
+		w := 0
+		if active[e.AddrPort()] {
+			w = 1
 		}
+		out = append(out, Weighted{e, w})
 	}
 	return out
 }

@@ -239,16 +239,16 @@ func TestPlanClusterIP(t *testing.T) {
 
 func TestPlanEndpointLifecycle(t *testing.T) {
 	runPlanCases(t, []planCase{{
-		name: "not ready and serving-terminating drain at weight 0; terminated ones are gone",
+		name: "not ready, serving-terminating and terminating endpoints get weight 0: they drain (drain.go)",
 		svc:  makeService("ns", "web"),
 		slices: func(s *v1.Service) []*discovery.EndpointSlice {
 			return []*discovery.EndpointSlice{httpSlice(s,
 				ready("10.244.2.1", "node-b"), notReady("10.244.2.2", "node-b"),
-				servingTerminating("10.244.2.3", "node-b"), terminatingGone("10.244.2.4", "node-b"))}
+				servingTerminating("10.244.2.3", "node-b"), terminatingNotServing("10.244.2.4", "node-b"))}
 		},
 		want: `
 		ns/web:http
-		  TCP 10.96.0.10:80 rr -> [10.244.2.1:8080 w1, 10.244.2.2:8080 w0, 10.244.2.3:8080 w0]
+		  TCP 10.96.0.10:80 rr -> [10.244.2.1:8080 w1, 10.244.2.2:8080 w0, 10.244.2.3:8080 w0, 10.244.2.4:8080 w0]
 		  addr 10.96.0.10
 		  cluster-ips 10.96.0.10 . tcp . 80
 		  ipvs-addresses 10.96.0.10
@@ -258,11 +258,11 @@ func TestPlanEndpointLifecycle(t *testing.T) {
 		svc:  makeService("ns", "web"),
 		slices: func(s *v1.Service) []*discovery.EndpointSlice {
 			return []*discovery.EndpointSlice{httpSlice(s,
-				notReady("10.244.2.2", "node-b"), servingTerminating("10.244.2.3", "node-b"), terminatingGone("10.244.2.4", "node-b"))}
+				notReady("10.244.2.2", "node-b"), servingTerminating("10.244.2.3", "node-b"), terminatingNotServing("10.244.2.4", "node-b"))}
 		},
 		want: `
 		ns/web:http
-		  TCP 10.96.0.10:80 rr -> [10.244.2.2:8080 w0, 10.244.2.3:8080 w1]
+		  TCP 10.96.0.10:80 rr -> [10.244.2.2:8080 w0, 10.244.2.3:8080 w1, 10.244.2.4:8080 w0]
 		  addr 10.96.0.10
 		  cluster-ips 10.96.0.10 . tcp . 80
 		  ipvs-addresses 10.96.0.10

@@ -24,9 +24,14 @@ type Config struct {
 	// syncs; SyncPeriod (--ipvs-sync-period) the most, and the period of
 	// full resyncs that repair drift.
 	MinSyncPeriod, SyncPeriod time.Duration
-	// DrainTimeout bounds how long a draining real server (weight 0) is
-	// kept for the connections it has (--ipvs-graceful-termination-period).
+	// DrainTimeout, when positive, bounds how long a draining real server
+	// (weight 0) is kept for the connections it has
+	// (--ipvs-graceful-termination-period). Zero keeps it until it has
+	// none, as kube-proxy does (drain.go).
 	DrainTimeout time.Duration
+	// DrainCheckPeriod is how often the connections of draining real
+	// servers are counted (default 10 s; kube-proxy's is a minute).
+	DrainCheckPeriod time.Duration
 	// DummyName is the link holding Service addresses (kube-ipvs0).
 	DummyName string
 	// IPVSResyncPeriod is how often a full sync also dumps IPVS to repair
@@ -52,7 +57,9 @@ type Config struct {
 const (
 	DefaultMinSyncPeriod = time.Second
 	DefaultSyncPeriod    = 30 * time.Second
-	DefaultDrainTimeout  = 30 * time.Second
+	// DefaultDrainCheckPeriod: a drained real server leaves within this
+	// of its last connection's IPVS entry expiring.
+	DefaultDrainCheckPeriod = 10 * time.Second
 	// DefaultIPVSResyncPeriod bounds how long IPVS drift can last.
 	DefaultIPVSResyncPeriod = 5 * time.Minute
 )
@@ -126,8 +133,11 @@ type Proxier struct {
 	applied map[types.NamespacedName][]PortPlan
 	// addrCount counts the references to each kube-ipvs0 address.
 	addrCount map[netip.Addr]int
-	drains    map[drainKey]time.Time // first seen at weight 0
-	draining  map[types.NamespacedName]time.Time
+	// drains are the real servers kept at weight 0 for their
+	// connections; draining is when each Service with drains must be
+	// planned again (a DrainTimeout passes, or a drain went idle).
+	drains   map[drainKey]*drain
+	draining map[types.NamespacedName]time.Time
 	// nodePortAddresses and localAddresses are refreshed by full syncs.
 	nodePortAddresses, localAddresses []netip.Addr
 	// claims are the frontends each Service asks for, and their owners.
@@ -142,11 +152,6 @@ type Proxier struct {
 	lastIPVSResync time.Time
 }
 
-type drainKey struct {
-	vs ipvs.VSKey
-	rs netip.AddrPort
-}
-
 // New returns a proxier programming k.
 func New(cfg Config, k Kernel) *Proxier {
 	if cfg.MinSyncPeriod <= 0 {
@@ -155,8 +160,8 @@ func New(cfg Config, k Kernel) *Proxier {
 	if cfg.SyncPeriod <= 0 {
 		cfg.SyncPeriod = DefaultSyncPeriod
 	}
-	if cfg.DrainTimeout <= 0 {
-		cfg.DrainTimeout = DefaultDrainTimeout
+	if cfg.DrainCheckPeriod <= 0 {
+		cfg.DrainCheckPeriod = DefaultDrainCheckPeriod
 	}
 	if cfg.DummyName == "" {
 		cfg.DummyName = ipvs.DummyName
@@ -178,7 +183,7 @@ func New(cfg Config, k Kernel) *Proxier {
 		trigger:           make(chan struct{}, 1),
 		applied:           map[types.NamespacedName][]PortPlan{},
 		addrCount:         map[netip.Addr]int{},
-		drains:            map[drainKey]time.Time{},
+		drains:            map[drainKey]*drain{},
 		draining:          map[types.NamespacedName]time.Time{},
 		nodePortAddresses: cfg.Node.NodePortAddresses,
 		localAddresses:    cfg.Node.LocalAddresses,
@@ -287,16 +292,19 @@ func (p *Proxier) ready() bool {
 
 // Run syncs until ctx ends: at most every MinSyncPeriod after a change, at
 // least every SyncPeriod (a full sync), retrying failures with backoff.
-// onSync, if set, sees every sync's outcome.
+// Every DrainCheckPeriod it counts the connections of draining real
+// servers. onSync, if set, sees every sync's outcome.
 func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
 	full := time.NewTicker(p.cfg.SyncPeriod)
 	defer full.Stop()
+	check := time.NewTicker(p.cfg.DrainCheckPeriod)
+	defer check.Stop()
 	var last time.Time
 	backoff := time.Duration(0)
 	for {
 		wantFull := false
 		var drainTimer <-chan time.Time
-		if d := p.nextDrainDeadline(); !d.IsZero() {
+		if d, ok := p.nextDrainDeadline(); ok {
 			drainTimer = time.After(max(time.Until(d), 0))
 		}
 		select {
@@ -306,6 +314,11 @@ func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
 		case <-full.C:
 			wantFull = true
 		case <-drainTimer:
+		case <-check.C:
+			if p.hasDrains() {
+				p.checkDrains() // kicks a sync if one went idle
+			}
+			continue
 		}
 		if !p.ready() {
 			continue

@@ -38,6 +38,12 @@ type fakeNode struct {
 
 func newFakeNode(t testing.TB) *fakeNode {
 	t.Helper()
+	return newFakeNodeWith(t, func(c *Config) { c.DrainTimeout = time.Minute })
+}
+
+// newFakeNodeWith is newFakeNode with the config changed by tweak.
+func newFakeNodeWith(t testing.TB, tweak func(*Config)) *fakeNode {
+	t.Helper()
 	table, nf, err := nft.NewFake(nft.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +52,8 @@ func newFakeNode(t testing.TB) *fakeNode {
 	counting := ipvs.NewCounting(kern)
 	f := &fakeNode{ipvs: counting, kern: kern, addrs: ipvs.NewFakeAddresses(), nft: nf, table: table,
 		now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	cfg := Config{PlanConfig: *testConfig(), DrainTimeout: time.Minute, Now: func() time.Time { return f.now }}
+	cfg := Config{PlanConfig: *testConfig(), Now: func() time.Time { return f.now }}
+	tweak(&cfg)
 	f.p = New(cfg, Kernel{IPVS: ipvs.NewReconciler(counting, nil), Addresses: f.addrs, NFT: table})
 	f.p.SetSynced(true, true)
 	return f
@@ -160,38 +167,6 @@ func TestProxierProgramsNothingBeforeCachesSync(t *testing.T) {
 	f.p.Run(ctx, func(SyncResult, error) { t.Error("synced before the caches") })
 	if len(f.kern.Services()) != 0 {
 		t.Fatal("programmed before caches synced")
-	}
-}
-
-func TestProxierBoundsDrains(t *testing.T) {
-	f := newFakeNode(t)
-	svc := makeService("ns", "web")
-	f.addService(svc, namedSlice("web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), ready("10.244.2.2", "node-b"))))
-	f.sync(t, false)
-	// 10.244.2.2 starts terminating but still serves: weight 0.
-	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), servingTerminating("10.244.2.2", "node-b")), "web")
-	f.sync(t, false)
-	if !strings.Contains(f.ipvsText(), w0("10.244.2.2:8080")) {
-		t.Fatalf("terminating endpoint not drained at weight 0:\n%s", f.ipvsText())
-	}
-	if d := f.p.nextDrainDeadline(); !d.Equal(f.now.Add(time.Minute)) {
-		t.Fatalf("drain deadline %v, want %v", d, f.now.Add(time.Minute))
-	}
-	f.now = f.now.Add(30 * time.Second)
-	f.sync(t, false)
-	if !strings.Contains(f.ipvsText(), w0("10.244.2.2:8080")) {
-		t.Fatal("drain cut short")
-	}
-	f.now = f.now.Add(31 * time.Second)
-	res := f.sync(t, false)
-	if strings.Contains(f.ipvsText(), "10.244.2.2") || len(res.Removed) != 1 {
-		t.Fatalf("drain not bounded (removed %v):\n%s", res.Removed, f.ipvsText())
-	}
-	// Back in service: weight 1 again, and a later drain starts afresh.
-	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), ready("10.244.2.2", "node-b")), "web")
-	f.sync(t, false)
-	if !strings.Contains(f.ipvsText(), w1("10.244.2.2:8080")) {
-		t.Fatalf("endpoint back in service not restored:\n%s", f.ipvsText())
 	}
 }
 

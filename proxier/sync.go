@@ -164,7 +164,7 @@ func (p *Proxier) refreshLocalAddresses() {
 // plan computes the new plans of the Services in w (nil for a deleted
 // one): each Service is planned alone, then frontends two Services ask
 // for go to one owner (claims.go) — a Service whose ownership changed is
-// planned in this sync too — and drains are bounded.
+// planned in this sync too — and weight-0 real servers drain (drain.go).
 func (p *Proxier) plan(w *work, now time.Time) map[types.NamespacedName][]PortPlan {
 	cfg := p.cfg.PlanConfig
 	cfg.Node = w.node
@@ -193,13 +193,13 @@ func (p *Proxier) plan(w *work, now time.Time) map[types.NamespacedName][]PortPl
 	planned := make(map[types.NamespacedName][]PortPlan, len(raw))
 	for n, plans := range raw {
 		if w.inputs[n].svc == nil {
-			planned[n] = nil
+			planned[n] = p.drainRealServers(n, nil, now) // forgets its drains
 			delete(p.problems, n)
 			continue
 		}
 		conflicts := p.claims.keepOwned(n, plans)
 		p.report(n, errors.Join(append(problems[n], conflicts...)...))
-		planned[n] = p.boundDrains(n, plans, now)
+		planned[n] = p.drainRealServers(n, plans, now)
 	}
 	return planned
 }

@@ -163,7 +163,7 @@ func (m *Metrics) newNftvsMetrics() {
 	m.syncErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nftvs_sync_errors_total",
 		Help: "Failed syncs, by the kernel subsystem that failed (nftables, ipvs, addresses of kube-ipvs0, conntrack cleanup)"}, []string{"subsystem"})
 	m.realServersRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "nftvs_ipvs_real_servers_removed_total",
-		Help: "IPVS real servers removed (endpoints gone, or drained past --ipvs-graceful-termination-period)"})
+		Help: "IPVS real servers removed (endpoints gone, drained of their connections, or past --ipvs-graceful-termination-period when set)"})
 	m.refused = prometheus.NewCounter(prometheus.CounterOpts{Name: "nftvs_sync_refused_total",
 		Help: "Virtual servers and Service ports' nft elements the kernel refused while the sync went on with the others (each also logged and reported as a FailedToProgram Event on its Service)"})
 }

@@ -28,9 +28,10 @@ const kubeProxyOOMScoreAdj = -999
 // place of kube-proxy's iptables and ipset.
 const Companion = "nft"
 
-// DefaultGracefulTerminationPeriod bounds how long a draining real server
-// (weight 0) is kept for its connections.
-const DefaultGracefulTerminationPeriod = 30 * time.Second
+// DefaultGracefulTerminationPeriod 0 keeps a draining real server
+// (weight 0) until its last connection ends, as kube-proxy does; a
+// positive period bounds the drain.
+const DefaultGracefulTerminationPeriod = 0
 
 // Options are the command line: kube-proxy's flags, bound to a
 // KubeProxyConfiguration as kube-proxy binds them, and nftvs's own.
@@ -206,7 +207,7 @@ func (o *Options) addLoggingAndCompatibilityFlags(fs *pflag.FlagSet) {
 // addOwnFlags registers nftvs's own flags.
 func (o *Options) addOwnFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Companion, "companion", o.Companion, "What replaces kube-proxy's iptables and ipset companions of IPVS: only \"nft\" (one nftables table, programmed over netlink).")
-	fs.DurationVar(&o.GracefulTerminationPeriod, "ipvs-graceful-termination-period", o.GracefulTerminationPeriod, "The longest time a real server of a terminating or not-ready endpoint is kept at weight 0 for its connections before it is removed. Must be greater than 0.")
+	fs.DurationVar(&o.GracefulTerminationPeriod, "ipvs-graceful-termination-period", o.GracefulTerminationPeriod, "The longest time a real server of a not-ready or terminating endpoint is kept at weight 0 for its connections before it is removed. 0 (the default) keeps it until it has no connection left, as kube-proxy does.")
 	fs.BoolVar(&o.TakeoverKubeProxy, "takeover-kube-proxy", o.TakeoverKubeProxy, "At start, before the first sync, remove what kube-proxy's IPVS mode left in iptables-nft (its KUBE-* chains and the jumps to them) and its ipsets, and nothing else, so that nftvs takes over a node from kube-proxy without dropping connections: the IPVS virtual servers and kube-ipvs0 are adopted in place. Safe to repeat.")
 	fs.BoolVar(&o.ConntrackCleaner, "conntrack-cleaner", o.ConntrackCleaner, "Delete the conntrack entries (TCP, UDP and SCTP) of flows to endpoints that are gone after each sync, so clients reusing source ports do not reach a removed pod (kubernetes#81775).")
 }

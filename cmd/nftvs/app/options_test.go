@@ -111,7 +111,7 @@ func TestFlagDefaultsAreKubeProxys(t *testing.T) {
 			t.Errorf("--%s defaults to %q, kube-proxy's to %q", name, f.DefValue, want)
 		}
 	}
-	own := map[string]string{"companion": "nft", "ipvs-graceful-termination-period": "30s", "conntrack-cleaner": "true", "takeover-kube-proxy": "false"}
+	own := map[string]string{"companion": "nft", "ipvs-graceful-termination-period": "0s", "conntrack-cleaner": "true", "takeover-kube-proxy": "false"}
 	for name, want := range own {
 		if f := fs.Lookup(name); f == nil || f.DefValue != want {
 			t.Errorf("--%s: got %v, want default %q", name, f, want)
@@ -138,7 +138,7 @@ func TestFlagDefaultsConfigure(t *testing.T) {
 		{"oomScoreAdj", *c.OOMScoreAdj, int32(-999)},
 		{"conntrack.maxPerCore", *c.Conntrack.MaxPerCore, int32(32768)},
 		{"clientConnection.qps", c.ClientConnection.QPS, float32(5)},
-		{"drain timeout", cfg.DrainTimeout, 30 * time.Second},
+		{"drain timeout (0: until the connections end)", cfg.DrainTimeout, time.Duration(0)},
 		{"conntrack cleaner", cfg.ConntrackCleaner, true},
 		{"takeover", cfg.TakeoverKubeProxy, false},
 		{"companion", cfg.Companion, "nft"},
@@ -310,7 +310,7 @@ func TestBadFlagsNameTheFlag(t *testing.T) {
 		{[]string{"--detect-local-mode=Magic"}, `--detect-local-mode: supported values: "ClusterCIDR"`},
 		{[]string{"--detect-local-mode=BridgeInterface"}, "--pod-bridge-interface: must not be empty"},
 		{[]string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefix=abcdefghijklmno"}, "--pod-interface-name-prefix: must be at most 14 bytes long"},
-		{[]string{"--ipvs-graceful-termination-period=0"}, "--ipvs-graceful-termination-period: must be greater than 0"},
+		{[]string{"--ipvs-graceful-termination-period=-1s"}, "--ipvs-graceful-termination-period: must be 0 (until the connections end) or positive"},
 		{[]string{"--log-flush-frequency=0"}, "--log-flush-frequency: Must be greater than zero"},
 		{[]string{"--hostname-override= "}, "--hostname-override: empty hostname-override is invalid"},
 	}

@@ -250,9 +250,9 @@ func validateOptions(o *Options) FieldErrors {
 		errs = append(errs, FieldError{Field: "companion", Value: o.Companion,
 			Detail: `the only companion nftvs implements is "nft" (one nftables table in place of iptables and ipset)`})
 	}
-	if o.GracefulTerminationPeriod <= 0 {
+	if o.GracefulTerminationPeriod < 0 {
 		errs = append(errs, FieldError{Field: "ipvsGracefulTerminationPeriod", Value: o.GracefulTerminationPeriod,
-			Detail: "must be greater than 0"})
+			Detail: "must be 0 (until the connections end) or positive"})
 	}
 	return errs
 }
