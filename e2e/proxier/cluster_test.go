@@ -93,6 +93,9 @@ type clusterOptions struct {
 	syncPeriod time.Duration
 	// warn sees the Warnings the proxier reports (Events in nftvs).
 	warn func(svc string, reason, message string)
+	// drainCheck is how often draining real servers' connections are
+	// counted (default: the proxier's, 10 s).
+	drainCheck time.Duration
 }
 
 func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
@@ -142,7 +145,7 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 		},
 		MinSyncPeriod:     250 * time.Millisecond,
 		SyncPeriod:        o.syncPeriod,
-		DrainTimeout:      30 * time.Second,
+		DrainCheckPeriod:  o.drainCheck, // drains last until idle: --ipvs-graceful-termination-period 0
 		NodePortAddresses: nodePortAddresses,
 		LocalAddresses:    nodePortAddresses, // every address of the node but kube-ipvs0's, as nftvs lists them
 	}
