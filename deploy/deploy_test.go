@@ -186,7 +186,13 @@ func TestManifests(t *testing.T) {
 			t.Errorf("%s probe %+v, want GET %s on 10256", name, p, path)
 		}
 	}
+	probe("startup", c.StartupProbe, "/livez")
 	probe("liveness", c.LivenessProbe, "/livez")
+	// A slow first start must not be killed by liveness: the startup
+	// probe waits minutes, and liveness only starts after it.
+	if p := c.StartupProbe; p != nil && p.PeriodSeconds*p.FailureThreshold < 300 {
+		t.Errorf("startup probe gives %d s, want at least 5 min", p.PeriodSeconds*p.FailureThreshold)
+	}
 	probe("readiness", c.ReadinessProbe, "/healthz")
 	if c.SecurityContext == nil || c.SecurityContext.Privileged == nil || !*c.SecurityContext.Privileged {
 		t.Errorf("securityContext %+v, want privileged", c.SecurityContext)
