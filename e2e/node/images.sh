@@ -5,6 +5,8 @@
 #   registry.k8s.io/e2e-test-images/agnhost:2.63.0 upstream agnhost at the
 #     version k8s.io/kubernetes v1.36.3's e2e tests name, with busybox (sh
 #     and friends), nc (netcat-openbsd) and curl, which the tests exec
+#   registry.k8s.io/coredns/coredns:v1.14.2        cluster DNS: CoreDNS at the
+#     version kubeadm 1.36 deploys, built by e2e/tools/coredns
 #   docker.io/nftvs/nftvs:dev                      deploy/image, the tree's nftvs
 # Each is rebuilt only when its input changed.
 set -euo pipefail
@@ -15,6 +17,9 @@ cache=${NFTVS_CACHE:-/var/cache/nftvs}
 out=$cache/images
 mkdir -p "$out" "$cache/image-work"
 bin=$("$root/e2e/tools/node/build.sh" agnhost)
+coredns=$("$root/e2e/tools/coredns/build.sh")
+corednsver=$(basename "$(dirname "$coredns")")
+corednsver=${corednsver#coredns-}
 tool=$cache/image-work/images
 (cd "$root/e2e/tools/images" && GOWORK=off GOFLAGS=-mod=mod go build -o "$tool" . &&
   GOWORK=off CGO_ENABLED=0 go build -trimpath -o "$cache/image-work/pause" ./pause)
@@ -30,6 +35,10 @@ if newer "$out/agnhost.tar" "$bin/agnhost" "$tool"; then
     -add "$bin/agnhost:/agnhost" -add "$(command -v nc.openbsd):/usr/bin/nc" \
     -add "$(command -v curl):/usr/bin/curl" -busybox /bin/busybox -dir /tmp \
     -entrypoint /agnhost -cmd pause
+fi
+if newer "$out/coredns.tar" "$coredns" "$tool"; then
+  "$tool" -name "registry.k8s.io/coredns/coredns:$corednsver" -out "$out/coredns.tar" \
+    -add "$coredns:/coredns" -entrypoint /coredns
 fi
 # deploy/image: nftvs as committed (HEAD, exported with git archive, so
 # that uncommitted edits in a shared tree cannot break or change the
