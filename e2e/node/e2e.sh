@@ -23,7 +23,13 @@ done
 # suites only (e2e/tools/node/e2enetwork); NFTVS_E2E_BINARY=e2e.test for
 # the whole of it.
 e2e=${NFTVS_E2E_BINARY:-e2e-network.test}
-bin=$("$root/e2e/tools/node/build.sh" "$e2e" kubectl)
+# NFTVS_NODE_NOBUILD=1: the cache as it is (two runs at once must not
+# relink the binary the other one is running).
+if [ "${NFTVS_NODE_NOBUILD:-0}" = 1 ] && [ -x "${NFTVS_NODE_BIN:-}/$e2e" ]; then
+  bin=$NFTVS_NODE_BIN
+else
+  bin=$("$root/e2e/tools/node/build.sh" "$e2e" kubectl)
+fi
 join() { grep -v -e '^#' -e '^[[:space:]]*$' "$1" | paste -sd '|'; }
 mkdir -p "$out"
 args=(--kubeconfig "$KUBECONFIG" --provider skeleton --kubectl-path "$bin/kubectl"

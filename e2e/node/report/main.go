@@ -4,6 +4,10 @@
 // failed, skipped with the reason), totals per proxy.
 //
 //	go run ./e2e/node/report -title T "kube-proxy ipvs=a/junit_01.xml" "nftvs=b/junit_01.xml"
+//
+// A proxy's run may come in several JUnit files (NAME=A,B: one e2e.test
+// run per part of the selection); they are merged, a later file's result
+// for a test winning over an earlier one's.
 package main
 
 import (
@@ -117,10 +121,16 @@ func main() {
 			fmt.Fprintln(os.Stderr, "usage: report [-title T] NAME=JUNIT...")
 			os.Exit(2)
 		}
-		r, err := load(path)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "report:", err)
-			os.Exit(1)
+		r := map[string]result{}
+		for _, p := range strings.Split(path, ",") {
+			part, err := load(p)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "report:", err)
+				os.Exit(1)
+			}
+			for t, x := range part {
+				r[t] = x
+			}
 		}
 		names, runs = append(names, name), append(runs, r)
 	}
