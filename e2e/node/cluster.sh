@@ -179,6 +179,10 @@ clusterDNS: [10.96.0.10]
 failSwapOn: false
 resolvConf: /etc/resolv.conf
 serializeImagePulls: false
+# Under emulation on a loaded machine containerd can need minutes for a
+# sandbox (shim start, CNI); the default 2 min makes the kubelet give up
+# and retry into "failed to reserve sandbox name" until the first try ends.
+runtimeRequestTimeout: 10m
 nodeStatusUpdateFrequency: 10s
 # Everything lives in tmpfs: evict only when memory is really short.
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%", imagefs.inodesFree: "1%"}
