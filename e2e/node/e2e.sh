@@ -35,6 +35,9 @@ mkdir -p "$out"
 args=(--kubeconfig "$KUBECONFIG" --provider skeleton --kubectl-path "$bin/kubectl"
   --report-dir "$out" --disable-log-dump --dump-logs-on-failure=false --minStartupPods 0
   --ginkgo.focus "$(join "$focus")" --ginkgo.no-color --ginkgo.v
+  # The framework shuffles every spec: one seed, so that two runs (one per
+  # proxy) take the same tests in the same order.
+  --ginkgo.seed "${NFTVS_E2E_SEED:-1}"
   --ginkgo.timeout "${NFTVS_E2E_TIMEOUT:-4h}")
 [ -z "$skip" ] || args+=(--ginkgo.skip "$(join "$skip")")
 # The images are on the node already; nothing is pulled (no registry here).
