@@ -29,9 +29,11 @@ type testcase struct {
 	Failure *struct {
 		Message string `xml:"message,attr"`
 		Type    string `xml:"type,attr"`
+		Text    string `xml:",chardata"`
 	} `xml:"failure"`
 	Error *struct {
 		Message string `xml:"message,attr"`
+		Text    string `xml:",chardata"`
 	} `xml:"error"`
 }
 
@@ -65,10 +67,14 @@ func load(path string) (map[string]result, error) {
 			}
 			r := result{status: c.Status, secs: c.Time}
 			switch {
+			case c.Status == "interrupted" || c.Status == "timedout":
+				// The run was stopped (its time budget, or by hand) while
+				// this test ran: no verdict.
+				r.status, r.detail = "interrupted", "run stopped while it ran"
 			case c.Failure != nil:
-				r.status, r.detail = "failed", firstLine(c.Failure.Message)
+				r.status, r.detail = "failed", firstLine(or(c.Failure.Message, failedLine(c.Failure.Text)))
 			case c.Error != nil:
-				r.status, r.detail = "failed", firstLine(c.Error.Message)
+				r.status, r.detail = "failed", firstLine(or(c.Error.Message, failedLine(c.Error.Text)))
 			case c.Skipped != nil:
 				r.status, r.detail = "skipped", strings.TrimPrefix(firstLine(c.Skipped.Message), "skipped - ")
 				if r.detail == "skipped" || r.detail == "" {
@@ -82,6 +88,22 @@ func load(path string) (map[string]result, error) {
 		}
 	}
 	return out, nil
+}
+
+func or(a, b string) string {
+	if strings.TrimSpace(a) != "" {
+		return a
+	}
+	return b
+}
+
+// failedLine is ginkgo's own summary in a failure's text: the line after
+// "[FAILED]" (or the text's first line).
+func failedLine(s string) string {
+	if i := strings.Index(s, "[FAILED] "); i >= 0 {
+		return strings.TrimPrefix(s[i:], "[FAILED] ")
+	}
+	return s
 }
 
 func firstLine(s string) string {
@@ -106,6 +128,8 @@ func cell(r result, ok bool) string {
 		return "**failed**: " + r.detail
 	case "skipped":
 		return "skipped: " + r.detail
+	case "interrupted":
+		return "not finished: " + r.detail
 	}
 	return r.status + " " + r.detail
 }
@@ -148,13 +172,13 @@ func main() {
 	if *title != "" {
 		fmt.Printf("## %s\n\n", *title)
 	}
-	fmt.Print("| proxy | passed | failed | skipped |\n|---|---|---|---|\n")
+	fmt.Print("| proxy | passed | failed | skipped | not finished |\n|---|---|---|---|---|\n")
 	for i, r := range runs {
 		n := map[string]int{}
 		for _, x := range r {
 			n[x.status]++
 		}
-		fmt.Printf("| %s | %d | %d | %d |\n", names[i], n["passed"], n["failed"], n["skipped"])
+		fmt.Printf("| %s | %d | %d | %d | %d |\n", names[i], n["passed"], n["failed"], n["skipped"], n["interrupted"])
 	}
 	fmt.Printf("\n| test | %s |\n|---|%s\n", strings.Join(names, " | "), strings.Repeat("---|", len(names)))
 	for _, t := range tests {
