@@ -49,7 +49,9 @@ vm-bins:
 	$(GO) build -o bin/ ./cmd/nftvs ./e2e/controlplane/with-apiserver
 	@e2e/tools/build.sh >/dev/null
 
-test: lint test-unit test-image test-vm test-demo test-bench
+# test-node: the real node (kubelet, containerd, CoreDNS, nftvs from
+# deploy/) and a few upstream Service conformance tests, ~5-8 min warm.
+test: lint test-unit test-image test-vm test-demo test-bench test-node
 
 # The container image without a container engine: bin/nftvs-image.tar
 # (an OCI layout on an empty base; deploy/image has its own module).
@@ -113,11 +115,13 @@ node-bins: deps
 	@nice -n 15 e2e/tools/build.sh >/dev/null
 	@nice -n 15 e2e/tools/node/build.sh >/dev/null
 	@nice -n 15 e2e/tools/containerd/build.sh >/dev/null
+	@nice -n 15 e2e/tools/coredns/build.sh >/dev/null
 	@nice -n 15 e2e/node/images.sh >/dev/null
 
 # The short lane: the DaemonSet rolls out under the kubelet and is Ready
-# through its probes, pod → ClusterIP → pods and outside → NodePort work,
-# a handful of upstream Service conformance tests pass.
+# through its probes, cluster DNS (CoreDNS) is Ready through it, pod →
+# ClusterIP → pods, pod → Service name → pods and outside → NodePort work,
+# a handful of upstream Service conformance tests pass (e2e/node/lane-focus.txt).
 test-node: node-bins
 	e2e/vm/build-initramfs.sh $(NFTVS_KERNEL) >/dev/null
 	e2e/node/cluster.sh e2e/node/lane.sh

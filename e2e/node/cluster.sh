@@ -6,6 +6,7 @@
 #     kube-controller-manager, kube-scheduler (e2e/tools builds them)
 #   VM (e2e/vm/vmexec, Debian kernel, cgroup v2): containerd 2 + runc +
 #     bridge CNI, the kubelet, node "nftvs-vm" (e2e/node/guest.sh)
+#   cluster DNS: CoreDNS, the kube-dns Service at 10.96.0.10 (dns.sh)
 # CMD runs on the host with KUBECONFIG set, when the node is Ready; its
 # exit status is cluster.sh's. -p kube-proxy also runs upstream kube-proxy
 # --proxy-mode=ipvs on the node (nftvs is installed by CMD, from deploy/).
@@ -50,6 +51,7 @@ if [ "${_NFTVS_NODE_NETNS:-}" != 1 ] && [ "${NFTVS_NODE_NOBUILD:-0}" = 1 ]; then
 elif [ "${_NFTVS_NODE_NETNS:-}" != 1 ]; then
   export PATH=/usr/local/go/bin:$PATH
   _bin=$(nice -n 15 "$root/e2e/tools/build.sh")
+  nice -n 15 "$root/e2e/tools/coredns/build.sh" >/dev/null
   nice -n 15 "$root/e2e/tools/node/build.sh" kubelet kube-controller-manager kube-scheduler kubectl >/dev/null
   _ctrd=$(nice -n 15 "$root/e2e/tools/containerd/build.sh")
   _images=$(nice -n 15 "$here/images.sh")
@@ -177,6 +179,10 @@ clusterDNS: [10.96.0.10]
 failSwapOn: false
 resolvConf: /etc/resolv.conf
 serializeImagePulls: false
+# Under emulation on a loaded machine containerd can need minutes for a
+# sandbox (shim start, CNI); the default 2 min makes the kubelet give up
+# and retry into "failed to reserve sandbox name" until the first try ends.
+runtimeRequestTimeout: 10m
 nodeStatusUpdateFrequency: 10s
 # Everything lives in tmpfs: evict only when memory is really short.
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%", imagefs.inodesFree: "1%"}
@@ -221,4 +227,11 @@ kubectl wait --for=condition=Ready node/nftvs-vm --timeout=1s >/dev/null || { lo
 log "node Ready $(($(date +%s) - t)) s after boot started"
 
 export NFTVS_NODE_DIR=$dir NFTVS_NODE_PROXY=$proxy NFTVS_NODE_BIN=$bin
+# Cluster DNS (CoreDNS as kubeadm deploys it): created now, Ready once a
+# proxy runs: here for kube-proxy, after the install for nftvs
+# (install-nftvs.sh).
+"$here/dns.sh" apply
+if [ "$proxy" = kube-proxy ]; then
+  "$here/dns.sh" wait || { log "cluster DNS not Ready"; exit 1; }
+fi
 "$@"

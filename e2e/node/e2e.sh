@@ -23,12 +23,21 @@ done
 # suites only (e2e/tools/node/e2enetwork); NFTVS_E2E_BINARY=e2e.test for
 # the whole of it.
 e2e=${NFTVS_E2E_BINARY:-e2e-network.test}
-bin=$("$root/e2e/tools/node/build.sh" "$e2e" kubectl)
+# NFTVS_NODE_NOBUILD=1: the cache as it is (two runs at once must not
+# relink the binary the other one is running).
+if [ "${NFTVS_NODE_NOBUILD:-0}" = 1 ] && [ -x "${NFTVS_NODE_BIN:-}/$e2e" ]; then
+  bin=$NFTVS_NODE_BIN
+else
+  bin=$("$root/e2e/tools/node/build.sh" "$e2e" kubectl)
+fi
 join() { grep -v -e '^#' -e '^[[:space:]]*$' "$1" | paste -sd '|'; }
 mkdir -p "$out"
 args=(--kubeconfig "$KUBECONFIG" --provider skeleton --kubectl-path "$bin/kubectl"
   --report-dir "$out" --disable-log-dump --dump-logs-on-failure=false --minStartupPods 0
   --ginkgo.focus "$(join "$focus")" --ginkgo.no-color --ginkgo.v
+  # The framework shuffles every spec: one seed, so that two runs (one per
+  # proxy) take the same tests in the same order.
+  --ginkgo.seed "${NFTVS_E2E_SEED:-1}"
   --ginkgo.timeout "${NFTVS_E2E_TIMEOUT:-4h}")
 [ -z "$skip" ] || args+=(--ginkgo.skip "$(join "$skip")")
 # The images are on the node already; nothing is pulled (no registry here).

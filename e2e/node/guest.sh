@@ -125,7 +125,11 @@ state "stopping"
 {
   ipvsadm -Ln; nft list ruleset; ip -d addr; ip route
   ctr -n k8s.io containers ls
+  echo "--- top"; top -b -n1 | head -30
 } >"$logs/node-state.txt" 2>&1
+# The pods' own logs (nftvs, CoreDNS, what the tests left), every
+# container instance the kubelet still keeps (restarts included).
+cp -r /var/log/pods "$logs/pods" 2>/dev/null
 kill "$kubelet_pid" ${kp_pid:-} 2>/dev/null
 sleep 1
 state "stopped"

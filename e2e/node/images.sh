@@ -3,8 +3,14 @@
 # $NFTVS_CACHE/images (printed), built here, never pulled:
 #   registry.k8s.io/pause:3.10.2                   the pod sandbox (a Go pause)
 #   registry.k8s.io/e2e-test-images/agnhost:2.63.0 upstream agnhost at the
-#     version k8s.io/kubernetes v1.36.3's e2e tests name, with busybox (sh
-#     and friends), nc (netcat-openbsd) and curl, which the tests exec
+#     version k8s.io/kubernetes v1.36.3's e2e tests name, with what the
+#     tests exec in it, as upstream's Alpine-based image has it: nc
+#     (netcat-openbsd), curl, ss and ip (iproute2), bash, and busybox for
+#     the rest. /bin/sh is bash, not busybox: Debian's static busybox sh
+#     runs its own applets before PATH (FEATURE_SH_STANDALONE), so `sh -c
+#     'nc -v ...'` would get busybox nc, which has no -v
+#   registry.k8s.io/coredns/coredns:v1.14.2        cluster DNS: CoreDNS at the
+#     version kubeadm 1.36 deploys, built by e2e/tools/coredns
 #   docker.io/nftvs/nftvs:dev                      deploy/image, the tree's nftvs
 # Each is rebuilt only when its input changed.
 set -euo pipefail
@@ -15,6 +21,9 @@ cache=${NFTVS_CACHE:-/var/cache/nftvs}
 out=$cache/images
 mkdir -p "$out" "$cache/image-work"
 bin=$("$root/e2e/tools/node/build.sh" agnhost)
+coredns=$("$root/e2e/tools/coredns/build.sh")
+corednsver=$(basename "$(dirname "$coredns")")
+corednsver=${corednsver#coredns-}
 tool=$cache/image-work/images
 (cd "$root/e2e/tools/images" && GOWORK=off GOFLAGS=-mod=mod go build -o "$tool" . &&
   GOWORK=off CGO_ENABLED=0 go build -trimpath -o "$cache/image-work/pause" ./pause)
@@ -28,8 +37,14 @@ fi
 if newer "$out/agnhost.tar" "$bin/agnhost" "$tool"; then
   "$tool" -name registry.k8s.io/e2e-test-images/agnhost:2.63.0 -out "$out/agnhost.tar" \
     -add "$bin/agnhost:/agnhost" -add "$(command -v nc.openbsd):/usr/bin/nc" \
-    -add "$(command -v curl):/usr/bin/curl" -busybox /bin/busybox -dir /tmp \
+    -add "$(command -v curl):/usr/bin/curl" -add "$(command -v ss):/usr/bin/ss" \
+    -add "$(command -v ip):/sbin/ip" -add /bin/bash:/bin/bash -add /bin/bash:/bin/sh \
+    -busybox /bin/busybox -dir /tmp \
     -entrypoint /agnhost -cmd pause
+fi
+if newer "$out/coredns.tar" "$coredns" "$tool"; then
+  "$tool" -name "registry.k8s.io/coredns/coredns:$corednsver" -out "$out/coredns.tar" \
+    -add "$coredns:/coredns" -entrypoint /coredns
 fi
 # deploy/image: nftvs as committed (HEAD, exported with git archive, so
 # that uncommitted edits in a shared tree cannot break or change the

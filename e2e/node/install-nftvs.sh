@@ -3,7 +3,9 @@
 # installs it: kubectl apply -k of deploy/ (through e2e/node/deploy, which
 # makes the one setting a user must make, the API server's address). Waits
 # until the DaemonSet has rolled out under the kubelet and its pod is
-# Ready through its own readiness probe.
+# Ready through its own readiness probe, then until cluster DNS is Ready
+# (CoreDNS reaches the API server through the kubernetes Service, which
+# nftvs now programs).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 : "${NFTVS_NODE_BIN:?run me through e2e/node/cluster.sh}"
@@ -19,3 +21,4 @@ fi
 kubectl -n kube-system get pods -l k8s-app=nftvs -o wide
 echo "install-nftvs: DaemonSet rolled out, pod Ready $(($(date +%s) - t0)) s after apply"
 kubectl -n kube-system logs -l k8s-app=nftvs --tail=5
+"$here/dns.sh" wait

@@ -5,8 +5,10 @@
 #      user's one setting applied), the DaemonSet rolled out under the
 #      kubelet, its pod Ready through its own probes
 #   2. real pods (agnhost) behind a ClusterIP and a NodePort Service: a
-#      client pod reaches them through the ClusterIP, and a client outside
-#      the node (this host, through the node's address) through the NodePort
+#      client pod reaches them through the ClusterIP and through the
+#      Service's name (cluster DNS: CoreDNS behind the kube-dns Service,
+#      itself reached through the proxy), and a client outside the node
+#      (this host, through the node's address) through the NodePort
 #   3. a handful of upstream Service conformance tests (e2e.test)
 # With NFTVS_NODE_PROXY=kube-proxy step 1 checks kube-proxy instead.
 set -euo pipefail
@@ -88,10 +90,22 @@ hits() { # CMD... → the distinct hostnames seen in 20 requests
 }
 all_seen() { local b; for b in $backends; do case " $1 " in *" $b "*) ;; *) return 1 ;; esac; done; }
 
+# 20 requests from inside the client pod, in one exec (an exec costs
+# seconds under emulation): the hostnames that answered, one a line.
+in_client() { # URL
+  kubectl -n lane exec client -- sh -c \
+    'for i in $(seq 1 20); do curl -s --max-time 3 "$0"; echo; done' "$1" 2>/dev/null | sort -u | tr '\n' ' ' || true
+}
 step "pod → ClusterIP $cip:80 → pods"
-seen=$(hits kubectl -n lane exec client -- curl -s --max-time 3 "http://$cip/")
+seen=$(in_client "http://$cip/")
 all_seen "$seen" || fail "ClusterIP: saw [$seen], want [$backends]"
-step "ClusterIP ok: answered by$seen"
+step "ClusterIP ok: answered by $seen"
+
+step "pod → backend.lane.svc.cluster.local (cluster DNS, kube-dns at 10.96.0.10 through the proxy) → pods"
+kubectl -n lane exec client -- cat /etc/resolv.conf | grep -q '^nameserver 10.96.0.10' || fail "client's resolv.conf does not name 10.96.0.10"
+seen=$(in_client "http://backend.lane.svc.cluster.local/")
+all_seen "$seen" || fail "Service name: saw [$seen], want [$backends]"
+step "DNS ok: answered by $seen"
 
 step "outside → NodePort 10.0.2.15:30080 → pods"
 seen=''
@@ -102,7 +116,8 @@ for _ in $(seq 1 30); do
 done
 all_seen "$seen" || fail "NodePort: saw [$seen], want [$backends]"
 step "NodePort ok: answered by$seen"
-kubectl delete namespace lane --wait=false
+# Its pods' teardown would compete with the e2e tests' pod starts.
+kubectl delete namespace lane --timeout=300s || step "namespace lane not gone yet"
 
 if [ "${NFTVS_LANE_E2E:-1}" = 1 ]; then
   step "upstream Service conformance tests (e2e.test)"

@@ -4,6 +4,10 @@
 // failed, skipped with the reason), totals per proxy.
 //
 //	go run ./e2e/node/report -title T "kube-proxy ipvs=a/junit_01.xml" "nftvs=b/junit_01.xml"
+//
+// A proxy's run may come in several JUnit files (NAME=A,B: one e2e.test
+// run per part of the selection); they are merged, a later file's result
+// for a test winning over an earlier one's.
 package main
 
 import (
@@ -25,9 +29,11 @@ type testcase struct {
 	Failure *struct {
 		Message string `xml:"message,attr"`
 		Type    string `xml:"type,attr"`
+		Text    string `xml:",chardata"`
 	} `xml:"failure"`
 	Error *struct {
 		Message string `xml:"message,attr"`
+		Text    string `xml:",chardata"`
 	} `xml:"error"`
 }
 
@@ -61,10 +67,14 @@ func load(path string) (map[string]result, error) {
 			}
 			r := result{status: c.Status, secs: c.Time}
 			switch {
+			case c.Status == "interrupted" || c.Status == "timedout":
+				// The run was stopped (its time budget, or by hand) while
+				// this test ran: no verdict.
+				r.status, r.detail = "interrupted", "run stopped while it ran"
 			case c.Failure != nil:
-				r.status, r.detail = "failed", firstLine(c.Failure.Message)
+				r.status, r.detail = "failed", firstLine(or(c.Failure.Message, failedLine(c.Failure.Text)))
 			case c.Error != nil:
-				r.status, r.detail = "failed", firstLine(c.Error.Message)
+				r.status, r.detail = "failed", firstLine(or(c.Error.Message, failedLine(c.Error.Text)))
 			case c.Skipped != nil:
 				r.status, r.detail = "skipped", strings.TrimPrefix(firstLine(c.Skipped.Message), "skipped - ")
 				if r.detail == "skipped" || r.detail == "" {
@@ -78,6 +88,22 @@ func load(path string) (map[string]result, error) {
 		}
 	}
 	return out, nil
+}
+
+func or(a, b string) string {
+	if strings.TrimSpace(a) != "" {
+		return a
+	}
+	return b
+}
+
+// failedLine is ginkgo's own summary in a failure's text: the line after
+// "[FAILED]" (or the text's first line).
+func failedLine(s string) string {
+	if i := strings.Index(s, "[FAILED] "); i >= 0 {
+		return strings.TrimPrefix(s[i:], "[FAILED] ")
+	}
+	return s
 }
 
 func firstLine(s string) string {
@@ -102,6 +128,8 @@ func cell(r result, ok bool) string {
 		return "**failed**: " + r.detail
 	case "skipped":
 		return "skipped: " + r.detail
+	case "interrupted":
+		return "not finished: " + r.detail
 	}
 	return r.status + " " + r.detail
 }
@@ -117,10 +145,16 @@ func main() {
 			fmt.Fprintln(os.Stderr, "usage: report [-title T] NAME=JUNIT...")
 			os.Exit(2)
 		}
-		r, err := load(path)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "report:", err)
-			os.Exit(1)
+		r := map[string]result{}
+		for _, p := range strings.Split(path, ",") {
+			part, err := load(p)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "report:", err)
+				os.Exit(1)
+			}
+			for t, x := range part {
+				r[t] = x
+			}
 		}
 		names, runs = append(names, name), append(runs, r)
 	}
@@ -138,13 +172,13 @@ func main() {
 	if *title != "" {
 		fmt.Printf("## %s\n\n", *title)
 	}
-	fmt.Print("| proxy | passed | failed | skipped |\n|---|---|---|---|\n")
+	fmt.Print("| proxy | passed | failed | skipped | not finished |\n|---|---|---|---|---|\n")
 	for i, r := range runs {
 		n := map[string]int{}
 		for _, x := range r {
 			n[x.status]++
 		}
-		fmt.Printf("| %s | %d | %d | %d |\n", names[i], n["passed"], n["failed"], n["skipped"])
+		fmt.Printf("| %s | %d | %d | %d | %d |\n", names[i], n["passed"], n["failed"], n["skipped"], n["interrupted"])
 	}
 	fmt.Printf("\n| test | %s |\n|---|%s\n", strings.Join(names, " | "), strings.Repeat("---|", len(names)))
 	for _, t := range tests {

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds CoreDNS (main.go: coremain and the plugins of kubeadm's Corefile)
+# at the version go.mod requires into the cache, outside the git tree, and
+# prints the binary's path. Static (no cgo): the image holds nothing
+# else; stripped, as it is imported under emulation on every run.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+ver=$(awk '$1 == "github.com/coredns/coredns" || ($1 == "require" && $2 == "github.com/coredns/coredns") {print $NF; exit}' "$here/go.mod")
+[ -n "$ver" ] || { echo "build.sh: no github.com/coredns/coredns requirement in go.mod" >&2; exit 1; }
+out="${NFTVS_CACHE:-/var/cache/nftvs}/bin/coredns-$ver"
+mkdir -p "$out"
+cd "$here"
+GOWORK=off CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags="-s -w" -o "$out/coredns" . >&2
+echo "$out/coredns"
