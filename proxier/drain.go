@@ -43,27 +43,29 @@ type drain struct {
 }
 
 // drainRealServers decides, for each weight-0 real server of n's plans,
-// whether it stays for its connections or goes, and remembers when n
-// must be looked at again (DrainTimeout).
+// whether it stays for its connections or goes.
 func (p *Proxier) drainRealServers(n types.NamespacedName, plans []PortPlan, now time.Time) []PortPlan {
-	delete(p.draining, n)
 	seen := map[drainKey]bool{}
 	for i := range plans {
 		connectionless := plans[i].Name.Protocol != v1.ProtocolTCP
 		for j := range plans[i].VirtualServers {
 			s := &plans[i].VirtualServers[j]
-			was := p.wasServing(n, s.Key())
+			var served map[netip.AddrPort]bool // looked up at the first weight-0 real server
 			kept := s.RealServers[:0]
 			for _, r := range s.RealServers {
-				k := drainKey{s.Key(), r.AddrPort()}
-				if r.Weight > 0 {
-					kept = append(kept, r)
-					continue
+				if r.Weight == 0 {
+					if connectionless {
+						continue
+					}
+					if served == nil {
+						served = p.served(n, s.Key())
+					}
+					k := drainKey{s.Key(), r.AddrPort()}
+					if !p.keepDraining(k, n, served[k.rs], now) {
+						continue
+					}
+					seen[k] = true
 				}
-				if connectionless || !p.keepDraining(k, n, was, now) {
-					continue
-				}
-				seen[k] = true
 				kept = append(kept, r)
 			}
 			s.RealServers = kept
@@ -77,63 +79,57 @@ func (p *Proxier) drainRealServers(n types.NamespacedName, plans []PortPlan, now
 	return plans
 }
 
-// keepDraining says whether the weight-0 real server k stays.
-func (p *Proxier) keepDraining(k drainKey, n types.NamespacedName, wasServing func(netip.AddrPort) bool, now time.Time) bool {
+// keepDraining says whether the weight-0 real server k stays; served: it
+// may carry connections.
+func (p *Proxier) keepDraining(k drainKey, n types.NamespacedName, served bool, now time.Time) bool {
 	d, ok := p.drains[k]
 	if !ok {
-		if !wasServing(k.rs) {
+		if !served {
 			return false
 		}
 		d = &drain{service: n, since: now}
 		p.drains[k] = d
 	}
-	if d.idle {
-		return false
-	}
-	if t := p.cfg.DrainTimeout; t > 0 {
-		deadline := d.since.Add(t)
-		if !deadline.After(now) {
-			return false // drained long enough: remove it
-		}
-		if next, ok := p.draining[n]; !ok || deadline.Before(next) {
-			p.draining[n] = deadline
-		}
-	}
-	return true
+	due, ok := p.due(d)
+	return !ok || due.After(now)
 }
 
-// wasServing tells which real servers of vs may have connections: those
+// due is when d's Service must be planned again for d: at once when d
+// went idle, when DrainTimeout passes if it is set; ok false: only when
+// a check finds it idle.
+func (p *Proxier) due(d *drain) (t time.Time, ok bool) {
+	switch {
+	case d.idle:
+		return time.Time{}, true
+	case p.cfg.DrainTimeout > 0:
+		return d.since.Add(p.cfg.DrainTimeout), true
+	}
+	return time.Time{}, false
+}
+
+// served lists the real servers of vs that may carry connections: those
 // n had applied at the last sync, or, when n had not applied vs (nftvs
 // has just started), those the kernel holds with connections.
-func (p *Proxier) wasServing(n types.NamespacedName, vs ipvs.VSKey) func(netip.AddrPort) bool {
+func (p *Proxier) served(n types.NamespacedName, vs ipvs.VSKey) map[netip.AddrPort]bool {
+	out := map[netip.AddrPort]bool{}
 	for _, pl := range p.applied[n] {
 		for _, s := range pl.VirtualServers {
-			if s.Key() != vs {
-				continue
-			}
-			return func(ap netip.AddrPort) bool {
+			if s.Key() == vs {
 				for _, r := range s.RealServers {
-					if r.AddrPort() == ap {
-						return true
-					}
+					out[r.AddrPort()] = true
 				}
-				return false
+				return out
 			}
 		}
 	}
-	var conns map[netip.AddrPort]ipvs.Connections
-	read := false
-	return func(ap netip.AddrPort) bool {
-		if !read {
-			read = true
-			var err error
-			if conns, err = p.k.IPVS.Connections(vs); err != nil {
-				klog.ErrorS(err, "Reading connections; not draining", "virtualServer", vs)
-			}
-		}
-		c, ok := conns[ap]
-		return ok && !c.Idle()
+	conns, err := p.k.IPVS.Connections(vs)
+	if err != nil {
+		klog.ErrorS(err, "Reading connections; not draining", "virtualServer", vs)
 	}
+	for ap, c := range conns {
+		out[ap] = !c.Idle()
+	}
+	return out
 }
 
 // checkDrains reads the connections of the draining real servers and
@@ -157,8 +153,7 @@ func (p *Proxier) checkDrains() {
 		for _, k := range keys {
 			if conns[k.rs].Idle() { // also when it is gone from the kernel
 				d := p.drains[k]
-				d.idle = true
-				p.draining[d.service] = time.Time{} // look again now
+				d.idle = true // due now: the next sync removes it
 				idle = true
 				klog.V(2).InfoS("Real server drained", "virtualServer", vs, "realServer", k.rs, "service", d.service)
 			}
@@ -182,17 +177,15 @@ func (p *Proxier) hasDrains() bool {
 	return false
 }
 
-// nextDrainDeadline is when a Service must be looked at again for its
-// drains (zero: never).
-func (p *Proxier) nextDrainDeadline() (time.Time, bool) {
+// nextDrainDeadline is when the first drain is due (ok false: none is
+// until a check finds it idle).
+func (p *Proxier) nextDrainDeadline() (next time.Time, ok bool) {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
-	var next time.Time
-	found := false
-	for _, d := range p.draining {
-		if !found || d.Before(next) {
-			next, found = d, true
+	for _, d := range p.drains {
+		if t, due := p.due(d); due && (!ok || t.Before(next)) {
+			next, ok = t, true
 		}
 	}
-	return next, found
+	return next, ok
 }

@@ -134,10 +134,9 @@ type Proxier struct {
 	// addrCount counts the references to each kube-ipvs0 address.
 	addrCount map[netip.Addr]int
 	// drains are the real servers kept at weight 0 for their
-	// connections; draining is when each Service with drains must be
-	// planned again (a DrainTimeout passes, or a drain went idle).
-	drains   map[drainKey]*drain
-	draining map[types.NamespacedName]time.Time
+	// connections; each says when its Service is due to be planned again
+	// (Proxier.due).
+	drains map[drainKey]*drain
 	// nodePortAddresses and localAddresses are refreshed by full syncs.
 	nodePortAddresses, localAddresses []netip.Addr
 	// claims are the frontends each Service asks for, and their owners.
@@ -184,7 +183,6 @@ func New(cfg Config, k Kernel) *Proxier {
 		applied:           map[types.NamespacedName][]PortPlan{},
 		addrCount:         map[netip.Addr]int{},
 		drains:            map[drainKey]*drain{},
-		draining:          map[types.NamespacedName]time.Time{},
 		nodePortAddresses: cfg.Node.NodePortAddresses,
 		localAddresses:    cfg.Node.LocalAddresses,
 		problems:          map[types.NamespacedName]string{},

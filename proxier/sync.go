@@ -78,8 +78,8 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 }
 
 // collectWork takes the Services to replan: the changed ones, every one
-// on a full sync (or after a Node change), and those whose drain bound
-// has passed.
+// on a full sync (or after a Node change), and those with a drain due
+// (drain.go).
 func (p *Proxier) collectWork(full bool, now time.Time) work {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -101,9 +101,9 @@ func (p *Proxier) collectWork(full bool, now time.Time) work {
 	for n := range p.dirty {
 		add(n)
 	}
-	for n, d := range p.draining {
-		if !d.After(now) {
-			add(n)
+	for _, d := range p.drains {
+		if t, ok := p.due(d); ok && !t.After(now) {
+			add(d.service)
 		}
 	}
 	w.triggers = map[types.NamespacedName][]time.Time{}
