@@ -46,6 +46,28 @@ func (f *fakeNode) wantIPVS(t *testing.T, what string, has, lacks []string) {
 	}
 }
 
+// webVS is ns/web's virtual server (makeService's ClusterIP and port).
+var webVS = tcpVS("10.96.0.10:80")
+
+// busyWeb programs ns/web with both endpoints ready, the second carrying
+// conns.
+func (f *fakeNode) busyWeb(t *testing.T, conns ipvs.Connections) *v1.Service {
+	t.Helper()
+	svc := makeService("ns", "web")
+	f.addService(svc, namedSlice("web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), ready("10.244.2.2", "node-b"))))
+	f.sync(t, false)
+	f.setConns(t, webVS, "10.244.2.2:8080", conns)
+	return svc
+}
+
+// setSecond puts web's second endpoint in state e (the first stays ready)
+// and syncs.
+func (f *fakeNode) setSecond(t *testing.T, svc *v1.Service, e ep) SyncResult {
+	t.Helper()
+	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), e), "web")
+	return f.sync(t, false)
+}
+
 func TestDrainLastsWhileConnectionsDo(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -57,14 +79,8 @@ func TestDrainLastsWhileConnectionsDo(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFakeNodeWith(t, untilIdle)
-			svc := makeService("ns", "web")
-			vs := tcpVS("10.96.0.10:80")
-			f.addService(svc, namedSlice("web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), ready("10.244.2.2", "node-b"))))
-			f.sync(t, false)
-			f.setConns(t, vs, "10.244.2.2:8080", ipvs.Connections{Active: 1})
-
-			f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), tc.gone), "web")
-			f.sync(t, false)
+			svc := f.busyWeb(t, ipvs.Connections{Active: 1})
+			f.setSecond(t, svc, tc.gone)
 			f.wantIPVS(t, "after it stops serving", []string{w1("10.244.2.1:8080"), w0("10.244.2.2:8080")}, nil)
 			// An hour of syncs and checks: the connection lives on, so
 			// does the real server (the old 30 s bound cut it).
@@ -77,7 +93,7 @@ func TestDrainLastsWhileConnectionsDo(t *testing.T) {
 
 			// The connection ends (its IPVS entry expires): the next
 			// check finds it idle and a sync removes it.
-			f.setConns(t, vs, "10.244.2.2:8080", ipvs.Connections{})
+			f.setConns(t, webVS, "10.244.2.2:8080", ipvs.Connections{})
 			f.p.checkDrains()
 			if d, ok := f.p.nextDrainDeadline(); !ok || d.After(f.now) {
 				t.Fatalf("an idle drain asks for a sync now; next %v %v", d, ok)
@@ -99,13 +115,8 @@ func TestDrainLastsWhileConnectionsDo(t *testing.T) {
 
 func TestDrainInactiveConnectionsCount(t *testing.T) {
 	f := newFakeNodeWith(t, untilIdle)
-	svc := makeService("ns", "web")
-	vs := tcpVS("10.96.0.10:80")
-	f.addService(svc, namedSlice("web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), ready("10.244.2.2", "node-b"))))
-	f.sync(t, false)
-	f.setConns(t, vs, "10.244.2.2:8080", ipvs.Connections{Inactive: 2}) // closing
-	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), notReady("10.244.2.2", "node-b")), "web")
-	f.sync(t, false)
+	svc := f.busyWeb(t, ipvs.Connections{Inactive: 2}) // closing
+	f.setSecond(t, svc, notReady("10.244.2.2", "node-b"))
 	f.p.checkDrains()
 	f.sync(t, false)
 	f.wantIPVS(t, "with closing connections", []string{w0("10.244.2.2:8080")}, nil)
@@ -113,15 +124,9 @@ func TestDrainInactiveConnectionsCount(t *testing.T) {
 
 func TestDrainBackInServiceBeforeIdle(t *testing.T) {
 	f := newFakeNodeWith(t, untilIdle)
-	svc := makeService("ns", "web")
-	vs := tcpVS("10.96.0.10:80")
-	f.addService(svc, namedSlice("web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), ready("10.244.2.2", "node-b"))))
-	f.sync(t, false)
-	f.setConns(t, vs, "10.244.2.2:8080", ipvs.Connections{Active: 3})
-	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), notReady("10.244.2.2", "node-b")), "web")
-	f.sync(t, false)
-	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), ready("10.244.2.2", "node-b")), "web")
-	res := f.sync(t, false)
+	svc := f.busyWeb(t, ipvs.Connections{Active: 3})
+	f.setSecond(t, svc, notReady("10.244.2.2", "node-b"))
+	res := f.setSecond(t, svc, ready("10.244.2.2", "node-b"))
 	f.wantIPVS(t, "ready again", []string{w1("10.244.2.2:8080")}, nil)
 	if len(res.Removed) != 0 || res.IPVS.Writes.UpdateRealServer != 1 {
 		t.Fatalf("ready again: want the real server reweighed in place, got %v removed, %+v", res.Removed, res.IPVS.Writes)
@@ -165,11 +170,10 @@ func TestDrainConnectionless(t *testing.T) {
 func TestDrainSurvivesRestart(t *testing.T) {
 	f := newFakeNodeWith(t, untilIdle)
 	svc := makeService("ns", "web")
-	vs := tcpVS("10.96.0.10:80")
 	slice := namedSlice("web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), ready("10.244.2.2", "node-b"), ready("10.244.2.3", "node-b")))
 	f.addService(svc, slice)
 	f.sync(t, false)
-	f.setConns(t, vs, "10.244.2.2:8080", ipvs.Connections{Active: 1})
+	f.setConns(t, webVS, "10.244.2.2:8080", ipvs.Connections{Active: 1})
 	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.1", "node-b"),
 		notReady("10.244.2.2", "node-b"), notReady("10.244.2.3", "node-b")), "web")
 	f.sync(t, false)
@@ -192,13 +196,8 @@ func TestDrainSurvivesRestart(t *testing.T) {
 // busy the real server is.
 func TestDrainTimeoutBounds(t *testing.T) {
 	f := newFakeNodeWith(t, func(c *Config) { c.DrainTimeout = time.Minute })
-	svc := makeService("ns", "web")
-	vs := tcpVS("10.96.0.10:80")
-	f.addService(svc, namedSlice("web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), ready("10.244.2.2", "node-b"))))
-	f.sync(t, false)
-	f.setConns(t, vs, "10.244.2.2:8080", ipvs.Connections{Active: 1})
-	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), servingTerminating("10.244.2.2", "node-b")), "web")
-	f.sync(t, false)
+	svc := f.busyWeb(t, ipvs.Connections{Active: 1})
+	f.setSecond(t, svc, servingTerminating("10.244.2.2", "node-b"))
 	if d, ok := f.p.nextDrainDeadline(); !ok || !d.Equal(f.now.Add(time.Minute)) {
 		t.Fatalf("drain deadline %v %v, want %v", d, ok, f.now.Add(time.Minute))
 	}
@@ -224,8 +223,8 @@ func TestDrainCheckReads(t *testing.T) {
 	if f.p.hasDrains() {
 		t.Fatal("drains with every endpoint ready")
 	}
-	f.setConns(t, tcpVS("10.96.0.10:80"), "10.244.2.2:8080", ipvs.Connections{Active: 1})
-	f.setConns(t, tcpVS("10.96.0.10:80"), "10.244.2.3:8080", ipvs.Connections{Active: 1})
+	f.setConns(t, webVS, "10.244.2.2:8080", ipvs.Connections{Active: 1})
+	f.setConns(t, webVS, "10.244.2.3:8080", ipvs.Connections{Active: 1})
 	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.1", "node-b"),
 		notReady("10.244.2.2", "node-b"), notReady("10.244.2.3", "node-b")), "web")
 	f.sync(t, false)
