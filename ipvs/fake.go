@@ -177,13 +177,9 @@ func (f *Fake) DeleteVirtualServer(key VSKey) error {
 func (f *Fake) GetRealServers(key VSKey) ([]RealServer, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.Reads++
-	if err := f.inject(OpGetRealServers, key.Key(), nil); err != nil {
-		return nil, fmt.Errorf("list real servers of %s: %w", key, err)
-	}
-	s, ok := f.services[key.Key()]
-	if !ok {
-		return nil, nil
+	s, err := f.dumpRealServers(OpGetRealServers, key)
+	if s == nil {
+		return nil, err
 	}
 	out := make([]RealServer, 0, len(s.rs))
 	for _, r := range s.rs {
@@ -198,19 +194,26 @@ func (f *Fake) GetRealServers(key VSKey) ([]RealServer, error) {
 func (f *Fake) GetConnections(key VSKey) (map[netip.AddrPort]Connections, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.Reads++
-	if err := f.inject(OpGetConnections, key.Key(), nil); err != nil {
-		return nil, fmt.Errorf("list real servers of %s: %w", key, err)
-	}
-	s, ok := f.services[key.Key()]
-	if !ok {
-		return nil, nil
+	s, err := f.dumpRealServers(OpGetConnections, key)
+	if s == nil {
+		return nil, err
 	}
 	out := make(map[netip.AddrPort]Connections, len(s.rs))
 	for ap := range s.rs {
 		out[ap] = s.conns[ap]
 	}
 	return out, nil
+}
+
+// dumpRealServers is one dump of key's real servers (op: what it is
+// read for): the service, or nil when it is missing or the dump failed;
+// f.mu is held.
+func (f *Fake) dumpRealServers(op Op, key VSKey) (*fakeService, error) {
+	f.Reads++
+	if err := f.inject(op, key.Key(), nil); err != nil {
+		return nil, fmt.Errorf("list real servers of %s: %w", key, err)
+	}
+	return f.services[key.Key()], nil
 }
 
 // SetConnections sets the connection counts of a real server, as traffic
