@@ -5,11 +5,11 @@
 # only checks.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-ver="$(awk '/^require github.com\/containerd\/containerd\/v2/ {print $3}' "$here/go.mod")"
+pkg=github.com/containerd/containerd/v2
+ver=$(cd "$here" && GOWORK=off GOFLAGS=-mod=mod go list -m -f '{{.Version}}' $pkg)
 out="${NFTVS_CACHE:-/var/cache/nftvs}/bin/containerd-$ver"
 mkdir -p "$out"
 cd "$here"
-pkg=github.com/containerd/containerd/v2
 ld="-X $pkg/version.Version=$ver -X $pkg/version.Revision=$ver -X $pkg/version.Package=$pkg -s -w"
 for cmd in containerd ctr containerd-shim-runc-v2; do
   tags="urfave_cli_no_docs no_btrfs"

@@ -5,8 +5,7 @@
 # else; stripped, as it is imported under emulation on every run.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-ver=$(awk '$1 == "github.com/coredns/coredns" || ($1 == "require" && $2 == "github.com/coredns/coredns") {print $NF; exit}' "$here/go.mod")
-[ -n "$ver" ] || { echo "build.sh: no github.com/coredns/coredns requirement in go.mod" >&2; exit 1; }
+ver=$(cd "$here" && GOWORK=off GOFLAGS=-mod=mod go list -m -f '{{.Version}}' github.com/coredns/coredns)
 out="${NFTVS_CACHE:-/var/cache/nftvs}/bin/coredns-$ver"
 mkdir -p "$out"
 cd "$here"

@@ -8,10 +8,8 @@
 #   build.sh [NAME...]   only these (default: all but e2e.test)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-# The version as go.mod requires it (go's -mod=mod may move the line into
-# a require block).
-ver=$(awk '$1 == "k8s.io/kubernetes" || ($1 == "require" && $2 == "k8s.io/kubernetes") {print $NF; exit}' "$here/go.mod")
-[ -n "$ver" ] || { echo "build.sh: no k8s.io/kubernetes requirement in go.mod" >&2; exit 1; }
+# The version as go.mod requires it, as the go command reads it.
+ver=$(cd "$here" && GOWORK=off GOFLAGS=-mod=mod go list -m -f '{{.Version}}' k8s.io/kubernetes)
 out="${NFTVS_CACHE:-/var/cache/nftvs}/bin/$ver"
 mkdir -p "$out"
 cd "$here"
