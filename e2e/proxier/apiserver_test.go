@@ -515,11 +515,7 @@ func TestNftvsAgainstAPIServer(t *testing.T) {
 
 	echo := service("echo", "10.96.5.13")
 	run("kill -9 and restart keep an established connection", func(t *testing.T) {
-		es := slice4(echo, readyEP(a1))
-		port := int32(echoPort)
-		es.Ports = es.Ports[:1]
-		es.Ports[0].Port = &port
-		c.apply(t, echo, es)
+		c.apply(t, echo, echoSlice4(echo, echoPort, readyEP(a1)))
 		c.waitIPVS(t, tcpKey("10.96.5.13", 80), rs{netip.AddrPortFrom(a1.v4, echoPort): 1})
 		conn, err := cl.ns.dialEcho(ap("10.96.5.13", 80))
 		if err != nil {

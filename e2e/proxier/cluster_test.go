@@ -561,6 +561,15 @@ func slice4(svc *v1.Service, eps ...endpoint) *discovery.EndpointSlice {
 	return slice(svc, discovery.AddressTypeIPv4, eps...)
 }
 
+// echoSlice4 is slice4 with one port, "http" on port/TCP: the pods'
+// echoServer.
+func echoSlice4(svc *v1.Service, port int32, eps ...endpoint) *discovery.EndpointSlice {
+	s := slice4(svc, eps...)
+	s.Ports = s.Ports[:1]
+	s.Ports[0].Port = &port
+	return s
+}
+
 // tcpKey and udpKey name an address:port virtual server.
 func tcpKey(addr string, port uint16) ipvs.VSKey {
 	return ipvs.VSKey{Address: netip.MustParseAddr(addr), Protocol: ipvs.TCP, Port: port}

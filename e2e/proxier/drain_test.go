@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 
 	"github.com/nftvs/nftvs/ipvs"
@@ -36,12 +35,7 @@ func TestDrains(t *testing.T) {
 	svc := service("drain", "10.96.7.10")
 	vip := ap("10.96.7.10", 80)
 	key := tcpKey("10.96.7.10", 80)
-	echoSlice := func(eps ...endpoint) *discovery.EndpointSlice {
-		s := slice4(svc, eps...)
-		port, proto := int32(echoPort), v1.ProtocolTCP
-		s.Ports = []discovery.EndpointPort{{Name: s.Ports[0].Name, Port: &port, Protocol: &proto}}
-		return s
-	}
+	echoSlice := func(eps ...endpoint) *discovery.EndpointSlice { return echoSlice4(svc, echoPort, eps...) }
 	at := func(p *pod, w int) rs { return rs{netip.AddrPortFrom(p.v4, echoPort): w} }
 	c.apply(t, svc, echoSlice(readyEP(a1), readyEP(b1)))
 	c.waitIPVS(t, key, at(a1, 1).with(at(b1, 1)))
