@@ -10,6 +10,8 @@
 # the run times.
 #
 # Environment: NFTVS_CONFORMANCE_PROXIES (default "kube-proxy nftvs"),
+# NFTVS_CONFORMANCE_PARTS (default "conformance other": which parts, in
+# that order; a part left out keeps OUTDIR's earlier JUnit in the table),
 # NFTVS_CONFORMANCE_PARALLEL=1 (both clusters at once, each in its own
 # network namespace and VM: half the wall time on an idle machine),
 # NFTVS_CONFORMANCE_BUDGET (minutes of e2e.test per proxy, default 240:
@@ -22,25 +24,35 @@ mkdir -p "$out"
 export PATH=/usr/local/go/bin:$PATH
 work=$(mktemp -d /tmp/nftvs-conformance.XXXXXX)
 budget=${NFTVS_CONFORMANCE_BUDGET:-240}
-# The second part: the same selection without the [Conformance] tests.
-{ cat "$here/conformance-skip.txt"; echo '\[Conformance\]'; } >"$work/skip-other.txt"
+# The second part: the same selection without the first part's tests.
+cat "$here/conformance-skip.txt" "$here/conformance-first.txt" >"$work/skip-other.txt"
 
-run() { # PROXY: one cluster, both parts; its output in $work/PROXY.log
+# The parts, in the order they run: "conformance" (the [Conformance]
+# tests of conformance-first.txt) and "other" (the rest of the selection).
+parts=${NFTVS_CONFORMANCE_PARTS:-conformance other}
+for part in $parts; do
+  case $part in conformance | other) ;; *) echo "conformance: NFTVS_CONFORMANCE_PARTS: unknown part $part" >&2; exit 2 ;; esac
+done
+
+run() { # PROXY: one cluster, the parts in order; its output in $work/PROXY.log
   local proxy=$1 t
   t=$(date +%s)
   NFTVS_NODE_TIMEOUT=${NFTVS_NODE_TIMEOUT:-$((budget * 60 + 1800))} "$here/cluster.sh" -p "$proxy" bash -c '
-    here=$0 o=$1 budget=$2 skipother=$3
+    here=$0 o=$1 budget=$2 skipother=$3 parts=$4
     [ "$NFTVS_NODE_PROXY" = kube-proxy ] || "$here/install-nftvs.sh" || exit 1
-    t0=$(date +%s)
-    NFTVS_E2E_TIMEOUT=${budget}m "$here/e2e.sh" -f "$here/conformance-first.txt" -s "$here/conformance-skip.txt" -o "$o/conformance"
-    rc=$?
-    left=$((budget * 60 - $(date +%s) + t0))
-    if [ "$left" -gt 60 ]; then
-      NFTVS_E2E_TIMEOUT=${left}s "$here/e2e.sh" -f "$here/conformance-focus.txt" -s "$skipother" -o "$o/other" || rc=1
-    else
-      echo "conformance: no time left for the other tests"; rc=1
-    fi
-    exit $rc' "$here" "$work/$proxy" "$budget" "$work/skip-other.txt" >"$work/$proxy.log" 2>&1
+    t0=$(date +%s) rc=0
+    for part in $parts; do
+      left=$((budget * 60 - $(date +%s) + t0))
+      if [ "$left" -le 60 ]; then
+        echo "conformance: no time left for part $part"; rc=1; continue
+      fi
+      if [ "$part" = conformance ]; then
+        NFTVS_E2E_TIMEOUT=${left}s "$here/e2e.sh" -f "$here/conformance-first.txt" -s "$here/conformance-skip.txt" -o "$o/$part" || rc=1
+      else
+        NFTVS_E2E_TIMEOUT=${left}s "$here/e2e.sh" -f "$here/conformance-focus.txt" -s "$skipother" -o "$o/$part" || rc=1
+      fi
+    done
+    exit $rc' "$here" "$work/$proxy" "$budget" "$work/skip-other.txt" "$parts" >"$work/$proxy.log" 2>&1
   local st=$?
   echo "$(($(date +%s) - t))" >"$work/$proxy.secs"
   return $st
@@ -73,17 +85,28 @@ for proxy in "${!pid[@]}"; do
   echo "=== $proxy: $(($(cat "$work/$proxy.secs") / 60)) min"
 done
 
-args=()
+args=() earlier=()
 for proxy in $proxies; do
   files=()
   for part in conformance other; do
-    if [ -f "$work/$proxy/$part/junit_01.xml" ]; then
-      cp "$work/$proxy/$part/junit_01.xml" "$out/junit-$proxy-$part.xml"
-      files+=("$out/junit-$proxy-$part.xml")
-    else
-      echo "conformance: no JUnit from the $proxy run, part $part (see $work/$proxy.log)" >&2
-      rc=1
-    fi
+    case " $parts " in
+    *" $part "*)
+      if [ -f "$work/$proxy/$part/junit_01.xml" ]; then
+        cp "$work/$proxy/$part/junit_01.xml" "$out/junit-$proxy-$part.xml"
+        files+=("$out/junit-$proxy-$part.xml")
+      else
+        echo "conformance: no JUnit from the $proxy run, part $part (see $work/$proxy.log)" >&2
+        rc=1
+      fi ;;
+    *)
+      # A part this run left out (NFTVS_CONFORMANCE_PARTS): the table
+      # keeps OUTDIR's earlier results for it, re-runs last, and says so.
+      for f in "$out/junit-$proxy-$part.xml" "$out/junit-$proxy-$part"-*.xml; do
+        [ -f "$f" ] || continue
+        files+=("$f")
+        earlier+=("$proxy, part $part: $(basename "$f") (an earlier run, kept)")
+      done ;;
+    esac
   done
   [ ${#files[@]} -gt 0 ] || continue
   label=$proxy
@@ -94,6 +117,7 @@ if [ ${#args[@]} -gt 0 ]; then
   {
     (cd "$root" && go run ./e2e/node/report -title "Upstream e2e [sig-network] Services on one real node ($(date -u +%F))" "${args[@]}")
     echo
+    for e in "${earlier[@]}"; do echo "- $e"; done
     for proxy in $proxies; do
       [ -f "$work/$proxy.secs" ] && echo "- $proxy run: $(($(cat "$work/$proxy.secs") / 60)) min (cluster, node boot, install, e2e.test; budget $budget min of e2e.test)"
     done
