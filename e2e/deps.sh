@@ -14,8 +14,8 @@ declare -A want=(
   # and kube-proxy-like state in internal/takeover's kernel tests
   [iptables]=iptables [iptables-legacy]=iptables [ipset]=ipset
   # the real node in the VM (e2e/node): the OCI runtime under containerd,
-  # and nc for the agnhost image the e2e tests exec into
-  [runc]=runc [nc]=netcat-openbsd
+  # and nc and wget for the agnhost image the e2e tests exec into
+  [runc]=runc [nc]=netcat-openbsd [wget]=wget
 )
 missing=()
 for cmd in "${!want[@]}"; do
