@@ -115,7 +115,7 @@ for proxy in $proxies; do
 done
 if [ ${#args[@]} -gt 0 ]; then
   {
-    (cd "$root" && go run ./e2e/node/report -title "Upstream e2e [sig-network] Services on one real node ($(date -u +%F))" "${args[@]}")
+    (cd "$root" && go run ./e2e/node/report -title "Upstream e2e [sig-network] tests of a service proxy on one real node ($(date -u +%F))" "${args[@]}")
     echo
     for e in "${earlier[@]}"; do echo "- $e"; done
     for proxy in $proxies; do
