@@ -46,11 +46,11 @@ run() { # PROXY: one cluster, the parts in order; its output in $work/PROXY.log
       if [ "$left" -le 60 ]; then
         echo "conformance: no time left for part $part"; rc=1; continue
       fi
-      if [ "$part" = conformance ]; then
-        NFTVS_E2E_TIMEOUT=${left}s "$here/e2e.sh" -f "$here/conformance-first.txt" -s "$here/conformance-skip.txt" -o "$o/$part" || rc=1
-      else
-        NFTVS_E2E_TIMEOUT=${left}s "$here/e2e.sh" -f "$here/conformance-focus.txt" -s "$skipother" -o "$o/$part" || rc=1
-      fi
+      case $part in
+      conformance) focus=$here/conformance-first.txt skip=$here/conformance-skip.txt ;;
+      other) focus=$here/conformance-focus.txt skip=$skipother ;;
+      esac
+      NFTVS_E2E_TIMEOUT=${left}s "$here/e2e.sh" -f "$focus" -s "$skip" -o "$o/$part" || rc=1
     done
     exit $rc' "$here" "$work/$proxy" "$budget" "$work/skip-other.txt" "$parts" >"$work/$proxy.log" 2>&1
   local st=$?
