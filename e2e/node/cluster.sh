@@ -16,9 +16,10 @@
 # its 127.0.0.1:6443 (no clash with other runs on the machine), the VM
 # reaches it as 10.0.2.100:6443 through qemu's guestfwd, and the node's
 # address 10.0.2.15 is put on the namespace's loopback with qemu hostfwd
-# rules for the kubelet (10250, for exec/logs) and one NodePort (30080),
-# so the API server and CMD reach the node as in a real cluster. Nothing
-# leaves the machine.
+# rules for the node's egress-proxy (8131: the API server's egress selector
+# reaches the kubelet, pods and Services through it), the kubelet (10250)
+# and one NodePort (30080), so the API server and CMD reach the node as in
+# a real cluster. Nothing leaves the machine.
 #
 # Environment: NFTVS_NODE_NOBUILD=1 (use the cache as it is, build
 # nothing), NFTVS_NODE_DIR (run directory, default a new /tmp dir),
@@ -52,7 +53,7 @@ elif [ "${_NFTVS_NODE_NETNS:-}" != 1 ]; then
   export PATH=/usr/local/go/bin:$PATH
   _bin=$(nice -n 15 "$root/e2e/tools/build.sh")
   nice -n 15 "$root/e2e/tools/coredns/build.sh" >/dev/null
-  nice -n 15 "$root/e2e/tools/node/build.sh" kubelet kube-controller-manager kube-scheduler kubectl >/dev/null
+  nice -n 15 "$root/e2e/tools/node/build.sh" kubelet kube-controller-manager kube-scheduler kubectl egress-proxy >/dev/null
   _ctrd=$(nice -n 15 "$root/e2e/tools/containerd/build.sh")
   _images=$(nice -n 15 "$here/images.sh")
   export _bin _ctrd _images
@@ -132,6 +133,25 @@ start() { # NAME CMD...
   "$@" >"$dir/logs/$name.log" 2>&1 &
   pids+=($!)
 }
+# Everything the API server sends to the node, its pods and Services
+# (kubelet exec/logs, pods/proxy, services/proxy) goes through the
+# node's egress-proxy (guest.sh): the host cannot route to pod IPs behind
+# qemu's user network, and upstream's e2e tests ask pods for responses
+# through pods/proxy. The API server dials a unix socket that socat
+# joins to the proxy's hostfwd: kube-apiserver 1.36.3 accepts an http://
+# TCP proxy URL in validation but then dereferences the missing tlsConfig
+# and panics (egressselector.getTLSConfig).
+cat >"$dir/egress.yaml" <<YAML
+apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- name: cluster
+  connection:
+    proxyProtocol: HTTPConnect
+    transport:
+      uds: {udsName: "$dir/egress.sock"}
+YAML
+start egress-socket socat UNIX-LISTEN:"$dir/egress.sock",fork TCP:10.0.2.15:8131
 start etcd etcd --data-dir "$dir/etcd" --listen-client-urls http://127.0.0.1:2379 \
   --advertise-client-urls http://127.0.0.1:2379
 start kube-apiserver "$bin/kube-apiserver" --etcd-servers http://127.0.0.1:2379 \
@@ -140,7 +160,8 @@ start kube-apiserver "$bin/kube-apiserver" --etcd-servers http://127.0.0.1:2379 
   --service-account-key-file "$dir/sa.key" --service-account-signing-key-file "$dir/sa.key" \
   --service-account-issuer https://kubernetes.default.svc \
   --service-cluster-ip-range 10.96.0.0/16 --authorization-mode Node,RBAC \
-  --allow-privileged=true --kubelet-preferred-address-types InternalIP
+  --allow-privileged=true --kubelet-preferred-address-types InternalIP \
+  --egress-selector-config-file "$dir/egress.yaml"
 kubectl() { "$bin/kubectl" "$@"; }
 for _ in $(seq 1 120); do
   kubectl get --raw /readyz >/dev/null 2>&1 && break
@@ -210,7 +231,7 @@ ENV
 log "booting the node (run directory $dir)"
 NFTVS_VM_APISERVER=1 NFTVS_NODE_DIR=$dir NFTVS_VM_RW=$dir \
   NFTVS_VM_MEM=${NFTVS_NODE_MEM:-4096} NFTVS_VM_TIMEOUT=$((${NFTVS_NODE_TIMEOUT:-3600} + 120)) \
-  NFTVS_VM_HOSTFWD="tcp:10.0.2.15:10250-:10250 tcp:10.0.2.15:30080-:30080" \
+  NFTVS_VM_HOSTFWD="tcp:10.0.2.15:8131-:8131 tcp:10.0.2.15:10250-:10250 tcp:10.0.2.15:30080-:30080" \
   "$root/e2e/vm/vmexec" /bin/bash "$here/guest.sh" >"$dir/logs/vm.log" 2>&1 &
 vm_pid=$!
 

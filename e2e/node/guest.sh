@@ -11,7 +11,7 @@
 #
 # NFTVS_NODE_DIR (from cluster.sh through vmexec) is a host directory
 # shared writable: config in, logs and state out. Its guest.env sets
-# NODE_BIN (kubelet, kube-proxy), NODE_CONTAINERD (containerd, ctr, shim),
+# NODE_BIN (kubelet, kube-proxy, egress-proxy), NODE_CONTAINERD (containerd, ctr, shim),
 # NODE_IMAGES (OCI tarballs to import), NODE_PROXY (nftvs|kube-proxy),
 # NODE_MAX_SECONDS.
 set -uo pipefail
@@ -103,6 +103,13 @@ done
 ctr -n k8s.io images ls -q >"$NODE_DIR/images"
 state "images imported: $(tr '\n' ' ' <"$NODE_DIR/images")"
 
+# --- the API server's way in --------------------------------------------------
+# The API server's egress selector sends its connections to the kubelet,
+# pods and Services as HTTP CONNECT to this proxy (hostfwd 8131, see
+# cluster.sh): qemu's user network cannot route the pod CIDR to the host.
+egress-proxy -listen :8131 >"$logs/egress-proxy.log" 2>&1 &
+egress_pid=$!
+
 # --- kubelet -----------------------------------------------------------------
 kubelet --config "$NODE_DIR/kubelet.yaml" --kubeconfig "$NODE_DIR/node.kubeconfig" \
   --node-ip 10.0.2.15 --hostname-override nftvs-vm --v "${NODE_KUBELET_V:-1}" >"$logs/kubelet.log" 2>&1 &
@@ -130,6 +137,6 @@ state "stopping"
 # The pods' own logs (nftvs, CoreDNS, what the tests left), every
 # container instance the kubelet still keeps (restarts included).
 cp -r /var/log/pods "$logs/pods" 2>/dev/null
-kill "$kubelet_pid" ${kp_pid:-} 2>/dev/null
+kill "$kubelet_pid" ${kp_pid:-} "$egress_pid" 2>/dev/null
 sleep 1
 state "stopped"

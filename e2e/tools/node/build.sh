@@ -3,7 +3,8 @@
 # k8s.io/kubernetes release pinned in go.mod, into the cache (outside the
 # git tree), and prints the directory: kubelet, kube-controller-manager,
 # kube-scheduler, kubectl, agnhost and e2e-network.test (upstream's e2e.test
-# with the sig-network suites only; e2e.test, everything, on request).
+# with the sig-network suites only; e2e.test, everything, on request), and
+# egress-proxy (ours, stdlib only: the API server's way to pod IPs).
 # Incremental; a cold build takes long on two cores.
 #   build.sh [NAME...]   only these (default: all but e2e.test)
 set -euo pipefail
@@ -15,12 +16,14 @@ mkdir -p "$out"
 cd "$here"
 export GOFLAGS=-mod=mod
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(kubelet kube-controller-manager kube-scheduler kubectl agnhost e2e-network.test)
+[ ${#want[@]} -gt 0 ] || want=(kubelet kube-controller-manager kube-scheduler kubectl agnhost e2e-network.test egress-proxy)
 for cmd in "${want[@]}"; do
   case $cmd in
     # With cgo like the rest (CGO_ENABLED=0 would recompile every package):
     # e2e/node/images.sh puts the libraries ldd names into its image.
     agnhost) go build -trimpath -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost ;;
+    # Static: it runs on the node outside any image.
+    egress-proxy) CGO_ENABLED=0 go build -trimpath -o "$out/egress-proxy" ./egress-proxy ;;
     e2e.test) go test -c -vet=off -trimpath -o "$out/e2e.test" k8s.io/kubernetes/test/e2e ;;
     # The same, linked with the sig-network suites only (e2enetwork/).
     e2e-network.test) go test -c -vet=off -trimpath -o "$out/e2e-network.test" ./e2enetwork ;;
