@@ -64,6 +64,13 @@ func servingTerminating(ip, node string) ep {
 	return ep{ip: ip, node: node, ready: &f, serving: &t, terminating: &t}
 }
 
+// readyTerminating is a pod of a Service with publishNotReadyAddresses
+// that is terminating: the EndpointSlice controller keeps it ready.
+func readyTerminating(ip, node string) ep {
+	f, t := false, true
+	return ep{ip: ip, node: node, ready: &t, serving: &f, terminating: &t}
+}
+
 func terminatingNotServing(ip, node string) ep {
 	f, t := false, true
 	return ep{ip: ip, node: node, ready: &f, serving: &f, terminating: &t}

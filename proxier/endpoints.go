@@ -71,18 +71,16 @@ func endpointsForPort(slices_ []*discovery.EndpointSlice, portName string, proto
 			}
 			ip = ip.Unmap()
 			e := Endpoint{IP: ip, Port: port}
-			// Unset conditions: ready means ready; serving defaults to
-			// ready; terminating to false (the EndpointSlice API's rules).
+			// The conditions as the EndpointSlice API defines them and
+			// kube-proxy reads them: unset ready and serving mean true,
+			// unset terminating false. Ready is taken as it is, also on a
+			// terminating endpoint: the EndpointSlice controller keeps the
+			// pods of a Service with publishNotReadyAddresses ready while
+			// they terminate, and their traffic must keep flowing (upstream
+			// e2e "Services should create endpoints for unready pods").
 			e.Ready = ep.Conditions.Ready == nil || *ep.Conditions.Ready
-			e.Serving = e.Ready
-			if ep.Conditions.Serving != nil {
-				e.Serving = *ep.Conditions.Serving
-			}
+			e.Serving = ep.Conditions.Serving == nil || *ep.Conditions.Serving
 			e.Terminating = ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
-			if e.Terminating {
-				// A terminating endpoint is never Ready, whatever it says.
-				e.Ready = false
-			}
 			if ep.NodeName != nil {
 				e.NodeName = *ep.NodeName
 			}

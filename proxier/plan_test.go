@@ -268,6 +268,39 @@ func TestPlanEndpointLifecycle(t *testing.T) {
 		  ipvs-addresses 10.96.0.10
 		`,
 	}, {
+		// kube-proxy takes Ready as it is: the EndpointSlice controller
+		// keeps a terminating pod of a Service with publishNotReadyAddresses
+		// ready, and upstream's e2e "should create endpoints for unready
+		// pods" expects its traffic to flow.
+		name: "ready and terminating (publishNotReadyAddresses) carries traffic with the ready ones",
+		svc:  makeService("ns", "web"),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{httpSlice(s,
+				ready("10.244.2.1", "node-b"), readyTerminating("10.244.2.3", "node-b"))}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.2.1:8080 w1, 10.244.2.3:8080 w1]
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
+		name: "unset serving means serving: a terminating endpoint without it is in the fallback",
+		svc:  makeService("ns", "web"),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			f, t := false, true
+			return []*discovery.EndpointSlice{httpSlice(s,
+				notReady("10.244.2.2", "node-b"), ep{ip: "10.244.2.3", node: "node-b", ready: &f, terminating: &t})}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.2.2:8080 w0, 10.244.2.3:8080 w1]
+		  addr 10.96.0.10
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		`,
+	}, {
 		name: "endpoint in two slices counts once, the ready copy wins",
 		svc:  makeService("ns", "web"),
 		slices: func(s *v1.Service) []*discovery.EndpointSlice {
