@@ -632,6 +632,7 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 		old  *int
 	}{{"tcp", tcpAttempts, &tcp, &oldTCP}, {"udp", udpAttempts, &udp, &oldUDP}} {
 		byPhase := map[string]map[string]int{}
+		var slow []string
 		for _, a := range pr.as {
 			phase := "before"
 			switch {
@@ -650,12 +651,21 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 				who = "FAILED"
 			}
 			byPhase[phase][who]++
+			// A SYN retransmit costs a connect at least 1 s: which
+			// phase, port and pod it hit says where the SYN was lost.
+			if a.err == nil && a.took >= 900*time.Millisecond {
+				slow = append(slow, fmt.Sprintf("    slow %s connect started %s (%s), port %d, took %v, answered by %s",
+					pr.name, rel(a.start), phase, a.port, a.took.Round(time.Millisecond), a.pod))
+			}
 			if a.err == nil && a.pod == oldPod.name && (rc.graceful && a.start.After(tReplace) || a.start.After(tRemove)) {
 				*pr.old++
 			}
 		}
 		fmt.Fprintf(&b, "  %s: %d attempts; by phase: before %v, after-replace %v, after-remove %v, after-gone %v\n",
 			pr.name, len(pr.as), byPhase["before"], byPhase["after-replace"], byPhase["after-remove"], byPhase["after-gone"])
+		for _, l := range slow {
+			fmt.Fprintln(&b, l)
+		}
 		for _, f := range pr.res.failures() {
 			after := "before the sync"
 			if pr.res.syncAt.IsZero() || f.start.After(pr.res.syncAt) {
