@@ -11,7 +11,8 @@
 #
 # Environment: NFTVS_CONFORMANCE_PROXIES (default "kube-proxy nftvs"),
 # NFTVS_CONFORMANCE_PARTS (default "conformance other": which parts, in
-# that order; a part left out keeps OUTDIR's earlier JUnit in the table),
+# that order; a part left out keeps OUTDIR's earlier JUnit in the table,
+# and so does a proxy left out of NFTVS_CONFORMANCE_PROXIES),
 # NFTVS_CONFORMANCE_PARALLEL=1 (both clusters at once, each in its own
 # network namespace and VM: half the wall time on an idle machine),
 # NFTVS_CONFORMANCE_BUDGET (minutes of e2e.test per proxy, default 240:
@@ -86,11 +87,13 @@ for proxy in "${!pid[@]}"; do
 done
 
 args=() earlier=()
-for proxy in $proxies; do
+for proxy in kube-proxy nftvs; do
   files=()
+  ran=0
+  case " $proxies " in *" $proxy "*) ran=1 ;; esac
   for part in conformance other; do
-    case " $parts " in
-    *" $part "*)
+    case "$ran $parts " in
+    "1 "*" $part "*)
       if [ -f "$work/$proxy/$part/junit_01.xml" ]; then
         cp "$work/$proxy/$part/junit_01.xml" "$out/junit-$proxy-$part.xml"
         files+=("$out/junit-$proxy-$part.xml")
@@ -99,8 +102,9 @@ for proxy in $proxies; do
         rc=1
       fi ;;
     *)
-      # A part this run left out (NFTVS_CONFORMANCE_PARTS): the table
-      # keeps OUTDIR's earlier results for it, re-runs last, and says so.
+      # A part or proxy this run left out (NFTVS_CONFORMANCE_PARTS,
+      # NFTVS_CONFORMANCE_PROXIES): the table keeps OUTDIR's earlier
+      # results for it, re-runs last, and says so.
       for f in "$out/junit-$proxy-$part.xml" "$out/junit-$proxy-$part"-*.xml; do
         [ -f "$f" ] || continue
         files+=("$f")
