@@ -92,8 +92,8 @@ for proxy in kube-proxy nftvs; do
   ran=0
   case " $proxies " in *" $proxy "*) ran=1 ;; esac
   for part in conformance other; do
-    case "$ran $parts " in
-    "1 "*" $part "*)
+    case "$ran: $parts " in
+    "1:"*" $part "*)
       if [ -f "$work/$proxy/$part/junit_01.xml" ]; then
         cp "$work/$proxy/$part/junit_01.xml" "$out/junit-$proxy-$part.xml"
         files+=("$out/junit-$proxy-$part.xml")
