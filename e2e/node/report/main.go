@@ -172,13 +172,15 @@ func main() {
 	if *title != "" {
 		fmt.Printf("## %s\n\n", *title)
 	}
-	fmt.Print("| proxy | passed | failed | skipped | not finished |\n|---|---|---|---|---|\n")
+	// "not run": tests another proxy's run reached and this one's did not
+	// (its time budget ran out first).
+	fmt.Print("| proxy | passed | failed | skipped | not finished | not run |\n|---|---|---|---|---|---|\n")
 	for i, r := range runs {
 		n := map[string]int{}
 		for _, x := range r {
 			n[x.status]++
 		}
-		fmt.Printf("| %s | %d | %d | %d | %d |\n", names[i], n["passed"], n["failed"], n["skipped"], n["interrupted"])
+		fmt.Printf("| %s | %d | %d | %d | %d | %d |\n", names[i], n["passed"], n["failed"], n["skipped"], n["interrupted"], len(tests)-len(r))
 	}
 	fmt.Printf("\n| test | %s |\n|---|%s\n", strings.Join(names, " | "), strings.Repeat("---|", len(names)))
 	for _, t := range tests {
