@@ -140,7 +140,8 @@ start() { # NAME CMD...
 # through pods/proxy. The API server dials a unix socket that socat
 # joins to the proxy's hostfwd: kube-apiserver 1.36.3 accepts an http://
 # TCP proxy URL in validation but then dereferences the missing tlsConfig
-# and panics (egressselector.getTLSConfig).
+# and panics (egressselector.getTLSConfig; kubernetes#92690, the fix of
+# kubernetes#136470 is not in 1.36.3).
 cat >"$dir/egress.yaml" <<YAML
 apiVersion: apiserver.k8s.io/v1beta1
 kind: EgressSelectorConfiguration
