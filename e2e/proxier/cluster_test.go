@@ -152,7 +152,7 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 	if o.warn != nil {
 		cfg.Warn = func(n types.NamespacedName, reason, msg string) { o.warn(n.String(), reason, msg) }
 	}
-	kern := proxier.Kernel{IPVS: ipvs.NewReconciler(k, o.exclude), Addresses: addrs, NFT: table}
+	kern := proxier.Kernel{IPVS: ipvs.NewReconciler(k, o.exclude).OwnFWMarks(proxier.OwnsFWMark(0)), Addresses: addrs, NFT: table}
 	if ct != nil { // a nil interface, not a typed nil
 		kern.Conntrack = ct
 	}

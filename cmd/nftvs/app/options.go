@@ -12,6 +12,8 @@ import (
 	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/kube-proxy/config/v1alpha1"
 	netutils "k8s.io/utils/net"
+
+	"github.com/nftvs/nftvs/proxier"
 )
 
 // Ports kube-proxy serves on by default (k8s.io/kubernetes/pkg/cluster/ports).
@@ -55,6 +57,10 @@ type Options struct {
 	GracefulTerminationPeriod time.Duration
 	ConntrackCleaner          bool
 	TakeoverKubeProxy         bool
+	// MaxVirtualServers and MaxSourceRanges are the per-Service bounds
+	// (--max-virtual-servers-per-service,
+	// --max-source-range-elements-per-service).
+	MaxVirtualServers, MaxSourceRanges int
 
 	// config is what the configuration flags set; a --config file
 	// replaces it.
@@ -71,6 +77,8 @@ func NewOptions() *Options {
 		Companion:                 Companion,
 		GracefulTerminationPeriod: DefaultGracefulTerminationPeriod,
 		ConntrackCleaner:          true,
+		MaxVirtualServers:         proxier.DefaultMaxVirtualServers,
+		MaxSourceRanges:           proxier.DefaultMaxSourceRanges,
 	}
 }
 
@@ -209,6 +217,8 @@ func (o *Options) addOwnFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Companion, "companion", o.Companion, "What replaces kube-proxy's iptables and ipset companions of IPVS: only \"nft\" (one nftables table, programmed over netlink).")
 	fs.DurationVar(&o.GracefulTerminationPeriod, "ipvs-graceful-termination-period", o.GracefulTerminationPeriod, "The longest time a real server of a not-ready or terminating endpoint is kept at weight 0 for its connections before it is removed. 0 (the default) keeps it until it has no connection left, as kube-proxy does.")
 	fs.BoolVar(&o.TakeoverKubeProxy, "takeover-kube-proxy", o.TakeoverKubeProxy, "At start, before the first sync, remove what kube-proxy's IPVS mode left in iptables-nft (its KUBE-* chains and the jumps to them) and its ipsets, and nothing else, so that nftvs takes over a node from kube-proxy without dropping connections: the IPVS virtual servers and kube-ipvs0 are adopted in place. Safe to repeat.")
+	fs.IntVar(&o.MaxVirtualServers, "max-virtual-servers-per-service", o.MaxVirtualServers, "The most IPVS virtual servers one Service may ask every node for (ports × (ClusterIPs, external IPs, load-balancer IPs and node port addresses)). A Service asking for more is not programmed at all, with a ServiceTooLarge Warning Event; every other Service keeps syncing.")
+	fs.IntVar(&o.MaxSourceRanges, "max-source-range-elements-per-service", o.MaxSourceRanges, "The most loadBalancerSourceRanges elements one Service may ask every node for (load-balancer IPs × ports × ranges). A Service asking for more is not programmed at all, with a ServiceTooLarge Warning Event.")
 	fs.BoolVar(&o.ConntrackCleaner, "conntrack-cleaner", o.ConntrackCleaner, "Delete the conntrack entries (TCP, UDP and SCTP) of flows to endpoints that are gone after each sync, so clients reusing source ports do not reach a removed pod (kubernetes#81775).")
 }
 
