@@ -151,6 +151,10 @@ type Proxier struct {
 	drains map[drainKey]*drain
 	// nodePortAddresses and localAddresses are refreshed by full syncs.
 	nodePortAddresses, localAddresses []netip.Addr
+	// healthChecks and noLocalInternal/External are what applied holds of
+	// health check node ports and ports without local endpoints.
+	healthChecks                     map[ServicePortName]ServiceHealth
+	noLocalInternal, noLocalExternal int
 	// claims are the frontends each Service asks for, and their owners.
 	claims frontendClaims
 	// refusals are the IPVS refusals reported already.
@@ -198,6 +202,7 @@ func New(cfg Config, k Kernel) *Proxier {
 		trigger:           make(chan struct{}, 1),
 		applied:           map[types.NamespacedName][]PortPlan{},
 		addrCount:         map[netip.Addr]int{},
+		healthChecks:      map[ServicePortName]ServiceHealth{},
 		drains:            map[drainKey]*drain{},
 		nodePortAddresses: cfg.Node.NodePortAddresses,
 		localAddresses:    cfg.Node.LocalAddresses,
@@ -389,17 +394,14 @@ type ServiceHealth struct {
 }
 
 // HealthChecks lists the health check node ports of the Services as last
-// applied.
+// applied (kept by commit: the cost is the number of health checks, not
+// of Services).
 func (p *Proxier) HealthChecks() []ServiceHealth {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
-	var out []ServiceHealth
-	for _, plans := range p.applied {
-		for _, pl := range plans {
-			if pl.HealthCheckNodePort > 0 {
-				out = append(out, ServiceHealth{Name: pl.Name, NodePort: pl.HealthCheckNodePort, LocalEndpoints: pl.LocalEndpoints})
-			}
-		}
+	out := make([]ServiceHealth, 0, len(p.healthChecks))
+	for _, h := range p.healthChecks {
+		out = append(out, h)
 	}
 	slices.SortFunc(out, func(a, b ServiceHealth) int { return a.NodePort - b.NodePort })
 	return out
@@ -407,21 +409,12 @@ func (p *Proxier) HealthChecks() []ServiceHealth {
 
 // NoLocalEndpoints counts Service ports with a Local traffic policy and no
 // local endpoint, per traffic kind ("internal", "external"), as kube-proxy's
-// sync_proxy_rules_no_local_endpoints_total gauge reports them.
+// sync_proxy_rules_no_local_endpoints_total gauge reports them (kept by
+// commit).
 func (p *Proxier) NoLocalEndpoints() (internal, external int) {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
-	for _, plans := range p.applied {
-		for _, pl := range plans {
-			if pl.InternalNoLocal {
-				internal++
-			}
-			if pl.ExternalNoLocal {
-				external++
-			}
-		}
-	}
-	return internal, external
+	return p.noLocalInternal, p.noLocalExternal
 }
 
 // Pending counts Services changed but not yet synced (for the

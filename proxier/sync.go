@@ -611,11 +611,15 @@ func (p *Proxier) deleteVirtualServers(deletes []ipvs.VSKey, res *SyncResult) er
 }
 
 // commit records the new plans as applied and returns the ones they
-// replace.
+// replace. It keeps the health check node ports and the no-local-endpoint
+// counts up to date as it goes, so that reading them after a sync costs
+// what the sync changed, not a walk of every Service.
 func (p *Proxier) commit(planned map[types.NamespacedName][]PortPlan) map[types.NamespacedName][]PortPlan {
 	old := make(map[types.NamespacedName][]PortPlan, len(planned))
 	for n, plans := range planned {
 		old[n] = p.applied[n]
+		p.account(p.applied[n], -1)
+		p.account(plans, +1)
 		if plans == nil {
 			delete(p.applied, n)
 		} else {
@@ -623,6 +627,26 @@ func (p *Proxier) commit(planned map[types.NamespacedName][]PortPlan) map[types.
 		}
 	}
 	return old
+}
+
+// account adds (sign +1) or removes (-1) plans' share of the health
+// checks and no-local-endpoint counts.
+func (p *Proxier) account(plans []PortPlan, sign int) {
+	for _, pl := range plans {
+		if pl.InternalNoLocal {
+			p.noLocalInternal += sign
+		}
+		if pl.ExternalNoLocal {
+			p.noLocalExternal += sign
+		}
+		if pl.HealthCheckNodePort > 0 {
+			if sign > 0 {
+				p.healthChecks[pl.Name] = ServiceHealth{Name: pl.Name, NodePort: pl.HealthCheckNodePort, LocalEndpoints: pl.LocalEndpoints}
+			} else {
+				delete(p.healthChecks, pl.Name)
+			}
+		}
+	}
 }
 
 // trimElements is step 5: every replanned port keeps only its new nft
