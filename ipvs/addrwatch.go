@@ -3,6 +3,7 @@ package ipvs
 import (
 	"context"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -27,7 +28,7 @@ func WatchAddresses(ctx context.Context, ignore string, onChange func()) error {
 		ignored := -1 // ignore's link index, once seen
 		for {
 			for u := range sub {
-				if u.LinkIndex == ignored {
+				if u.LinkIndex == ignored || !serviceable(u.LinkAddress.IP) {
 					continue
 				}
 				if l, err := netlink.LinkByIndex(u.LinkIndex); err == nil && l.Attrs().Name == ignore {
@@ -54,6 +55,14 @@ func WatchAddresses(ctx context.Context, ignore string, onChange func()) error {
 		}
 	}()
 	return nil
+}
+
+// serviceable says whether an address can matter to Services: loopback
+// and link-local ones never do (nftvs refuses them as Service addresses
+// and serves no node port on them). Every veth a pod starts with gains
+// an IPv6 link-local address, which must not replan every Service.
+func serviceable(ip net.IP) bool {
+	return ip != nil && !ip.IsLoopback() && !ip.IsLinkLocalUnicast()
 }
 
 // subscribeAddresses subscribes to RTM_NEWADDR and RTM_DELADDR; the

@@ -610,7 +610,9 @@ func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, a
 }
 
 // localAddresses are the addresses of this node's links but kube-ipvs0's:
-// an external or load-balancer IP among them is the node's own.
+// an external or load-balancer IP among them is the node's own. Loopback
+// and link-local ones are left out: such Service addresses are refused
+// anyway, and pods' veths come and go with link-local addresses.
 func localAddresses() ([]netip.Addr, error) {
 	all, err := hostAddresses()
 	if err != nil {
@@ -618,8 +620,9 @@ func localAddresses() ([]netip.Addr, error) {
 	}
 	var out []netip.Addr
 	for _, ia := range all {
-		if ia.Link != ipvs.DummyName && ia.Addr.IsValid() {
-			out = append(out, ia.Addr.Unmap())
+		a := ia.Addr.Unmap()
+		if ia.Link != ipvs.DummyName && a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() {
+			out = append(out, a)
 		}
 	}
 	return out, nil
