@@ -429,8 +429,10 @@ func (r *Report) SVG() string {
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	p(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", w, h, w, h)
 	p(`<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
-	p(`<text x="%d" y="24" font-size="15" font-weight="bold">First sync: proxy exec → node fully programmed, vs Services (× %d endpoints)</text>`+"\n", left, r.eps())
-	p(`<text x="%d" y="40" fill="#555">kernel %s, qemu TCG (emulated); outside check; log–log</text>`+"\n", left, xmlEscape(r.Kernel))
+	// The title starts at the left edge, not at the plot's: at 15 px bold
+	// it is wider than the plot, and was cut off at the right.
+	p(`<text x="12" y="24" font-size="15" font-weight="bold">First sync: proxy exec → node fully programmed</text>`+"\n")
+	p(`<text x="12" y="40" fill="#555">vs Services (× %d endpoints); kernel %s, qemu TCG (emulated); outside check; log–log</text>`+"\n", r.eps(), xmlEscape(r.Kernel))
 	if len(sizes) == 0 || math.IsInf(ymin, 0) {
 		p(`<text x="%d" y="%d">no data</text></svg>`+"\n", left, h/2)
 		return b.String()
