@@ -125,6 +125,17 @@ fi
 deadline=$((t0 + ${NODE_MAX_SECONDS:-3600}))
 while [ ! -e "$NODE_DIR/stop" ] && [ "$(date +%s)" -lt "$deadline" ]; do
   kill -0 "$kubelet_pid" 2>/dev/null || fail "kubelet exited (logs/kubelet.log)"
+  # A CPU load the host asks for (e2e/node/load.sh): "SECONDS LOOPS NICE"
+  # in $NODE_DIR/busy starts LOOPS busy loops at that nice level, here in
+  # the root cgroup beside the kubelet and containerd, each ended by
+  # timeout after SECONDS.
+  if [ -e "$NODE_DIR/busy" ]; then
+    read -r busy_s busy_n busy_nice <"$NODE_DIR/busy" && rm -f "$NODE_DIR/busy"
+    for _ in $(seq 1 "$busy_n"); do
+      timeout "$busy_s" nice -n "$busy_nice" sh -c 'while :; do :; done' &
+    done
+    say "busy: $busy_n loops at nice $busy_nice for $busy_s s"
+  fi
   sleep 2
 done
 state "stopping"

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# load.sh: nftvs on a loaded node (issue 30), run by cluster.sh once the
+# node is Ready (make test-load):
+#   1. nftvs installed from deploy/ (install-nftvs.sh), two backends and
+#      NFTVS_LOAD_SERVICES ClusterIP Services (default 1000) programmed
+#   2. restart, quiet: nftvs's pod deleted; the time until the new pod is
+#      Ready, and until a Service created right after the delete answers
+#   3. load: both vCPUs saturated by the test's own busy loops for
+#      NFTVS_LOAD_SECONDS (guest.sh runs them in the node's root cgroup,
+#      beside the kubelet, at nice NFTVS_LOAD_NICE); a Service created
+#      during the load. Fails unless nftvs kept its pod and restart count,
+#      the Service answers, and /livez is 200 afterwards
+#   4. restart, loaded: as 2, with the same load running
+# With NFTVS_LOAD_PROBES=old the DaemonSet's probes are first set back to
+# those of deploy/ before issue 30 (liveness: 5 s timeout, 6 failures 10 s
+# apart), to show that the test fails on them.
+# Results: $NFTVS_NODE_DIR/load-results.txt, and the last lines printed.
+#
+# How a Service is seen as programmed: the host asks the node's
+# egress-proxy (a CONNECT proxy on the node, cluster.sh) to connect to the
+# ClusterIP, so the connection leaves from the node itself, through IPVS.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+: "${NFTVS_NODE_DIR:?run me through e2e/node/cluster.sh}"
+bin=$NFTVS_NODE_BIN
+kubectl() { "$bin/kubectl" "$@"; }
+services=${NFTVS_LOAD_SERVICES:-1000}
+load_s=${NFTVS_LOAD_SECONDS:-150}
+load_nice=${NFTVS_LOAD_NICE:--10}
+# Two loops per vCPU: every vCPU stays busy even while one loop waits.
+loops=${NFTVS_LOAD_LOOPS:-4}
+results=$NFTVS_NODE_DIR/load-results.txt
+t0=$(date +%s)
+step() { printf 'load [%3ds]: %s\n' "$(($(date +%s) - t0))" "$*"; }
+fail() {
+  step "FAIL: $*"
+  kubectl -n kube-system get pods -l k8s-app=nftvs -o wide || true
+  kubectl -n kube-system get events --sort-by=.lastTimestamp | grep -i nftvs | tail -30 || true
+  exit 1
+}
+result() { step "$*"; echo "$*" >>"$results"; }
+now_ms() { date +%s%3N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) / 1000 }'; }
+
+# GET through the node: prints the body, fails when nothing answers.
+node_get() { # URL [MAX_SECONDS]
+  curl -sf --max-time "${2:-3}" -p -x http://10.0.2.15:8131 "$1"
+}
+
+"$here/install-nftvs.sh" || fail "nftvs not installed"
+if [ "${NFTVS_LOAD_PROBES:-new}" = old ]; then
+  step "probes set back to those before issue 30"
+  kubectl -n kube-system patch ds nftvs --type=json -p='[
+    {"op": "replace", "path": "/spec/template/spec/containers/0/startupProbe", "value":
+      {"httpGet": {"path": "/livez", "port": 10256}, "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 60}},
+    {"op": "replace", "path": "/spec/template/spec/containers/0/livenessProbe", "value":
+      {"httpGet": {"path": "/livez", "port": 10256}, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6}},
+    {"op": "replace", "path": "/spec/template/spec/containers/0/readinessProbe", "value":
+      {"httpGet": {"path": "/healthz", "port": 10256}, "periodSeconds": 10, "timeoutSeconds": 5}}]'
+  kubectl -n kube-system rollout status ds/nftvs --timeout=600s || fail "old probes not rolled out"
+fi
+kubectl -n kube-system get ds nftvs -o jsonpath='{range .spec.template.spec.containers[0]}startup {.startupProbe}{"\n"}liveness {.livenessProbe}{"\n"}readiness {.readinessProbe}{"\n"}{end}'
+echo "# load.sh $(date -u +%FT%TZ) services=$services load=${load_s}s loops=$loops nice=$load_nice probes=${NFTVS_LOAD_PROBES:-new}" >>"$results"
+
+step "backends and $services ClusterIP Services"
+kubectl create namespace load
+kubectl -n load apply -f - <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: backend}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: backend}}
+  template:
+    metadata: {labels: {app: backend}}
+    spec:
+      containers:
+      - name: agnhost
+        image: registry.k8s.io/e2e-test-images/agnhost:2.63.0
+        imagePullPolicy: Never
+        args: [serve-hostname, --http, --port, "9376"]
+        readinessProbe:
+          httpGet: {path: /, port: 9376}
+          periodSeconds: 2
+YAML
+kubectl -n load rollout status deploy/backend --timeout=600s || fail "backends not ready"
+service() { # NAME: a ClusterIP Service in front of the backends
+  printf 'apiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: load}\nspec:\n  selector: {app: backend}\n  ports: [{port: 80, targetPort: 9376}]\n---\n' "$1"
+}
+for i in $(seq 1 "$services"); do service "svc-$i"; done >"$NFTVS_NODE_DIR/services.yaml"
+kubectl create -f "$NFTVS_NODE_DIR/services.yaml" >/dev/null
+cip() { kubectl -n load get svc "$1" -o jsonpath='{.spec.clusterIP}'; }
+# Programmed: the first and the last answer through their ClusterIPs.
+answers() { node_get "http://$(cip "$1")/" "${2:-3}" >/dev/null; }
+for _ in $(seq 1 150); do
+  answers svc-1 && answers "svc-$services" && break
+  sleep 2
+done
+answers svc-1 && answers "svc-$services" || fail "$services Services not programmed"
+step "$services Services programmed"
+
+pod() { kubectl -n kube-system get pods -l k8s-app=nftvs -o jsonpath='{.items[0].metadata.name}'; }
+restarts() { kubectl -n kube-system get pods -l k8s-app=nftvs -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}'; }
+ready_pod() { # a pod other than $1, Ready
+  kubectl -n kube-system get pods -l k8s-app=nftvs \
+    -o jsonpath='{range .items[*]}{.metadata.name} {.metadata.deletionTimestamp} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' |
+    awk -v old="$1" '$1 != old && NF == 2 && $2 == "True" { print $1 }'
+}
+busy() { # SECONDS: saturate the node's vCPUs (guest.sh picks it up within 2 s)
+  echo "$1 $loops $load_nice" >"$NFTVS_NODE_DIR/busy"
+  for _ in $(seq 1 10); do [ -e "$NFTVS_NODE_DIR/busy" ] || return 0; sleep 1; done
+  fail "the node did not take the busy loops"
+}
+livez() { node_get "http://10.0.2.15:10256/livez" "${1:-5}" >/dev/null; }
+
+# restart NAME: delete nftvs's pod, create Service NAME right after, and
+# time (in ready and programmed, seconds from the delete) the new pod's
+# Ready and NAME's first answer.
+restart() {
+  local old start ip deadline
+  ready='' programmed=
+  old=$(pod)
+  start=$(now_ms)
+  kubectl -n kube-system delete pod "$old" --wait=false >/dev/null
+  service "$1" | kubectl create -f - >/dev/null
+  ip=$(cip "$1")
+  deadline=$(($(date +%s) + 600))
+  while [ -z "$ready" ] || [ -z "$programmed" ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "restart $1: Ready after ${ready:-never} s, programmed after ${programmed:-never} s"
+    if [ -z "$ready" ] && [ -n "$(ready_pod "$old")" ]; then ready=$(secs "$start" "$(now_ms)"); fi
+    if [ -z "$programmed" ] && node_get "http://$ip/" 3 >/dev/null; then programmed=$(secs "$start" "$(now_ms)"); fi
+    sleep 0.5
+  done
+}
+
+step "restart, quiet"
+restart restart-quiet
+result "restart quiet: pod deleted → new pod Ready ${ready} s, a Service created after the delete programmed ${programmed} s"
+
+step "load: $loops busy loops at nice $load_nice for $load_s s"
+kubectl -n kube-system wait --for=condition=Ready pod -l k8s-app=nftvs --timeout=300s >/dev/null
+p0=$(pod) r0=$(restarts)
+start=$(now_ms)
+busy "$load_s"
+sleep 10 # the load has taken the node
+service during-load | kubectl create -f - >/dev/null
+created=$(now_ms)
+ip=$(cip during-load)
+programmed=''
+while [ $(($(now_ms) - start)) -lt $((load_s * 1000 + 120000)) ]; do
+  if [ -z "$programmed" ] && node_get "http://$ip/" 5 >/dev/null; then
+    programmed=$(secs "$created" "$(now_ms)")
+    step "during-load answers, $programmed s after it was created"
+  fi
+  [ -n "$programmed" ] && [ $(($(now_ms) - start)) -ge $((load_s * 1000)) ] && break
+  sleep 2
+done
+sleep 5 # the loops have ended
+ok=1
+livez 10 || { livez 10 || ok=''; }
+p1=$(pod) r1=$(restarts)
+probe_failures=$(kubectl -n kube-system get events --field-selector "involvedObject.name=$p0,reason=Unhealthy" \
+  -o jsonpath='{range .items[*]}{.count} {.message}{"\n"}{end}' 2>/dev/null | awk '{n += $1} END {print n + 0}')
+kills=$(kubectl -n kube-system get events --field-selector "involvedObject.name=$p0,reason=Killing" -o name 2>/dev/null | wc -l)
+result "load ${load_s} s: pod $p0 → $p1, restarts $r0 → $r1, failed probes $probe_failures, kubelet kills $kills, Service created during the load programmed after ${programmed:-never} s, /livez afterwards $([ -n "$ok" ] && echo 200 || echo 'not 200')"
+[ "$p0" = "$p1" ] && [ "$r0" = "$r1" ] || fail "nftvs was restarted under load (restarts $r0 → $r1, pod $p0 → $p1)"
+[ -n "$programmed" ] || fail "the Service created during the load was never programmed"
+[ -n "$ok" ] || fail "/livez not 200 after the load"
+
+step "restart, loaded"
+start=$(now_ms)
+busy "$load_s"
+sleep 10
+restart restart-loaded
+result "restart loaded: pod deleted → new pod Ready ${ready} s, a Service created after the delete programmed ${programmed} s"
+# The loops end by themselves; the cluster is torn down after them.
+left=$((load_s - ($(now_ms) - start) / 1000))
+[ "$left" -le 0 ] || sleep "$left"
+step "PASS"
