@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -533,7 +535,9 @@ func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, m
 		addrs.Close()
 		kernel.Close()
 	}
-	k, err := proxierKernel(cfg, ipvs.NewReconciler(kernel, exclude), addrs, table, m, func() (conntrack.Interface, error) {
+	rec := ipvs.NewReconciler(kernel, exclude)
+	rec.Yield = yieldCPU
+	k, err := proxierKernel(cfg, rec, addrs, table, m, func() (conntrack.Interface, error) {
 		return conntrack.New()
 	})
 	if err != nil {
@@ -558,6 +562,19 @@ func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, m
 		klog.ErrorS(err, "Not watching the nftables ruleset: drift is repaired by the periodic sync only")
 	}
 	return p, nodePorts, closeKernel, nil
+}
+
+// yieldCPU gives way, between two batches of a large IPVS sync, to what
+// waits for the CPU: nftvs's other goroutines (runtime.Gosched), then the
+// node's other tasks on this CPU (sched_yield(2): the scheduler runs
+// whatever is runnable here before the sync goes on). On an idle node
+// nothing waits and the sync goes straight on, so a cold start costs one
+// system call per batch. A pause (a sleep) would do no more for a loaded
+// node, whose scheduler already shares the CPU fairly with nftvs's one
+// sync thread, and would only lengthen a start-up on an idle one.
+func yieldCPU() {
+	runtime.Gosched()
+	_, _, _ = unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
 }
 
 // localAddresses are the addresses of this node's links but kube-ipvs0's:
