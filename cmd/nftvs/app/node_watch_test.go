@@ -11,6 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/nftvs/nftvs/proxier"
 )
@@ -106,4 +107,23 @@ func status(t *testing.T, url string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// Everything nftvs asks the API server (the informers' lists and watches,
+// Events) goes through one client, rate-limited by clientConnection.qps
+// and burst as in kube-proxy: a start-up on a loaded node asks no faster.
+func TestClientRateLimited(t *testing.T) {
+	cfg := mustParse(t, "--master", "http://127.0.0.1:1", "--kube-api-qps", "7", "--kube-api-burst", "3")
+	client, err := newClient(*cfg.KubeProxy, cfg.Master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, rc := range map[string]interface {
+		GetRateLimiter() flowcontrol.RateLimiter
+	}{"core": client.CoreV1().RESTClient(), "discovery": client.DiscoveryV1().RESTClient(), "events": client.EventsV1().RESTClient()} {
+		rl := rc.GetRateLimiter()
+		if rl == nil || rl.QPS() != 7 {
+			t.Errorf("%s client: rate limiter %v, want 7 QPS", name, rl)
+		}
+	}
 }
