@@ -104,8 +104,11 @@ done
 answers svc-1 && answers "svc-$services" || fail "$services Services not programmed"
 step "$services Services programmed"
 
-pod() { kubectl -n kube-system get pods -l k8s-app=nftvs -o jsonpath='{.items[0].metadata.name}'; }
-restarts() { kubectl -n kube-system get pods -l k8s-app=nftvs -o jsonpath='{.items[0].status.containerStatuses[0].restartCount}'; }
+pod() { # nftvs's pod, the one not being deleted
+  kubectl -n kube-system get pods -l k8s-app=nftvs \
+    -o jsonpath='{range .items[*]}{.metadata.name} {.metadata.deletionTimestamp}{"\n"}{end}' | awk 'NF == 1 { print $1 }'
+}
+restarts() { kubectl -n kube-system get pod "$1" -o jsonpath='{.status.containerStatuses[0].restartCount}'; }
 ready_pod() { # a pod other than $1, Ready
   kubectl -n kube-system get pods -l k8s-app=nftvs \
     -o jsonpath='{range .items[*]}{.metadata.name} {.metadata.deletionTimestamp} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' |
@@ -123,7 +126,7 @@ livez() { node_get "http://10.0.2.15:10256/livez" "${1:-5}" >/dev/null; }
 # Ready and NAME's first answer.
 restart() {
   local old start ip deadline
-  ready='' programmed=
+  ready='' programmed=''
   old=$(pod)
   start=$(now_ms)
   kubectl -n kube-system delete pod "$old" --wait=false >/dev/null
@@ -136,6 +139,7 @@ restart() {
     if [ -z "$programmed" ] && node_get "http://$ip/" 3 >/dev/null; then programmed=$(secs "$start" "$(now_ms)"); fi
     sleep 0.5
   done
+  kubectl -n kube-system wait --for=delete pod "$old" --timeout=300s >/dev/null || fail "old pod $old still there"
 }
 
 step "restart, quiet"
@@ -143,8 +147,7 @@ restart restart-quiet
 result "restart quiet: pod deleted → new pod Ready ${ready} s, a Service created after the delete programmed ${programmed} s"
 
 step "overload: $loops busy loops at nice $load_nice for $load_s s"
-kubectl -n kube-system wait --for=condition=Ready pod -l k8s-app=nftvs --timeout=300s >/dev/null
-p0=$(pod) r0=$(restarts)
+p0=$(pod) r0=$(restarts "$p0")
 start=$(now_ms)
 busy "$load_s" "$load_nice"
 sleep 10 # the load has taken the node
@@ -163,7 +166,7 @@ done
 sleep 5 # the loops have ended
 ok=1
 livez 10 || { livez 10 || ok=''; }
-p1=$(pod) r1=$(restarts)
+p1=$(pod) r1=$(restarts "$p1")
 probe_failures=$(kubectl -n kube-system get events --field-selector "involvedObject.name=$p0,reason=Unhealthy" \
   -o jsonpath='{range .items[*]}{.count} {.message}{"\n"}{end}' 2>/dev/null | awk '{n += $1} END {print n + 0}')
 kills=$(kubectl -n kube-system get events --field-selector "involvedObject.name=$p0,reason=Killing" -o name 2>/dev/null | wc -l)
