@@ -126,14 +126,19 @@ deadline=$((t0 + ${NODE_MAX_SECONDS:-3600}))
 while [ ! -e "$NODE_DIR/stop" ] && [ "$(date +%s)" -lt "$deadline" ]; do
   kill -0 "$kubelet_pid" 2>/dev/null || fail "kubelet exited (logs/kubelet.log)"
   # A CPU load the host asks for (e2e/node/load.sh): "SECONDS LOOPS NICE"
-  # in $NODE_DIR/busy starts LOOPS busy loops at that nice level, here in
-  # the root cgroup beside the kubelet and containerd, each ended by
-  # timeout after SECONDS.
+  # in $NODE_DIR/busy starts LOOPS busy loops at that nice level in the
+  # root cgroup, each ended by timeout after SECONDS. The kubelet and
+  # containerd are given the same nice level meanwhile (every thread), as
+  # kube-reserved CPU keeps them going on a production node: what the
+  # loops starve is the pods, nftvs among them.
   if [ -e "$NODE_DIR/busy" ]; then
     read -r busy_s busy_n busy_nice <"$NODE_DIR/busy" && rm -f "$NODE_DIR/busy"
     for _ in $(seq 1 "$busy_n"); do
       timeout "$busy_s" nice -n "$busy_nice" sh -c 'while :; do :; done' &
     done
+    node_nice() { for t in /proc/"$kubelet_pid"/task/* /proc/"$(pgrep -xo containerd)"/task/*; do renice -n "$1" -p "${t##*/}" >/dev/null 2>&1; done; }
+    node_nice "$busy_nice"
+    (sleep "$busy_s" && node_nice 0) &
     say "busy: $busy_n loops at nice $busy_nice for $busy_s s"
   fi
   sleep 2

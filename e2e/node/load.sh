@@ -7,10 +7,12 @@
 #      Ready, and until a Service created right after the delete answers
 #   3. overload: both vCPUs saturated by the test's own busy loops for
 #      NFTVS_LOAD_SECONDS (default 150; guest.sh runs them in the node's
-#      root cgroup, beside the kubelet and containerd, at nice
-#      NFTVS_LOAD_NICE, default -20: everything else on the node, the
-#      kubelet included, gets a few per cent of the CPU, as on the
-#      overloaded node of 2 and 5 December); a Service created during it.
+#      root cgroup at nice NFTVS_LOAD_NICE, default -20, and gives the
+#      kubelet and containerd the same nice meanwhile, as kube-reserved
+#      CPU would: the pods, nftvs among them, get well under 1 % of the
+#      CPU, and nftvs's /livez times out as on the overloaded node of 2
+#      and 5 December, while the kubelet goes on probing it on time); a
+#      Service created during it.
 #      Fails unless nftvs kept its pod and restart count, the Service
 #      answers, and /livez is 200 afterwards
 #   4. restart, loaded: as 2, with both vCPUs saturated by busy loops at
