@@ -182,8 +182,9 @@ start=$(now_ms)
 busy "$load_s" "$restart_nice"
 sleep 10
 restart restart-loaded
-result "restart loaded (nice $restart_nice): pod deleted → new pod Ready ${ready} s, a Service created after the delete programmed ${programmed} s; the load ran $(((load_s * 1000 - ($(now_ms) - start)) / 1000)) s more"
+elapsed=$(($(now_ms) - start))
+left=$((load_s - elapsed / 1000))
+result "restart loaded (nice $restart_nice): pod deleted → new pod Ready ${ready} s, a Service created after the delete programmed ${programmed} s; the load went on ${left} s more"
 # The loops end by themselves; the cluster is torn down after them.
-left=$((load_s - ($(now_ms) - start) / 1000))
 [ "$left" -le 0 ] || sleep "$left"
 step "PASS"
