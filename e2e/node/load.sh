@@ -123,18 +123,28 @@ busy() { # SECONDS NICE: saturate the node's vCPUs (guest.sh picks it up within 
 }
 livez() { node_get "http://10.0.2.15:10256/livez" "${1:-5}" >/dev/null; }
 
-# restart NAME: delete nftvs's pod, create Service NAME right after, and
-# time (in ready and programmed, seconds from the delete) the new pod's
-# Ready and NAME's first answer.
+# restart NAME: delete nftvs's pod; once the old nftvs no longer listens,
+# create Service NAME (a change made while no nftvs runs); time from the
+# delete (in down, ready and programmed, seconds) the old nftvs gone, the
+# new pod Ready and NAME's first answer.
 restart() {
-  local old start ip deadline
-  ready='' programmed=''
+  local old start ip deadline rc
+  down='' ready='' programmed=''
   old=$(pod)
   start=$(now_ms)
   kubectl -n kube-system delete pod "$old" --wait=false >/dev/null
+  step "deleted $old at $(date -u +%T)"
+  deadline=$(($(date +%s) + 600))
+  # The node's egress-proxy answers 502 (curl: 56) when nothing listens.
+  while [ -z "$down" ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "restart $1: the old nftvs still listens"
+    rc=0
+    node_get "http://10.0.2.15:10256/livez" 3 >/dev/null || rc=$?
+    if [ "$rc" = 56 ]; then down=$(secs "$start" "$(now_ms)"); fi
+    sleep 0.2
+  done
   service "$1" | kubectl create -f - >/dev/null
   ip=$(cip "$1")
-  deadline=$(($(date +%s) + 600))
   while [ -z "$ready" ] || [ -z "$programmed" ]; do
     [ "$(date +%s)" -lt "$deadline" ] || fail "restart $1: Ready after ${ready:-never} s, programmed after ${programmed:-never} s"
     if [ -z "$ready" ] && [ -n "$(ready_pod "$old")" ]; then ready=$(secs "$start" "$(now_ms)"); fi
@@ -142,11 +152,13 @@ restart() {
     sleep 0.5
   done
   kubectl -n kube-system wait --for=delete pod "$old" --timeout=300s >/dev/null || fail "old pod $old still there"
+  # Where the time went, from the kubelet's own record.
+  kubectl -n kube-system get pod "$(pod)" -o jsonpath='new pod created {.metadata.creationTimestamp}, container started {.status.containerStatuses[0].state.running.startedAt}{"\n"}'
 }
 
 step "restart, quiet"
 restart restart-quiet
-result "restart quiet: pod deleted → new pod Ready ${ready} s, a Service created after the delete programmed ${programmed} s"
+result "restart quiet: pod deleted → old nftvs gone ${down} s, new pod Ready ${ready} s, a Service created once the old one was gone programmed ${programmed} s"
 
 step "overload: $loops busy loops at nice $load_nice for $load_s s"
 p0=$(pod) r0=$(restarts "$p0")
@@ -169,6 +181,7 @@ sleep 5 # the loops have ended
 ok=1
 livez 10 || { livez 10 || ok=''; }
 p1=$(pod) r1=$(restarts "$p1")
+kubectl -n kube-system logs "$p1" >"$NFTVS_NODE_DIR/nftvs-overload.log" 2>&1 || true
 probe_failures=$(kubectl -n kube-system get events --field-selector "involvedObject.name=$p0,reason=Unhealthy" \
   -o jsonpath='{range .items[*]}{.count} {.message}{"\n"}{end}' 2>/dev/null | awk '{n += $1} END {print n + 0}')
 kills=$(kubectl -n kube-system get events --field-selector "involvedObject.name=$p0,reason=Killing" -o name 2>/dev/null | wc -l)
@@ -184,7 +197,7 @@ sleep 10
 restart restart-loaded
 elapsed=$(($(now_ms) - start))
 left=$((load_s - elapsed / 1000))
-result "restart loaded (nice $restart_nice): pod deleted → new pod Ready ${ready} s, a Service created after the delete programmed ${programmed} s; the load went on ${left} s more"
+result "restart loaded (nice $restart_nice): pod deleted → old nftvs gone ${down} s, new pod Ready ${ready} s, a Service created once the old one was gone programmed ${programmed} s; the load went on ${left} s more"
 # The loops end by themselves; the cluster is torn down after them.
 [ "$left" -le 0 ] || sleep "$left"
 step "PASS"
