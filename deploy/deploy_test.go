@@ -188,10 +188,17 @@ func TestManifests(t *testing.T) {
 	}
 	probe("startup", c.StartupProbe, "/livez")
 	probe("liveness", c.LivenessProbe, "/livez")
-	// A slow first start must not be killed by liveness: the startup
-	// probe waits minutes, and liveness only starts after it.
+	// A node so loaded that a process start takes minutes must not kill
+	// nftvs before it listens: the startup probe waits 5 min.
 	if p := c.StartupProbe; p != nil && p.PeriodSeconds*p.FailureThreshold < 300 {
 		t.Errorf("startup probe gives %d s, want at least 5 min", p.PeriodSeconds*p.FailureThreshold)
+	}
+	// A slow proxy is not a dead one (issue 30): liveness kills only after
+	// at least 5 min of failures, each allowed 10 s, where the probes of
+	// 2 and 5 December killed after 1 min of 5 s timeouts.
+	if p := c.LivenessProbe; p != nil && (p.PeriodSeconds*(p.FailureThreshold-1) < 270 || p.TimeoutSeconds < 10) {
+		t.Errorf("liveness probe kills after %d s of failures, %d s timeout; want at least 270 s (10 probes 30 s apart) and 10 s",
+			p.PeriodSeconds*(p.FailureThreshold-1), p.TimeoutSeconds)
 	}
 	probe("readiness", c.ReadinessProbe, "/healthz")
 	if c.SecurityContext == nil || c.SecurityContext.Privileged == nil || !*c.SecurityContext.Privileged {

@@ -19,12 +19,31 @@ import (
 // and leaves it once the kernel dropped it, so after a failed write the
 // next Apply of the same Service redoes exactly what failed.
 type Reconciler struct {
+	// Yield, if set, is called between two batches of YieldBatch virtual
+	// servers in Apply, Resync and Repair: a full sync at 10k Services
+	// writes IPVS for tens of seconds on a slow node, and gives way in
+	// between to whatever else waits for the CPU.
+	Yield func()
+
 	mu      sync.Mutex
 	h       Interface
 	exclude []netip.Prefix
 	// ownFWMark says which fwmarks are the proxier's (nil: all).
 	ownFWMark func(mark uint32) bool
 	cache     map[VSKey]*applied
+}
+
+// YieldBatch is how many virtual servers Apply, Resync and Repair go
+// through between two calls of Yield: about 1,000 netlink writes with 10
+// real servers each, well under a second even under emulation.
+const YieldBatch = 100
+
+// pace calls Yield before the i-th virtual server of a batch loop, once
+// every YieldBatch.
+func (r *Reconciler) pace(i int) {
+	if r.Yield != nil && i > 0 && i%YieldBatch == 0 {
+		r.Yield()
+	}
 }
 
 type applied struct {
@@ -145,7 +164,8 @@ func (r *Reconciler) Apply(upserts []Service, deletes []VSKey) (Result, error) {
 	var res Result
 	ups, errs := sortedServices(upserts)
 	wanted := wantedKeys(upserts)
-	for _, s := range ups {
+	for i, s := range ups {
+		r.pace(i)
 		errs = append(errs, r.sync(s, &res)...)
 	}
 	dels := make([]VSKey, 0, len(deletes))
@@ -156,7 +176,8 @@ func (r *Reconciler) Apply(upserts []Service, deletes []VSKey) (Result, error) {
 	}
 	slices.SortFunc(dels, VSKey.Compare)
 	dels = slices.Compact(dels)
-	for _, k := range dels {
+	for i, k := range dels {
+		r.pace(len(ups) + i)
 		if err := r.delete(k, &res); err != nil {
 			errs = append(errs, err)
 		}
@@ -184,7 +205,8 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 	slices.SortFunc(kernel, func(a, b VirtualServer) int { return a.VSKey.Compare(b.VSKey) })
 	cache := make(map[VSKey]*applied, len(kernel))
 	var unreadable []VSKey
-	for _, v := range kernel {
+	for i, v := range kernel {
+		r.pace(i)
 		k := v.Key()
 		if !wanted[k] && r.Excluded(k) {
 			continue // someone else's: never read, never written
@@ -207,7 +229,8 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 	}
 	r.cache = cache
 
-	for _, s := range ups {
+	for i, s := range ups {
+		r.pace(len(kernel) + i)
 		errs = append(errs, r.sync(s, &res)...)
 	}
 	var stale []VSKey
@@ -221,7 +244,8 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 		stale = append(stale, k)
 	}
 	slices.SortFunc(stale, VSKey.Compare)
-	for _, k := range stale {
+	for i, k := range stale {
+		r.pace(len(kernel) + len(ups) + i)
 		if err := r.delete(k, &res); err != nil {
 			errs = append(errs, err)
 		}
@@ -253,7 +277,8 @@ func (r *Reconciler) Repair() (Result, error) {
 	}
 	slices.SortFunc(keys, VSKey.Compare)
 	var errs []error
-	for _, k := range keys {
+	for i, k := range keys {
+		r.pace(i)
 		a := r.cache[k]
 		v, ok := have[k]
 		adopted := a.vs == VirtualServer{} // scheduling unknown: only its presence is checked

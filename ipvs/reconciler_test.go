@@ -659,3 +659,46 @@ func TestReconcilerKeepsForeignFWMarks(t *testing.T) {
 		t.Errorf("writes %+v, want the own fwmark deleted only", res.Writes)
 	}
 }
+
+// A large sync gives way between batches of YieldBatch virtual servers,
+// and only between them: the Yield hook sees how many virtual servers the
+// kernel had been written for when it ran.
+func TestReconcilerYieldsBetweenBatches(t *testing.T) {
+	const n = 2*YieldBatch + 50
+	var all []Service
+	for i := range n {
+		all = append(all, svc(key(TCP, fmt.Sprintf("10.96.%d.%d:80", i/250, i%250+1)), "rr", rs("10.244.0.2:8080", 1)))
+	}
+	f := NewFake()
+	r := NewReconciler(f, nil)
+	var seen []int
+	r.Yield = func() {
+		vss, _ := f.GetVirtualServers()
+		seen = append(seen, len(vss))
+	}
+	if _, err := r.Apply(all, nil); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(seen) != fmt.Sprint([]int{YieldBatch, 2 * YieldBatch}) {
+		t.Errorf("Apply of %d: yielded with %v virtual servers written, want [%d %d]", n, seen, YieldBatch, 2*YieldBatch)
+	}
+
+	// Resync reads the n virtual servers (two yields), writes nothing for
+	// them and deletes none: it yields while reading and after.
+	seen = nil
+	if _, err := r.Resync(all); err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != (2*n-1)/YieldBatch {
+		t.Errorf("Resync of %d: %d yields, want %d", n, len(seen), (2*n-1)/YieldBatch)
+	}
+
+	// Deleting them all is a batch loop too.
+	seen = nil
+	if _, err := r.Resync(nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != (2*n-1)/YieldBatch || seen[len(seen)-1] >= n {
+		t.Errorf("Resync deleting %d: yielded with %v virtual servers left, want %d yields, the last with fewer than %d left", n, seen, (2*n-1)/YieldBatch, n)
+	}
+}

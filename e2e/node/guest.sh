@@ -125,6 +125,27 @@ fi
 deadline=$((t0 + ${NODE_MAX_SECONDS:-3600}))
 while [ ! -e "$NODE_DIR/stop" ] && [ "$(date +%s)" -lt "$deadline" ]; do
   kill -0 "$kubelet_pid" 2>/dev/null || fail "kubelet exited (logs/kubelet.log)"
+  # A CPU load the host asks for (e2e/node/load.sh): "SECONDS LOOPS NICE
+  # [RT]" in $NODE_DIR/busy starts LOOPS busy loops, each ended by timeout
+  # after SECONDS: at that nice level or, with RT (µs per second), as
+  # SCHED_FIFO tasks with kernel.sched_rt_runtime_us set to RT meanwhile,
+  # so that every other task of the node (the kubelet, containerd, every
+  # pod) shares the CPU time RT leaves of each second, as on a node whose
+  # vCPUs the hypervisor hardly runs.
+  if [ -e "$NODE_DIR/busy" ]; then
+    read -r busy_s busy_n busy_nice busy_rt <"$NODE_DIR/busy" && rm -f "$NODE_DIR/busy"
+    sched=(nice -n "$busy_nice")
+    if [ -n "${busy_rt:-}" ]; then
+      rt0=$(cat /proc/sys/kernel/sched_rt_runtime_us)
+      echo "$busy_rt" >/proc/sys/kernel/sched_rt_runtime_us
+      (sleep "$busy_s" && echo "$rt0" >/proc/sys/kernel/sched_rt_runtime_us) &
+      sched=(chrt -f 1)
+    fi
+    for _ in $(seq 1 "$busy_n"); do
+      timeout "$busy_s" "${sched[@]}" sh -c 'while :; do :; done' &
+    done
+    say "busy: $busy_n loops (${sched[*]}${busy_rt:+, rt runtime $busy_rt µs/s}) for $busy_s s"
+  fi
   sleep 2
 done
 state "stopping"

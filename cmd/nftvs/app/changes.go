@@ -2,10 +2,12 @@ package app
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 
 	"github.com/nftvs/nftvs/proxier"
 )
@@ -19,15 +21,22 @@ import (
 //     changes not yet taken (pkg/proxy/servicechangetracker.go and
 //     endpointschangetracker.go; kube-proxy clears both when a sync takes
 //     them, whether it then succeeds or not);
-//   - a change that changes something queues a sync, as kube-proxy's
-//     proxier Sync(): the last queued timestamp, and /healthz's oldest
-//     queued update (a change waiting more than 2 × the sync period for a
-//     successful sync makes the proxy unhealthy).
+//   - once the informers have synced (initialized), a change that
+//     changes something queues a sync, as kube-proxy's proxier Sync():
+//     the last queued timestamp, and /healthz's oldest queued update (a
+//     change waiting more than 2 × the sync period for a successful sync
+//     makes the proxy unhealthy). The informers' initial lists queue
+//     nothing, as in kube-proxy, whose proxier ignores events until it
+//     is initialized and then runs its first sync without QueuedUpdate:
+//     a first sync that takes minutes on a loaded node at 10k Services
+//     is start-up making progress, not a stalled proxy for /livez.
 type changeTracker struct {
 	metrics  *Metrics
 	health   *HealthServer
 	families []v1.IPFamily
-	now      func() time.Time
+	clock    clock.PassiveClock
+	// initialized is set once the informers' caches have synced.
+	initialized atomic.Bool
 
 	mu sync.Mutex
 	// services are the Services with a pending Service change, by when
@@ -37,14 +46,20 @@ type changeTracker struct {
 	endpoints []time.Time
 }
 
-func newChangeTracker(m *Metrics, h *HealthServer, families []v1.IPFamily) *changeTracker {
-	return &changeTracker{metrics: m, health: h, families: families, now: time.Now,
+func newChangeTracker(m *Metrics, h *HealthServer, families []v1.IPFamily, c clock.PassiveClock) *changeTracker {
+	return &changeTracker{metrics: m, health: h, families: families, clock: c,
 		services: map[types.NamespacedName]time.Time{}}
 }
 
-// queued records that a sync is wanted (at start, the informers' initial
-// lists are the first change).
+// initialize records that the informers have synced: from now on a
+// change queues a sync.
+func (t *changeTracker) initialize() { t.initialized.Store(true) }
+
+// queued records that a sync is wanted.
 func (t *changeTracker) queued(now time.Time) {
+	if !t.initialized.Load() {
+		return // the first sync takes it, as kube-proxy's
+	}
 	for _, f := range t.families {
 		t.health.QueuedUpdate(f)
 	}
@@ -57,7 +72,7 @@ func (t *changeTracker) observe(c proxier.Change) {
 	if !c.Changed {
 		return
 	}
-	now := t.now()
+	now := t.clock.Now()
 	t.mu.Lock()
 	if c.EndpointSlice {
 		t.endpoints = append(t.endpoints, now)

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/nftvs/nftvs/proxier"
 )
@@ -21,11 +22,10 @@ import (
 func TestChangeMetricsAsKubeProxy(t *testing.T) {
 	families := []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
 	m := NewMetrics(families)
-	clock := &fakeClock{t: time.Unix(1700000000, 0)}
-	h := NewHealthServer(time.Minute, nil, m)
-	h.now = clock.now
-	c := newChangeTracker(m, h, families)
-	c.now = clock.now
+	clock := clocktesting.NewFakePassiveClock(time.Unix(1700000000, 0))
+	h := NewHealthServer(time.Minute, clock)
+	c := newChangeTracker(m, h, families, clock)
+	c.initialize()
 	web := types.NamespacedName{Namespace: "ns", Name: "web"}
 	db := types.NamespacedName{Namespace: "ns", Name: "db"}
 
@@ -54,12 +54,12 @@ func TestChangeMetricsAsKubeProxy(t *testing.T) {
 	}
 
 	// A change recorded while a sync runs is left for the next one.
-	start := clock.t
-	clock.step(time.Second)
+	start := clock.Now()
+	step(clock, time.Second)
 	c.observe(proxier.Change{EndpointSlice: true, Service: db, Changed: true})
 	c.synced(start)
 	check("after a sync", 0, 1, 6, 4)
-	c.synced(clock.t)
+	c.synced(clock.Now())
 	check("after the next sync", 0, 0, 6, 4)
 
 	// A change queues a sync for /healthz: unhealthy once it waited
@@ -67,13 +67,49 @@ func TestChangeMetricsAsKubeProxy(t *testing.T) {
 	for _, f := range families { // as a successful sync
 		h.Updated(f)
 	}
-	clock.step(2 * time.Minute)
+	step(clock, 2*time.Minute)
 	if !h.Health().Healthy {
 		t.Fatal("unhealthy with nothing queued")
 	}
 	c.observe(proxier.Change{Service: web, Changed: true})
-	clock.step(2 * time.Minute)
+	step(clock, 2*time.Minute)
 	if h.Health().Healthy {
 		t.Error("healthy with a change queued for 2 minutes")
+	}
+}
+
+// Before the informers have synced, a change queues nothing, as in
+// kube-proxy (its proxier ignores events until it is initialized, and
+// runs its first sync without QueuedUpdate): the initial lists of a
+// large cluster, and a first sync that takes minutes on a loaded node,
+// keep /livez at 200. Once initialized, a change that waits too long
+// makes the proxy unhealthy again.
+func TestChangesQueueOnlyOnceInitialized(t *testing.T) {
+	families := []v1.IPFamily{v1.IPv4Protocol}
+	m := NewMetrics(families)
+	clock := clocktesting.NewFakePassiveClock(time.Unix(1700000000, 0))
+	h := NewHealthServer(time.Minute, clock)
+	c := newChangeTracker(m, h, families, clock)
+	h.Updated(v1.IPv4Protocol) // the sync loop starts
+	web := types.NamespacedName{Namespace: "ns", Name: "web"}
+
+	c.observe(proxier.Change{Service: web, Changed: true}) // from the initial list
+	step(clock, 10*time.Minute)
+	if !h.Health().Healthy {
+		t.Error("unhealthy 10 min into start-up, with only the initial list seen")
+	}
+	if got := testutil.ToFloat64(m.lastQueued.WithLabelValues("IPv4")); got != 0 {
+		t.Errorf("last queued timestamp %v before initialization, want unset", got)
+	}
+
+	c.initialize()
+	c.observe(proxier.Change{Service: web, Changed: true})
+	step(clock, 59*time.Second)
+	if !h.Health().Healthy {
+		t.Error("unhealthy with a change queued for 59 s (timeout 1 min)")
+	}
+	step(clock, time.Second)
+	if h.Health().Healthy {
+		t.Error("healthy with a change queued for 1 min (timeout 1 min)")
 	}
 }

@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/utils/clock"
 )
 
 // toBeDeletedTaint is set by the cluster autoscaler on a node it is about
@@ -36,36 +38,48 @@ type ProxyHealth struct {
 // successful sync. /healthz is also unhealthy when the node is being
 // deleted or is tainted ToBeDeletedByClusterAutoscaler, so that load
 // balancers drain it; /livez ignores the node.
+//
+// nftvs serves it from the very start of a run, before the Node is read
+// and the proxier built (kube-proxy serves it only after both): a
+// liveness probe then sees a proxy that is starting as alive, which it
+// is, instead of a refused connection. The Node and the metrics are
+// handed over once known (SetNode, SetMetrics); until then /healthz says
+// the node is not eligible, as kube-proxy does for a Node it has not seen.
 type HealthServer struct {
 	timeout time.Duration
-	node    func() *v1.Node
-	now     func() time.Time
-	metrics *Metrics
+	clock   clock.PassiveClock
+	node    atomic.Pointer[func() *v1.Node]
+	metrics atomic.Pointer[Metrics]
 
 	mu            sync.RWMutex
 	lastUpdated   map[v1.IPFamily]time.Time
 	oldestPending map[v1.IPFamily]time.Time
 }
 
-// NewHealthServer returns a health server; node returns this node (nil
-// when unknown), metrics may be nil.
-func NewHealthServer(timeout time.Duration, node func() *v1.Node, metrics *Metrics) *HealthServer {
+// NewHealthServer returns a health server that knows no node and counts
+// nothing yet.
+func NewHealthServer(timeout time.Duration, c clock.PassiveClock) *HealthServer {
 	return &HealthServer{
 		timeout:       timeout,
-		node:          node,
-		now:           time.Now,
-		metrics:       metrics,
+		clock:         c,
 		lastUpdated:   map[v1.IPFamily]time.Time{},
 		oldestPending: map[v1.IPFamily]time.Time{},
 	}
 }
+
+// SetNode gives the server this node (node returns nil when unknown).
+func (h *HealthServer) SetNode(node func() *v1.Node) { h.node.Store(&node) }
+
+// SetMetrics makes the server count its answers in m
+// (kubeproxy_proxy_healthz_total, kubeproxy_proxy_livez_total).
+func (h *HealthServer) SetMetrics(m *Metrics) { h.metrics.Store(m) }
 
 // Updated records a successful sync of family.
 func (h *HealthServer) Updated(family v1.IPFamily) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.oldestPending, family)
-	h.lastUpdated[family] = h.now()
+	h.lastUpdated[family] = h.clock.Now()
 }
 
 // QueuedUpdate records that a change waits to be synced for family; only
@@ -74,12 +88,14 @@ func (h *HealthServer) QueuedUpdate(family v1.IPFamily) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, set := h.oldestPending[family]; !set {
-		h.oldestPending[family] = h.now()
+		h.oldestPending[family] = h.clock.Now()
 	}
 }
 
 // Health is kube-proxy's: healthy while starting (no sync recorded yet),
 // when nothing waits, or when what waits has waited less than the timeout.
+// Nothing here waits on the proxier, the kernel or the API server, so a
+// busy proxy answers as fast as the node lets it run at all.
 func (h *HealthServer) Health() ProxyHealth {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
@@ -91,7 +107,7 @@ func (h *HealthServer) Health() ProxyHealth {
 		}
 		health.Status[family] = ProxierHealth{LastUpdated: t, Healthy: true}
 	}
-	now := h.now()
+	now := h.clock.Now()
 	health.CurrentTime = now
 	for family, t := range h.lastUpdated {
 		pending, set := h.oldestPending[family]
@@ -109,10 +125,11 @@ func (h *HealthServer) Health() ProxyHealth {
 // node: it exists, is not being deleted and is not about to be deleted by
 // the cluster autoscaler.
 func (h *HealthServer) NodeEligible() bool {
-	if h.node == nil {
-		return false
+	node := h.node.Load()
+	if node == nil {
+		return false // not read yet
 	}
-	n := h.node()
+	n := (*node)()
 	if n == nil || !n.DeletionTimestamp.IsZero() {
 		return false
 	}
@@ -149,9 +166,9 @@ func (h *HealthServer) respond(w http.ResponseWriter, health ProxyHealth, health
 	} else {
 		// As kube-proxy: older releases reported the last sync loop run
 		// here, so a healthy answer says "now".
-		health.LastUpdated = h.now()
+		health.LastUpdated = h.clock.Now()
 	}
-	h.metrics.observeHealth(endpoint, code)
+	h.metrics.Load().observeHealth(endpoint, code)
 	w.WriteHeader(code)
 	out, _ := json.Marshal(health)
 	_, _ = w.Write(out)

@@ -12,12 +12,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
-type fakeClock struct{ t time.Time }
-
-func (c *fakeClock) now() time.Time                  { return c.t }
-func (c *fakeClock) step(d time.Duration)            { c.t = c.t.Add(d) }
 func metav1Duration(d time.Duration) metav1.Duration { return metav1.Duration{Duration: d} }
 
 func get(t *testing.T, h http.Handler, path string) (int, map[string]any) {
@@ -37,11 +34,12 @@ func get(t *testing.T, h http.Handler, path string) (int, map[string]any) {
 
 // The rules of kube-proxy's ProxyHealthServer.
 func TestHealthServer(t *testing.T) {
-	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := clocktesting.NewFakePassiveClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}}
 	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
-	hs := NewHealthServer(60*time.Second, func() *v1.Node { return node }, m)
-	hs.now = clock.now
+	hs := NewHealthServer(60*time.Second, clock)
+	hs.SetNode(func() *v1.Node { return node })
+	hs.SetMetrics(m)
 	h := hs.Handler()
 	both := []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
 
@@ -55,17 +53,17 @@ func TestHealthServer(t *testing.T) {
 	for _, f := range both {
 		hs.Updated(f)
 	}
-	clock.step(10 * time.Second)
+	step(clock, 10*time.Second)
 	for _, f := range both {
 		hs.QueuedUpdate(f)
 	}
-	clock.step(59 * time.Second)
+	step(clock, 59*time.Second)
 	if code, body = get(t, h, "/healthz"); code != 200 {
 		t.Errorf("change waiting 59s: %d %v", code, body)
 	}
 	// Later QueuedUpdates do not move the oldest pending time.
 	hs.QueuedUpdate(v1.IPv4Protocol)
-	clock.step(time.Second)
+	step(clock, time.Second)
 	code, body = get(t, h, "/healthz")
 	if code != 503 || body["healthy"] != false {
 		t.Errorf("change waiting 60s: %d %v", code, body)
@@ -83,7 +81,7 @@ func TestHealthServer(t *testing.T) {
 	for _, f := range both {
 		hs.Updated(f)
 	}
-	clock.step(time.Second)
+	step(clock, time.Second)
 	code, body = get(t, h, "/healthz")
 	if code != 200 || body["lastUpdated"] != body["currentTime"] {
 		t.Errorf("after sync: %d %v", code, body)
@@ -94,7 +92,7 @@ func TestHealthServer(t *testing.T) {
 	// nodeEligible field).
 	for name, n := range map[string]*v1.Node{
 		"tainted":  {Spec: v1.NodeSpec{Taints: []v1.Taint{{Key: toBeDeletedTaint, Effect: v1.TaintEffectNoSchedule}}}},
-		"deleting": {ObjectMeta: metav1.ObjectMeta{DeletionTimestamp: &metav1.Time{Time: clock.t}}},
+		"deleting": {ObjectMeta: metav1.ObjectMeta{DeletionTimestamp: &metav1.Time{Time: clock.Now()}}},
 		"unknown":  nil,
 	} {
 		node = n
@@ -113,6 +111,43 @@ func TestHealthServer(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.livezTotal.WithLabelValues("200")); got != 3 {
 		t.Errorf("kubeproxy_proxy_livez_total{code=200} = %v, want 3", got)
+	}
+}
+
+func step(c *clocktesting.FakePassiveClock, d time.Duration) { c.SetTime(c.Now().Add(d)) }
+
+// The health server is served before nftvs has read its Node or built
+// its proxier: /livez says alive, /healthz says not eligible (no Node
+// yet), as kube-proxy's do for a Node they have not seen. The metrics
+// come later and count only what follows.
+func TestHealthServerBeforeStart(t *testing.T) {
+	clock := clocktesting.NewFakePassiveClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	hs := NewHealthServer(60*time.Second, clock)
+	h := hs.Handler()
+	if code, body := get(t, h, "/livez"); code != 200 || body["healthy"] != true {
+		t.Errorf("livez before the Node: %d %v", code, body)
+	}
+	if code, body := get(t, h, "/healthz"); code != 503 || body["healthy"] != true || body["nodeEligible"] != false {
+		t.Errorf("healthz before the Node: %d %v", code, body)
+	}
+	// Start-up takes as long as it takes: without a queued change, no
+	// amount of time makes the proxy unhealthy.
+	step(clock, time.Hour)
+	if code, _ := get(t, h, "/livez"); code != 200 {
+		t.Errorf("livez an hour into start-up: %d", code)
+	}
+
+	hs.SetNode(func() *v1.Node { return &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}} })
+	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol})
+	hs.SetMetrics(m)
+	if code, body := get(t, h, "/healthz"); code != 200 || body["nodeEligible"] != true {
+		t.Errorf("healthz with the Node: %d %v", code, body)
+	}
+	if got := testutil.ToFloat64(m.healthzTotal.WithLabelValues("200")); got != 1 {
+		t.Errorf("kubeproxy_proxy_healthz_total{code=200} = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.livezTotal.WithLabelValues("200")); got != 0 {
+		t.Errorf("kubeproxy_proxy_livez_total{code=200} = %v, want 0 (answers before SetMetrics are not counted)", got)
 	}
 }
 

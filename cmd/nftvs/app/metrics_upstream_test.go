@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
 
 	"github.com/nftvs/nftvs/conntrack"
 	"github.com/nftvs/nftvs/proxier"
@@ -97,8 +98,10 @@ func TestMetricsAsUpstream(t *testing.T) {
 	now := time.Now()
 	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond, TriggerTimes: []time.Time{now.Add(-time.Second)}}, nil, now)
 	m.ObserveSync(proxier.SyncResult{Full: true, Duration: time.Millisecond}, nil, now)
-	h := NewHealthServer(time.Minute, nil, m)
-	c := newChangeTracker(m, h, families)
+	h := NewHealthServer(time.Minute, clock.RealClock{})
+	h.SetMetrics(m)
+	c := newChangeTracker(m, h, families, clock.RealClock{})
+	c.initialize()
 	c.observe(proxier.Change{Service: types.NamespacedName{Namespace: "ns", Name: "web"}, Changed: true})
 	c.observe(proxier.Change{EndpointSlice: true, Service: types.NamespacedName{Namespace: "ns", Name: "web"}, Changed: true})
 	m.observeHealth("healthz", 200)

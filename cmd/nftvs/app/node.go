@@ -55,6 +55,9 @@ type nodeWatcher struct {
 	started          bool
 	needPodCIDRs     bool
 	onPodCIDRsChange func()
+	// seen is signalled (without blocking) on every add or update, so
+	// that start-up waits on the informer instead of polling its cache.
+	seen chan struct{}
 }
 
 // Timeouts kube-proxy waits at start for the node's IPs, and for its
@@ -73,6 +76,7 @@ func watchNode(ctx context.Context, client kubernetes.Interface, name string, re
 	w := &nodeWatcher{
 		informer: proxier.NewNodeInformer(client, name, resync), name: name,
 		needPodCIDRs: needPodCIDRs, onPodCIDRsChange: onPodCIDRsChange,
+		seen: make(chan struct{}, 1),
 	}
 	if _, err := w.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    w.update,
@@ -116,6 +120,10 @@ func (w *nodeWatcher) update(obj any) {
 	changed := w.started && w.needPodCIDRs && !slices.Equal(w.podCIDRs, n.Spec.PodCIDRs)
 	old := w.podCIDRs
 	w.mu.Unlock()
+	select {
+	case w.seen <- struct{}{}:
+	default: // a wake-up is already pending
+	}
 	if changed && w.onPodCIDRsChange != nil {
 		klog.InfoS("PodCIDRs changed for the node", "node", klog.KObj(n), "newPodCIDRs", n.Spec.PodCIDRs, "oldPodCIDRs", old)
 		w.onPodCIDRsChange()
@@ -145,21 +153,23 @@ func (w *nodeWatcher) waitForStart(ctx context.Context) (*v1.Node, error) {
 	return n, nil
 }
 
-// waitFor polls the informer's cache every second until done holds for
-// the node, timeout passes or ctx ends.
+// waitFor waits until done holds for the node in the informer's cache,
+// timeout passes or ctx ends. It wakes up when the informer sees the node
+// change, not on a timer: a start-up on a loaded node polls nothing.
 func (w *nodeWatcher) waitFor(ctx context.Context, timeout time.Duration, done func(*v1.Node) bool) *v1.Node {
-	deadline := time.Now().Add(timeout)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
 	for {
 		n := w.cached()
 		if n != nil && done(n) {
 			return n
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return n
-		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(time.Second):
+			return n
+		case <-deadline.C:
+			return w.cached()
+		case <-w.seen:
 		}
 	}
 }

@@ -2,12 +2,17 @@ package app
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/nftvs/nftvs/proxier"
 )
@@ -42,5 +47,87 @@ func TestNodeWatchedOnce(t *testing.T) {
 	}
 	if n := nw.Node(); n == nil || len(NodeHostIPs(n)) != 1 {
 		t.Errorf("the command's view of the node: %v", n)
+	}
+}
+
+// /livez and /healthz answer from the first moment of a run, while nftvs
+// still waits for its Node (here an API server that never answers a
+// list): a liveness probe on a loaded node sees a starting proxy as
+// alive instead of a refused connection (issue 30: on 2 and 5 December a
+// restart took minutes to listen again).
+func TestHealthServedBeforeTheNode(t *testing.T) {
+	block := make(chan struct{})
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // hold every request until the test ends
+		case <-block:
+		case <-r.Context().Done():
+		}
+		http.Error(w, "gone", http.StatusServiceUnavailable)
+	}))
+	defer api.Close()
+	defer close(block)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cfg := mustParse(t, "--master", api.URL, "--healthz-bind-address", addr, "--metrics-bind-address", "", "--hostname-override", "node-a")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg) }()
+	var livez, healthz int
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if livez = status(t, "http://"+addr+"/livez"); livez != 0 {
+			healthz = status(t, "http://"+addr+"/healthz")
+			break
+		}
+	}
+	cancel()
+	if livez != http.StatusOK || healthz != http.StatusServiceUnavailable {
+		t.Errorf("while waiting for the Node: /livez %d, /healthz %d; want 200 and 503 (no Node, not eligible)", livez, healthz)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not stop")
+	}
+}
+
+// status is the HTTP status of GET url, 0 when nothing answers.
+func status(t *testing.T, url string) int {
+	t.Helper()
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// Everything nftvs asks the API server (the informers' lists and watches,
+// Events) goes through one client, rate-limited by clientConnection.qps
+// and burst as in kube-proxy: a start-up on a loaded node asks no faster.
+func TestClientRateLimited(t *testing.T) {
+	cfg := mustParse(t, "--master", "http://127.0.0.1:1", "--kube-api-qps", "7", "--kube-api-burst", "3")
+	client, api, err := newClient(*cfg.KubeProxy, cfg.Master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(api) != "[127.0.0.1]" {
+		t.Errorf("the API server's addresses are %v, want the --master host", api)
+	}
+	for name, rc := range map[string]interface {
+		GetRateLimiter() flowcontrol.RateLimiter
+	}{"core": client.CoreV1().RESTClient(), "discovery": client.DiscoveryV1().RESTClient(), "events": client.EventsV1().RESTClient()} {
+		rl := rc.GetRateLimiter()
+		if rl == nil || rl.QPS() != 7 {
+			t.Errorf("%s client: rate limiter %v, want 7 QPS", name, rl)
+		}
 	}
 }

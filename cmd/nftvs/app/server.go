@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -30,6 +32,7 @@ import (
 	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/klog/v2"
 	"k8s.io/kube-proxy/config/v1alpha1"
+	"k8s.io/utils/clock"
 	netutils "k8s.io/utils/net"
 	"sigs.k8s.io/yaml"
 
@@ -363,7 +366,10 @@ var errPodCIDRsChanged = errors.New("the node's podCIDRs changed (detect-local-m
 // run is the proxy: it programs the kernel until ctx ends (SIGTERM), then
 // stops, leaving IPVS, kube-ipvs0 and the nftables table in place so that
 // connections survive the restart. Its steps are kube-proxy's: the node,
-// the kernel, the servers, the watch, the sync loop.
+// the kernel, the servers, the watch, the sync loop; except that the
+// health server comes first, so that a start-up on a loaded node (the
+// Node read, a 10k-Service list and first sync can take minutes there)
+// answers /livez from its first second.
 func run(parent context.Context, cfg *Config) error {
 	klog.InfoS("Starting nftvs", "version", Version(), "companion", cfg.Companion)
 	cfg.featureGate.AddMetrics() // kubernetes_feature_enabled, as kube-proxy
@@ -381,6 +387,17 @@ func run(parent context.Context, cfg *Config) error {
 	defer cancel(nil)
 	ev := newNodeEvents(client, name)
 	defer ev.broadcaster.Shutdown()
+	ev.broadcaster.StartRecordingToSink(ctx.Done())
+
+	health := NewHealthServer(2*cfg.KubeProxy.IPVS.SyncPeriod.Duration, clock.RealClock{})
+	var servers sync.WaitGroup
+	defer func() {
+		cancel(nil) // whatever ended the run, the servers stop
+		servers.Wait()
+	}()
+	if a := cfg.KubeProxy.HealthzBindAddress; a != "" {
+		serveHTTP(ctx, &servers, "healthz", a, health.Handler(), hardFail(cfg, cancel, ev, "FailedToStartProxierHealthcheck"))
+	}
 
 	resync := cfg.KubeProxy.ConfigSyncPeriod.Duration
 	nw, err := watchNode(ctx, client, name, resync, cfg.KubeProxy.DetectLocalMode == "NodeCIDR", func() { cancel(errPodCIDRsChanged) })
@@ -390,35 +407,37 @@ func run(parent context.Context, cfg *Config) error {
 	if err != nil {
 		return err
 	}
+	health.SetNode(nw.Node)
 	node, err := detectNode(cfg, nw.Node())
 	if err != nil {
 		return err
 	}
 	metrics := NewMetrics(node.families)
+	health.SetMetrics(metrics)
 	p, nodePorts, closeKernel, err := newProxier(ctx, cfg, name, node, apiServer, metrics, ev.serviceWarning)
 	if err != nil {
 		return err
 	}
 	defer closeKernel()
 
-	health := NewHealthServer(2*cfg.KubeProxy.IPVS.SyncPeriod.Duration, nw.Node, metrics)
 	serviceHealth := NewServiceHealthServers(name, ev.recorder, nodePorts.healthCheckAddresses(), node.ipv6, func() bool { return health.Health().Healthy })
 	defer serviceHealth.Close()
-	ev.broadcaster.StartRecordingToSink(ctx.Done())
-	servers := startServers(ctx, cancel, cfg, health, metrics, ev)
+	var metricsServer sync.WaitGroup
 	defer func() {
-		cancel(nil) // whatever ended the run, the servers stop
-		servers.Wait()
+		cancel(nil)
+		metricsServer.Wait()
 	}()
+	if a := cfg.KubeProxy.MetricsBindAddress; a != "" {
+		serveHTTP(ctx, &metricsServer, "metrics", a, metricsHandler(metrics, cfg), hardFail(cfg, cancel, ev, "FailedToStartMetricServer"))
+	}
 	ev.event(v1.EventTypeNormal, "Starting", "Starting nftvs")
 
-	// As kube-proxy's sync loop: healthy while starting; the informers'
-	// initial lists are the first queued change.
-	changes := newChangeTracker(metrics, health, node.families)
+	// As kube-proxy's sync loop: healthy while starting; changes queue
+	// syncs for /healthz once the informers have synced (changeTracker).
+	changes := newChangeTracker(metrics, health, node.families, clock.RealClock{})
 	for _, f := range node.families {
 		health.Updated(f)
 	}
-	changes.queued(time.Now())
 	err = p.WatchWith(ctx, client, proxier.WatchOptions{Resync: resync, Node: nw.informer, OnChange: changes.observe})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -426,6 +445,7 @@ func run(parent context.Context, cfg *Config) error {
 		}
 		return fmt.Errorf("watch the API server: %w", err)
 	}
+	changes.initialize()
 	if cfg.TakeoverKubeProxy {
 		takeOver(ev)
 	}
@@ -576,6 +596,7 @@ func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, a
 		kernel.Close()
 	}
 	rec := ipvs.NewReconciler(kernel, exclude).OwnFWMarks(proxier.OwnsFWMark(nftCfg.MasqueradeMark))
+	rec.Yield = yieldCPU
 	k, err := proxierKernel(cfg, rec, addrs, table, m, func() (conntrack.Interface, error) {
 		return conntrack.New()
 	})
@@ -607,6 +628,19 @@ func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, a
 		klog.ErrorS(err, "Not watching the nftables ruleset: drift is repaired by the periodic sync only")
 	}
 	return p, nodePorts, closeKernel, nil
+}
+
+// yieldCPU gives way, between two batches of a large IPVS sync, to what
+// waits for the CPU: nftvs's other goroutines (runtime.Gosched), then the
+// node's other tasks on this CPU (sched_yield(2): the scheduler runs
+// whatever is runnable here before the sync goes on). On an idle node
+// nothing waits and the sync goes straight on, so a cold start costs one
+// system call per batch. A pause (a sleep) would do no more for a loaded
+// node, whose scheduler already shares the CPU fairly with nftvs's one
+// sync thread, and would only lengthen a start-up on an idle one.
+func yieldCPU() {
+	runtime.Gosched()
+	_, _, _ = unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
 }
 
 // localAddresses are the addresses of this node's links but kube-ipvs0's:
@@ -655,27 +689,17 @@ func tableConfig(cfg *Config, node nodeFacts) (nodePortSelection, []netip.Prefix
 	return nodePorts, exclude, nftCfg, err
 }
 
-// startServers starts the health and metrics servers; with
-// --bind-address-hard-fail, one that cannot serve sends an Event and
-// ends the run.
-func startServers(ctx context.Context, cancel context.CancelCauseFunc, cfg *Config, health *HealthServer, metrics *Metrics, ev *nodeEvents) *sync.WaitGroup {
-	hardFail := func(reason string) func(error) {
-		if !cfg.KubeProxy.BindAddressHardFail {
-			return nil
-		}
-		return func(err error) {
-			ev.event(v1.EventTypeWarning, reason, err.Error())
-			cancel(err)
-		}
+// hardFail is what a server that cannot serve does with
+// --bind-address-hard-fail: an Event, and the run ends. Without it (nil),
+// the server retries.
+func hardFail(cfg *Config, cancel context.CancelCauseFunc, ev *nodeEvents, reason string) func(error) {
+	if !cfg.KubeProxy.BindAddressHardFail {
+		return nil
 	}
-	var servers sync.WaitGroup
-	if a := cfg.KubeProxy.HealthzBindAddress; a != "" {
-		serveHTTP(ctx, &servers, "healthz", a, health.Handler(), hardFail("FailedToStartProxierHealthcheck"))
+	return func(err error) {
+		ev.event(v1.EventTypeWarning, reason, err.Error())
+		cancel(err)
 	}
-	if a := cfg.KubeProxy.MetricsBindAddress; a != "" {
-		serveHTTP(ctx, &servers, "metrics", a, metricsHandler(metrics, cfg), hardFail("FailedToStartMetricServer"))
-	}
-	return &servers
 }
 
 // takeOver runs --takeover-kube-proxy right before the first sync, which
@@ -691,7 +715,7 @@ func takeOver(ev *nodeEvents) {
 // observeSync reports one sync: metrics, the changes it took, health,
 // and the per-Service health check servers.
 func observeSync(res proxier.SyncResult, err error, p *proxier.Proxier, families []v1.IPFamily, metrics *Metrics, health *HealthServer, changes *changeTracker, serviceHealth *ServiceHealthServers) {
-	now := time.Now()
+	now := changes.clock.Now()
 	changes.synced(now.Add(-res.Duration))
 	if err == nil {
 		for _, f := range families {
