@@ -533,6 +533,7 @@ func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, m
 	pcfg.ExcludeCIDRs = exclude
 	pcfg.MasqueradeMark = nftCfg.MasqueradeMark
 	pcfg.Warn = warn
+	pcfg.Schedulers = offeredSchedulers(kernel, cfg.KubeProxy.IPVS.Scheduler)
 	p := proxier.New(pcfg, k)
 	// Someone else's change to the table (nft flush ruleset) is repaired
 	// within a second instead of at the next sync period.
