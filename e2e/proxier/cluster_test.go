@@ -96,6 +96,9 @@ type clusterOptions struct {
 	// drainCheck is how often draining real servers' connections are
 	// counted (default: the proxier's, 10 s).
 	drainCheck time.Duration
+	// schedulers are those the kernel offers, as nftvs probes them (nil:
+	// planning assumes every in-tree one).
+	schedulers []string
 }
 
 func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
@@ -142,6 +145,7 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 			Scheduler: "rr",
 			IPv4:      true, IPv6: true,
 			ExcludeCIDRs: o.exclude,
+			Schedulers:   o.schedulers,
 		},
 		MinSyncPeriod:     250 * time.Millisecond,
 		SyncPeriod:        o.syncPeriod,
