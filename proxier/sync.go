@@ -60,6 +60,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	errs = append(errs, p.syncAddresses(planned, w.full, &res))
 	errs = append(errs, p.isolate(p.deleteVirtualServers(deletes, &res), &res))
 	old := p.commit(planned)
+	p.view.publish(planned, old, p.problems)
 	errs = append(errs, p.trimElements(planned, old, &res))
 	p.cleanConntrack(old, planned, &res)
 
