@@ -214,6 +214,11 @@ type Config struct {
 	// the first sync (--takeover-kube-proxy).
 	TakeoverKubeProxy bool
 
+	// ServiceMetrics serves IPVS's counters per Service port
+	// (--ipvs-service-metrics), and per endpoint with
+	// ServiceMetricsRealServers.
+	ServiceMetrics, ServiceMetricsRealServers bool
+
 	// Warnings are things the user should know: flags or fields that do
 	// not apply, or that kube-proxy would also ignore.
 	Warnings []string
@@ -242,6 +247,9 @@ func (o *Options) Complete() (*Config, error) {
 		DrainTimeout:      o.GracefulTerminationPeriod,
 		ConntrackCleaner:  o.ConntrackCleaner,
 		TakeoverKubeProxy: o.TakeoverKubeProxy,
+
+		ServiceMetrics:            o.ServiceMetrics,
+		ServiceMetricsRealServers: o.ServiceMetricsRealServers,
 	}
 	var cfg *v1alpha1.KubeProxyConfiguration
 	if o.ConfigFile != "" {

@@ -111,7 +111,8 @@ func TestFlagDefaultsAreKubeProxys(t *testing.T) {
 			t.Errorf("--%s defaults to %q, kube-proxy's to %q", name, f.DefValue, want)
 		}
 	}
-	own := map[string]string{"companion": "nft", "ipvs-graceful-termination-period": "0s", "conntrack-cleaner": "true", "takeover-kube-proxy": "false"}
+	own := map[string]string{"companion": "nft", "ipvs-graceful-termination-period": "0s", "conntrack-cleaner": "true", "takeover-kube-proxy": "false",
+		"ipvs-service-metrics": "false", "ipvs-service-metrics-real-servers": "false"}
 	for name, want := range own {
 		if f := fs.Lookup(name); f == nil || f.DefValue != want {
 			t.Errorf("--%s: got %v, want default %q", name, f, want)
@@ -370,7 +371,8 @@ func TestFlagsMatchKubeProxyBinary(t *testing.T) {
 		}
 	}
 	for name := range ours {
-		if _, ok := upstream[name]; !ok && !slices.Contains([]string{"companion", "conntrack-cleaner", "ipvs-graceful-termination-period", "takeover-kube-proxy"}, name) {
+		if _, ok := upstream[name]; !ok && !slices.Contains([]string{"companion", "conntrack-cleaner", "ipvs-graceful-termination-period", "takeover-kube-proxy",
+			"ipvs-service-metrics", "ipvs-service-metrics-real-servers"}, name) {
 			t.Errorf("--%s is not a kube-proxy flag", name)
 		}
 	}

@@ -340,6 +340,11 @@ func run(parent context.Context, cfg *Config) error {
 		return err
 	}
 	defer closeKernel()
+	if closeStats, err := registerServiceMetrics(cfg, metrics, p); err != nil {
+		return err
+	} else if closeStats != nil {
+		defer closeStats()
+	}
 
 	health := NewHealthServer(2*cfg.KubeProxy.IPVS.SyncPeriod.Duration, nw.Node, metrics)
 	serviceHealth := NewServiceHealthServers(name, ev.recorder, nodePorts.healthCheckAddresses(), node.ipv6, func() bool { return health.Health().Healthy })

@@ -1,0 +1,53 @@
+//go:build vmtest
+
+package servicemetrics
+
+import (
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/nftvs/nftvs/ipvs"
+)
+
+// BenchmarkCollectKernel is the cost of one scrape against the VM's real
+// IPVS: one netlink dump of every virtual server's counters, one read of
+// /proc/net/ip_vs, the summing. Run inside the test VM:
+//
+//	go test -tags vmtest -run XXX -bench CollectKernel -benchtime 20x -exec $PWD/e2e/vm/vmexec ./servicemetrics/
+func BenchmarkCollectKernel(b *testing.B) {
+	if os.Getenv("NFTVS_IN_VM") != "1" {
+		b.Skip("KERNEL BENCHMARK SKIPPED: runs only inside the test VM")
+	}
+	k, err := ipvs.NewKernel("")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer k.Close()
+	have := 0
+	o := owners{}
+	for _, n := range []int{1000, 10000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			if have < n {
+				start := time.Now()
+				// Virtual servers are added, never removed, between the
+				// sizes: build the difference.
+				for key, v := range services(b, k, have, n) {
+					o[key] = v
+				}
+				have = n
+				b.Logf("built %d virtual servers × 2 real servers in %v", n, time.Since(start).Round(time.Millisecond))
+			}
+			c := New(k, o, Options{TTL: -1})
+			b.ResetTimer()
+			for range b.N {
+				if got := scrape(b, c); got != 7*n+2 {
+					b.Fatalf("%d series, want %d", got, 7*n+2)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(c.took.Seconds()*1000, "ms/read")
+		})
+	}
+}
