@@ -60,7 +60,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	errs = append(errs, p.syncAddresses(planned, w.full, &res))
 	errs = append(errs, p.isolate(p.deleteVirtualServers(deletes, &res), &res))
 	old := p.commit(planned)
-	p.view.publish(planned, old, p.problems)
+	p.view.publish(planned, old)
 	errs = append(errs, p.trimElements(planned, old, &res))
 	p.cleanConntrack(old, planned, &res)
 
@@ -241,6 +241,7 @@ func unjoin(err error) []error {
 // from those last reported: a full sync replans every Service, and the
 // same Event every sync period would only be noise.
 func (p *Proxier) report(n types.NamespacedName, err error) {
+	p.view.stage(n, err)
 	if err == nil {
 		delete(p.problems, n)
 		return

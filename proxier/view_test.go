@@ -27,7 +27,7 @@ func TestViewFollowsSyncs(t *testing.T) {
 		}
 	}
 	plans, problems, ok := f.p.AppliedService(web)
-	if !ok || len(plans) != 1 || !strings.Contains(problems, "fastest") {
+	if !ok || len(plans) != 1 || len(problems) != 1 || problems[0].Reason != ReasonInvalidScheduler || !strings.Contains(problems[0].Message, "fastest") {
 		t.Errorf("AppliedService: %d plans, problems %q, ok %v", len(plans), problems, ok)
 	}
 
