@@ -219,6 +219,10 @@ type Config struct {
 	// ServiceMetricsRealServers.
 	ServiceMetrics, ServiceMetricsRealServers bool
 
+	// ExplainSocket is where `nftvs explain` reads the proxier's view
+	// (--explain-socket; "" is off).
+	ExplainSocket string
+
 	// Warnings are things the user should know: flags or fields that do
 	// not apply, or that kube-proxy would also ignore.
 	Warnings []string
@@ -250,6 +254,7 @@ func (o *Options) Complete() (*Config, error) {
 
 		ServiceMetrics:            o.ServiceMetrics,
 		ServiceMetricsRealServers: o.ServiceMetricsRealServers,
+		ExplainSocket:             o.ExplainSocket,
 	}
 	var cfg *v1alpha1.KubeProxyConfiguration
 	if o.ConfigFile != "" {

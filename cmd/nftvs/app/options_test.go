@@ -112,7 +112,8 @@ func TestFlagDefaultsAreKubeProxys(t *testing.T) {
 		}
 	}
 	own := map[string]string{"companion": "nft", "ipvs-graceful-termination-period": "0s", "conntrack-cleaner": "true", "takeover-kube-proxy": "false",
-		"ipvs-service-metrics": "false", "ipvs-service-metrics-real-servers": "false"}
+		"ipvs-service-metrics": "false", "ipvs-service-metrics-real-servers": "false",
+		"explain-socket": "/run/nftvs/explain.sock"}
 	for name, want := range own {
 		if f := fs.Lookup(name); f == nil || f.DefValue != want {
 			t.Errorf("--%s: got %v, want default %q", name, f, want)
@@ -372,7 +373,7 @@ func TestFlagsMatchKubeProxyBinary(t *testing.T) {
 	}
 	for name := range ours {
 		if _, ok := upstream[name]; !ok && !slices.Contains([]string{"companion", "conntrack-cleaner", "ipvs-graceful-termination-period", "takeover-kube-proxy",
-			"ipvs-service-metrics", "ipvs-service-metrics-real-servers"}, name) {
+			"ipvs-service-metrics", "ipvs-service-metrics-real-servers", "explain-socket"}, name) {
 			t.Errorf("--%s is not a kube-proxy flag", name)
 		}
 	}

@@ -58,6 +58,9 @@ func Version() string {
 // configuration, which are reported before anything in the kernel is
 // touched.
 func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "explain" {
+		return runExplain(args[1:], stdout, stderr)
+	}
 	o := NewOptions()
 	fs := o.NewFlagSet()
 	fs.SetOutput(stderr)
@@ -340,6 +343,7 @@ func run(parent context.Context, cfg *Config) error {
 		return err
 	}
 	defer closeKernel()
+	serveExplain(ctx, cfg.ExplainSocket, p)
 	if closeStats, err := registerServiceMetrics(cfg, metrics, p); err != nil {
 		return err
 	} else if closeStats != nil {
