@@ -15,8 +15,9 @@ import (
 // --stats` and `ipvsadm -Ln` show them.
 type Stats struct {
 	// Connections, PacketsIn/Out and BytesIn/Out count since the virtual
-	// server was created. moby/ipvs reads the kernel's 32-bit counters
-	// for connections and packets (they wrap at 2^32) and 64-bit ones for
+	// server was created, as the kernel's rate estimator last summed them
+	// (every 2 s). moby/ipvs reads the kernel's 32-bit counters for
+	// connections and packets (they wrap at 2^32) and 64-bit ones for
 	// bytes.
 	Connections, PacketsIn, PacketsOut, BytesIn, BytesOut uint64
 	// RealServers are the connection entries of each real server now.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -107,11 +108,21 @@ func TestServiceMetrics(t *testing.T) {
 	}
 	heldPod := map[string]*pod{a1.name: a1, a2.name: a2}[who]
 
-	after := gatherValues(t, reg)
-	t.Logf("after traffic: %v", after)
+	// The kernel publishes its counters when its rate estimator runs
+	// (every 2 s; ip_vs_est.c): ipvsadm --stats lags the same way.
+	var after map[string]float64
 	delta := func(name string) float64 {
 		return after[name+"{"+labels+"}"] - before[name+"{"+labels+"}"]
 	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		after = gatherValues(t, reg)
+		if delta("nftvs_service_connections_total") >= 8 && delta("nftvs_service_bytes_out_total") > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Logf("after traffic: %v", after)
 	if d := delta("nftvs_service_connections_total"); d != 8 {
 		t.Errorf("connections_total grew by %v, want 8 (4 to the ClusterIP, 3 to the node port, 1 held): the node port's virtual server is not summed in?", d)
 	}
@@ -133,7 +144,7 @@ func TestServiceMetrics(t *testing.T) {
 	if v := after["nftvs_service_inactive_connections{"+labels+"}"]; v < 7 {
 		t.Errorf("inactive_connections %v, want the 7 closed connections' entries", v)
 	}
-	rsName := "nftvs_service_real_server_active_connections{" + labels + ",real_server=" + netip.AddrPortFrom(heldPod.v4, echoPort).String() + "}"
+	rsName := "nftvs_service_real_server_active_connections{namespace=e2e,port=http,real_server=" + netip.AddrPortFrom(heldPod.v4, echoPort).String() + ",service=metrics}"
 	if v, ok := after[rsName]; !ok || v != 1 {
 		t.Errorf("%s = %v (%v), want 1", rsName, v, ok)
 	}
