@@ -29,7 +29,9 @@ type fakeKernel struct {
 	flows []conntrack.Flow
 }
 
-func (f *fakeKernel) VirtualServers() ([]ipvs.VirtualServer, error) { return f.ipvs.GetVirtualServers() }
+func (f *fakeKernel) VirtualServers() ([]ipvs.VirtualServer, error) {
+	return f.ipvs.GetVirtualServers()
+}
 func (f *fakeKernel) RealServers(k ipvs.VSKey) ([]ipvs.RealServer, map[netip.AddrPort]ipvs.Connections, error) {
 	rs, err := f.ipvs.GetRealServers(k)
 	if err != nil {
@@ -38,7 +40,9 @@ func (f *fakeKernel) RealServers(k ipvs.VSKey) ([]ipvs.RealServer, map[netip.Add
 	c, err := f.ipvs.GetConnections(k)
 	return rs, c, err
 }
-func (f *fakeKernel) DummyAddresses() ([]netip.Addr, error) { return f.addrs.ListAddresses(ipvs.DummyName) }
+func (f *fakeKernel) DummyAddresses() ([]netip.Addr, error) {
+	return f.addrs.ListAddresses(ipvs.DummyName)
+}
 func (f *fakeKernel) Elements(want []nft.Element) ([]nft.ElementState, error) {
 	have := map[nft.Element]string{}
 	for _, e := range f.nft.Elements() {

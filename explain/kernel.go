@@ -56,7 +56,9 @@ func (n *NodeKernel) Close() {
 	n.addrs.Close()
 }
 
-func (n *NodeKernel) VirtualServers() ([]ipvs.VirtualServer, error) { return n.ipvs.GetVirtualServers() }
+func (n *NodeKernel) VirtualServers() ([]ipvs.VirtualServer, error) {
+	return n.ipvs.GetVirtualServers()
+}
 
 func (n *NodeKernel) RealServers(k ipvs.VSKey) ([]ipvs.RealServer, map[netip.AddrPort]ipvs.Connections, error) {
 	rss, err := n.ipvs.GetRealServers(k)
