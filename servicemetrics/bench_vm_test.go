@@ -51,3 +51,43 @@ func BenchmarkCollectKernel(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReadParts splits one read into its two kernel reads, to say
+// which one a scrape's cost is.
+func BenchmarkReadParts(b *testing.B) {
+	if os.Getenv("NFTVS_IN_VM") != "1" {
+		b.Skip("KERNEL BENCHMARK SKIPPED: runs only inside the test VM")
+	}
+	k, err := ipvs.NewKernel("")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer k.Close()
+	have := 0
+	for _, n := range []int{1000, 10000} {
+		if have < n {
+			services(b, k, have, n)
+			have = n
+		}
+		b.Run(fmt.Sprintf("netlink-dump/%d", n), func(b *testing.B) {
+			for range b.N {
+				if vs, err := k.GetVirtualServers(); err != nil || len(vs) != n {
+					b.Fatalf("%d virtual servers, %v", len(vs), err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("proc-ip_vs/%d", n), func(b *testing.B) {
+			for range b.N {
+				f, err := os.Open(ipvs.ProcIPVS)
+				if err != nil {
+					b.Fatal(err)
+				}
+				m, err := ipvs.ParseProcIPVS(f)
+				f.Close()
+				if err != nil || len(m) != n {
+					b.Fatalf("%d virtual servers, %v", len(m), err)
+				}
+			}
+		})
+	}
+}
