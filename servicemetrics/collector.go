@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"k8s.io/klog/v2"
 
 	"github.com/nftvs/nftvs/ipvs"
@@ -75,6 +76,41 @@ type Collector struct {
 	cached   []prometheus.Metric
 	took     time.Duration
 	failures int
+	// labels are each Service port's label pairs, reused from read to
+	// read.
+	labels map[proxier.ServicePortName][]*dto.LabelPair
+}
+
+// sample is one series of a read: a const metric whose label pairs are
+// shared with the other series of its Service port. Label pairs are in
+// name order, as Prometheus keeps them.
+type sample struct {
+	desc    *prometheus.Desc
+	labels  []*dto.LabelPair
+	value   float64
+	counter bool
+}
+
+func (s sample) Desc() *prometheus.Desc { return s.desc }
+
+func (s sample) Write(m *dto.Metric) error {
+	v := s.value
+	m.Label = s.labels
+	if s.counter {
+		m.Counter = &dto.Counter{Value: &v}
+	} else {
+		m.Gauge = &dto.Gauge{Value: &v}
+	}
+	return nil
+}
+
+// labelPairs builds label pairs from name, value, ... given in name order.
+func labelPairs(kv ...string) []*dto.LabelPair {
+	out := make([]*dto.LabelPair, 0, len(kv)/2)
+	for i := 0; i+1 < len(kv); i += 2 {
+		out = append(out, &dto.LabelPair{Name: &kv[i], Value: &kv[i+1]})
+	}
+	return out
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -172,26 +208,29 @@ func (c *Collector) refresh(now time.Time) {
 		}
 	}
 	out := make([]prometheus.Metric, 0, 7*len(ports)+2*len(rss))
+	labels := make(map[proxier.ServicePortName][]*dto.LabelPair, len(ports))
 	for n, t := range ports {
-		l := []string{n.Namespace, n.Name, n.Port}
-		gauge := func(d *prometheus.Desc, v float64) {
-			out = append(out, prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...))
+		// One set of label pairs for the port's seven series, kept from
+		// the last read: building label pairs was most of a scrape's
+		// own cost at 10k Services.
+		l := c.labels[n]
+		if l == nil {
+			l = labelPairs("namespace", n.Namespace, "port", n.Port, "service", n.Name)
 		}
-		counter := func(d *prometheus.Desc, v uint64) {
-			out = append(out, prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), l...))
-		}
-		gauge(descActive, float64(t.active))
-		gauge(descInactive, float64(t.inactive))
-		counter(descConnections, t.connections)
-		counter(descPacketsIn, t.packetsIn)
-		counter(descPacketsOut, t.packetsOut)
-		counter(descBytesIn, t.bytesIn)
-		counter(descBytesOut, t.bytesOut)
+		labels[n] = l
+		out = append(out,
+			sample{descActive, l, float64(t.active), false},
+			sample{descInactive, l, float64(t.inactive), false},
+			sample{descConnections, l, float64(t.connections), true},
+			sample{descPacketsIn, l, float64(t.packetsIn), true},
+			sample{descPacketsOut, l, float64(t.packetsOut), true},
+			sample{descBytesIn, l, float64(t.bytesIn), true},
+			sample{descBytesOut, l, float64(t.bytesOut), true})
 	}
+	c.labels = labels
 	for k, conns := range rss {
-		l := []string{k.port.Namespace, k.port.Name, k.port.Port, k.rs.String()}
-		out = append(out, prometheus.MustNewConstMetric(descRSActive, prometheus.GaugeValue, float64(conns.Active), l...),
-			prometheus.MustNewConstMetric(descRSInactive, prometheus.GaugeValue, float64(conns.Inactive), l...))
+		l := labelPairs("namespace", k.port.Namespace, "port", k.port.Port, "real_server", k.rs.String(), "service", k.port.Name)
+		out = append(out, sample{descRSActive, l, float64(conns.Active), false}, sample{descRSInactive, l, float64(conns.Inactive), false})
 	}
 	c.cached, c.at, c.took = out, now, time.Since(start)
 }
