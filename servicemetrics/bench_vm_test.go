@@ -25,21 +25,9 @@ func BenchmarkCollectKernel(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer k.Close()
-	have := 0
-	o := owners{}
 	for _, n := range []int{1000, 10000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			if have < n {
-				start := time.Now()
-				// Virtual servers are added, never removed, between the
-				// sizes: build the difference.
-				for key, v := range services(b, k, have, n) {
-					o[key] = v
-				}
-				have = n
-				b.Logf("built %d virtual servers × 2 real servers in %v", n, time.Since(start).Round(time.Millisecond))
-			}
-			c := New(k, o, Options{TTL: -1})
+			c := New(k, vmServices(b, k, n), Options{TTL: -1})
 			b.ResetTimer()
 			for range b.N {
 				if got := scrape(b, c); got != 7*n+2 {
@@ -63,12 +51,8 @@ func BenchmarkReadParts(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer k.Close()
-	have := 0
 	for _, n := range []int{1000, 10000} {
-		if have < n {
-			services(b, k, have, n)
-			have = n
-		}
+		vmServices(b, k, n)
 		b.Run(fmt.Sprintf("netlink-dump/%d", n), func(b *testing.B) {
 			for range b.N {
 				if vs, err := k.GetVirtualServers(); err != nil || len(vs) != n {
@@ -90,4 +74,21 @@ func BenchmarkReadParts(b *testing.B) {
 			}
 		})
 	}
+}
+
+// vmBuilt are the Services built in the VM's IPVS so far, shared by the
+// benchmarks of one run: they are added, never removed, between sizes.
+var vmBuilt = owners{}
+
+// vmServices makes the VM's IPVS hold n Services, building the
+// difference.
+func vmServices(b *testing.B, k *ipvs.Kernel, n int) owners {
+	if have := len(vmBuilt); have < n {
+		start := time.Now()
+		for key, v := range services(b, k, have, n) {
+			vmBuilt[key] = v
+		}
+		b.Logf("built %d virtual servers × 2 real servers in %v", n, time.Since(start).Round(time.Millisecond))
+	}
+	return vmBuilt
 }
