@@ -17,7 +17,7 @@ import (
 )
 
 // DefaultSocket is where nftvs serves its view for `nftvs explain`.
-const DefaultSocket = "/run/nftvs/explain.sock"
+const DefaultSocket = "/run/nftvs-explain.sock"
 
 // Frontend is the answer to "whose is this address:port?".
 type Frontend struct {
@@ -58,8 +58,11 @@ func writeJSON(w http.ResponseWriter, v any) {
 }
 
 // Serve serves h on the unix socket path until ctx ends. The socket is
-// the only way in: no TCP port, and mode 0600 in a 0700 directory, so
-// only root in nftvs's pod (kubectl exec) reads the view. A socket left
+// the only way in: no TCP port, and mode 0600 (a missing directory is
+// made 0700), so only root in nftvs's pod (kubectl exec) reads the view.
+// The default sits directly in /run: not in a directory of its own,
+// which a mount there (a 9p share in the test VM) could make a file
+// system without sockets. A socket left
 // by a previous run is replaced.
 func Serve(ctx context.Context, path string, h http.Handler) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {

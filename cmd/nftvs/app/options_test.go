@@ -113,7 +113,7 @@ func TestFlagDefaultsAreKubeProxys(t *testing.T) {
 	}
 	own := map[string]string{"companion": "nft", "ipvs-graceful-termination-period": "0s", "conntrack-cleaner": "true", "takeover-kube-proxy": "false",
 		"ipvs-service-metrics": "false", "ipvs-service-metrics-real-servers": "false",
-		"explain-socket": "/run/nftvs/explain.sock"}
+		"explain-socket": "/run/nftvs-explain.sock"}
 	for name, want := range own {
 		if f := fs.Lookup(name); f == nil || f.DefValue != want {
 			t.Errorf("--%s: got %v, want default %q", name, f, want)
