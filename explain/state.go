@@ -247,7 +247,7 @@ func why(e Endpoint, svc *v1.Service, node, zone string) string {
 	case e.Terminating && e.Draining > 0:
 		return "terminating: at weight 0 for its connections, until they end (or --ipvs-graceful-termination-period)"
 	case e.Terminating:
-		return "terminating: no new connections, and none left to drain"
+		return "terminating: out of IPVS (its connections ended, or the drain bound --ipvs-graceful-termination-period passed)"
 	case !e.Ready && e.Draining > 0:
 		return "not ready: at weight 0 for its connections"
 	case !e.Ready:
