@@ -149,7 +149,7 @@ func TestExplainService(t *testing.T) {
 		"TCP  192.168.0.10:30080",
 		"FWM  ",
 		"kube-ipvs0: 10.96.0.10",
-		"cluster-ips", `comment "e2e/web:http"`,
+		"cluster-ips", `comment "e2e/web:http/tcp"`,
 		"health check node port 30099: 1 local endpoints; answers 200 OK",
 		"10.244.1.6", "not ready",
 		"10.244.2.5", "on node node-b: internal traffic only",

@@ -235,6 +235,35 @@ func (n *NetlinkAddresses) SyncAddresses(name string, want []netip.Addr) (added,
 	return added, removed, errors.Join(errs...)
 }
 
+// RemoveAddresses removes those of addrs that the link holds, and
+// returns them. A missing link holds nothing.
+func (n *NetlinkAddresses) RemoveAddresses(name string, addrs []netip.Addr) (removed []netip.Addr, err error) {
+	l, err := n.h.LinkByName(name)
+	if err != nil {
+		var notFound netlink.LinkNotFoundError
+		if errors.As(err, &notFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("look up link %s: %w", name, err)
+	}
+	ours, _, err := n.addressesOf(l.Attrs().Index)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, a := range addrs {
+		if ours[a.Unmap()] == nil {
+			continue
+		}
+		if err := n.h.AddrDel(l, ours[a.Unmap()]); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			errs = append(errs, fmt.Errorf("delete address %s from %s: %w", a, name, err))
+			continue
+		}
+		removed = append(removed, a.Unmap())
+	}
+	return removed, errors.Join(errs...)
+}
+
 // addressesOf lists every address of the namespace once: those of the
 // link index, and the others with the link holding them.
 func (n *NetlinkAddresses) addressesOf(index int) (ours map[netip.Addr]*netlink.Addr, elsewhere map[netip.Addr]int, err error) {

@@ -22,7 +22,9 @@ type Reconciler struct {
 	mu      sync.Mutex
 	h       Interface
 	exclude []netip.Prefix
-	cache   map[VSKey]*applied
+	// ownFWMark says which fwmarks are the proxier's (nil: all).
+	ownFWMark func(mark uint32) bool
+	cache     map[VSKey]*applied
 }
 
 type applied struct {
@@ -51,7 +53,7 @@ func (r Result) String() string {
 // NewReconciler reconciles through h. Virtual servers whose address lies
 // in one of excludeCIDRs (--ipvs-exclude-cidrs) belong to someone else:
 // Resync never deletes them unless they are desired. Fwmark virtual
-// servers have no address and are never excluded.
+// servers have no address: OwnFWMarks says which are someone else's.
 func NewReconciler(h Interface, excludeCIDRs []netip.Prefix) *Reconciler {
 	r := &Reconciler{h: h, cache: map[VSKey]*applied{}}
 	for _, p := range excludeCIDRs {
@@ -62,11 +64,21 @@ func NewReconciler(h Interface, excludeCIDRs []netip.Prefix) *Reconciler {
 	return r
 }
 
-// Excluded reports whether k lies inside the exclude CIDRs.
+// OwnFWMarks tells the Reconciler which fwmark virtual servers are its
+// own: Resync leaves the others alone unless they are desired, as it
+// does those inside the exclude CIDRs (keepalived makes fwmark virtual
+// servers of its own). It returns r.
+func (r *Reconciler) OwnFWMarks(own func(mark uint32) bool) *Reconciler {
+	r.ownFWMark = own
+	return r
+}
+
+// Excluded reports whether k is someone else's: inside the exclude CIDRs,
+// or an fwmark outside the proxier's (OwnFWMarks).
 func (r *Reconciler) Excluded(k VSKey) bool {
 	k = k.Key()
 	if k.FWMark != 0 {
-		return false
+		return r.ownFWMark != nil && !r.ownFWMark(k.FWMark)
 	}
 	for _, p := range r.exclude {
 		if p.Contains(k.Address) {

@@ -627,3 +627,35 @@ func TestReconcilerRepair(t *testing.T) {
 		t.Errorf("a changed scheduler was not restored:\n%s", got)
 	}
 }
+
+// TestReconcilerKeepsForeignFWMarks: with OwnFWMarks, Resync deletes only
+// the fwmark virtual servers in the proxier's mark space; keepalived's
+// (mark 7 here) stay, real servers and all (issue 26).
+func TestReconcilerKeepsForeignFWMarks(t *testing.T) {
+	f := NewFake()
+	for _, s := range []Service{
+		svc(fwmark(7, false), "wrr", rs("10.0.9.7:80", 3)),
+		svc(fwmark(0x75324000|1<<12, false), "rr", rs("10.0.9.9:80", 1)),
+	} {
+		if err := f.AddVirtualServer(s.VirtualServer); err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range s.RealServers {
+			if err := f.AddRealServer(s.VSKey, x); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	own := func(mark uint32) bool { return mark&0x4000 != 0 }
+	res, err := NewReconciler(f, nil).OwnFWMarks(own).Resync(nil)
+	checkErr(t, err, "")
+	want := dedent(`
+		|FWM  7 wrr
+		|  -> 10.0.9.7:80                  Masq 3`)
+	if got := f.String(); got != want {
+		t.Errorf("kernel:\n%s\nwant:\n%s", got, want)
+	}
+	if res.Writes.DeleteVirtualServer != 1 {
+		t.Errorf("writes %+v, want the own fwmark deleted only", res.Writes)
+	}
+}

@@ -94,7 +94,7 @@ func rangesSvc(n int) []Element {
 	return es
 }
 
-var rangeSizes = []int{500, 1000, 5000}
+var rangeSizes = []int{500, 1000, 5000, 10000}
 
 // BenchmarkSourceRanges declares and syncs one Service port with many
 // loadBalancerSourceRanges, from nothing, on the fake: the mirror's work

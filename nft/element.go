@@ -78,6 +78,12 @@ const (
 	// pods is marked so that it reaches every endpoint, while external
 	// clients hit the ip:port virtual server with local endpoints only.
 	LocalPolicyFWMarks SetName = "local-policy-fwmarks"
+	// NodePortAddresses holds the node's addresses that node ports are
+	// served on (the local addresses within --nodeport-addresses, never
+	// kube-ipvs0's): every node port rule matches only these, so that a
+	// node port never takes another Service's ClusterIP, external or
+	// load-balancer IP on the same port.
+	NodePortAddresses SetName = "node-port-addresses"
 	// NodePortFWMarks is LocalPolicyFWMarks for node ports: protocol . port
 	// to firewall mark.
 	NodePortFWMarks SetName = "node-port-fwmarks"

@@ -186,12 +186,6 @@ func setMarkFromMap(f Family, m string, fields ...matchField) part {
 
 func native32(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
 
-// fibDaddrLocal is `-m addrtype --dst-type LOCAL`.
-var fibDaddrLocal = fixed("fib daddr type local",
-	&expr.Fib{Register: reg1, FlagDADDR: true, ResultADDRTYPE: true},
-	&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: native32(unix.RTN_LOCAL)},
-)
-
 func markOr(bits uint32) part {
 	return fixed(fmt.Sprintf("meta mark set meta mark | 0x%08x", bits),
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},

@@ -656,9 +656,10 @@ func testPacketNodePortMark(t *testing.T) {
 }
 `)
 			cfg := Config{LocalTraffic: LocalTraffic{PodCIDRs: []netip.Prefix{f.podCIDR}}}
-			pktProgram(t, tp.node, cfg, "default/np:http",
+			tbl := pktProgram(t, tp.node, cfg, "default/np:http",
 				Element{Set: NodePorts, Protocol: TCP, Port: 30080},
 				Element{Set: NodePorts, Protocol: UDP, Port: 30053})
+			pktSync(t, tbl, "node", Element{Set: NodePortAddresses, Addr: f.nodeExt})
 
 			pktExpectPeer(t, "outside client, node port", tp.ext, netip.Addr{}, pktPort(f.nodeExt, 30080), f.ext)
 			pktExpectPeer(t, "outside client, other port", tp.ext, netip.Addr{}, pktPort(f.nodeExt, 30081), f.ext)
@@ -703,15 +704,18 @@ func testPacketETPLocalFWMarks(t *testing.T) {
 		%[1]s saddr %[6]v tcp dport 30090 meta mark 0x%08[5]x counter comment "pod-np"
 		%[1]s saddr %[7]v tcp dport { 80, 30090 } counter comment "ext-all"
 		%[1]s saddr %[7]v tcp dport { 80, 30090 } meta mark != 0 counter comment "ext-marked"
+		%[1]s daddr %[2]v tcp dport 30090 meta mark != 0 counter comment "lb-np-marked"
+		%[1]s daddr %[2]v tcp dport 30090 counter comment "lb-np-all"
 	}
 }
 `, f.ip, f.lb, lbMark, f.nodeExt, npMark, f.pod, f.ext))
 			cfg := Config{LocalTraffic: LocalTraffic{PodCIDRs: []netip.Prefix{f.podCIDR}}}
-			pktProgram(t, tp.node, cfg, "default/local:http",
+			tbl := pktProgram(t, tp.node, cfg, "default/local:http",
 				Element{Set: LoadBalancerIPsLocal, Addr: f.lb, Protocol: TCP, Port: 80},
 				Element{Set: LocalPolicyFWMarks, Addr: f.lb, Protocol: TCP, Port: 80, Mark: lbMark},
 				Element{Set: NodePortsLocal, Protocol: TCP, Port: 30090},
 				Element{Set: NodePortFWMarks, Protocol: TCP, Port: 30090, Mark: npMark})
+			pktSync(t, tbl, "node", Element{Set: NodePortAddresses, Addr: f.nodeExt})
 
 			pktExpectConnect(t, "node → LB", tp.node, netip.Addr{}, pktPort(f.lb, 80))
 			pktExpectConnect(t, "node → node port", tp.node, netip.Addr{}, pktPort(f.nodeExt, 30090))
@@ -719,10 +723,16 @@ func testPacketETPLocalFWMarks(t *testing.T) {
 			pktExpectPeer(t, "pod → node port", tp.pod, netip.Addr{}, pktPort(f.nodeExt, 30090), f.pod)
 			pktExpectPeer(t, "outside → LB", tp.ext, netip.Addr{}, pktPort(f.lb, 80), f.ext)
 			pktExpectPeer(t, "outside → node port", tp.ext, netip.Addr{}, pktPort(f.nodeExt, 30090), f.ext)
+			// The node port's number on another local address (the LB
+			// IP, as a ClusterIP on kube-ipvs0 would be) is not a node
+			// port: never steered to the node port's fwmark (issue 26).
+			pktExpectConnect(t, "node → LB address, node port number", tp.node, netip.Addr{}, pktPort(f.lb, 30090))
+			pktExpectPeer(t, "pod → LB address, node port number", tp.pod, netip.Addr{}, pktPort(f.lb, 30090), f.pod)
 
 			got := pktCounters(t, tp.node, "inet", "observer")
 			for name, wantSome := range map[string]bool{
 				"node-lb": true, "node-np": true, "pod-lb": true, "pod-np": true, "ext-all": true, "ext-marked": false,
+				"lb-np-all": true, "lb-np-marked": false,
 			} {
 				if (got[name] > 0) != wantSome {
 					t.Errorf("observer counter %s = %d packets, want %s", name, got[name], map[bool]string{true: "> 0", false: "0"}[wantSome])

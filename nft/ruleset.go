@@ -248,24 +248,21 @@ func (cfg Config) noLocalEndpoints() []rule {
 	out := eachFamily(func(f Family) []rule {
 		return []rule{{parts: slices.Concat(notLocal(f), []part{inFrontendSet(f, NoLocalEndpoints), counter, drop}), comment: comment}}
 	})
-	nodePort := func(notLocal []part) rule {
-		return rule{parts: slices.Concat(notLocal, []part{fibDaddrLocal,
-			inSet(0, NodePortsNoLocalEndpoints.kernel(), false, l4protoField, dportField), counter, drop}), comment: comment}
-	}
-	// A node port has no family: one rule per family whose local traffic
-	// is detected by source address, else one rule.
-	switch {
-	case cfg.LocalTraffic.Interface != "":
-		return append(out, nodePort(notLocal(IPv4)))
-	case cfg.LocalTraffic.implemented(IPv4) || cfg.LocalTraffic.implemented(IPv6):
-		return append(out, eachFamily(func(f Family) []rule {
-			if !cfg.LocalTraffic.implemented(f) {
-				return nil
-			}
-			return []rule{nodePort(notLocal(f))}
-		})...)
-	}
-	return append(out, nodePort(nil))
+	// A node port is served on the node port addresses only, never on
+	// another address the kernel calls local (a ClusterIP, an external
+	// or load-balancer IP on kube-ipvs0): a tenant's node port must not
+	// take another Service's port on those.
+	return append(out, eachFamily(func(f Family) []rule {
+		return []rule{{parts: slices.Concat(notLocal(f), []part{toNodePortAddress(f),
+			inSet(0, NodePortsNoLocalEndpoints.kernel(), false, l4protoField, dportField), counter, drop}), comment: comment}}
+	})...)
+}
+
+// toNodePortAddress matches traffic to one of the node port addresses of
+// family f (kube-proxy's `-m addrtype --dst-type LOCAL` narrowed to
+// --nodeport-addresses): the node's own addresses, never kube-ipvs0's.
+func toNodePortAddress(f Family) part {
+	return inSet(f, kernelSetName(NodePortAddresses, f), false, daddrField(f))
 }
 
 // inputChain: KUBE-IPVS-FILTER runs before IPVS takes the packet at 98.
@@ -324,7 +321,9 @@ func (cfg Config) localPolicyChain() chainSpec {
 	c := chainSpec{name: chainLocalPolicy, rules: eachFamily(func(f Family) []rule {
 		return rules([]part{first, setMarkFromMap(f, kernelSetName(LocalPolicyFWMarks, f), frontendFields(f)...)})
 	})}
-	return c.append(rules([]part{first, fibDaddrLocal, setMarkFromMap(0, NodePortFWMarks.kernel(), l4protoField, dportField)})...)
+	return c.append(eachFamily(func(f Family) []rule {
+		return rules([]part{first, toNodePortAddress(f), setMarkFromMap(0, NodePortFWMarks.kernel(), l4protoField, dportField)})
+	})...)
 }
 
 // externalChain masquerades externalTrafficPolicy Cluster frontends
@@ -336,7 +335,9 @@ func externalChain() chainSpec {
 			[]part{inFrontendSet(f, LoadBalancerIPs), jump(chainMarkMasq)},
 		)
 	})}
-	return c.append(rules([]part{fibDaddrLocal, inSet(0, NodePorts.kernel(), false, l4protoField, dportField), jump(chainMarkMasq)})...)
+	return c.append(eachFamily(func(f Family) []rule {
+		return rules([]part{toNodePortAddress(f), inSet(0, NodePorts.kernel(), false, l4protoField, dportField), jump(chainMarkMasq)})
+	})...)
 }
 
 // markForMasqueradeChain is KUBE-MARK-MASQ.

@@ -54,6 +54,7 @@ var tableSets = []setSpec{
 	{name: LoadBalancerSourceRanges, fields: []field{fieldAddr, fieldProto, fieldPort, fieldSource}, perFamily: true, interval: true, comment: "sources allowed through the LoadBalancer firewall"},
 	{name: LocalPolicyFWMarks, fields: frontKey, perFamily: true, isMap: true, comment: "internal traffic to externalTrafficPolicy Local frontends: fwmark of the all-endpoints virtual server"},
 	{name: NoLocalEndpoints, fields: frontKey, perFamily: true, comment: "externalTrafficPolicy Local frontends without a local endpoint"},
+	{name: NodePortAddresses, fields: addrKey, perFamily: true, comment: "addresses node ports are served on (--nodeport-addresses)"},
 	{name: NodePortFWMarks, fields: portKey, isMap: true, comment: "internal traffic to externalTrafficPolicy Local node ports: fwmark"},
 	{name: NodePorts, fields: portKey, comment: "node ports, externalTrafficPolicy Cluster"},
 	{name: NodePortsLocal, fields: portKey, comment: "node ports, externalTrafficPolicy Local"},

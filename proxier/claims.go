@@ -13,31 +13,53 @@ import (
 )
 
 // Two Services may ask for one IPVS frontend: the same external IP and
-// port, a load-balancer IP that is another Service's ClusterIP, an
-// external IP and port that is a node port on a node address, or two
-// fwmarks that collide. One virtual server holds one list of real
-// servers, so one Service owns the frontend and the others are told
-// (FrontendConflict). The owner is picked the same way on every node and
-// after every restart:
-//  1. addresses the cluster allocated (ClusterIPs, node ports, fwmarks)
-//     before addresses a Service's author chose (externalIPs,
-//     load-balancer ingress), so nobody takes over another Service's
-//     ClusterIP by naming it;
+// port, a load-balancer IP that is another Service's ClusterIP or
+// external IP, an external IP and port that is a node port on a node
+// address, or two fwmarks that collide. One virtual server holds one list
+// of real servers, so one Service owns the frontend and the others are
+// told (FrontendConflict). The owner is picked the same way on every node
+// and after every restart:
+//  1. by who may write the address (AddressSource): addresses the
+//     cluster allocated (ClusterIPs, node ports, fwmarks), then
+//     load-balancer ingress (status, written by a controller with status
+//     rights), then externalIPs (spec, written by any user who may
+//     write a Service) — so nobody takes over another Service's ClusterIP
+//     by naming it, nor a load balancer's IP by naming it first;
 //  2. then the oldest Service (creationTimestamp);
 //  3. then namespace/name.
 // When the owner lets go, the next claimant is replanned in the same sync
 // and takes the frontend over.
 
+// AddressSource is who wrote a frontend's address; a lower one wins a
+// conflict.
+type AddressSource uint8
+
+const (
+	// SourceAllocated: a ClusterIP, node port or fwmark, which the cluster
+	// allocated.
+	SourceAllocated AddressSource = iota
+	// SourceLoadBalancer: status.loadBalancer.ingress, which only a
+	// controller with the services/status permission writes.
+	SourceLoadBalancer
+	// SourceExternalIP: spec.externalIPs, which anyone who may write a
+	// Service writes.
+	SourceExternalIP
+)
+
+func (s AddressSource) String() string {
+	return [...]string{"a ClusterIP or node port", "a load-balancer ingress IP", "an externalIP"}[s]
+}
+
 // claim is one Service's claim on a frontend.
 type claim struct {
-	chosen  bool // an address the Service's author chose
+	source  AddressSource
 	created time.Time
 	name    types.NamespacedName
 }
 
 func (a claim) before(b claim) bool {
-	if a.chosen != b.chosen {
-		return !a.chosen
+	if a.source != b.source {
+		return a.source < b.source
 	}
 	if !a.created.Equal(b.created) {
 		return a.created.Before(b.created)
@@ -78,7 +100,7 @@ func (c *frontendClaims) set(n types.NamespacedName, created time.Time, plans []
 			if c.by[k] == nil {
 				c.by[k] = map[types.NamespacedName]claim{}
 			}
-			c.by[k][n] = claim{chosen: pl.Chosen[k], created: created, name: n}
+			c.by[k][n] = claim{source: pl.Sources[k], created: created, name: n}
 			c.of[n] = append(c.of[n], k)
 		}
 	}
@@ -138,7 +160,7 @@ func (c *frontendClaims) keepOwned(n types.NamespacedName, plans []PortPlan) []e
 			if o, ok := c.owner(k); ok && o.name != n {
 				lost[k] = true
 				errs = append(errs, &FieldError{Reason: ReasonFrontendConflict, Message: fmt.Sprintf(
-					"%s: %s is %s's (%s): not programmed for this Service", pl.Name, describeKey(k), o.name, whyOwner(o, c.by[k][n]))})
+					"%s: %s is %s (%s): not programmed for this Service", pl.Name, describeKey(k), ownerName(o.name, n), whyOwner(o, c.by[k][n]))})
 				continue
 			}
 			lost[k] = false
@@ -180,10 +202,20 @@ func describeKey(k ipvs.VSKey) string {
 	return k.String()
 }
 
+// ownerName names the owner of a frontend to the Service that lost it:
+// by name only within its namespace, so that an Event never tells a
+// tenant which Services other namespaces hold.
+func ownerName(owner, loser types.NamespacedName) string {
+	if owner.Namespace == loser.Namespace {
+		return "Service " + owner.Name + "'s"
+	}
+	return "a Service's in another namespace"
+}
+
 func whyOwner(owner, loser claim) string {
 	switch {
-	case owner.chosen != loser.chosen:
-		return "a ClusterIP or node port comes before a chosen address"
+	case owner.source != loser.source:
+		return fmt.Sprintf("%s comes before %s", owner.source, loser.source)
 	case !owner.created.Equal(loser.created):
 		return "the older Service"
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -205,7 +206,7 @@ func TestProxierNeverBindsNodeAddresses(t *testing.T) {
 	if as := f.addresses(t); len(as) != 1 || as[0] != netip.MustParseAddr("10.96.0.10") {
 		t.Errorf("kube-ipvs0 holds %v, want the ClusterIP only", as)
 	}
-	if dump := f.nft.Dump(); strings.Contains(dump, "192.168.0.10 comment") {
+	if dump := f.nft.Dump(); strings.Contains(dump, "192.168.0.10 comment \"ns/") {
 		t.Errorf("the node's address is in ipvs-addresses:\n%s", dump)
 	}
 	if got := f.ipvsText(); !strings.Contains(got, "192.168.0.10:8080") {
@@ -234,7 +235,7 @@ func TestProxierConflictingFrontends(t *testing.T) {
 	if !strings.Contains(got, "TCP  198.51.100.7:80 rr\n  "+w1("10.244.2.11:8080")) {
 		t.Errorf("the older Service does not own 198.51.100.7:80:\n%s", got)
 	}
-	if len(*warned) != 1 || !strings.HasPrefix((*warned)[0], "ns/newer FrontendConflict") || !strings.Contains((*warned)[0], "ns/older") {
+	if len(*warned) != 1 || !strings.HasPrefix((*warned)[0], "ns/newer FrontendConflict") || !strings.Contains((*warned)[0], "Service older's") {
 		t.Errorf("warnings %q", *warned)
 	}
 	for _, l := range strings.Split(f.nft.Dump(), "\n") {
@@ -267,6 +268,34 @@ func TestProxierClusterIPsComeFirst(t *testing.T) {
 	f.sync(t, false)
 	if got := f.ipvsText(); !strings.Contains(got, "TCP  10.96.0.11:80 rr\n  "+w1("10.244.2.11:8080")+"\n") {
 		t.Errorf("the ClusterIP was taken over:\n%s", got)
+	}
+}
+
+// TestProxierLoadBalancerBeforeExternalIP: an externalIP that any user
+// wrote first never squats on a load-balancer IP a controller gave
+// another Service later (issue 26); the loser's Event names no Service of
+// another namespace.
+func TestProxierLoadBalancerBeforeExternalIP(t *testing.T) {
+	f, warned := newWarnedNode(t, true)
+	squatter := makeService("evil", "squatter", clusterIPs("10.96.0.12"), externalIPs("203.0.113.9"), created(0))
+	lb := makeService("shop", "lb", clusterIPs("10.96.0.11"), loadBalancer(0, "203.0.113.9"), created(3600),
+		sourceRanges("192.0.2.0/24"))
+	f.addService(squatter, httpSlice(squatter, ready("10.244.2.66", "node-b")))
+	f.sync(t, false)
+	f.addService(lb, httpSlice(lb, ready("10.244.2.11", "node-b")))
+	f.sync(t, false)
+	if got := f.ipvsText(); !strings.Contains(got, "TCP  203.0.113.9:80 rr\n  "+w1("10.244.2.11:8080")+"\n") {
+		t.Errorf("the load balancer's IP is not the load balancer's:\n%s", got)
+	}
+	dump := f.nft.Dump()
+	if !strings.Contains(dump, "203.0.113.9 . tcp . 80 comment \"shop/lb:http/tcp\"") {
+		t.Errorf("the load balancer's firewall is not programmed:\n%s", dump)
+	}
+	if len(*warned) != 1 || !strings.HasPrefix((*warned)[0], "evil/squatter FrontendConflict") {
+		t.Fatalf("warnings %q, want one FrontendConflict for evil/squatter", *warned)
+	}
+	if w := (*warned)[0]; strings.Contains(w, "shop") || strings.Contains(w, "lb:") || !strings.Contains(w, "another namespace") {
+		t.Errorf("the Event tells another namespace's Service: %q", w)
 	}
 }
 
@@ -337,7 +366,7 @@ func TestProxierIsolatesRefusedElements(t *testing.T) {
 	if len(res.Refused) == 0 || res.Refused[0].Service.Name != "bad" {
 		t.Errorf("refused %v, want ns/bad's elements", res.Refused)
 	}
-	if dump := f.nft.Dump(); !strings.Contains(dump, `10.96.0.11 . tcp . 80 comment "ns/good:http"`) {
+	if dump := f.nft.Dump(); !strings.Contains(dump, `10.96.0.11 . tcp . 80 comment "ns/good:http/tcp"`) {
 		t.Errorf("the good Service's elements are not programmed:\n%s", dump)
 	}
 }
@@ -372,4 +401,156 @@ func newWarnedNode(t *testing.T, withMessage bool) (*fakeNode, *[]string) {
 		}}, f.p.k)
 	f.p.SetSynced(true, true)
 	return f, &warned
+}
+
+// TestProxierRelabelledSlice: an EndpointSlice that any namespace user
+// labelled for a Service leaves it as soon as its label changes or goes,
+// not when nftvs restarts (issue 26).
+func TestProxierRelabelledSlice(t *testing.T) {
+	for _, newLabel := range []string{"other", ""} {
+		t.Run(fmt.Sprintf("label %q", newLabel), func(t *testing.T) {
+			f := newFakeNode(t)
+			victim := makeService("ns", "victim", clusterIPs("10.96.0.11"))
+			f.addService(victim, httpSlice(victim, ready("10.244.2.11", "node-b")))
+			evil := httpSlice(victim, ready("10.244.2.66", "node-b"))
+			evil.Name = "evil"
+			f.p.OnEndpointSliceUpdate("ns", "evil", evil, "victim")
+			f.sync(t, false)
+			if got := f.ipvsText(); !strings.Contains(got, w1("10.244.2.66:8080")) {
+				t.Fatalf("the labelled slice was not attached:\n%s", got)
+			}
+			relabelled := evil.DeepCopy()
+			relabelled.Labels[discovery.LabelServiceName] = newLabel
+			f.p.OnEndpointSliceUpdate("ns", "evil", relabelled, newLabel)
+			f.sync(t, false)
+			want := "TCP  10.96.0.11:80 rr\n  " + w1("10.244.2.11:8080") + "\n"
+			if got := f.ipvsText(); !strings.Contains(got, want) || strings.Contains(got, "10.244.2.66") {
+				t.Errorf("after the relabel, victim is\n%s\nwant only its own endpoint", got)
+			}
+			f.p.OnEndpointSliceUpdate("ns", "evil", nil, newLabel)
+			f.sync(t, true)
+			if got := f.ipvsText(); strings.Contains(got, "10.244.2.66") {
+				t.Errorf("after the delete, victim is\n%s", got)
+			}
+		})
+	}
+}
+
+// TestProxierEventsBounded: a Service with 1,000 refused addresses gets
+// one Event per change that sums them up, never one per address; the
+// count stays whole in SyncResult.Problems (issue 26).
+func TestProxierEventsBounded(t *testing.T) {
+	f, warned := newWarnedNode(t, true)
+	loopbacks := func(first int) []string {
+		var ips []string
+		for i := first; i < first+1000; i++ {
+			ips = append(ips, fmt.Sprintf("127.1.%d.%d", i/250, 1+i%250))
+		}
+		return ips
+	}
+	for change, ips := range [][]string{loopbacks(0), loopbacks(1), loopbacks(2), loopbacks(2)} {
+		svc := makeService("ns", "many", clusterIPs("10.96.0.11"), externalIPs(ips...))
+		f.addService(svc, httpSlice(svc, ready("10.244.2.11", "node-b")))
+		res := f.sync(t, change == 3)
+		if got := res.Problems[ReasonRefusedAddress]; got != 1000 {
+			t.Errorf("change %d: Problems[RefusedAddress] = %d, want 1000", change, got)
+		}
+	}
+	if len(*warned) != 3 {
+		t.Fatalf("%d Events for 3 changes of 1,000 refused addresses (and one full sync), want 3", len(*warned))
+	}
+	for _, w := range *warned {
+		if !strings.HasPrefix(w, "ns/many RefusedAddress: 1000 fields not programmed (RefusedAddress ×1000): ") ||
+			!strings.HasSuffix(w, "; and 997 more") || len(w) > 1100 {
+			t.Errorf("Event %q", w)
+		}
+	}
+	f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: "many"}, nil)
+	if res := f.sync(t, false); len(res.Problems) != 0 {
+		t.Errorf("Problems after the Service went: %v", res.Problems)
+	}
+}
+
+// TestProxierPortProtocolRenamed: a port that changes protocol under the
+// same name keeps its new elements in the sync that changes it, not only
+// after the next full sync (issue 26).
+func TestProxierPortProtocolRenamed(t *testing.T) {
+	f := newFakeNode(t)
+	svc := makeService("ns", "dns", clusterIPs("10.96.0.11"), ports(v1.ServicePort{Name: "dns", Port: 53, Protocol: v1.ProtocolTCP}))
+	f.addService(svc)
+	f.sync(t, false)
+	svc = makeService("ns", "dns", clusterIPs("10.96.0.11"), ports(v1.ServicePort{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP}))
+	f.addService(svc)
+	f.sync(t, false)
+	dump := f.nft.Dump()
+	if !strings.Contains(dump, `10.96.0.11 . udp . 53 comment "ns/dns:dns/udp"`) {
+		t.Errorf("the renamed port's element is gone:\n%s", dump)
+	}
+	if strings.Contains(dump, "10.96.0.11 . tcp . 53") {
+		t.Errorf("the old protocol's element stayed:\n%s", dump)
+	}
+}
+
+// TestProxierAddressChange: an address that comes or goes is served as a
+// node port address by the next sync after OnLocalAddressChange, not the
+// next full one; the node port rules match exactly those addresses.
+func TestProxierAddressChange(t *testing.T) {
+	addrs := []netip.Addr{netip.MustParseAddr("192.168.0.10")}
+	f := newFakeNodeWith(t, func(c *Config) {
+		c.NodePortAddresses = func() ([]netip.Addr, error) { return slices.Clone(addrs), nil }
+	})
+	svc := makeService("ns", "np", clusterIPs("10.96.0.11"), nodePort(30080))
+	f.addService(svc, httpSlice(svc, ready("10.244.2.11", "node-b")))
+	f.sync(t, true)
+	addrs = append(addrs, netip.MustParseAddr("192.168.0.77"))
+	f.sync(t, false)
+	if got := f.ipvsText(); strings.Contains(got, "192.168.0.77") {
+		t.Fatalf("an address was served before it was reported:\n%s", got)
+	}
+	f.p.OnLocalAddressChange()
+	res := f.sync(t, false)
+	if got := f.ipvsText(); !strings.Contains(got, "TCP  192.168.0.77:30080 rr\n  "+w1("10.244.2.11:8080")) {
+		t.Errorf("the new address's node port is not served:\n%s", got)
+	}
+	if res.Full {
+		t.Error("an address change made a full sync")
+	}
+	if dump := f.nft.Dump(); !strings.Contains(dump, `192.168.0.77 comment "node"`) {
+		t.Errorf("node-port-addresses lacks the new address:\n%s", dump)
+	}
+	addrs = addrs[:1]
+	f.p.OnLocalAddressChange()
+	f.sync(t, false)
+	if got := f.ipvsText(); strings.Contains(got, "192.168.0.77") {
+		t.Errorf("the address that went is still served:\n%s", got)
+	}
+	if dump := f.nft.Dump(); strings.Contains(dump, "192.168.0.77") {
+		t.Errorf("node-port-addresses keeps the address that went:\n%s", dump)
+	}
+}
+
+// TestProxierRefusesKubernetesEndpoints: no Service may claim the API
+// server's address, as the default/kubernetes Service's endpoints give
+// it; when they change, every Service is planned again.
+func TestProxierRefusesKubernetesEndpoints(t *testing.T) {
+	f, warned := newWarnedNode(t, false)
+	evil := makeService("evil", "lb", clusterIPs("10.96.0.66"), loadBalancer(0, "192.0.2.1"))
+	f.addService(evil, httpSlice(evil, ready("10.244.2.66", "node-b")))
+	f.sync(t, false)
+	if got := f.ipvsText(); !strings.Contains(got, "192.0.2.1:80") {
+		t.Fatalf("the load-balancer IP is not served before it is the API server's:\n%s", got)
+	}
+	api := makeService("default", "kubernetes", clusterIPs("10.96.0.1"), ports(v1.ServicePort{Name: "https", Port: 443}))
+	s := makeSlice(api, "IPv4", "https", 6443, v1.ProtocolTCP, ready("192.0.2.1", ""))
+	f.addService(api, s)
+	f.sync(t, false)
+	if got := f.ipvsText(); strings.Contains(got, "192.0.2.1:80") {
+		t.Errorf("a Service holds the API server's address:\n%s", got)
+	}
+	if as := f.addresses(t); slices.Contains(as, netip.MustParseAddr("192.0.2.1")) {
+		t.Errorf("kube-ipvs0 holds the API server's address: %v", as)
+	}
+	if !slices.Contains(*warned, "evil/lb RefusedAddress") {
+		t.Errorf("warnings %v", *warned)
+	}
 }

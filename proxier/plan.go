@@ -33,6 +33,14 @@ func (n ServicePortName) String() string {
 	return s
 }
 
+// Owner is the port's owner name of nft elements:
+// "namespace/name:port/protocol". The protocol is part of it because a
+// port may change protocol under the same name: its old and new elements
+// then have different owners, and dropping the old ones leaves the new.
+func (n ServicePortName) Owner() string {
+	return n.String() + "/" + strings.ToLower(string(n.Protocol))
+}
+
 // Node is what planning needs to know of this node.
 type Node struct {
 	Name string
@@ -81,6 +89,38 @@ type PlanConfig struct {
 	// (keepalived, kube-vip): no external or load-balancer IP inside them
 	// is programmed.
 	ExcludeCIDRs []netip.Prefix
+	// MaxVirtualServers and MaxSourceRanges bound what one Service may
+	// ask of every node (--max-virtual-servers-per-service,
+	// --max-source-range-elements-per-service; 0: the defaults). A
+	// Service above either is refused whole (ReasonServiceTooLarge).
+	MaxVirtualServers, MaxSourceRanges int
+	// APIServer are the API server's addresses: the host nftvs connects
+	// to, and the endpoints of the default/kubernetes Service. No
+	// Service may claim one as an external or load-balancer IP: bound to
+	// kube-ipvs0, it would cut the node off its API server.
+	APIServer []netip.Addr
+}
+
+// Default per-Service bounds, far above real use (a Service of 100 ports
+// on 2 ClusterIPs, 20 load-balancer IPs and 8 node addresses asks for
+// 3,000 virtual servers), and what the docs say they cost.
+const (
+	DefaultMaxVirtualServers = 10_000
+	DefaultMaxSourceRanges   = 10_000
+)
+
+func (c *PlanConfig) maxVirtualServers() int {
+	if c.MaxVirtualServers <= 0 {
+		return DefaultMaxVirtualServers
+	}
+	return c.MaxVirtualServers
+}
+
+func (c *PlanConfig) maxSourceRanges() int {
+	if c.MaxSourceRanges <= 0 {
+		return DefaultMaxSourceRanges
+	}
+	return c.MaxSourceRanges
 }
 
 // PortPlan is everything one Service port needs in the kernel.
@@ -88,10 +128,11 @@ type PortPlan struct {
 	Name ServicePortName
 	// VirtualServers are IPVS virtual servers with their real servers.
 	VirtualServers []ipvs.Service
-	// Chosen marks the virtual servers on addresses the Service's author
-	// chose (externalIPs, load-balancer ingress): when two Services ask
-	// for one frontend, they yield to allocated ones (claims.go).
-	Chosen map[ipvs.VSKey]bool
+	// Sources says who wrote the address of each virtual server that the
+	// cluster did not allocate (load-balancer ingress, externalIPs): when
+	// two Services ask for one frontend, the one whose address fewer
+	// people may write owns it (claims.go). Absent: allocated.
+	Sources map[ipvs.VSKey]AddressSource
 	// Addresses are bound to kube-ipvs0.
 	Addresses []netip.Addr
 	// Elements go to the nftables table, owned by Name.
@@ -144,6 +185,9 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 		errs = append(errs, &FieldError{Reason: reason, Message: fmt.Sprintf("%s/%s: "+format, append([]any{svc.Namespace, svc.Name}, args...)...)})
 	}
 	fe := parseFrontends(svc, cfg, bad)
+	if err := fanOut(svc, &fe, cfg); err != nil {
+		return nil, err
+	}
 	tmpl := virtualServerTemplate(svc, cfg, bad)
 	var plans []PortPlan
 	readyLocal := map[netip.Addr]bool{}
@@ -219,7 +263,14 @@ func parseFrontends(svc *v1.Service, cfg *PlanConfig, bad badField) frontends {
 		}
 		p, _ := netip.AddrFromSlice(n.IP)
 		ones, _ := n.Mask.Size()
-		fe.sourceRanges = append(fe.sourceRanges, netip.PrefixFrom(p.Unmap(), ones).Masked())
+		// An IPv4-mapped IPv6 prefix (::ffff:a.b.c.d/n) matches no
+		// packet: left out like any unusable range, and said so.
+		prefix := netip.PrefixFrom(p, ones).Masked()
+		if !prefix.IsValid() || prefix.Addr().Is4In6() {
+			bad(ReasonInvalidSourceRange, "loadBalancerSourceRanges: %q is an IPv4-mapped IPv6 range: left out, the others still restrict", r)
+			continue
+		}
+		fe.sourceRanges = append(fe.sourceRanges, prefix)
 	}
 	fe.externalLocal = svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal &&
 		(svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer)
@@ -233,11 +284,45 @@ func parseFrontends(svc *v1.Service, cfg *PlanConfig, bad badField) frontends {
 	return fe
 }
 
+// fanOut refuses a Service that asks every node for more virtual servers
+// or source-range elements than the bounds allow: they grow as products
+// (ports × addresses, load-balancer IPs × ports × ranges), so a 100 KB
+// Service could ask for a million. It counts before anything is planned.
+func fanOut(svc *v1.Service, fe *frontends, cfg *PlanConfig) error {
+	perPort := len(fe.clusterIPs) + len(fe.externalIPs) + len(fe.loadBalancerIPs)
+	virtualServers, ranges := 0, 0
+	for _, sp := range svc.Spec.Ports {
+		virtualServers += perPort
+		if sp.NodePort != 0 {
+			virtualServers += len(cfg.Node.NodePortAddresses)
+		}
+		if fe.externalLocal {
+			virtualServers += 2 // the fwmark virtual servers, one per family
+		}
+		if fe.firewalled {
+			ranges += len(fe.loadBalancerIPs) * (len(fe.sourceRanges) + 1)
+		}
+	}
+	tooLarge := func(what string, n, limit int, flag string) error {
+		return &FieldError{Reason: ReasonServiceTooLarge, Message: fmt.Sprintf(
+			"%s/%s: asks every node for %d %s, more than %d (%s): not programmed at all",
+			svc.Namespace, svc.Name, n, what, limit, flag)}
+	}
+	if virtualServers > cfg.maxVirtualServers() {
+		return tooLarge("IPVS virtual servers", virtualServers, cfg.maxVirtualServers(), "--max-virtual-servers-per-service")
+	}
+	if ranges > cfg.maxSourceRanges() {
+		return tooLarge("load-balancer source-range elements", ranges, cfg.maxSourceRanges(), "--max-source-range-elements-per-service")
+	}
+	return nil
+}
+
 // externalAddresses keeps the external or load-balancer IPs nftvs may
 // claim. Any namespace user writes them, so an address that would capture
 // traffic meant for someone else is refused: loopback (the node's own
 // daemons), link-local (metadata services), unspecified, multicast and
-// broadcast, and addresses inside --ipvs-exclude-cidrs.
+// broadcast, addresses inside --ipvs-exclude-cidrs, and the API server's
+// (bound to kube-ipvs0, it would cut the node off its API server).
 func externalAddresses(ips []netip.Addr, field string, cfg *PlanConfig, bad badField) []netip.Addr {
 	var out []netip.Addr
 	for _, ip := range ips {
@@ -255,6 +340,8 @@ func externalAddresses(ips []netip.Addr, field string, cfg *PlanConfig, bad badF
 			why = "the broadcast address"
 		case slices.ContainsFunc(cfg.ExcludeCIDRs, func(p netip.Prefix) bool { return p.Contains(ip) }):
 			why = "inside --ipvs-exclude-cidrs (another owner's)"
+		case slices.Contains(cfg.APIServer, ip):
+			why = "the API server's address"
 		}
 		if why != "" {
 			bad(ReasonRefusedAddress, "%s: %s is %s: not programmed", field, ip, why)
@@ -339,12 +426,17 @@ func (pp *portPlanner) frontend(ip netip.Addr, set nft.SetName, sel epSelection)
 
 // externalFrontend is an external IP or load-balancer IP frontend, with
 // what externalTrafficPolicy Local adds to it.
-func (pp *portPlanner) externalFrontend(ip netip.Addr, set nft.SetName, sel epSelection, noLocal bool) {
+func (pp *portPlanner) externalFrontend(ip netip.Addr, set nft.SetName, src AddressSource, sel epSelection, noLocal bool) {
 	pp.frontend(ip, set, sel)
-	if pp.plan.Chosen == nil {
-		pp.plan.Chosen = map[ipvs.VSKey]bool{}
+	if pp.plan.Sources == nil {
+		pp.plan.Sources = map[ipvs.VSKey]AddressSource{}
 	}
-	pp.plan.Chosen[ipvs.VSKey{Address: ip, Protocol: pp.proto, Port: pp.port}.Key()] = true
+	k := ipvs.VSKey{Address: ip, Protocol: pp.proto, Port: pp.port}.Key()
+	// A Service asking for one address as both kinds keeps the rank of
+	// the stronger.
+	if old, ok := pp.plan.Sources[k]; !ok || src < old {
+		pp.plan.Sources[k] = src
+	}
 	if pp.fe.externalLocal {
 		pp.element(nft.Element{Set: nft.LocalPolicyFWMarks, Addr: ip, Protocol: pp.proto, Port: pp.port, Mark: pp.mark})
 	}
@@ -400,10 +492,10 @@ func (pp *portPlanner) planFamily(ipv6 bool, eps []*discovery.EndpointSlice) {
 	}
 	externalIPs, lbIPs := family(pp.fe.externalIPs), family(pp.fe.loadBalancerIPs)
 	for _, ip := range externalIPs {
-		pp.externalFrontend(ip, extSet, external, noLocal)
+		pp.externalFrontend(ip, extSet, SourceExternalIP, external, noLocal)
 	}
 	for _, ip := range lbIPs {
-		pp.externalFrontend(ip, lbSet, external, noLocal)
+		pp.externalFrontend(ip, lbSet, SourceLoadBalancer, external, noLocal)
 		pp.sourceRanges(ip, ipv6)
 	}
 	if pp.nodePort != 0 {
@@ -506,6 +598,21 @@ func fwmark(name ServicePortName, proto l4.Protocol, nodePort uint16, masquerade
 // --iptables-masquerade-bit must lie outside them.
 const FWMarkBits = 0xffff3000
 
+// OwnsFWMark says whether mark is one fwmark could have made with this
+// masquerade mark: the masquerade bit, a protocol in bits 12-13, a node
+// port or hash in the high 16 bits, and nothing else. Fwmark virtual
+// servers outside that space are someone else's (keepalived's): IPVS
+// resyncs leave them alone.
+func OwnsFWMark(masqueradeMark uint32) func(mark uint32) bool {
+	if masqueradeMark == 0 {
+		masqueradeMark = 1 << nft.DefaultMasqueradeBit
+	}
+	return func(mark uint32) bool {
+		return mark&masqueradeMark != 0 && mark&^(FWMarkBits|masqueradeMark) == 0 &&
+			mark>>12&3 != 0 && mark>>16 != 0
+	}
+}
+
 func carries(s epSelection) bool { return countCarrying(s) > 0 }
 
 func countCarrying(s epSelection) int {
@@ -551,6 +658,9 @@ const (
 	ReasonInvalidSourceRange = "InvalidSourceRange"
 	ReasonInvalidPort        = "InvalidPort"
 	ReasonFrontendConflict   = "FrontendConflict"
+	// ReasonServiceTooLarge: the Service asks for more than a per-Service
+	// bound allows, and is refused whole.
+	ReasonServiceTooLarge = "ServiceTooLarge"
 	// ReasonFailedToProgram: the kernel refused what was planned.
 	ReasonFailedToProgram = "FailedToProgram"
 )

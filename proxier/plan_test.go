@@ -2,14 +2,17 @@ package proxier
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 
+	"github.com/nftvs/nftvs/internal/l4"
 	"github.com/nftvs/nftvs/ipvs"
 )
 
@@ -569,4 +572,99 @@ func FuzzPlanService(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestPlanRefusesHostileFields: the smaller holes of issue 26, at the
+// planning layer.
+func TestPlanRefusesHostileFields(t *testing.T) {
+	reasons := func(err error) []string {
+		var out []string
+		for _, e := range unjoin(err) {
+			var fe *FieldError
+			if errors.As(e, &fe) {
+				out = append(out, fe.Reason)
+			}
+		}
+		return out
+	}
+	t.Run("an IPv4-mapped source range fails closed, with an Event", func(t *testing.T) {
+		svc := makeService("ns", "lb", clusterIPs("10.96.0.11"), loadBalancer(0, "192.0.2.10"), sourceRanges("::ffff:10.0.0.0/104"))
+		plans, err := PlanService(svc, nil, testConfig())
+		if got := reasons(err); !slices.Equal(got, []string{ReasonInvalidSourceRange, ReasonInvalidSourceRange}) {
+			t.Errorf("reasons %v, want two InvalidSourceRange (the range, then no usable range)", got)
+		}
+		d := dump(plans)
+		if !strings.Contains(d, "load-balancer-firewall 192.0.2.10 . tcp . 80") || strings.Contains(d, "load-balancer-source-ranges") {
+			t.Errorf("not closed:\n%s", d)
+		}
+	})
+	t.Run("the API server's address", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.APIServer = []netip.Addr{netip.MustParseAddr("192.0.2.1")}
+		svc := makeService("ns", "evil", clusterIPs("10.96.0.11"), externalIPs("192.0.2.1"), loadBalancer(0, "192.0.2.1"))
+		plans, err := PlanService(svc, nil, cfg)
+		if got := reasons(err); !slices.Equal(got, []string{ReasonRefusedAddress, ReasonRefusedAddress}) {
+			t.Errorf("reasons %v, want RefusedAddress twice", got)
+		}
+		if d := dump(plans); strings.Contains(d, "192.0.2.1 ") || strings.Contains(d, "192.0.2.1:") {
+			t.Errorf("the API server's address is planned:\n%s", d)
+		}
+	})
+	t.Run("fan-out beyond a bound refuses the Service whole", func(t *testing.T) {
+		var ips []string
+		for i := range 100 {
+			ips = append(ips, fmt.Sprintf("198.51.100.%d", i+1))
+		}
+		var ports []v1.ServicePort
+		for i := range 50 {
+			ports = append(ports, v1.ServicePort{Name: fmt.Sprint("p", i), Port: int32(1000 + i), Protocol: v1.ProtocolTCP})
+		}
+		svc := makeService("ns", "wide", clusterIPs("10.96.0.11"), externalIPs(ips...), func(s *v1.Service) { s.Spec.Ports = ports })
+		cfg := testConfig()
+		if plans, err := PlanService(svc, nil, cfg); err != nil || len(plans) != 50 {
+			t.Fatalf("5,050 virtual servers under the default bound: %d plans, %v", len(plans), err)
+		}
+		cfg.MaxVirtualServers = 5000
+		plans, err := PlanService(svc, nil, cfg)
+		if got := reasons(err); len(plans) != 0 || !slices.Equal(got, []string{ReasonServiceTooLarge}) ||
+			!strings.Contains(err.Error(), "5050 IPVS virtual servers, more than 5000") {
+			t.Errorf("plans %d, err %v", len(plans), err)
+		}
+		var ranges []string
+		for _, ip := range ips {
+			ranges = append(ranges, ip+"/32")
+		}
+		lb := makeService("ns", "ranges", clusterIPs("10.96.0.12"), loadBalancer(0, "192.0.2.10", "192.0.2.11"),
+			sourceRanges(ranges...), func(s *v1.Service) { s.Spec.Ports = ports })
+		cfg.MaxSourceRanges = 10_000 // 2 IPs × 50 ports × (100 ranges + the node's) = 10,100
+		if plans, err := PlanService(lb, nil, cfg); len(plans) != 0 || !slices.Equal(reasons(err), []string{ReasonServiceTooLarge}) {
+			t.Errorf("source ranges: plans %d, err %v", len(plans), err)
+		}
+	})
+}
+
+// TestOwnsFWMark: every fwmark nftvs makes is its own, and marks others
+// make (keepalived's small integers, the bare masquerade bit, foreign
+// bits) are not.
+func TestOwnsFWMark(t *testing.T) {
+	for _, masq := range []uint32{0, 1 << 14, 1 << 3} {
+		own := OwnsFWMark(masq)
+		m := masq
+		if m == 0 {
+			m = 1 << 14
+		}
+		name := ServicePortName{Namespace: "ns", Name: "lb", Port: "http"}
+		for _, proto := range []l4.Protocol{l4.TCP, l4.UDP, l4.SCTP} {
+			for _, np := range []uint16{0, 30000, 32767, 65535} {
+				if mark := fwmark(name, proto, np, m); !own(mark) {
+					t.Errorf("masq %#x: nftvs's fwmark %#x not owned", masq, mark)
+				}
+			}
+		}
+		for _, foreign := range []uint32{1, 7, 100, m, m | 1<<12, 30000 << 16, 30000<<16 | 1<<12, 30000<<16 | 1<<12 | m | 1} {
+			if own(foreign) {
+				t.Errorf("masq %#x: foreign fwmark %#x owned", masq, foreign)
+			}
+		}
+	}
 }

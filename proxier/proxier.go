@@ -89,7 +89,11 @@ type SyncResult struct {
 	Conntrack conntrack.Result
 	// Refused are the virtual servers IPVS refused: the sync went on
 	// without them.
-	Refused  []Refusal
+	Refused []Refusal
+	// Problems counts, by Event reason, the fields of every Service that
+	// are not programmed as asked (after this sync): each Service gets
+	// one Event per change, this keeps the full count.
+	Problems map[string]int
 	Duration time.Duration
 	// TriggerTimes are the endpoints.kubernetes.io/last-change-trigger-time
 	// annotations of the EndpointSlice changes this sync programmed, as
@@ -113,15 +117,23 @@ type Proxier struct {
 	mu       sync.Mutex
 	services map[types.NamespacedName]*v1.Service
 	slices   map[types.NamespacedName]map[string]*discovery.EndpointSlice
-	dirty    map[types.NamespacedName]bool
+	// sliceOwner is the Service each EndpointSlice (namespace/name) is
+	// filed under in slices.
+	sliceOwner map[types.NamespacedName]types.NamespacedName
+	dirty      map[types.NamespacedName]bool
 	// triggers are the trigger times of the EndpointSlice changes of the
 	// dirty Services, for the network programming latency.
 	triggers map[types.NamespacedName][]time.Time
 	started  time.Time
 	// node is this node as last watched (zone and addresses); nodeChanged
 	// asks the next sync to replan every Service.
-	node           Node
-	nodeChanged    bool
+	node        Node
+	nodeChanged bool
+	// addressesChanged asks the next sync to list the node's addresses
+	// again (OnLocalAddressChange).
+	addressesChanged bool
+	// apiServer are the API server's addresses as last planned with.
+	apiServer      []netip.Addr
 	servicesSynced bool
 	slicesSynced   bool
 	trigger        chan struct{}
@@ -139,13 +151,20 @@ type Proxier struct {
 	drains map[drainKey]*drain
 	// nodePortAddresses and localAddresses are refreshed by full syncs.
 	nodePortAddresses, localAddresses []netip.Addr
+	// healthChecks and noLocalInternal/External are what applied holds of
+	// health check node ports and ports without local endpoints.
+	healthChecks                     map[ServicePortName]ServiceHealth
+	noLocalInternal, noLocalExternal int
 	// claims are the frontends each Service asks for, and their owners.
 	claims frontendClaims
 	// refusals are the IPVS refusals reported already.
 	refusals map[string]bool
-	// problems are the FieldErrors last reported per Service.
-	problems map[types.NamespacedName]string
-	needFull bool
+	// problems are the FieldErrors last reported per Service;
+	// problemsOf counts them by reason, and problemCounts sums those.
+	problems      map[types.NamespacedName]string
+	problemsOf    map[types.NamespacedName]map[string]int
+	problemCounts map[string]int
+	needFull      bool
 	// lastIPVSResync is when IPVS was last dumped and repaired (zero:
 	// never, so the first sync adopts or removes what it finds).
 	lastIPVSResync time.Time
@@ -179,6 +198,7 @@ func New(cfg Config, k Kernel) *Proxier {
 		cfg: cfg, k: k,
 		services:          map[types.NamespacedName]*v1.Service{},
 		slices:            map[types.NamespacedName]map[string]*discovery.EndpointSlice{},
+		sliceOwner:        map[types.NamespacedName]types.NamespacedName{},
 		dirty:             map[types.NamespacedName]bool{},
 		triggers:          map[types.NamespacedName][]time.Time{},
 		started:           cfg.Now(),
@@ -186,10 +206,13 @@ func New(cfg Config, k Kernel) *Proxier {
 		trigger:           make(chan struct{}, 1),
 		applied:           map[types.NamespacedName][]PortPlan{},
 		addrCount:         map[netip.Addr]int{},
+		healthChecks:      map[ServicePortName]ServiceHealth{},
 		drains:            map[drainKey]*drain{},
 		nodePortAddresses: cfg.Node.NodePortAddresses,
 		localAddresses:    cfg.Node.LocalAddresses,
 		problems:          map[types.NamespacedName]string{},
+		problemsOf:        map[types.NamespacedName]map[string]int{},
+		problemCounts:     map[string]int{},
 		claims:            newFrontendClaims(),
 		refusals:          map[string]bool{},
 		needFull:          true,
@@ -225,26 +248,33 @@ func (p *Proxier) markDirty(name types.NamespacedName) { p.dirty[name] = true }
 
 // OnEndpointSliceUpdate records a slice's new state (nil: deleted). The
 // slice belongs to the Service named by its kubernetes.io/service-name
-// label.
+// label (service). Anyone who may write EndpointSlices may relabel one:
+// a slice whose label changed, or went, leaves the Service it was filed
+// under, whatever the event says its old label was.
 func (p *Proxier) OnEndpointSliceUpdate(namespace, sliceName string, slice *discovery.EndpointSlice, service string) {
-	if service == "" {
+	key := types.NamespacedName{Namespace: namespace, Name: sliceName}
+	p.mu.Lock()
+	if prev, ok := p.sliceOwner[key]; ok && (prev.Name != service || slice == nil) {
+		delete(p.slices[prev], sliceName)
+		if len(p.slices[prev]) == 0 {
+			delete(p.slices, prev)
+		}
+		delete(p.sliceOwner, key)
+		p.markDirty(prev)
+	}
+	if service == "" || slice == nil {
+		p.mu.Unlock()
+		p.kick()
 		return
 	}
 	name := types.NamespacedName{Namespace: namespace, Name: service}
-	p.mu.Lock()
-	if slice == nil {
-		delete(p.slices[name], sliceName)
-		if len(p.slices[name]) == 0 {
-			delete(p.slices, name)
-		}
-	} else {
-		if p.slices[name] == nil {
-			p.slices[name] = map[string]*discovery.EndpointSlice{}
-		}
-		p.slices[name][sliceName] = slice
-		if t, ok := lastChangeTriggerTime(slice); ok && t.After(p.started) {
-			p.triggers[name] = append(p.triggers[name], t)
-		}
+	p.sliceOwner[key] = name
+	if p.slices[name] == nil {
+		p.slices[name] = map[string]*discovery.EndpointSlice{}
+	}
+	p.slices[name][sliceName] = slice
+	if t, ok := lastChangeTriggerTime(slice); ok && t.After(p.started) {
+		p.triggers[name] = append(p.triggers[name], t)
 	}
 	p.markDirty(name)
 	p.mu.Unlock()
@@ -272,6 +302,18 @@ func (p *Proxier) OnNodeUpdate(zone string, ips []netip.Addr) {
 	}
 	p.node.Zone, p.node.IPs = zone, ips
 	p.nodeChanged = true
+	p.mu.Unlock()
+	p.kick()
+}
+
+// OnLocalAddressChange says that an address came or went on one of the
+// node's links (a VIP failover, a new interface): the next sync, within
+// MinSyncPeriod, lists the addresses again and replans every Service if
+// they changed, instead of waiting for the next full sync. Changes to
+// kube-ipvs0's addresses, which nftvs makes, are not to be reported.
+func (p *Proxier) OnLocalAddressChange() {
+	p.mu.Lock()
+	p.addressesChanged = true
 	p.mu.Unlock()
 	p.kick()
 }
@@ -356,17 +398,14 @@ type ServiceHealth struct {
 }
 
 // HealthChecks lists the health check node ports of the Services as last
-// applied.
+// applied (kept by commit: the cost is the number of health checks, not
+// of Services).
 func (p *Proxier) HealthChecks() []ServiceHealth {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
-	var out []ServiceHealth
-	for _, plans := range p.applied {
-		for _, pl := range plans {
-			if pl.HealthCheckNodePort > 0 {
-				out = append(out, ServiceHealth{Name: pl.Name, NodePort: pl.HealthCheckNodePort, LocalEndpoints: pl.LocalEndpoints})
-			}
-		}
+	out := make([]ServiceHealth, 0, len(p.healthChecks))
+	for _, h := range p.healthChecks {
+		out = append(out, h)
 	}
 	slices.SortFunc(out, func(a, b ServiceHealth) int { return a.NodePort - b.NodePort })
 	return out
@@ -374,21 +413,12 @@ func (p *Proxier) HealthChecks() []ServiceHealth {
 
 // NoLocalEndpoints counts Service ports with a Local traffic policy and no
 // local endpoint, per traffic kind ("internal", "external"), as kube-proxy's
-// sync_proxy_rules_no_local_endpoints_total gauge reports them.
+// sync_proxy_rules_no_local_endpoints_total gauge reports them (kept by
+// commit).
 func (p *Proxier) NoLocalEndpoints() (internal, external int) {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
-	for _, plans := range p.applied {
-		for _, pl := range plans {
-			if pl.InternalNoLocal {
-				internal++
-			}
-			if pl.ExternalNoLocal {
-				external++
-			}
-		}
-	}
-	return internal, external
+	return p.noLocalInternal, p.noLocalExternal
 }
 
 // Pending counts Services changed but not yet synced (for the

@@ -101,8 +101,8 @@ func TestProxierProgramsAllThreeKernels(t *testing.T) {
 		t.Errorf("kube-ipvs0 holds %v, want the ClusterIP only", as)
 	}
 	dump := f.nft.Dump()
-	for _, want := range []string{`10.96.0.10 . tcp . 80 comment "ns/web:http"`, `tcp . 30080 comment "ns/web:http"`,
-		`10.244.1.5 . tcp . 8080 . 10.244.1.5 comment "ns/web:http"`} {
+	for _, want := range []string{`10.96.0.10 . tcp . 80 comment "ns/web:http/tcp"`, `tcp . 30080 comment "ns/web:http/tcp"`,
+		`10.244.1.5 . tcp . 8080 . 10.244.1.5 comment "ns/web:http/tcp"`} {
 		if !strings.Contains(dump, want) {
 			t.Errorf("nft table lacks %q", want)
 		}
@@ -117,7 +117,7 @@ func TestProxierProgramsAllThreeKernels(t *testing.T) {
 	if as := f.addresses(t); len(as) != 0 {
 		t.Errorf("addresses left: %v", as)
 	}
-	if es := f.nft.Elements(); len(es) != 0 {
+	if es := slices.DeleteFunc(f.nft.Elements(), func(e nft.KernelElement) bool { return e.Set == nft.NodePortAddresses }); len(es) != 0 {
 		t.Errorf("elements left: %v", es)
 	}
 }
@@ -428,5 +428,50 @@ func TestWatchWithARunningNodeInformer(t *testing.T) {
 	}
 	if err := f.p.WatchWith(ctx, client, WatchOptions{Node: ni}); err != nil {
 		t.Fatalf("WatchWith a running Node informer: %v", err)
+	}
+}
+
+// TestProxierKeepsHealthChecksAndNoLocalCounts: the health checks and
+// no-local-endpoint counts kept by commit equal a walk of every applied
+// plan, through adds, changes and deletes.
+func TestProxierKeepsHealthChecksAndNoLocalCounts(t *testing.T) {
+	f := newFakeNode(t)
+	walk := func() (hc []ServiceHealth, internal, external int) {
+		for _, plans := range f.p.applied {
+			for _, pl := range plans {
+				if pl.InternalNoLocal {
+					internal++
+				}
+				if pl.ExternalNoLocal {
+					external++
+				}
+				if pl.HealthCheckNodePort > 0 {
+					hc = append(hc, ServiceHealth{Name: pl.Name, NodePort: pl.HealthCheckNodePort, LocalEndpoints: pl.LocalEndpoints})
+				}
+			}
+		}
+		slices.SortFunc(hc, func(a, b ServiceHealth) int { return a.NodePort - b.NodePort })
+		return hc, internal, external
+	}
+	for step := range 6 {
+		for i := range 5 {
+			name := fmt.Sprintf("svc-%d", i)
+			svc := makeService("ns", name, clusterIPs(fmt.Sprintf("10.96.0.%d", 10+i)), loadBalancer(int32(30100+i), fmt.Sprintf("192.0.2.%d", 10+i)),
+				etpLocal(int32(32000+i)), itpLocal)
+			switch {
+			case (i+step)%3 == 0:
+				f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: name}, nil)
+			case (i+step)%3 == 1:
+				f.addService(svc, httpSlice(svc, ready("10.244.1.5", thisNode)))
+			default:
+				f.addService(svc, httpSlice(svc, ready("10.244.2.5", "node-b")))
+			}
+		}
+		f.sync(t, step%2 == 0)
+		hc, in, ex := walk()
+		gotIn, gotEx := f.p.NoLocalEndpoints()
+		if got := f.p.HealthChecks(); fmt.Sprint(got) != fmt.Sprint(hc) || gotIn != in || gotEx != ex {
+			t.Errorf("step %d: kept %v %d %d, walk %v %d %d", step, got, gotIn, gotEx, hc, in, ex)
+		}
 	}
 }

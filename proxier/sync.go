@@ -3,6 +3,7 @@ package proxier
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -26,6 +27,9 @@ type work struct {
 	inputs map[types.NamespacedName]serviceInput
 	// triggers are the trigger times of the changes in inputs.
 	triggers map[types.NamespacedName][]time.Time
+	// addressesChanged: the node's addresses changed since the last sync
+	// (OnLocalAddressChange).
+	addressesChanged bool
 }
 
 type serviceInput struct {
@@ -43,8 +47,13 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	start := p.cfg.Now()
 	w := p.collectWork(full || p.needFull, start)
 	res := SyncResult{Full: w.full}
-	if w.full {
-		p.refreshLocalAddresses()
+	if w.full || w.addressesChanged {
+		// A full sync replans every Service anyway; otherwise only an
+		// address that really came or went does.
+		if p.refreshLocalAddresses() && !w.full {
+			p.collectAll(&w)
+		}
+		p.setNodePortAddresses()
 	}
 	planned := p.plan(&w, start)
 	res.ServicesSeen = len(planned)
@@ -74,6 +83,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 		}
 	}
 	p.reportRefused(res.Refused, w.full)
+	res.Problems = maps.Clone(p.problemCounts)
 	res.Duration = p.cfg.Now().Sub(start)
 	return res, err
 }
@@ -84,8 +94,15 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 func (p *Proxier) collectWork(full bool, now time.Time) work {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	w := work{full: full || p.nodeChanged, node: p.node, inputs: map[types.NamespacedName]serviceInput{}}
-	p.nodeChanged = false
+	w := work{full: full || p.nodeChanged, node: p.node, inputs: map[types.NamespacedName]serviceInput{},
+		addressesChanged: p.addressesChanged}
+	p.nodeChanged, p.addressesChanged = false, false
+	if api := p.apiServerAddresses(); !slices.Equal(api, p.apiServer) {
+		// The API server's addresses are refused as Service addresses:
+		// when they change, every Service is planned again.
+		p.apiServer = api
+		w.full = true
+	}
 	add := func(n types.NamespacedName) {
 		if _, ok := w.inputs[n]; !ok {
 			w.inputs[n] = p.input(n)
@@ -118,6 +135,44 @@ func (p *Proxier) collectWork(full bool, now time.Time) work {
 	return w
 }
 
+// collectAll adds every Service to w: the node's addresses changed, so
+// every node port does.
+func (p *Proxier) collectAll(w *work) {
+	p.mu.Lock()
+	var names []types.NamespacedName
+	for n := range p.services {
+		if _, ok := w.inputs[n]; !ok {
+			names = append(names, n)
+		}
+	}
+	p.mu.Unlock()
+	for n := range p.applied {
+		if _, ok := w.inputs[n]; !ok && !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	p.collectMore(w, names)
+}
+
+// kubernetesService is the Service whose endpoints are the API server.
+var kubernetesService = types.NamespacedName{Namespace: "default", Name: "kubernetes"}
+
+// apiServerAddresses are the configured API server addresses and the
+// endpoints of the default/kubernetes Service, sorted; p.mu is held.
+func (p *Proxier) apiServerAddresses() []netip.Addr {
+	out := slices.Clone(p.cfg.APIServer)
+	for _, s := range p.slices[kubernetesService] {
+		for _, e := range s.Endpoints {
+			for _, a := range e.Addresses {
+				if ip, err := netip.ParseAddr(a); err == nil {
+					out = append(out, ip.Unmap())
+				}
+			}
+		}
+	}
+	return uniqueAddrs(out)
+}
+
 // input is what n is planned from; p.mu is held.
 func (p *Proxier) input(n types.NamespacedName) serviceInput {
 	in := serviceInput{svc: p.services[n]}
@@ -143,8 +198,10 @@ func (p *Proxier) requeue(w work) {
 	}
 }
 
-// refreshLocalAddresses lists the node's addresses again.
-func (p *Proxier) refreshLocalAddresses() {
+// refreshLocalAddresses lists the node's addresses again and reports
+// whether they changed.
+func (p *Proxier) refreshLocalAddresses() bool {
+	changed := false
 	for _, a := range []struct {
 		list func() ([]netip.Addr, error)
 		into *[]netip.Addr
@@ -158,7 +215,31 @@ func (p *Proxier) refreshLocalAddresses() {
 			klog.ErrorS(err, "Listing addresses; keeping the previous ones", "addresses", a.what)
 			continue
 		}
+		addrs = uniqueAddrs(addrs)
+		if !slices.Equal(addrs, *a.into) {
+			klog.V(2).InfoS("The node's addresses changed", "addresses", a.what, "now", addrs)
+			changed = true
+		}
 		*a.into = addrs
+	}
+	return changed
+}
+
+// NodeOwner owns the nft elements that belong to the node, not to a
+// Service: its node port addresses.
+const NodeOwner = "node"
+
+// setNodePortAddresses declares the node port addresses, which every node
+// port rule of the table matches (nft.NodePortAddresses).
+func (p *Proxier) setNodePortAddresses() {
+	var els []nft.Element
+	for _, a := range p.nodePortAddresses {
+		if (a.Is4() && p.cfg.IPv4) || (a.Is6() && p.cfg.IPv6) {
+			els = append(els, nft.Element{Set: nft.NodePortAddresses, Addr: a})
+		}
+	}
+	if err := p.k.NFT.SetElements(NodeOwner, els); err != nil {
+		klog.ErrorS(err, "Some node port addresses refused")
 	}
 }
 
@@ -171,6 +252,7 @@ func (p *Proxier) plan(w *work, now time.Time) map[types.NamespacedName][]PortPl
 	cfg.Node = w.node
 	cfg.Node.NodePortAddresses = p.nodePortAddresses
 	cfg.Node.LocalAddresses = p.localAddresses
+	cfg.APIServer = p.apiServer
 	raw := make(map[types.NamespacedName][]PortPlan, len(w.inputs))
 	problems := map[types.NamespacedName][]error{}
 	for pending := w.inputs; len(pending) > 0; {
@@ -195,7 +277,7 @@ func (p *Proxier) plan(w *work, now time.Time) map[types.NamespacedName][]PortPl
 	for n, plans := range raw {
 		if w.inputs[n].svc == nil {
 			planned[n] = p.drainRealServers(n, nil, now) // forgets its drains
-			delete(p.problems, n)
+			p.report(n, nil)
 			continue
 		}
 		conflicts := p.claims.keepOwned(n, plans)
@@ -239,9 +321,14 @@ func unjoin(err error) []error {
 
 // report logs and warns about a Service's field errors when they differ
 // from those last reported: a full sync replans every Service, and the
-// same Event every sync period would only be noise.
+// same Event every sync period would only be noise. However many fields
+// were refused, the Service gets one Event per change (eventSummary):
+// Events are paid from nftvs's API budget on every node, and a tenant
+// decides how many fields a Service has. The full count is kept in
+// SyncResult.Problems.
 func (p *Proxier) report(n types.NamespacedName, err error) {
 	p.view.stage(n, err)
+	p.countProblems(n, err)
 	if err == nil {
 		delete(p.problems, n)
 		return
@@ -251,18 +338,99 @@ func (p *Proxier) report(n types.NamespacedName, err error) {
 		return
 	}
 	p.problems[n] = err.Error()
-	klog.ErrorS(err, "Service has fields that cannot be programmed", "service", n)
-	if p.cfg.Warn == nil {
-		return
-	}
+	var items []problem
 	for _, e := range unjoin(err) {
 		var fe *FieldError
 		if errors.As(e, &fe) {
-			p.cfg.Warn(n, fe.Reason, fe.Message)
+			items = append(items, problem{fe.Reason, fe.Message})
 		} else {
-			p.cfg.Warn(n, ReasonFailedToProgram, e.Error())
+			items = append(items, problem{ReasonFailedToProgram, e.Error()})
 		}
 	}
+	reason, msg := eventSummary(items)
+	klog.ErrorS(errors.New(msg), "Service has fields that cannot be programmed", "service", n, "reason", reason)
+	klog.V(2).InfoS("Every field of the Service that cannot be programmed", "service", n, "err", err)
+	if p.cfg.Warn != nil {
+		p.cfg.Warn(n, reason, msg)
+	}
+}
+
+// countProblems keeps p.problemCounts, by reason, for n's current field
+// errors.
+func (p *Proxier) countProblems(n types.NamespacedName, err error) {
+	for reason, c := range p.problemsOf[n] {
+		if p.problemCounts[reason] -= c; p.problemCounts[reason] <= 0 {
+			delete(p.problemCounts, reason)
+		}
+	}
+	delete(p.problemsOf, n)
+	if err == nil {
+		return
+	}
+	by := map[string]int{}
+	for _, e := range unjoin(err) {
+		reason := ReasonFailedToProgram
+		var fe *FieldError
+		if errors.As(e, &fe) {
+			reason = fe.Reason
+		}
+		by[reason]++
+		p.problemCounts[reason]++
+	}
+	p.problemsOf[n] = by
+}
+
+// problem is one part of a Service not programmed as asked: the reason of
+// its Event and what to say.
+type problem struct{ reason, message string }
+
+// eventFirstItems is how many problems an Event spells out; the others
+// are counted.
+const eventFirstItems = 3
+
+// eventNoteMax bounds an Event's note (events.k8s.io/v1 refuses more than
+// 1 kB).
+const eventNoteMax = 1000
+
+// eventSummary makes one Event of a Service's problems: the reason of the
+// first (they share it, mostly), and a note with the count by reason and
+// the first few.
+func eventSummary(items []problem) (reason, note string) {
+	if len(items) == 0 {
+		return "", ""
+	}
+	reason = items[0].reason
+	if len(items) == 1 {
+		return reason, truncate(items[0].message, eventNoteMax)
+	}
+	count := map[string]int{}
+	for _, it := range items {
+		count[it.reason]++
+	}
+	var reasons []string
+	for r, c := range count {
+		reasons = append(reasons, fmt.Sprintf("%s ×%d", r, c))
+	}
+	slices.Sort(reasons)
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d fields not programmed (%s): ", len(items), strings.Join(reasons, ", "))
+	for i, it := range items[:min(len(items), eventFirstItems)] {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(it.message)
+	}
+	if more := len(items) - eventFirstItems; more > 0 {
+		fmt.Fprintf(&b, "; and %d more", more)
+	}
+	return reason, truncate(b.String(), eventNoteMax)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-len("…")] + "…"
 }
 
 // addElements is step 1: every replanned port owns the union of its old
@@ -302,10 +470,16 @@ func (p *Proxier) isolateElements(err error, res *SyncResult) error {
 	return nil
 }
 
-// serviceOfOwner is the Service of an nft owner name, "namespace/name:port".
+// serviceOfOwner is the Service of an nft owner name,
+// "namespace/name:port/protocol" (ServicePortName.Owner); NodeOwner has
+// none.
 func serviceOfOwner(owner string) types.NamespacedName {
-	ns, rest, _ := strings.Cut(owner, "/")
+	ns, rest, ok := strings.Cut(owner, "/")
+	if !ok {
+		return types.NamespacedName{}
+	}
 	name, _, _ := strings.Cut(rest, ":")
+	name, _, _ = strings.Cut(name, "/")
 	return types.NamespacedName{Namespace: ns, Name: name}
 }
 
@@ -313,7 +487,7 @@ func serviceOfOwner(owner string) types.NamespacedName {
 // overlap with another owner's, say) are left out and logged; the port's
 // other elements are kept, and the sync goes on.
 func (p *Proxier) setElements(name ServicePortName, els []nft.Element) {
-	if err := p.k.NFT.SetElements(name.String(), els); err != nil {
+	if err := p.k.NFT.SetElements(name.Owner(), els); err != nil {
 		klog.ErrorS(err, "Some nftables elements refused", "servicePort", name)
 	}
 }
@@ -439,11 +613,15 @@ func (p *Proxier) deleteVirtualServers(deletes []ipvs.VSKey, res *SyncResult) er
 }
 
 // commit records the new plans as applied and returns the ones they
-// replace.
+// replace. It keeps the health check node ports and the no-local-endpoint
+// counts up to date as it goes, so that reading them after a sync costs
+// what the sync changed, not a walk of every Service.
 func (p *Proxier) commit(planned map[types.NamespacedName][]PortPlan) map[types.NamespacedName][]PortPlan {
 	old := make(map[types.NamespacedName][]PortPlan, len(planned))
 	for n, plans := range planned {
 		old[n] = p.applied[n]
+		p.account(p.applied[n], -1)
+		p.account(plans, +1)
 		if plans == nil {
 			delete(p.applied, n)
 		} else {
@@ -451,6 +629,26 @@ func (p *Proxier) commit(planned map[types.NamespacedName][]PortPlan) map[types.
 		}
 	}
 	return old
+}
+
+// account adds (sign +1) or removes (-1) plans' share of the health
+// checks and no-local-endpoint counts.
+func (p *Proxier) account(plans []PortPlan, sign int) {
+	for _, pl := range plans {
+		if pl.InternalNoLocal {
+			p.noLocalInternal += sign
+		}
+		if pl.ExternalNoLocal {
+			p.noLocalExternal += sign
+		}
+		if pl.HealthCheckNodePort > 0 {
+			if sign > 0 {
+				p.healthChecks[pl.Name] = ServiceHealth{Name: pl.Name, NodePort: pl.HealthCheckNodePort, LocalEndpoints: pl.LocalEndpoints}
+			} else {
+				delete(p.healthChecks, pl.Name)
+			}
+		}
+	}
 }
 
 // trimElements is step 5: every replanned port keeps only its new nft
@@ -527,10 +725,13 @@ func (p *Proxier) isolate(err error, res *SyncResult) error {
 	return fmt.Errorf("ipvs: %w", errors.Join(rest...))
 }
 
-// reportRefused logs and warns about each refusal once; a full sync
-// forgets the refusals it did not see again.
+// reportRefused logs each refusal once and warns each Service once per
+// sync that found new ones (one Event summing them up, as report does); a
+// full sync forgets the refusals it did not see again.
 func (p *Proxier) reportRefused(refused []Refusal, full bool) {
 	seen := map[string]bool{}
+	fresh := map[types.NamespacedName][]problem{}
+	var order []types.NamespacedName
 	for _, r := range refused {
 		msg := r.Err.Error()
 		seen[msg] = true
@@ -539,8 +740,18 @@ func (p *Proxier) reportRefused(refused []Refusal, full bool) {
 		}
 		p.refusals[msg] = true
 		klog.ErrorS(r.Err, "The kernel refused part of a Service; the node's other Services are programmed", "service", r.Service)
-		if p.cfg.Warn != nil && r.Service.Name != "" {
-			p.cfg.Warn(r.Service, ReasonFailedToProgram, msg)
+		if r.Service.Name == "" {
+			continue
+		}
+		if _, ok := fresh[r.Service]; !ok {
+			order = append(order, r.Service)
+		}
+		fresh[r.Service] = append(fresh[r.Service], problem{ReasonFailedToProgram, msg})
+	}
+	if p.cfg.Warn != nil {
+		for _, n := range order {
+			reason, note := eventSummary(fresh[n])
+			p.cfg.Warn(n, reason, note)
 		}
 	}
 	if full {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -79,7 +81,8 @@ func NewNodeInformer(client kubernetes.Interface, nodeName string, resync time.D
 	factory := informers.NewSharedInformerFactoryWithOptions(client, resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", nodeName).String()
-		}))
+		}),
+		informers.WithTransform(StripUnread))
 	return &NodeInformer{SharedIndexInformer: factory.Core().V1().Nodes().Informer(), factory: factory}
 }
 
@@ -153,7 +156,56 @@ func serviceInformers(client kubernetes.Interface, resync time.Duration) (inform
 	}
 	sel := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
 	return informers.NewSharedInformerFactoryWithOptions(client, resync,
-		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = sel })), nil
+		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = sel }),
+		informers.WithTransform(StripUnread)), nil
+}
+
+// keptAnnotationPrefixes are the Service annotations nftvs reads: its
+// own scheduling annotations and kube-router's (docs/scheduling.md).
+var keptAnnotationPrefixes = []string{"ipvs.nftvs.io/", "kube-router.io/"}
+
+// StripUnread is the informers' transform: it drops from each object what
+// nftvs never reads before the object is cached, since every node caches
+// every Service and EndpointSlice of the cluster. Managed fields and
+// kubectl's last-applied-configuration are often most of an object.
+// Kept: everything planning reads, the EndpointSlice trigger-time
+// annotation (network programming latency), labels (the Service name of
+// a slice, topology).
+func StripUnread(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *v1.Service:
+		o.ManagedFields = nil
+		o.OwnerReferences = nil
+		for k := range o.Annotations {
+			if !slices.ContainsFunc(keptAnnotationPrefixes, func(p string) bool { return strings.HasPrefix(k, p) }) {
+				delete(o.Annotations, k)
+			}
+		}
+		if len(o.Annotations) == 0 {
+			o.Annotations = nil
+		}
+	case *discovery.EndpointSlice:
+		o.ManagedFields = nil
+		o.OwnerReferences = nil
+		if t, ok := o.Annotations[v1.EndpointsLastChangeTriggerTime]; ok {
+			o.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: t}
+		} else {
+			o.Annotations = nil
+		}
+		for i := range o.Endpoints {
+			// The pod a slice points at and its hostname: never read.
+			o.Endpoints[i].TargetRef = nil
+			o.Endpoints[i].Hostname = nil
+			o.Endpoints[i].DeprecatedTopology = nil
+		}
+	case *v1.Node:
+		o.ManagedFields = nil
+		// The images a node holds can be thousands of names.
+		o.Status.Images = nil
+		o.Status.VolumesAttached = nil
+		o.Status.VolumesInUse = nil
+	}
+	return obj, nil
 }
 
 // serviceHandler hands Service events to the proxier, then to onChange.

@@ -73,7 +73,8 @@ func programTable(t *testing.T, ns *netnstest.NS) {
 
 // --cleanup removes what nftvs owns, and only that: the nftvs table (not
 // a foreign one), kube-ipvs0 (not another link), every IPVS virtual
-// server outside --ipvs-exclude-cidrs (fwmark ones included).
+// server outside --ipvs-exclude-cidrs (fwmark ones in nftvs's mark space
+// included; keepalived's are not nftvs's).
 func TestCleanup(t *testing.T) {
 	ns := requireVM(t)
 	ns.Run(t, "ip", "link", "add", "kube-ipvs0", "type", "dummy")
@@ -82,7 +83,10 @@ func TestCleanup(t *testing.T) {
 	ns.Run(t, "ipvsadm", "-A", "-t", "10.96.0.1:443", "-s", "rr")
 	ns.Run(t, "ipvsadm", "-a", "-t", "10.96.0.1:443", "-r", "10.244.0.5:6443", "-m")
 	ns.Run(t, "ipvsadm", "-A", "-u", "[fd00:96::a]:53", "-s", "rr")
-	ns.Run(t, "ipvsadm", "-A", "-f", "1966080", "-s", "rr")
+	// nftvs's fwmark of node port 30080/TCP (30080<<16 | TCP<<12 | the
+	// masquerade bit), and keepalived's mark 7.
+	ns.Run(t, "ipvsadm", "-A", "-f", "1971343360", "-s", "rr")
+	ns.Run(t, "ipvsadm", "-A", "-f", "7", "-s", "wrr")
 	ns.Run(t, "ipvsadm", "-A", "-t", "192.168.99.1:80", "-s", "wrr")
 	ns.Run(t, "ipvsadm", "-a", "-t", "192.168.99.1:80", "-r", "192.168.99.10:80", "-m")
 	programTable(t, ns)
@@ -97,10 +101,13 @@ func TestCleanup(t *testing.T) {
 	if !strings.Contains(ipvs, "192.168.99.1:80") || !strings.Contains(ipvs, "192.168.99.10:80") {
 		t.Errorf("the virtual server inside --ipvs-exclude-cidrs (or its real server) is gone:\n%s", ipvs)
 	}
-	for _, gone := range []string{"10.96.0.1:443", "fd00:96::a", "FWM"} {
+	for _, gone := range []string{"10.96.0.1:443", "fd00:96::a", "FWM  1971343360"} {
 		if strings.Contains(ipvs, gone) {
 			t.Errorf("virtual server %s is still there:\n%s", gone, ipvs)
 		}
+	}
+	if !strings.Contains(ipvs, "FWM  7 wrr") {
+		t.Errorf("keepalived's fwmark virtual server is gone:\n%s", ipvs)
 	}
 	if out, err := ns.Try("ip", "link", "show", "kube-ipvs0"); err == nil {
 		t.Errorf("kube-ipvs0 is still there:\n%s", out)
@@ -115,8 +122,8 @@ func TestCleanup(t *testing.T) {
 	if out, code := nftvs(t, ns, "--cleanup"); code != 0 {
 		t.Errorf("second --cleanup exited %d:\n%s", code, out)
 	}
-	if ipvs := ns.Run(t, "ipvsadm", "-Ln"); strings.Contains(ipvs, "192.168.99.1:80") {
-		t.Errorf("without --ipvs-exclude-cidrs the excluded virtual server stays:\n%s", ipvs)
+	if ipvs := ns.Run(t, "ipvsadm", "-Ln"); strings.Contains(ipvs, "192.168.99.1:80") || !strings.Contains(ipvs, "FWM  7 wrr") {
+		t.Errorf("without --ipvs-exclude-cidrs the excluded virtual server stays, or keepalived's fwmark went:\n%s", ipvs)
 	}
 }
 

@@ -555,7 +555,7 @@ func TestNftvsAgainstAPIServer(t *testing.T) {
 		if err != nil {
 			t.Errorf("nftvs explain: %v", err)
 		}
-		for _, want := range []string{"InvalidScheduler", "TCP 10.96.5.20:80 rr in IPVS: rr", `cluster-ips 10.96.5.20 . tcp . 80 in kernel, comment "e2e/sched:http"`} {
+		for _, want := range []string{"InvalidScheduler", "TCP 10.96.5.20:80 rr in IPVS: rr", `cluster-ips 10.96.5.20 . tcp . 80 in kernel, comment "e2e/sched:http/tcp"`} {
 			if !strings.Contains(flat, want) {
 				t.Errorf("nftvs explain lacks %q", want)
 			}
@@ -592,6 +592,13 @@ func TestNftvsAgainstAPIServer(t *testing.T) {
 		if who, err := conn.roundTrip("while-down"); err != nil || who != a1.name {
 			t.Errorf("while nftvs is down: %q %v", who, err)
 		}
+		// A Service that got the API server's address onto kube-ipvs0
+		// (before nftvs refused such Services) cut the node off its API
+		// server: the new process frees it before it connects.
+		api := netip.MustParseAddr("10.0.2.100")
+		if out, err := exec.Command("ip", "addr", "add", api.String()+"/32", "dev", ipvs.DummyName).CombinedOutput(); err != nil {
+			t.Fatalf("put the API server's address on %s: %v %s", ipvs.DummyName, err, out)
+		}
 		p = startNftvs(top, e.binary, logPath, args...) // outlives this subtest
 		c.eventually(t, "/healthz 200 after the restart", func() error {
 			code, body, err := httpGet("http://127.0.0.1:10256/healthz")
@@ -622,6 +629,40 @@ func TestNftvsAgainstAPIServer(t *testing.T) {
 			}
 		}
 		check(t, "new connections after the restart", cl.ns.askN("tcp", ap("10.96.5.10", 80), 3), expect{only: []*pod{a2}})
+		if got := command("ip", "-br", "addr", "show", "dev", ipvs.DummyName); strings.Contains(got, api.String()+"/") {
+			t.Errorf("the API server's address is still on %s: %s", ipvs.DummyName, got)
+		}
+	})
+
+	run("a Service asking for the API server's address is refused, with an Event", func(t *testing.T) {
+		thief := service("api-thief", "10.96.5.14", externalIPs("10.0.2.100"), func(s *v1.Service) { s.Spec.Ports[0].Port = 6443 })
+		c.apply(t, thief, slice4(thief, readyEP(a1)))
+		c.waitIPVS(t, tcpKey("10.96.5.14", 6443), weights(podTCPPort, false, 1, a1))
+		c.eventually(t, "a RefusedAddress Event on the Service", func() error {
+			evs, err := admin.EventsV1().Events(namespace).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return err
+			}
+			for _, ev := range evs.Items {
+				if ev.Reason == "RefusedAddress" && ev.Regarding.Name == "api-thief" && strings.Contains(ev.Note, "API server") {
+					return nil
+				}
+			}
+			return fmt.Errorf("none among %d events", len(evs.Items))
+		})
+		if got := command("ipvsadm", "-Ln"); strings.Contains(got, "10.0.2.100:6443") {
+			t.Errorf("a virtual server on the API server's address:\n%s", got)
+		}
+		c.eventually(t, "/healthz 200 with the thief around", func() error {
+			code, body, err := httpGet("http://127.0.0.1:10256/healthz")
+			if err != nil || code != http.StatusOK {
+				return fmt.Errorf("%d %s %v", code, body, err)
+			}
+			return nil
+		})
+		if err := admin.CoreV1().Services(namespace).Delete(ctx, "api-thief", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	})
 
 	run("SIGTERM leaves the kernel state; --cleanup removes only nftvs's", func(t *testing.T) {

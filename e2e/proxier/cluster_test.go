@@ -99,6 +99,11 @@ type clusterOptions struct {
 	// schedulers are those the kernel offers, as nftvs probes them (nil:
 	// planning assumes every in-tree one).
 	schedulers []string
+	// maxVirtualServers is --max-virtual-servers-per-service (0: the
+	// default); ipvsResync is how often IPVS is dumped and repaired (0:
+	// the proxier's 5 minutes).
+	maxVirtualServers int
+	ipvsResync        time.Duration
 }
 
 func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
@@ -144,19 +149,21 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 			Node:      proxier.Node{Name: nodeName},
 			Scheduler: "rr",
 			IPv4:      true, IPv6: true,
-			ExcludeCIDRs: o.exclude,
-			Schedulers:   o.schedulers,
+			ExcludeCIDRs:      o.exclude,
+			MaxVirtualServers: o.maxVirtualServers,
+			Schedulers:        o.schedulers,
 		},
 		MinSyncPeriod:     250 * time.Millisecond,
 		SyncPeriod:        o.syncPeriod,
 		DrainCheckPeriod:  o.drainCheck, // drains last until idle: --ipvs-graceful-termination-period 0
+		IPVSResyncPeriod:  o.ipvsResync,
 		NodePortAddresses: nodePortAddresses,
 		LocalAddresses:    nodePortAddresses, // every address of the node but kube-ipvs0's, as nftvs lists them
 	}
 	if o.warn != nil {
 		cfg.Warn = func(n types.NamespacedName, reason, msg string) { o.warn(n.String(), reason, msg) }
 	}
-	kern := proxier.Kernel{IPVS: ipvs.NewReconciler(k, o.exclude), Addresses: addrs, NFT: table}
+	kern := proxier.Kernel{IPVS: ipvs.NewReconciler(k, o.exclude).OwnFWMarks(proxier.OwnsFWMark(0)), Addresses: addrs, NFT: table}
 	if ct != nil { // a nil interface, not a typed nil
 		kern.Conntrack = ct
 	}
@@ -186,10 +193,15 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 		cancel()
 		t.Fatalf("proxier.Watch: informer caches not synced after %v", waitTimeout)
 	}
-	// As nftvs: someone else's change to the table asks for a sync.
+	// As nftvs: someone else's change to the table asks for a sync, and
+	// so does an address that comes or goes.
 	if err := table.WatchDrift(ctx, c.p.SyncSoon); err != nil {
 		cancel()
 		t.Fatalf("watch the nftables ruleset: %v", err)
+	}
+	if err := ipvs.WatchAddresses(ctx, ipvs.DummyName, c.p.OnLocalAddressChange); err != nil {
+		cancel()
+		t.Fatalf("watch the node's addresses: %v", err)
 	}
 	go func() {
 		defer close(done)

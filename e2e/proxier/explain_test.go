@@ -82,7 +82,7 @@ func TestExplain(t *testing.T) {
 		"-> " + netip.AddrPortFrom(held.v4, echoPort).String() + " weight 1 kernel weight 1, 1 active",
 		"TCP " + tb.ext0IP4.String() + ":30090 wlc in IPVS: wlc",
 		"kube-ipvs0: 10.96.9.10",
-		`cluster-ips 10.96.9.10 . tcp . 80 in kernel, comment "e2e/explained:http"`,
+		`cluster-ips 10.96.9.10 . tcp . 80 in kernel, comment "e2e/explained:http/tcp"`,
 		`node-ports-local tcp . 30090 in kernel`,
 		"health check node port 30091: 1 local endpoints; answers",
 		a3.v4.String() + " node node-a carried by 0 virtual servers, draining on 0 not ready",

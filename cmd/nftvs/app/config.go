@@ -209,6 +209,8 @@ type Config struct {
 	Companion        string
 	DrainTimeout     time.Duration
 	ConntrackCleaner bool
+	// MaxVirtualServers and MaxSourceRanges bound one Service's fan-out.
+	MaxVirtualServers, MaxSourceRanges int
 
 	// TakeoverKubeProxy removes kube-proxy's IPVS-mode leftovers before
 	// the first sync (--takeover-kube-proxy).
@@ -251,10 +253,15 @@ func (o *Options) Complete() (*Config, error) {
 		DrainTimeout:      o.GracefulTerminationPeriod,
 		ConntrackCleaner:  o.ConntrackCleaner,
 		TakeoverKubeProxy: o.TakeoverKubeProxy,
+		MaxVirtualServers: o.MaxVirtualServers,
+		MaxSourceRanges:   o.MaxSourceRanges,
 
 		ServiceMetrics:            o.ServiceMetrics,
 		ServiceMetricsRealServers: o.ServiceMetricsRealServers,
 		ExplainSocket:             o.ExplainSocket,
+	}
+	if o.MaxVirtualServers < 1 || o.MaxSourceRanges < 1 {
+		return nil, fmt.Errorf("--max-virtual-servers-per-service (%d) and --max-source-range-elements-per-service (%d) must be at least 1", o.MaxVirtualServers, o.MaxSourceRanges)
 	}
 	var cfg *v1alpha1.KubeProxyConfiguration
 	if o.ConfigFile != "" {

@@ -55,6 +55,7 @@ type Metrics struct {
 	syncErrors            *prometheus.CounterVec
 	realServersRemoved    prometheus.Counter
 	refused               prometheus.Counter
+	serviceProblems       *prometheus.GaugeVec
 }
 
 // syncBuckets are kube-proxy's: 1ms to ~16s.
@@ -93,7 +94,7 @@ func NewMetrics(families []v1.IPFamily) *Metrics {
 		m.lastSync, m.lastQueued, m.endpointChangesPending, m.serviceChangesPending,
 		m.endpointChangesTotal, m.serviceChangesTotal,
 		m.noLocalEndpoints, m.healthzTotal, m.livezTotal, m.conntrackDeleted, m.conntrackDuration,
-		m.nftElements, m.nftRules, m.ipvsWrites, m.syncErrors, m.realServersRemoved, m.refused,
+		m.nftElements, m.nftRules, m.ipvsWrites, m.syncErrors, m.realServersRemoved, m.refused, m.serviceProblems,
 		buildInfo(),
 	)
 	// Every label value exists from the start, so that rates work from
@@ -166,6 +167,8 @@ func (m *Metrics) newNftvsMetrics() {
 		Help: "IPVS real servers removed (endpoints gone, drained of their connections, or past --ipvs-graceful-termination-period when set)"})
 	m.refused = prometheus.NewCounter(prometheus.CounterOpts{Name: "nftvs_sync_refused_total",
 		Help: "Virtual servers and Service ports' nft elements the kernel refused while the sync went on with the others (each also logged and reported as a FailedToProgram Event on its Service)"})
+	m.serviceProblems = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "nftvs_service_problems",
+		Help: "Fields of Services not programmed as asked (refused addresses, unusable source ranges, lost frontends, Services too large), by the reason of the Warning Event each Service gets once per change: the full count, which the Events only sum up"}, []string{"reason"})
 }
 
 // buildInfo is component-base's kubernetes_build_info
@@ -238,6 +241,12 @@ func (m *Metrics) ObserveSync(res proxier.SyncResult, err error, now time.Time) 
 	}
 	m.realServersRemoved.Add(float64(len(res.Removed)))
 	m.refused.Add(float64(len(res.Refused)))
+	if res.Problems != nil || err == nil {
+		m.serviceProblems.Reset()
+		for reason, n := range res.Problems {
+			m.serviceProblems.WithLabelValues(reason).Set(float64(n))
+		}
+	}
 	for _, s := range syncErrorSubsystems(err) {
 		m.syncErrors.WithLabelValues(s).Inc()
 	}

@@ -13,6 +13,8 @@ import (
 	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/kube-proxy/config/v1alpha1"
 	netutils "k8s.io/utils/net"
+
+	"github.com/nftvs/nftvs/proxier"
 )
 
 // Ports kube-proxy serves on by default (k8s.io/kubernetes/pkg/cluster/ports).
@@ -59,6 +61,10 @@ type Options struct {
 	ServiceMetrics            bool
 	ServiceMetricsRealServers bool
 	ExplainSocket             string
+	// MaxVirtualServers and MaxSourceRanges are the per-Service bounds
+	// (--max-virtual-servers-per-service,
+	// --max-source-range-elements-per-service).
+	MaxVirtualServers, MaxSourceRanges int
 
 	// config is what the configuration flags set; a --config file
 	// replaces it.
@@ -76,6 +82,8 @@ func NewOptions() *Options {
 		GracefulTerminationPeriod: DefaultGracefulTerminationPeriod,
 		ConntrackCleaner:          true,
 		ExplainSocket:             explain.DefaultSocket,
+		MaxVirtualServers:         proxier.DefaultMaxVirtualServers,
+		MaxSourceRanges:           proxier.DefaultMaxSourceRanges,
 	}
 }
 
@@ -217,6 +225,8 @@ func (o *Options) addOwnFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.ServiceMetrics, "ipvs-service-metrics", o.ServiceMetrics, "Serve IPVS's traffic counters per Service port on the metrics endpoint (nftvs_service_*: active and inactive connections, connections, packets and bytes in and out), labelled namespace, service and port. Off by default: 7 series per Service port.")
 	fs.BoolVar(&o.ServiceMetricsRealServers, "ipvs-service-metrics-real-servers", o.ServiceMetricsRealServers, "With --ipvs-service-metrics, also serve each endpoint's active and inactive connections (nftvs_service_real_server_*, label real_server): 2 series per endpoint of every Service port.")
 	fs.StringVar(&o.ExplainSocket, "explain-socket", o.ExplainSocket, "The unix socket (mode 0600) where nftvs serves its view of each Service to `nftvs explain`, run in the same pod. Empty: not served.")
+	fs.IntVar(&o.MaxVirtualServers, "max-virtual-servers-per-service", o.MaxVirtualServers, "The most IPVS virtual servers one Service may ask every node for (ports × (ClusterIPs, external IPs, load-balancer IPs and node port addresses)). A Service asking for more is not programmed at all, with a ServiceTooLarge Warning Event; every other Service keeps syncing.")
+	fs.IntVar(&o.MaxSourceRanges, "max-source-range-elements-per-service", o.MaxSourceRanges, "The most loadBalancerSourceRanges elements one Service may ask every node for (load-balancer IPs × ports × ranges). A Service asking for more is not programmed at all, with a ServiceTooLarge Warning Event.")
 	fs.BoolVar(&o.ConntrackCleaner, "conntrack-cleaner", o.ConntrackCleaner, "Delete the conntrack entries (TCP, UDP and SCTP) of flows to endpoints that are gone after each sync, so clients reusing source ports do not reach a removed pod (kubernetes#81775).")
 }
 

@@ -346,6 +346,8 @@ func TestMainExitCodes(t *testing.T) {
 		{[]string{"--companion=iptables"}, 1, "", "--companion"},
 		{[]string{"--proxy-mode=nftables"}, 1, "", "--proxy-mode"},
 		{[]string{"--config=/nonexistent/kube-proxy.yaml"}, 1, "", "read config file"},
+		{[]string{"--max-virtual-servers-per-service=0"}, 1, "", "must be at least 1"},
+		{[]string{"--max-source-range-elements-per-service=-1"}, 1, "", "must be at least 1"},
 	}
 	for _, c := range cases {
 		var out, errOut strings.Builder
@@ -373,6 +375,7 @@ func TestFlagsMatchKubeProxyBinary(t *testing.T) {
 	}
 	for name := range ours {
 		if _, ok := upstream[name]; !ok && !slices.Contains([]string{"companion", "conntrack-cleaner", "ipvs-graceful-termination-period", "takeover-kube-proxy",
+			"max-virtual-servers-per-service", "max-source-range-elements-per-service",
 			"ipvs-service-metrics", "ipvs-service-metrics-real-servers", "explain-socket"}, name) {
 			t.Errorf("--%s is not a kube-proxy flag", name)
 		}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -204,7 +206,8 @@ func setIPVSTimeouts(k ipvsTimeouts, c v1alpha1.KubeProxyIPVSConfiguration) {
 }
 
 // runCleanup removes what nftvs programmed: every IPVS virtual server
-// outside --ipvs-exclude-cidrs, kube-ipvs0 and the nftables table.
+// outside --ipvs-exclude-cidrs (fwmark ones only in nftvs's mark space),
+// kube-ipvs0 and the nftables table.
 // Nothing else (other tables, other links) is touched.
 func runCleanup(cfg *Config) error {
 	var errs []error
@@ -216,7 +219,8 @@ func runCleanup(cfg *Config) error {
 		// No IPVS in this kernel: no virtual server to remove.
 		klog.InfoS("IPVS is not available, no virtual server to remove", "err", err)
 	} else {
-		res, err := ipvs.NewReconciler(kernel, exclude).Resync(nil)
+		masqueradeMark := uint32(1) << uint(*cfg.KubeProxy.IPTables.MasqueradeBit)
+		res, err := ipvs.NewReconciler(kernel, exclude).OwnFWMarks(proxier.OwnsFWMark(masqueradeMark)).Resync(nil)
 		kernel.Close()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("remove IPVS virtual servers: %w", err))
@@ -243,22 +247,31 @@ func runCleanup(cfg *Config) error {
 
 // newClient builds the API client as kube-proxy does: in-cluster
 // configuration unless a kubeconfig or master is given.
-func newClient(c v1alpha1.KubeProxyConfiguration, master string) (kubernetes.Interface, error) {
+// The API server's addresses are those of the host in its URL, unless
+// the in-cluster configuration is used: its host is the kubernetes
+// Service's ClusterIP, which kube-ipvs0 holds on purpose.
+func newClient(c v1alpha1.KubeProxyConfiguration, master string) (kubernetes.Interface, []netip.Addr, error) {
 	var (
-		rc  *rest.Config
-		err error
+		rc        *rest.Config
+		err       error
+		inCluster bool
 	)
 	cc := c.ClientConnection
 	if cc.Kubeconfig == "" && master == "" {
 		klog.InfoS("Neither kubeconfig file nor master URL was specified, falling back to in-cluster config")
 		rc, err = rest.InClusterConfig()
+		inCluster = true
 	} else {
 		rc, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
 			&clientcmd.ClientConfigLoadingRules{ExplicitPath: cc.Kubeconfig},
 			&clientcmd.ConfigOverrides{ClusterInfo: clientcmdapi.Cluster{Server: master}}).ClientConfig()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("API server client configuration: %w", err)
+		return nil, nil, fmt.Errorf("API server client configuration: %w", err)
+	}
+	var api []netip.Addr
+	if !inCluster {
+		api = serverAddresses(rc.Host)
 	}
 	rc.AcceptContentTypes = cc.AcceptContentTypes
 	rc.ContentType = cc.ContentType
@@ -267,9 +280,55 @@ func newClient(c v1alpha1.KubeProxyConfiguration, master string) (kubernetes.Int
 	rc.UserAgent = "nftvs/" + Version()
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, fmt.Errorf("API server client: %w", err)
+		return nil, nil, fmt.Errorf("API server client: %w", err)
 	}
-	return client, nil
+	return client, api, nil
+}
+
+// serverAddresses are the addresses of the host of an API server URL: the
+// host itself when it is an IP, else what it resolves to (within 2 s).
+func serverAddresses(server string) []netip.Addr {
+	u, err := url.Parse(server)
+	if err != nil || u.Hostname() == "" {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(u.Hostname()); err == nil {
+		return []netip.Addr{ip.Unmap()}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", u.Hostname())
+	if err != nil {
+		klog.InfoS("Could not resolve the API server's host; its addresses are not protected from Services", "host", u.Hostname(), "err", err)
+		return nil
+	}
+	for i := range ips {
+		ips[i] = ips[i].Unmap()
+	}
+	return ips
+}
+
+// freeAPIServerAddresses removes the API server's addresses from
+// kube-ipvs0 before nftvs first connects to it. A Service that claimed
+// one (before nftvs refused such Services) left the node unable to reach
+// its API server, and so nftvs unable to undo it.
+func freeAPIServerAddresses(api []netip.Addr) {
+	if len(api) == 0 {
+		return
+	}
+	addrs, err := ipvs.NewNetlinkAddresses("")
+	if err != nil {
+		klog.ErrorS(err, "Checking kube-ipvs0 for the API server's address")
+		return
+	}
+	defer addrs.Close()
+	removed, err := addrs.RemoveAddresses(ipvs.DummyName, api)
+	if err != nil {
+		klog.ErrorS(err, "Removing the API server's address from kube-ipvs0")
+	}
+	if len(removed) > 0 {
+		klog.InfoS("Removed the API server's address from kube-ipvs0, where a Service had put it", "addresses", removed)
+	}
 }
 
 // applyOOMScoreAdj writes /proc/self/oom_score_adj; failure is logged
@@ -316,10 +375,11 @@ func run(parent context.Context, cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	client, err := newClient(*cfg.KubeProxy, cfg.Master)
+	client, apiServer, err := newClient(*cfg.KubeProxy, cfg.Master)
 	if err != nil {
 		return err
 	}
+	freeAPIServerAddresses(apiServer)
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
 	ev := newNodeEvents(client, name)
@@ -338,7 +398,7 @@ func run(parent context.Context, cfg *Config) error {
 		return err
 	}
 	metrics := NewMetrics(node.families)
-	p, nodePorts, closeKernel, err := newProxier(ctx, cfg, name, node, metrics, ev.serviceWarning)
+	p, nodePorts, closeKernel, err := newProxier(ctx, cfg, name, node, apiServer, metrics, ev.serviceWarning)
 	if err != nil {
 		return err
 	}
@@ -501,7 +561,7 @@ func (n nodePortSelection) healthCheckAddresses() func() []netip.Addr {
 // newProxier sets up the kernel and returns the proxier programming it,
 // the node port addresses, and what closes the kernel handles. Every
 // failure stops nftvs before it serves.
-func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, m *Metrics, warn func(types.NamespacedName, string, string)) (*proxier.Proxier, nodePortSelection, func(), error) {
+func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, apiServer []netip.Addr, m *Metrics, warn func(types.NamespacedName, string, string)) (*proxier.Proxier, nodePortSelection, func(), error) {
 	nodePorts, exclude, nftCfg, err := tableConfig(cfg, node)
 	if err != nil {
 		return nil, nodePorts, nil, err
@@ -524,7 +584,8 @@ func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, m
 		addrs.Close()
 		kernel.Close()
 	}
-	k, err := proxierKernel(cfg, ipvs.NewReconciler(kernel, exclude), addrs, table, m, func() (conntrack.Interface, error) {
+	rec := ipvs.NewReconciler(kernel, exclude).OwnFWMarks(proxier.OwnsFWMark(nftCfg.MasqueradeMark))
+	k, err := proxierKernel(cfg, rec, addrs, table, m, func() (conntrack.Interface, error) {
 		return conntrack.New()
 	})
 	if err != nil {
@@ -543,7 +604,13 @@ func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, m
 	pcfg.MasqueradeMark = nftCfg.MasqueradeMark
 	pcfg.Warn = warn
 	pcfg.Schedulers = offeredSchedulers(kernel, cfg.KubeProxy.IPVS.Scheduler)
+	pcfg.APIServer = apiServer
 	p := proxier.New(pcfg, k)
+	// An address that comes or goes (a VIP failover) is served or let go
+	// within a second, not at the next full sync.
+	if err := ipvs.WatchAddresses(ctx, ipvs.DummyName, p.OnLocalAddressChange); err != nil {
+		klog.ErrorS(err, "Not watching the node's addresses: address changes are noticed by the periodic sync only")
+	}
 	// Someone else's change to the table (nft flush ruleset) is repaired
 	// within a second instead of at the next sync period.
 	if err := table.WatchDrift(ctx, p.SyncSoon); err != nil {
@@ -553,7 +620,9 @@ func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, m
 }
 
 // localAddresses are the addresses of this node's links but kube-ipvs0's:
-// an external or load-balancer IP among them is the node's own.
+// an external or load-balancer IP among them is the node's own. Loopback
+// and link-local ones are left out: such Service addresses are refused
+// anyway, and pods' veths come and go with link-local addresses.
 func localAddresses() ([]netip.Addr, error) {
 	all, err := hostAddresses()
 	if err != nil {
@@ -561,8 +630,9 @@ func localAddresses() ([]netip.Addr, error) {
 	}
 	var out []netip.Addr
 	for _, ia := range all {
-		if ia.Link != ipvs.DummyName && ia.Addr.IsValid() {
-			out = append(out, ia.Addr.Unmap())
+		a := ia.Addr.Unmap()
+		if ia.Link != ipvs.DummyName && a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() {
+			out = append(out, a)
 		}
 	}
 	return out, nil

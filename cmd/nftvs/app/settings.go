@@ -94,6 +94,10 @@ func (c *Config) proxierConfig(nodeName string, ipv4, ipv6 bool) proxier.Config 
 			Scheduler: c.KubeProxy.IPVS.Scheduler,
 			IPv4:      ipv4,
 			IPv6:      ipv6,
+			// Per-Service bounds: a tenant's Service never asks every
+			// node for more than these.
+			MaxVirtualServers: c.MaxVirtualServers,
+			MaxSourceRanges:   c.MaxSourceRanges,
 		},
 		SyncPeriod:    syncPeriod,
 		MinSyncPeriod: minSyncPeriod,

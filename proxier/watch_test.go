@@ -1,0 +1,120 @@
+package proxier
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// TestStripUnread: the informers cache only what nftvs reads, and keep
+// everything it does (issue 27: half the memory at 10k Services).
+func TestStripUnread(t *testing.T) {
+	big := strings.Repeat("x", 10_000)
+	svc := makeService("ns", "web", clusterIPs("10.96.0.10"), loadBalancer(30080, "192.0.2.1"))
+	svc.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}
+	svc.Annotations = map[string]string{
+		"kubectl.kubernetes.io/last-applied-configuration": big,
+		"ipvs.nftvs.io/scheduler":                          "sh",
+		"kube-router.io/service.scheduler":                 "mh",
+	}
+	want := svc.DeepCopy()
+	want.ManagedFields = nil
+	delete(want.Annotations, "kubectl.kubernetes.io/last-applied-configuration")
+	slice := httpSlice(svc, ready("10.244.1.5", thisNode))
+	slice.ManagedFields = svc.ManagedFields
+	slice.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: "2026-12-06T00:00:00Z", "other": big}
+	host := "pod-1"
+	slice.Endpoints[0].Hostname = &host
+	slice.Endpoints[0].TargetRef = &v1.ObjectReference{Kind: "Pod", Name: "web-1", Namespace: "ns"}
+
+	gotSvc, _ := StripUnread(svc.DeepCopy())
+	if s := gotSvc.(*v1.Service); s.ManagedFields != nil || len(s.Annotations) != 2 || s.Annotations["ipvs.nftvs.io/scheduler"] != "sh" ||
+		s.Annotations["kube-router.io/service.scheduler"] != "mh" {
+		t.Errorf("Service stripped to %+v", s.ObjectMeta)
+	}
+	plansBefore, _ := PlanService(svc, []*discovery.EndpointSlice{slice}, testConfig())
+	gotSlice, _ := StripUnread(slice.DeepCopy())
+	s := gotSlice.(*discovery.EndpointSlice)
+	if s.ManagedFields != nil || len(s.Annotations) != 1 || s.Endpoints[0].TargetRef != nil || s.Endpoints[0].Hostname != nil {
+		t.Errorf("EndpointSlice stripped to %+v", s)
+	}
+	if _, ok := lastChangeTriggerTime(s); !ok {
+		t.Error("the trigger-time annotation was stripped")
+	}
+	plansAfter, _ := PlanService(gotSvc.(*v1.Service), []*discovery.EndpointSlice{s}, testConfig())
+	if dump(plansBefore) != dump(plansAfter) {
+		t.Errorf("stripping changed the plan:\n%s\nvs\n%s", dump(plansBefore), dump(plansAfter))
+	}
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Labels: map[string]string{v1.LabelTopologyZone: "a"}},
+		Status: v1.NodeStatus{Images: []v1.ContainerImage{{Names: []string{big}}}, Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.168.0.10"}}}}
+	gotNode, _ := StripUnread(node)
+	if n := gotNode.(*v1.Node); n.Status.Images != nil || len(n.Status.Addresses) != 1 || n.Labels[v1.LabelTopologyZone] != "a" {
+		t.Errorf("Node stripped to %+v", n)
+	}
+}
+
+// BenchmarkStripUnreadHeap reports the heap one Service and its
+// EndpointSlice (10 endpoints) hold in the informers' cache, as kubectl
+// and the EndpointSlice controller write them, with and without
+// StripUnread, after GC.
+func BenchmarkStripUnreadHeap(b *testing.B) {
+	const n = 2000
+	objects := func() ([]*v1.Service, []*discovery.EndpointSlice) {
+		var svcs []*v1.Service
+		var slices []*discovery.EndpointSlice
+		for i := range n {
+			svc := makeService("ns", fmt.Sprintf("svc-%d", i), clusterIPs(fmt.Sprintf("10.96.%d.%d", i/250, 1+i%250)))
+			svc.Annotations = map[string]string{"kubectl.kubernetes.io/last-applied-configuration": lastApplied}
+			svc.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl-client-side-apply", Operation: metav1.ManagedFieldsOperationUpdate,
+				APIVersion: "v1", FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(svcFields)}}}
+			var eps []ep
+			for j := range 10 {
+				eps = append(eps, ready(fmt.Sprintf("10.244.%d.%d", j, 1+i%250), "node-b"))
+			}
+			s := httpSlice(svc, eps...)
+			s.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: "2026-12-06T00:00:00Z"}
+			s.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "endpointslice-controller.k8s.io", Operation: metav1.ManagedFieldsOperationUpdate,
+				APIVersion: "discovery.k8s.io/v1", FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(sliceFields)}}}
+			s.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Service", Name: svc.Name, UID: "0b7a1e2c-5d3f-4a8e-9c1b-2f6d7e8a9b0c"}}
+			for k := range s.Endpoints {
+				host := fmt.Sprintf("web-%d", k)
+				s.Endpoints[k].TargetRef = &v1.ObjectReference{Kind: "Pod", Namespace: "ns", Name: "web-7d9f8c6b5-" + host, UID: "1c2d3e4f-5a6b-7c8d-9e0f-1a2b3c4d5e6f"}
+				s.Endpoints[k].Hostname = &host
+			}
+			svcs, slices = append(svcs, svc), append(slices, s)
+		}
+		return svcs, slices
+	}
+	for _, strip := range []bool{false, true} {
+		b.Run(fmt.Sprintf("strip=%v", strip), func(b *testing.B) {
+			for range b.N {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				svcs, slices := objects()
+				if strip {
+					for i := range svcs {
+						_, _ = StripUnread(svcs[i])
+						_, _ = StripUnread(slices[i])
+					}
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/service")
+				runtime.KeepAlive(svcs)
+				runtime.KeepAlive(slices)
+			}
+		})
+	}
+}
+
+const lastApplied = `{"apiVersion":"v1","kind":"Service","metadata":{"annotations":{},"labels":{"app":"web","tier":"frontend"},"name":"web","namespace":"ns"},"spec":{"ports":[{"name":"http","port":80,"protocol":"TCP","targetPort":8080}],"selector":{"app":"web"},"type":"ClusterIP"}}` + "\n"
+
+const svcFields = `{"f:metadata":{"f:annotations":{".":{},"f:kubectl.kubernetes.io/last-applied-configuration":{}},"f:labels":{".":{},"f:app":{},"f:tier":{}}},"f:spec":{"f:internalTrafficPolicy":{},"f:ports":{".":{},"k:{\"port\":80,\"protocol\":\"TCP\"}":{".":{},"f:name":{},"f:port":{},"f:protocol":{},"f:targetPort":{}}},"f:selector":{},"f:sessionAffinity":{},"f:type":{}}}`
+
+const sliceFields = `{"f:addressType":{},"f:endpoints":{},"f:metadata":{"f:annotations":{".":{},"f:endpoints.kubernetes.io/last-change-trigger-time":{}},"f:generateName":{},"f:labels":{".":{},"f:endpointslice.kubernetes.io/managed-by":{},"f:kubernetes.io/service-name":{}},"f:ownerReferences":{".":{},"k:{\"uid\":\"0b7a1e2c-5d3f-4a8e-9c1b-2f6d7e8a9b0c\"}":{}}},"f:ports":{}}`
