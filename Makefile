@@ -75,6 +75,7 @@ test-kernels: deps vm-bins
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./nft/
 	$(GO) test -run '^$$' -tags vmtest -bench . -benchtime 3x -exec $(VMEXEC) ./ipvs/
+	$(GO) test -run '^$$' -tags vmtest -bench . -benchtime 5x -exec $(VMEXEC) ./servicemetrics/
 
 # Side by side with upstream kube-proxy (ipvs and nftables modes), a fresh
 # VM per proxy and size, one real kube-apiserver (e2e/bench, docs/bench).

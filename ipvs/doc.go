@@ -26,7 +26,11 @@
 //     so a sync with nothing changed costs no round trip, and Resync
 //     repairs drift from a dump;
 //   - Addresses: the dummy link (NetlinkAddresses, FakeAddresses);
-//   - Sysctl, EnsureSysctls and ProbeScheduler for start-up.
+//   - Sysctl, EnsureSysctls, ProbeScheduler and ProbeSchedulers (which
+//     schedulers the kernel offers, for Service annotations) for start-up;
+//   - StatsReader: every virtual server's counters in one netlink dump,
+//     and every real server's connection counts in one read of
+//     /proc/net/ip_vs (read only), for the per-Service metrics.
 //
 // Kernel behaviour designed around (each checked by a vmtest):
 //   - the kernel reports FlagHashed on every virtual server: masked when

@@ -58,6 +58,8 @@ type fakeService struct {
 	// conns are the connection counts SetConnections gave; they go with
 	// the real server.
 	conns map[netip.AddrPort]Connections
+	// counters are what SetCounters gave (stats_fake.go).
+	counters Stats
 }
 
 var _ Interface = (*Fake)(nil)

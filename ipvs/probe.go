@@ -42,8 +42,7 @@ func ProbeScheduler(h Interface, scheduler string) error {
 		case errors.Is(err, syscall.EEXIST):
 			continue
 		case errors.Is(err, syscall.ENOENT):
-			return fmt.Errorf("IPVS scheduler %q is not available: the kernel could not load module ip_vs_%s (is it built for this kernel? try `modprobe ip_vs_%s`): %w",
-				scheduler, scheduler, scheduler, err)
+			return &SchedulerMissingError{Scheduler: scheduler, Err: err}
 		default:
 			return fmt.Errorf("probe IPVS scheduler %q: %w", scheduler, err)
 		}
@@ -51,3 +50,17 @@ func ProbeScheduler(h Interface, scheduler string) error {
 	return fmt.Errorf("probe IPVS scheduler %q: virtual servers already exist on %s ports %d-%d: not touching them",
 		scheduler, ProbeAddress, probePorts[0], probePorts[len(probePorts)-1])
 }
+
+// SchedulerMissingError is a scheduler the kernel does not offer: it could
+// not load its module (ip_vs_<name>), or there is no such scheduler.
+type SchedulerMissingError struct {
+	Scheduler string
+	Err       error
+}
+
+func (e *SchedulerMissingError) Error() string {
+	return fmt.Sprintf("IPVS scheduler %q is not available: the kernel could not load module ip_vs_%s (is it built for this kernel? try `modprobe ip_vs_%s`): %v",
+		e.Scheduler, e.Scheduler, e.Scheduler, e.Err)
+}
+
+func (e *SchedulerMissingError) Unwrap() error { return e.Err }

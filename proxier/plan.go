@@ -76,6 +76,10 @@ func (n *Node) owns(ip netip.Addr) bool {
 type PlanConfig struct {
 	Node      Node
 	Scheduler string // --ipvs-scheduler, default rr
+	// Schedulers are the IPVS schedulers this node's kernel offers
+	// (probed once at start), what a Service's scheduling annotation may
+	// ask for (scheduling.go); nil means ipvs.KernelSchedulers.
+	Schedulers []string
 	// IPv4 and IPv6 say which families this node proxies.
 	IPv4, IPv6 bool
 	// MasqueradeMark is the packet mark bit asking for masquerade
@@ -184,7 +188,7 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 	if err := fanOut(svc, &fe, cfg); err != nil {
 		return nil, err
 	}
-	tmpl := virtualServerTemplate(svc, cfg)
+	tmpl := virtualServerTemplate(svc, cfg, bad)
 	var plans []PortPlan
 	readyLocal := map[netip.Addr]bool{}
 	for _, sp := range svc.Spec.Ports {
@@ -349,12 +353,11 @@ func externalAddresses(ips []netip.Addr, field string, cfg *PlanConfig, bad badF
 }
 
 // virtualServerTemplate is what every virtual server of svc shares:
-// scheduler, flags and session affinity.
-func virtualServerTemplate(svc *v1.Service, cfg *PlanConfig) ipvs.VirtualServer {
-	vs := ipvs.VirtualServer{Scheduler: cfg.Scheduler}
-	if vs.Scheduler == "" {
-		vs.Scheduler = "rr"
-	}
+// scheduler, flags (the node's, or the Service's annotations') and
+// session affinity.
+func virtualServerTemplate(svc *v1.Service, cfg *PlanConfig, bad badField) ipvs.VirtualServer {
+	sched := serviceScheduling(svc, cfg, bad)
+	vs := ipvs.VirtualServer{Scheduler: sched.scheduler, Flags: sched.flags}
 	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
 		vs.Flags |= ipvs.FlagPersistent
 		vs.Timeout = defaultAffinityTimeout
@@ -362,7 +365,6 @@ func virtualServerTemplate(svc *v1.Service, cfg *PlanConfig) ipvs.VirtualServer 
 			vs.Timeout = uint32(*c.ClientIP.TimeoutSeconds)
 		}
 	}
-	vs.Flags |= ipvs.SchedulerFlags(vs.Scheduler)
 	return vs
 }
 

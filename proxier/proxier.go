@@ -168,6 +168,10 @@ type Proxier struct {
 	// lastIPVSResync is when IPVS was last dumped and repaired (zero:
 	// never, so the first sync adopts or removes what it finds).
 	lastIPVSResync time.Time
+
+	// view publishes what was applied to readers that must not take
+	// syncMu (view.go).
+	view view
 }
 
 // New returns a proxier programming k.

@@ -69,6 +69,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	errs = append(errs, p.syncAddresses(planned, w.full, &res))
 	errs = append(errs, p.isolate(p.deleteVirtualServers(deletes, &res), &res))
 	old := p.commit(planned)
+	p.view.publish(planned, old)
 	errs = append(errs, p.trimElements(planned, old, &res))
 	p.cleanConntrack(old, planned, &res)
 
@@ -326,6 +327,7 @@ func unjoin(err error) []error {
 // decides how many fields a Service has. The full count is kept in
 // SyncResult.Problems.
 func (p *Proxier) report(n types.NamespacedName, err error) {
+	p.view.stage(n, err)
 	p.countProblems(n, err)
 	if err == nil {
 		delete(p.problems, n)

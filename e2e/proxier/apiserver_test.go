@@ -41,6 +41,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nftvs/nftvs/ipvs"
+	"github.com/nftvs/nftvs/proxier"
 )
 
 // Addresses of the API server as the guest sees it (e2e/controlplane).
@@ -373,7 +374,7 @@ func TestNftvsAgainstAPIServer(t *testing.T) {
 		"--kubeconfig=" + kubeconfig, "--hostname-override=" + nodeName,
 		"--proxy-mode=ipvs", "--cluster-cidr=10.244.0.0/16,fd00:244::/48",
 		"--ipvs-min-sync-period=100ms", "--ipvs-sync-period=30s", "--ipvs-scheduler=rr",
-		"--conntrack-tcp-be-liberal", "-v=2",
+		"--conntrack-tcp-be-liberal", "--ipvs-service-metrics", "-v=2",
 	}
 	reader, err := ipvs.NewKernel("")
 	if err != nil {
@@ -503,6 +504,65 @@ func TestNftvsAgainstAPIServer(t *testing.T) {
 		check(t, "out1 (in range) → 203.0.113.50:80", tb.out1.askN("tcp", ap("203.0.113.50", 80), 3),
 			expect{only: []*pod{a1}})
 		expectFailure(t, "out2 (outside the range) → 203.0.113.50:80", tb.out2, "tcp", ap("203.0.113.50", 80), "no answer")
+	})
+
+	run("scheduler annotation, its Warning Event, service metrics and nftvs explain, through the binary", func(t *testing.T) {
+		sched := service("sched", "10.96.5.20", annotate(proxier.AnnotationScheduler, "sh", proxier.AnnotationSchedulerFlags, "sh-port"))
+		key := tcpKey("10.96.5.20", 80)
+		c.apply(t, sched, slice4(sched, readyEP(a1), readyEP(b1)))
+		c.waitIPVS(t, key, weights(podTCPPort, false, 1, a1, b1))
+		c.waitScheduling(t, key, "sh", ipvs.FlagSched2)
+		check(t, "cl → 10.96.5.20:80 (sh sh-port)", cl.ns.askN("tcp", ap("10.96.5.20", 80), 4), expect{only: []*pod{a1, b1}})
+		const series = `nftvs_service_connections_total{namespace="e2e",port="http",service="sched"}`
+		c.eventually(t, series+" counts the 4 connections", func() error {
+			_, body, err := httpGet("http://127.0.0.1:10249/metrics")
+			if err != nil {
+				return err
+			}
+			if v, ok := metricValue(body, series); !ok || v < 4 {
+				return fmt.Errorf("%s = %v (present %v)", series, v, ok)
+			}
+			return nil
+		})
+
+		bad := sched.DeepCopy()
+		bad.Annotations = map[string]string{proxier.AnnotationScheduler: "fastest"}
+		c.apply(t, bad)
+		c.waitScheduling(t, key, "rr", 0)
+		warnings := func() (int, string) {
+			evs, err := admin.EventsV1().Events(namespace).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return 0, err.Error()
+			}
+			n, note := 0, ""
+			for _, ev := range evs.Items {
+				if ev.Reason == proxier.ReasonInvalidScheduler && ev.Regarding.Name == "sched" && ev.Type == v1.EventTypeWarning {
+					n, note = n+1, ev.Note
+				}
+			}
+			return n, note
+		}
+		c.eventually(t, "an InvalidScheduler Warning Event on e2e/sched", func() error {
+			if n, note := warnings(); n != 1 || !strings.Contains(note, `unknown IPVS scheduler "fastest"`) {
+				return fmt.Errorf("%d events, note %q", n, note)
+			}
+			return nil
+		})
+
+		out, err := exec.Command(e.binary, "explain", "e2e/sched").CombinedOutput()
+		t.Logf("nftvs explain e2e/sched:\n%s", out)
+		flat := strings.Join(strings.Fields(string(out)), " ")
+		if err != nil {
+			t.Errorf("nftvs explain: %v", err)
+		}
+		for _, want := range []string{"InvalidScheduler", "TCP 10.96.5.20:80 rr in IPVS: rr", `cluster-ips 10.96.5.20 . tcp . 80 in kernel, comment "e2e/sched:http/tcp"`} {
+			if !strings.Contains(flat, want) {
+				t.Errorf("nftvs explain lacks %q", want)
+			}
+		}
+		if n, _ := warnings(); n != 1 {
+			t.Errorf("%d InvalidScheduler events after a while, want 1", n)
+		}
 	})
 
 	run("Service deleted through the API", func(t *testing.T) {

@@ -96,6 +96,9 @@ type clusterOptions struct {
 	// drainCheck is how often draining real servers' connections are
 	// counted (default: the proxier's, 10 s).
 	drainCheck time.Duration
+	// schedulers are those the kernel offers, as nftvs probes them (nil:
+	// planning assumes every in-tree one).
+	schedulers []string
 	// maxVirtualServers is --max-virtual-servers-per-service (0: the
 	// default); ipvsResync is how often IPVS is dumped and repaired (0:
 	// the proxier's 5 minutes).
@@ -148,6 +151,7 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 			IPv4:      true, IPv6: true,
 			ExcludeCIDRs:      o.exclude,
 			MaxVirtualServers: o.maxVirtualServers,
+			Schedulers:        o.schedulers,
 		},
 		MinSyncPeriod:     250 * time.Millisecond,
 		SyncPeriod:        o.syncPeriod,

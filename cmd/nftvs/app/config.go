@@ -216,6 +216,15 @@ type Config struct {
 	// the first sync (--takeover-kube-proxy).
 	TakeoverKubeProxy bool
 
+	// ServiceMetrics serves IPVS's counters per Service port
+	// (--ipvs-service-metrics), and per endpoint with
+	// ServiceMetricsRealServers.
+	ServiceMetrics, ServiceMetricsRealServers bool
+
+	// ExplainSocket is where `nftvs explain` reads the proxier's view
+	// (--explain-socket; "" is off).
+	ExplainSocket string
+
 	// Warnings are things the user should know: flags or fields that do
 	// not apply, or that kube-proxy would also ignore.
 	Warnings []string
@@ -246,6 +255,10 @@ func (o *Options) Complete() (*Config, error) {
 		TakeoverKubeProxy: o.TakeoverKubeProxy,
 		MaxVirtualServers: o.MaxVirtualServers,
 		MaxSourceRanges:   o.MaxSourceRanges,
+
+		ServiceMetrics:            o.ServiceMetrics,
+		ServiceMetricsRealServers: o.ServiceMetricsRealServers,
+		ExplainSocket:             o.ExplainSocket,
 	}
 	if o.MaxVirtualServers < 1 || o.MaxSourceRanges < 1 {
 		return nil, fmt.Errorf("--max-virtual-servers-per-service (%d) and --max-source-range-elements-per-service (%d) must be at least 1", o.MaxVirtualServers, o.MaxSourceRanges)

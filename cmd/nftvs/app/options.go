@@ -2,6 +2,7 @@ package app
 
 import (
 	"fmt"
+	"github.com/nftvs/nftvs/explain"
 	"net"
 	"sort"
 	"strconv"
@@ -57,6 +58,9 @@ type Options struct {
 	GracefulTerminationPeriod time.Duration
 	ConntrackCleaner          bool
 	TakeoverKubeProxy         bool
+	ServiceMetrics            bool
+	ServiceMetricsRealServers bool
+	ExplainSocket             string
 	// MaxVirtualServers and MaxSourceRanges are the per-Service bounds
 	// (--max-virtual-servers-per-service,
 	// --max-source-range-elements-per-service).
@@ -77,6 +81,7 @@ func NewOptions() *Options {
 		Companion:                 Companion,
 		GracefulTerminationPeriod: DefaultGracefulTerminationPeriod,
 		ConntrackCleaner:          true,
+		ExplainSocket:             explain.DefaultSocket,
 		MaxVirtualServers:         proxier.DefaultMaxVirtualServers,
 		MaxSourceRanges:           proxier.DefaultMaxSourceRanges,
 	}
@@ -217,6 +222,9 @@ func (o *Options) addOwnFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Companion, "companion", o.Companion, "What replaces kube-proxy's iptables and ipset companions of IPVS: only \"nft\" (one nftables table, programmed over netlink).")
 	fs.DurationVar(&o.GracefulTerminationPeriod, "ipvs-graceful-termination-period", o.GracefulTerminationPeriod, "The longest time a real server of a not-ready or terminating endpoint is kept at weight 0 for its connections before it is removed. 0 (the default) keeps it until it has no connection left, as kube-proxy does.")
 	fs.BoolVar(&o.TakeoverKubeProxy, "takeover-kube-proxy", o.TakeoverKubeProxy, "At start, before the first sync, remove what kube-proxy's IPVS mode left in iptables-nft (its KUBE-* chains and the jumps to them) and its ipsets, and nothing else, so that nftvs takes over a node from kube-proxy without dropping connections: the IPVS virtual servers and kube-ipvs0 are adopted in place. Safe to repeat.")
+	fs.BoolVar(&o.ServiceMetrics, "ipvs-service-metrics", o.ServiceMetrics, "Serve IPVS's traffic counters per Service port on the metrics endpoint (nftvs_service_*: active and inactive connections, connections, packets and bytes in and out), labelled namespace, service and port. Off by default: 7 series per Service port.")
+	fs.BoolVar(&o.ServiceMetricsRealServers, "ipvs-service-metrics-real-servers", o.ServiceMetricsRealServers, "With --ipvs-service-metrics, also serve each endpoint's active and inactive connections (nftvs_service_real_server_*, label real_server): 2 series per endpoint of every Service port.")
+	fs.StringVar(&o.ExplainSocket, "explain-socket", o.ExplainSocket, "The unix socket (mode 0600) where nftvs serves its view of each Service to `nftvs explain`, run in the same pod. Empty: not served.")
 	fs.IntVar(&o.MaxVirtualServers, "max-virtual-servers-per-service", o.MaxVirtualServers, "The most IPVS virtual servers one Service may ask every node for (ports × (ClusterIPs, external IPs, load-balancer IPs and node port addresses)). A Service asking for more is not programmed at all, with a ServiceTooLarge Warning Event; every other Service keeps syncing.")
 	fs.IntVar(&o.MaxSourceRanges, "max-source-range-elements-per-service", o.MaxSourceRanges, "The most loadBalancerSourceRanges elements one Service may ask every node for (load-balancer IPs × ports × ranges). A Service asking for more is not programmed at all, with a ServiceTooLarge Warning Event.")
 	fs.BoolVar(&o.ConntrackCleaner, "conntrack-cleaner", o.ConntrackCleaner, "Delete the conntrack entries (TCP, UDP and SCTP) of flows to endpoints that are gone after each sync, so clients reusing source ports do not reach a removed pod (kubernetes#81775).")

@@ -111,7 +111,9 @@ func TestFlagDefaultsAreKubeProxys(t *testing.T) {
 			t.Errorf("--%s defaults to %q, kube-proxy's to %q", name, f.DefValue, want)
 		}
 	}
-	own := map[string]string{"companion": "nft", "ipvs-graceful-termination-period": "0s", "conntrack-cleaner": "true", "takeover-kube-proxy": "false"}
+	own := map[string]string{"companion": "nft", "ipvs-graceful-termination-period": "0s", "conntrack-cleaner": "true", "takeover-kube-proxy": "false",
+		"ipvs-service-metrics": "false", "ipvs-service-metrics-real-servers": "false",
+		"explain-socket": "/run/nftvs-explain.sock"}
 	for name, want := range own {
 		if f := fs.Lookup(name); f == nil || f.DefValue != want {
 			t.Errorf("--%s: got %v, want default %q", name, f, want)
@@ -373,7 +375,8 @@ func TestFlagsMatchKubeProxyBinary(t *testing.T) {
 	}
 	for name := range ours {
 		if _, ok := upstream[name]; !ok && !slices.Contains([]string{"companion", "conntrack-cleaner", "ipvs-graceful-termination-period", "takeover-kube-proxy",
-			"max-virtual-servers-per-service", "max-source-range-elements-per-service"}, name) {
+			"max-virtual-servers-per-service", "max-source-range-elements-per-service",
+			"ipvs-service-metrics", "ipvs-service-metrics-real-servers", "explain-socket"}, name) {
 			t.Errorf("--%s is not a kube-proxy flag", name)
 		}
 	}

@@ -63,6 +63,9 @@ func Version() string {
 // configuration, which are reported before anything in the kernel is
 // touched.
 func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "explain" {
+		return runExplain(args[1:], stdout, stderr)
+	}
 	o := NewOptions()
 	fs := o.NewFlagSet()
 	fs.SetOutput(stderr)
@@ -419,6 +422,12 @@ func run(parent context.Context, cfg *Config) error {
 		return err
 	}
 	defer closeKernel()
+	serveExplain(ctx, cfg.ExplainSocket, p)
+	if closeStats, err := registerServiceMetrics(cfg, metrics, p); err != nil {
+		return err
+	} else if closeStats != nil {
+		defer closeStats()
+	}
 
 	serviceHealth := NewServiceHealthServers(name, ev.recorder, nodePorts.healthCheckAddresses(), node.ipv6, func() bool { return health.Health().Healthy })
 	defer serviceHealth.Close()
@@ -615,6 +624,7 @@ func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, a
 	pcfg.ExcludeCIDRs = exclude
 	pcfg.MasqueradeMark = nftCfg.MasqueradeMark
 	pcfg.Warn = warn
+	pcfg.Schedulers = offeredSchedulers(kernel, cfg.KubeProxy.IPVS.Scheduler)
 	pcfg.APIServer = apiServer
 	p := proxier.New(pcfg, k)
 	// An address that comes or goes (a VIP failover) is served or let go

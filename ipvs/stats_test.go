@@ -1,0 +1,63 @@
+package ipvs
+
+import (
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// procIPVS is /proc/net/ip_vs as a 6.1 kernel wrote it in the VM.
+const procIPVS = `IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port Forward Weight ActiveConn InActConn
+TCP  0A60000A:0050 rr
+  -> 0AF4010B:1F90      Masq    1      2          3
+  -> 0AF4010C:1F90      Masq    0      0          1
+UDP  0A60000A:0035 sh persistent 300 FFFFFFFF
+TCP  [fd00:0096:0000:0000:0000:0000:0000:000a]:0050 mh
+  -> [fd00:0244:0001:0000:0000:0000:0000:000b]:1F90      Masq    1      1          0
+FWM  75801008 rr
+  -> 0AF4010B:1F90      Masq    1      4          0
+FWM  75801008 rr
+  -> [fd00:0244:0001:0000:0000:0000:0000:000b]:1F90      Masq    1      5          0
+`
+
+func TestParseProcIPVS(t *testing.T) {
+	got, err := ParseProcIPVS(strings.NewReader(procIPVS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.MustParseAddrPort
+	want := map[VSKey][]RealServerConnections{
+		{Address: netip.MustParseAddr("10.96.0.10"), Protocol: TCP, Port: 80}: {
+			{AddrPort: ap("10.244.1.11:8080"), Weight: 1, Connections: Connections{2, 3}},
+			{AddrPort: ap("10.244.1.12:8080"), Weight: 0, Connections: Connections{0, 1}},
+		},
+		{Address: netip.MustParseAddr("10.96.0.10"), Protocol: UDP, Port: 53}: nil,
+		{Address: netip.MustParseAddr("fd00:96::a"), Protocol: TCP, Port: 80, IPv6: true}: {
+			{AddrPort: ap("[fd00:244:1::b]:8080"), Weight: 1, Connections: Connections{1, 0}},
+		},
+		{FWMark: 0x75801008}:             {{AddrPort: ap("10.244.1.11:8080"), Weight: 1, Connections: Connections{4, 0}}},
+		{FWMark: 0x75801008, IPv6: true}: {{AddrPort: ap("[fd00:244:1::b]:8080"), Weight: 1, Connections: Connections{5, 0}}},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %v\nwant %v", got, want)
+	}
+	s := Stats{RealServers: want[VSKey{Address: netip.MustParseAddr("10.96.0.10"), Protocol: TCP, Port: 80}]}
+	if a, i := s.Active(); a != 2 || i != 4 {
+		t.Errorf("Active() = %d, %d", a, i)
+	}
+
+	for _, bad := range []string{
+		"h\nh\nh\n  -> 0AF4010B:1F90 Masq 1 0 0\n",
+		"h\nh\nh\nTCP  0A60000A rr\n",
+		"h\nh\nh\nTCP  0A6000:0050 rr\n",
+		"h\nh\nh\nICMP  0A60000A:0050 rr\n",
+		"h\nh\nh\nTCP  0A60000A:0050 rr\n  -> 0AF4010B:1F90 Masq x 0 0\n",
+	} {
+		if _, err := ParseProcIPVS(strings.NewReader(bad)); err == nil {
+			t.Errorf("no error for %q", bad)
+		}
+	}
+}
