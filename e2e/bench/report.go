@@ -431,7 +431,7 @@ func (r *Report) SVG() string {
 	p(`<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
 	// The title starts at the left edge, not at the plot's: at 15 px bold
 	// it is wider than the plot, and was cut off at the right.
-	p(`<text x="12" y="24" font-size="15" font-weight="bold">First sync: proxy exec → node fully programmed</text>`+"\n")
+	p(`<text x="12" y="24" font-size="15" font-weight="bold">First sync: proxy exec → node fully programmed</text>` + "\n")
 	p(`<text x="12" y="40" fill="#555">vs Services (× %d endpoints); kernel %s, qemu TCG (emulated); outside check; log–log</text>`+"\n", r.eps(), xmlEscape(r.Kernel))
 	if len(sizes) == 0 || math.IsInf(ymin, 0) {
 		p(`<text x="%d" y="%d">no data</text></svg>`+"\n", left, h/2)
