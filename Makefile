@@ -41,7 +41,7 @@ test-unit: deps
 # Tests that need IPVS, in a VM with Debian's kernel (e2e/vm/README.md).
 test-vm: deps vm-bins
 	e2e/vm/build-initramfs.sh $(NFTVS_KERNEL) >/dev/null
-	$(GO) test -count=1 -p 1 -tags vmtest -exec "$(VMRUN)" $(VM_PKGS)
+	$(GO) test -count=1 -p 1 -timeout 40m -tags vmtest -exec "$(VMRUN)" $(VM_PKGS)
 
 # What the VM tests run besides their own binaries: nftvs itself, the
 # API server wrapper, and upstream kube-apiserver (built once, cached).
@@ -68,7 +68,7 @@ test-kernels: deps vm-bins
 	@set -e; for k in bullseye bookworm trixie; do \
 	  echo "=== kernel $$k"; \
 	  e2e/vm/build-initramfs.sh $$k >/dev/null; \
-	  NFTVS_KERNEL=$$k $(GO) test -count=1 -p 1 -tags vmtest -exec "$(VMRUN)" $(VM_PKGS); \
+	  NFTVS_KERNEL=$$k $(GO) test -count=1 -p 1 -timeout 40m -tags vmtest -exec "$(VMRUN)" $(VM_PKGS); \
 	done
 
 # Go benchmarks: nftables on the host kernel, IPVS in the VM.

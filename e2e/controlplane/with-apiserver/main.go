@@ -89,7 +89,9 @@ func run(logDir string, quiet bool, argv []string) int {
 	}
 	// Signals go to the program; the control plane stops after it.
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	// SIGQUIT is how go test ends a test that ran too long: without it
+	// here, this process would die without stopping the control plane.
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGHUP)
 	go func() {
 		for s := range sigs {
 			_ = cmd.Process.Signal(s)
