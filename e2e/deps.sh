@@ -16,6 +16,8 @@ declare -A want=(
   # the real node in the VM (e2e/node): the OCI runtime under containerd,
   # and nc and wget for the agnhost image the e2e tests exec into
   [runc]=runc [nc]=netcat-openbsd [wget]=wget
+  # dig for the image the DNS e2e tests query with (e2e/cluster/images.sh)
+  [dig]=bind9-dnsutils
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -3,8 +3,10 @@
 # k8s.io/kubernetes release pinned in go.mod, into the cache (outside the
 # git tree), and prints the directory: kubelet, kube-controller-manager,
 # kube-scheduler, kubectl, agnhost and e2e-network.test (upstream's e2e.test
-# with the sig-network suites only; e2e.test, everything, on request), and
-# egress-proxy (ours, stdlib only: the API server's way to pod IPs).
+# with the sig-network suites only; e2e.test, everything, on request),
+# egress-proxy (ours, stdlib only: the one-node harness's way from the API
+# server to pod IPs) and regression-issue-74839 (a test image's program,
+# for e2e/cluster).
 # Incremental; a cold build takes long on two cores.
 #   build.sh [NAME...]   only these (default: all but e2e.test)
 set -euo pipefail
@@ -17,11 +19,15 @@ cd "$here"
 export GOFLAGS=-mod=mod
 want=("$@")
 [ ${#want[@]} -gt 0 ] || want=(kubelet kube-controller-manager kube-scheduler kubectl agnhost e2e-network.test egress-proxy)
+# regression-issue-74839 is built on request (e2e/cluster/images.sh).
 for cmd in "${want[@]}"; do
   case $cmd in
     # With cgo like the rest (CGO_ENABLED=0 would recompile every package):
     # e2e/node/images.sh puts the libraries ldd names into its image.
     agnhost) go build -trimpath -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost ;;
+    # The Conntrack test's sender of invalid packets; static, its image
+    # has nothing else.
+    regression-issue-74839) CGO_ENABLED=0 go build -trimpath -o "$out/$cmd" k8s.io/kubernetes/test/images/regression-issue-74839 ;;
     # Static: it runs on the node outside any image.
     egress-proxy) CGO_ENABLED=0 go build -trimpath -o "$out/egress-proxy" ./egress-proxy ;;
     e2e.test) go test -c -vet=off -trimpath -o "$out/e2e.test" k8s.io/kubernetes/test/e2e ;;

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# conformance-parts.sh OUTDIR BUDGET PART...: run by conformance.sh through
+# cluster.sh (KUBECONFIG set, nodes Ready): installs nftvs when the
+# cluster's proxy is nftvs, then runs each PART of the selection in the
+# order given, e2e.sh output in OUTDIR/PART/ (junit_01.xml, e2e.log,
+# secs). BUDGET: minutes of e2e.test for all parts together.
+#
+# A test belongs to the first part, in the order of $all_parts, whose
+# focus file matches it: the parts never overlap, and "other" is the rest
+# of the selection.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=$1 budget=$2
+shift 2
+all_parts="disruptive slow conformance granular services other"
+kubectl() { "$NFTVS_NODE_BIN/kubectl" "$@"; }
+
+if [ "$NFTVS_NODE_PROXY" = nftvs ]; then
+  "$here/install-nftvs.sh" || exit 1
+fi
+t0=$(date +%s) rc=0
+for part in "$@"; do
+  left=$((budget * 60 - $(date +%s) + t0))
+  if [ "$left" -le 60 ]; then
+    echo "conformance: no time left for part $part"
+    rc=1
+    continue
+  fi
+  mkdir -p "$out/$part"
+  # Skip: the selection's skip list and every part before this one.
+  cp "$here/conformance-skip.txt" "$out/$part/skip.txt"
+  for p in $all_parts; do
+    [ "$p" != "$part" ] || break
+    cat "$here/conformance-part-$p.txt" >>"$out/$part/skip.txt"
+  done
+  focus=$here/conformance-part-$part.txt
+  [ "$part" != other ] || focus=$here/conformance-focus.txt
+  if [ "$part" = disruptive ] && [ "$NFTVS_NODE_PROXY" = nftvs ]; then
+    # The test restarts the pods labelled k8s-app=kube-proxy: nftvs's
+    # DaemonSet is replaced by the same one under that label, the way a
+    # user swaps the image of their kube-proxy DaemonSet.
+    kubectl -n kube-system delete ds nftvs --wait=true --timeout=300s &&
+      kubectl -n kube-system wait --for=delete pod -l k8s-app=nftvs --timeout=300s
+    NFTVS_INSTALL_AS=kube-proxy "$here/install-nftvs.sh" || { rc=1; continue; }
+  fi
+  echo "conformance: part $part ($((left / 60)) min left)"
+  t=$(date +%s)
+  NFTVS_E2E_TIMEOUT=${left}s "$here/e2e.sh" -f "$focus" -s "$out/$part/skip.txt" -o "$out/$part" || rc=1
+  echo "$(($(date +%s) - t))" >"$out/$part/secs"
+done
+exit $rc

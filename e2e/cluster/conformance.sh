@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# conformance.sh [OUTDIR]: make conformance. The sig-network part of
+# upstream's IPVS CI selection (conformance-focus.txt minus
+# conformance-skip.txt) on the same kind of cluster (cluster.sh,
+# NFTVS_NODES nodes, default 3), once per proxy: upstream kube-proxy
+# 1.36.3 --proxy-mode=ipvs and nftvs installed from deploy/. Each proxy
+# gets a fresh cluster and runs the selection in parts
+# (conformance-part-*.txt, conformance-parts.sh), so that a whole run can
+# be spread over several sittings. Writes OUTDIR (default
+# docs/conformance):
+#   junit-PROXY-PART.xml   each part's JUnit (a part not run this time
+#                          keeps its earlier file)
+#   logs/PROXY-PART.log    the e2e.test output of every failed test
+#   manifest.tsv           one line per PROXY-PART run: date, commit,
+#                          nftvs image commit, node count, kernel, wall
+#                          time, verdict counts
+#   results.md             the table (e2e/node/report) of every JUnit here
+#
+# Environment: NFTVS_CONFORMANCE_PROXIES (default "kube-proxy nftvs"),
+# NFTVS_CONFORMANCE_PARTS (which parts, in that order; default
+# "conformance services granular other slow disruptive"),
+# NFTVS_CONFORMANCE_PARALLEL=1 (both clusters at once, each in its own
+# network namespace and VM), NFTVS_CONFORMANCE_BUDGET (minutes of
+# e2e.test per proxy, default 600: what is not reached in time is not in
+# that part's JUnit).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+out=${1:-$root/docs/conformance/three-node}
+mkdir -p "$out/logs"
+export PATH=/usr/local/go/bin:$PATH
+work=$(mktemp -d /var/tmp/nftvs-conformance.XXXXXX)
+budget=${NFTVS_CONFORMANCE_BUDGET:-600}
+all_parts="conformance services granular other slow disruptive"
+parts=${NFTVS_CONFORMANCE_PARTS:-$all_parts}
+for part in $parts; do
+  case " $all_parts " in *" $part "*) ;; *) echo "conformance: NFTVS_CONFORMANCE_PARTS: unknown part $part" >&2; exit 2 ;; esac
+done
+proxies=${NFTVS_CONFORMANCE_PROXIES:-kube-proxy nftvs}
+echo "conformance: work directory $work"
+
+run() { # PROXY: one cluster, the parts in order; its output in $work/PROXY.log
+  local proxy=$1 t
+  t=$(date +%s)
+  # shellcheck disable=SC2086 # the parts are words
+  NFTVS_NODE_DIR=$work/$proxy-cluster NFTVS_NODE_TIMEOUT=${NFTVS_NODE_TIMEOUT:-$((budget * 60 + 1800))} \
+    "$here/cluster.sh" -p "$proxy" -k "$here/conformance-parts.sh" "$work/$proxy" "$budget" $parts >"$work/$proxy.log" 2>&1
+  local st=$?
+  echo "$(($(date +%s) - t))" >"$work/$proxy.secs"
+  return $st
+}
+
+# Two clusters must not rebuild the cache under each other: build once
+# here, then use it as it is.
+if [ "${NFTVS_CONFORMANCE_PARALLEL:-0}" = 1 ] && [ "${NFTVS_NODE_NOBUILD:-0}" != 1 ]; then
+  nice -n 15 "$root/e2e/tools/build.sh" >/dev/null &&
+    nice -n 15 "$root/e2e/tools/node/build.sh" >/dev/null &&
+    nice -n 15 "$root/e2e/tools/containerd/build.sh" >/dev/null &&
+    nice -n 15 "$here/images.sh" >/dev/null || exit 1
+  export NFTVS_NODE_NOBUILD=1
+fi
+rc=0
+declare -A pid
+for proxy in $proxies; do
+  mkdir -p "$work/$proxy"
+  echo "=== $proxy (log: $work/$proxy.log)"
+  if [ "${NFTVS_CONFORMANCE_PARALLEL:-0}" = 1 ]; then
+    run "$proxy" &
+    pid[$proxy]=$!
+  else
+    run "$proxy" || rc=1
+    echo "=== $proxy: $(($(cat "$work/$proxy.secs") / 60)) min"
+  fi
+done
+for proxy in "${!pid[@]}"; do
+  wait "${pid[$proxy]}" || rc=1
+  echo "=== $proxy: $(($(cat "$work/$proxy.secs") / 60)) min"
+done
+
+# --- results -------------------------------------------------------------------
+commit=$(git -C "$root" rev-parse --short HEAD)
+image=$(cat "${NFTVS_CACHE:-/var/cache/nftvs}/image-work/nftvs.commit" 2>/dev/null | cut -c1-7)
+kernel=$(cat "$("$root/e2e/vm/fetch-kernel.sh" "${NFTVS_KERNEL:-bookworm}")/version" 2>/dev/null)
+[ -f "$out/manifest.tsv" ] || printf 'date\tcommit\tnftvs_image\tproxy\tpart\tnodes\tkernel\tseconds\tpassed\tfailed\tskipped\n' >"$out/manifest.tsv"
+# passed, failed, skipped (by the test itself) of one JUnit file, tab-separated.
+counts() { (cd "$root" && go run ./e2e/node/report "x=$1") | awk -F' [|] ' -v OFS='\t' '/^[|] x [|]/ { print $2, $3, $4 }'; }
+for proxy in $proxies; do
+  for part in $parts; do
+    d=$work/$proxy/$part
+    if [ ! -f "$d/junit_01.xml" ]; then
+      echo "conformance: no JUnit from $proxy, part $part (see $work/$proxy.log)" >&2
+      rc=1
+      continue
+    fi
+    cp "$d/junit_01.xml" "$out/junit-$proxy-$part.xml"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%RZ)" "$commit" "$image" "$proxy" "$part" \
+      "${NFTVS_NODES:-3}" "$kernel" "$(cat "$d/secs" 2>/dev/null)" "$(counts "$d/junit_01.xml")" >>"$out/manifest.tsv"
+    # The e2e.test output of each failed test: ginkgo -v prints a spec
+    # between two lines of dashes; keep the blocks that failed. (No
+    # interval expressions: Debian's awk is mawk.)
+    awk '/^-+$/ && length($0) >= 20 { if (b ~ /\[(FAILED|PANICKED|TIMEDOUT|INTERRUPTED)\]/) printf "%s", b; b = ""; next }
+         { b = b $0 "\n" }
+         END { if (b ~ /\[(FAILED|PANICKED|TIMEDOUT|INTERRUPTED)\]/) printf "%s", b }' "$d/e2e.log" >"$out/logs/$proxy-$part.log"
+    [ -s "$out/logs/$proxy-$part.log" ] || rm -f "$out/logs/$proxy-$part.log"
+  done
+done
+
+args=()
+for proxy in kube-proxy nftvs; do
+  files=()
+  for part in $all_parts; do
+    [ -f "$out/junit-$proxy-$part.xml" ] && files+=("$out/junit-$proxy-$part.xml")
+  done
+  [ ${#files[@]} -gt 0 ] || continue
+  label=$proxy
+  [ "$proxy" = kube-proxy ] && label="kube-proxy 1.36.3 IPVS mode"
+  args+=("$label=$(IFS=,; echo "${files[*]}")")
+done
+if [ ${#args[@]} -gt 0 ]; then
+  (cd "$root" && go run ./e2e/node/report -title "Upstream e2e [sig-network] tests (upstream's IPVS CI selection) on ${NFTVS_NODES:-3} nodes" "${args[@]}") >"$out/results.md"
+  echo "conformance: $out/results.md"
+fi
+exit $rc
