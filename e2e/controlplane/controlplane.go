@@ -23,7 +23,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -167,10 +166,6 @@ func (cp *ControlPlane) start(o Options, name, bin string, args ...string) (*exe
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
-	// Die with the test process, however it ends: go test kills a test
-	// that ran too long, and an orphaned API server keeps its port, so
-	// every later package of the run fails to start its own.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		log.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
