@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"errors"
+	"fmt"
 	"syscall"
 	"testing"
 )
@@ -77,6 +78,38 @@ func testContract(t *testing.T, h Interface) {
 			t.Errorf("read back %v, want %v or %v", v, v4, v6)
 		}
 	}
+	// Every real server at once is what each dump says, fwmark virtual
+	// servers of both families under one mark included; the IPv6 fwmark
+	// one without real servers may be missing (the proc file does not
+	// say its family), never wrong.
+	fw4, fw6, fw6empty := fwmark(0x4001, false), fwmark(0x4001, true), fwmark(0x4002, true)
+	for _, k := range []VSKey{fw4, fw6, fw6empty} {
+		must(h.AddVirtualServer(VirtualServer{VSKey: k, Scheduler: "rr"}))
+	}
+	must(h.AddRealServer(fw4, rs("192.0.2.1:8080", 0)))
+	must(h.AddRealServer(fw4, rs("192.0.2.2:8080", 5)))
+	must(h.AddRealServer(fw6, rs("[2001:db8::1]:8080", 1)))
+	all, err := h.GetAllRealServers()
+	must(err)
+	if _, ok := all[missing]; ok {
+		t.Errorf("every real server: lists a missing virtual server %v", missing)
+	}
+	for _, k := range []VSKey{v4.VSKey, v6.VSKey, fw4, fw6, fw6empty} {
+		one, err := h.GetRealServers(k)
+		must(err)
+		got, ok := all[k.Key()]
+		if !ok && k == fw6empty {
+			continue
+		}
+		sortRealServers(got)
+		if !ok || fmt.Sprint(got) != fmt.Sprint(one) {
+			t.Errorf("every real server: %v has %v (listed %v), its own dump %v", k, got, ok, one)
+		}
+	}
+	for _, k := range []VSKey{fw4, fw6, fw6empty} {
+		must(h.DeleteVirtualServer(k))
+	}
+
 	must(h.DeleteVirtualServer(v4.VSKey))
 	must(h.DeleteVirtualServer(v6.VSKey))
 	if vss, _ := h.GetVirtualServers(); len(vss) != 0 {

@@ -19,6 +19,7 @@ const (
 	OpUpdateVirtualServer Op = "UpdateVirtualServer"
 	OpDeleteVirtualServer Op = "DeleteVirtualServer"
 	OpGetRealServers      Op = "GetRealServers"
+	OpGetAllRealServers   Op = "GetAllRealServers"
 	OpGetConnections      Op = "GetConnections"
 	OpAddRealServer       Op = "AddRealServer"
 	OpUpdateRealServer    Op = "UpdateRealServer"
@@ -39,8 +40,8 @@ type Fake struct {
 	services map[VSKey]*fakeService
 	// Writes counts write calls, failed ones included.
 	Writes WriteCounts
-	// Reads counts dumps: GetVirtualServers, GetRealServers and
-	// GetConnections calls.
+	// Reads counts dumps: GetVirtualServers, GetRealServers,
+	// GetAllRealServers and GetConnections calls.
 	Reads int
 	// Timeouts are the last non-zero values given to SetTimeouts.
 	TCPTimeout, TCPFinTimeout, UDPTimeout time.Duration
@@ -188,6 +189,32 @@ func (f *Fake) GetRealServers(key VSKey) ([]RealServer, error) {
 		out = append(out, r)
 	}
 	sortRealServers(out)
+	return out, nil
+}
+
+// GetAllRealServers lists every virtual server's real servers in one
+// read, as the kernel's /proc/net/ip_vs does; like that file, it cannot
+// tell the family of a fwmark virtual server without real servers, and
+// leaves out the IPv6 one.
+func (f *Fake) GetAllRealServers() (map[VSKey][]RealServer, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Reads++
+	if err := f.inject(OpGetAllRealServers, VSKey{}, nil); err != nil {
+		return nil, err
+	}
+	out := make(map[VSKey][]RealServer, len(f.services))
+	for k, s := range f.services {
+		if k.FWMark != 0 && k.IPv6 && len(s.rs) == 0 {
+			continue
+		}
+		rss := make([]RealServer, 0, len(s.rs))
+		for _, r := range s.rs {
+			rss = append(rss, r)
+		}
+		sortRealServers(rss)
+		out[k] = rss
+	}
 	return out, nil
 }
 

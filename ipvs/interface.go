@@ -17,6 +17,12 @@ type Interface interface {
 	UpdateVirtualServer(VirtualServer) error
 	DeleteVirtualServer(VSKey) error
 	GetRealServers(VSKey) ([]RealServer, error)
+	// GetAllRealServers lists the real servers of every virtual server in
+	// one read, where GetRealServers costs a round trip per virtual
+	// server. A virtual server missing from the answer is not known
+	// (created since, or the read could not tell its family): ask
+	// GetRealServers.
+	GetAllRealServers() (map[VSKey][]RealServer, error)
 	AddRealServer(VSKey, RealServer) error
 	UpdateRealServer(VSKey, RealServer) error
 	DeleteRealServer(VSKey, RealServer) error
@@ -109,6 +115,13 @@ func (c *Counting) GetRealServers(k VSKey) ([]RealServer, error) {
 	c.reads++
 	c.mu.Unlock()
 	return c.Interface.GetRealServers(k)
+}
+
+func (c *Counting) GetAllRealServers() (map[VSKey][]RealServer, error) {
+	c.mu.Lock()
+	c.reads++
+	c.mu.Unlock()
+	return c.Interface.GetAllRealServers()
 }
 
 func (c *Counting) GetConnections(k VSKey) (map[netip.AddrPort]Connections, error) {

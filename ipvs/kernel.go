@@ -5,10 +5,13 @@ import (
 	"github.com/nftvs/nftvs/internal/l4"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
 	"sync"
 	"time"
 
 	mobyipvs "github.com/moby/ipvs"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,6 +21,9 @@ import (
 type Kernel struct {
 	mu sync.Mutex
 	h  *mobyipvs.Handle
+	// netns is the namespace's path ("" for the caller's), for the proc
+	// file GetAllRealServers reads.
+	netns string
 }
 
 var _ Interface = (*Kernel)(nil)
@@ -35,7 +41,7 @@ func NewKernel(netnsPath string) (*Kernel, error) {
 		h.Close()
 		return nil, fmt.Errorf("IPVS does not answer (is the ip_vs module available?): %w", err)
 	}
-	return &Kernel{h: h}, nil
+	return &Kernel{h: h, netns: netnsPath}, nil
 }
 
 // Close closes the netlink socket.
@@ -112,6 +118,67 @@ func (k *Kernel) GetConnections(key VSKey) (map[netip.AddrPort]Connections, erro
 		out[d.AddrPort()] = d.conns
 	}
 	return out, nil
+}
+
+// GetAllRealServers reads /proc/net/ip_vs of the handle's namespace: every
+// virtual server with its real servers, in one read of a few syscalls.
+// IPVS's generic netlink has no dump of every real server (one dump per
+// virtual server: 10k round trips at 10k Services), and a netlink socket
+// runs one dump at a time, so dumps cannot be pipelined either. The file
+// gives what a restart needs (address, port, weight); a fwmark virtual
+// server without real servers is filed under IPv4 only (the file does not
+// print the family), so the IPv6 one is left to GetRealServers.
+func (k *Kernel) GetAllRealServers() (map[VSKey][]RealServer, error) {
+	f, err := k.openProc()
+	if err != nil {
+		return nil, fmt.Errorf("read every real server: %w", err)
+	}
+	defer f.Close()
+	m, err := ParseProcIPVS(f)
+	if err != nil {
+		return nil, fmt.Errorf("read every real server from %s: %w", ProcIPVS, err)
+	}
+	out := make(map[VSKey][]RealServer, len(m))
+	for key, rss := range m {
+		l := make([]RealServer, 0, len(rss))
+		for _, r := range rss {
+			l = append(l, RealServer{Address: r.AddrPort.Addr(), Port: r.AddrPort.Port(), Weight: r.Weight})
+		}
+		out[key] = l
+	}
+	return out, nil
+}
+
+// openProc opens /proc/net/ip_vs of the handle's namespace. The file
+// belongs to the namespace of the thread that opens it: for another
+// namespace, it is opened on a thread of its own that enters it and
+// ends with its goroutine (never handed back to the scheduler).
+func (k *Kernel) openProc() (*os.File, error) {
+	if k.netns == "" {
+		return os.Open(ProcIPVS)
+	}
+	type opened struct {
+		f   *os.File
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		runtime.LockOSThread() // not unlocked: the thread ends here
+		ns, err := netns.GetFromPath(k.netns)
+		if err != nil {
+			ch <- opened{nil, fmt.Errorf("open netns %s: %w", k.netns, err)}
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			ch <- opened{nil, fmt.Errorf("enter netns %s: %w", k.netns, err)}
+			return
+		}
+		f, err := os.Open(ProcIPVS)
+		ch <- opened{f, err}
+	}()
+	o := <-ch
+	return o.f, o.err
 }
 
 type destination struct {

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"sync"
 	"syscall"
+
+	"k8s.io/klog/v2"
 )
 
 // Reconciler makes the kernel's IPVS table hold the desired Services. It
@@ -203,6 +205,14 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 		return res, errors.Join(append(errs, fmt.Errorf("resync: %w", err))...)
 	}
 	slices.SortFunc(kernel, func(a, b VirtualServer) int { return a.VSKey.Compare(b.VSKey) })
+	// Every real server in one read; a virtual server the read missed
+	// (created since, or one it cannot tell) is dumped alone. If the
+	// read fails, every one is.
+	bulk, err := r.h.GetAllRealServers()
+	if err != nil {
+		klog.V(2).InfoS("Reading every IPVS real server at once failed; dumping each virtual server's", "err", err)
+		bulk = nil
+	}
 	cache := make(map[VSKey]*applied, len(kernel))
 	var unreadable []VSKey
 	for i, v := range kernel {
@@ -211,7 +221,10 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 		if !wanted[k] && r.Excluded(k) {
 			continue // someone else's: never read, never written
 		}
-		rss, err := r.h.GetRealServers(k)
+		rss, ok := bulk[k]
+		if !ok {
+			rss, err = r.h.GetRealServers(k)
+		}
 		if err != nil {
 			// Left out of the cache: a desired one is adopted by sync
 			// (AddVirtualServer says EEXIST), another one deleted below.

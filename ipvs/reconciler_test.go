@@ -401,9 +401,9 @@ func TestReconcilerResync(t *testing.T) {
 	if got := fmt.Sprint(removedStrings(res.Removed)); got != wantRemoved {
 		t.Errorf("removed = %s\nwant %s", got, wantRemoved)
 	}
-	// The excluded ones are not even dumped for real servers: 1 dump of
-	// virtual servers, then one per non-excluded (or desired) one.
-	if want := 1 + 5; f.Reads != want {
+	// One dump of the virtual servers and one read of every real server:
+	// no dump per virtual server.
+	if want := 2; f.Reads != want {
 		t.Errorf("reads = %d, want %d", f.Reads, want)
 	}
 
@@ -433,6 +433,54 @@ func TestReconcilerResync(t *testing.T) {
 		t.Errorf("repair writes = %+v, want %+v", res.Writes, want)
 	}
 	checkCacheTruthful(t, r, f)
+}
+
+// Resync reads every real server at once; when that read fails, or misses
+// a virtual server (an IPv6 fwmark one without real servers, which
+// /proc/net/ip_vs cannot tell from the IPv4 one), it dumps those one by
+// one, and the result is the same.
+func TestReconcilerResyncBulkReadFallsBack(t *testing.T) {
+	desired := []Service{
+		svc(web, "rr", rs("10.0.1.1:8080", 1), rs("10.0.1.2:8080", 0)),
+		svc(dns, "rr", rs("10.0.1.1:53", 1)),
+		svc(fwmark(0x4001, false), "rr", rs("10.0.1.1:8080", 1)),
+		svc(fwmark(0x4001, true), "rr"),
+	}
+	for _, tc := range []struct {
+		name      string
+		failBulk  bool
+		wantReads int
+	}{
+		{"bulk read", false, 1 + 1 + 1}, // virtual servers, every real server, the IPv6 fwmark one
+		{"bulk read fails", true, 1 + 1 + 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := NewFake()
+			if _, err := NewReconciler(f, nil).Resync(desired); err != nil {
+				t.Fatal(err)
+			}
+			if tc.failBulk {
+				f.Inject = func(op Op, _ VSKey, _ *RealServer) error {
+					if op == OpGetAllRealServers {
+						return syscall.ENOENT
+					}
+					return nil
+				}
+			}
+			// A restarted proxier: a new Reconciler over the same kernel.
+			r := NewReconciler(f, nil)
+			f.ResetCounts()
+			res, err := r.Resync(desired)
+			checkErr(t, err, "")
+			if res.Writes.Total() != 0 {
+				t.Errorf("restart wrote %+v, want nothing", res.Writes)
+			}
+			if f.Reads != tc.wantReads {
+				t.Errorf("reads = %d, want %d", f.Reads, tc.wantReads)
+			}
+			checkCacheTruthful(t, r, f)
+		})
+	}
 }
 
 func TestReconcilerInvalidServiceIsNotDeleted(t *testing.T) {
@@ -480,9 +528,12 @@ func TestReconcilerResyncDumpFails(t *testing.T) {
 	// A real-server dump that fails leaves that virtual server to be
 	// adopted: it is desired, so it is kept and synced through EEXIST.
 	f.ResetCounts()
+	failed := false
 	f.Inject = func(op Op, _ VSKey, _ *RealServer) error {
-		// Reads counts this call: 1 is the virtual servers' dump.
-		if op == OpGetRealServers && f.Reads == 2 {
+		// The read of every real server fails, and so does the first
+		// dump of the virtual server's own.
+		if op == OpGetAllRealServers || (op == OpGetRealServers && !failed) {
+			failed = failed || op == OpGetRealServers
 			return syscall.EINTR
 		}
 		return nil
@@ -577,7 +628,8 @@ func TestCounting(t *testing.T) {
 	r := NewReconciler(c, nil)
 	res, err := r.Resync([]Service{svc(web, "rr", rs("10.0.1.1:8080", 1))})
 	checkErr(t, err, "")
-	if c.Writes() != res.Writes || c.Writes() != f.Writes || c.Reads() != 1 {
+	// Two reads: the virtual servers, and every real server.
+	if c.Writes() != res.Writes || c.Writes() != f.Writes || c.Reads() != 2 {
 		t.Errorf("counting %+v/%d, result %+v, fake %+v", c.Writes(), c.Reads(), res.Writes, f.Writes)
 	}
 	c.Reset()
