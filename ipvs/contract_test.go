@@ -97,9 +97,16 @@ func testContract(t *testing.T, h Interface) {
 	for _, k := range []VSKey{v4.VSKey, v6.VSKey, fw4, fw6, fw6empty} {
 		one, err := h.GetRealServers(k)
 		must(err)
-		got, ok := all[k.Key()]
+		listed, ok := all[k.Key()]
 		if !ok && k == fw6empty {
 			continue
+		}
+		var got []RealServer
+		for _, x := range listed {
+			if !x.Idle() {
+				t.Errorf("every real server: %v %v has connections %+v, want none", k, x.AddrPort, x.Connections)
+			}
+			got = append(got, RealServer{Address: x.AddrPort.Addr(), Port: x.AddrPort.Port(), Weight: x.Weight})
 		}
 		sortRealServers(got)
 		if !ok || fmt.Sprint(got) != fmt.Sprint(one) {

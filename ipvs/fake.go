@@ -196,23 +196,22 @@ func (f *Fake) GetRealServers(key VSKey) ([]RealServer, error) {
 // read, as the kernel's /proc/net/ip_vs does; like that file, it cannot
 // tell the family of a fwmark virtual server without real servers, and
 // leaves out the IPv6 one.
-func (f *Fake) GetAllRealServers() (map[VSKey][]RealServer, error) {
+func (f *Fake) GetAllRealServers() (map[VSKey][]RealServerConnections, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Reads++
 	if err := f.inject(OpGetAllRealServers, VSKey{}, nil); err != nil {
 		return nil, err
 	}
-	out := make(map[VSKey][]RealServer, len(f.services))
+	out := make(map[VSKey][]RealServerConnections, len(f.services))
 	for k, s := range f.services {
 		if k.FWMark != 0 && k.IPv6 && len(s.rs) == 0 {
 			continue
 		}
-		rss := make([]RealServer, 0, len(s.rs))
-		for _, r := range s.rs {
-			rss = append(rss, r)
+		rss := make([]RealServerConnections, 0, len(s.rs))
+		for ap, r := range s.rs {
+			rss = append(rss, RealServerConnections{AddrPort: ap, Weight: r.Weight, Connections: s.conns[ap]})
 		}
-		sortRealServers(rss)
 		out[k] = rss
 	}
 	return out, nil

@@ -17,12 +17,12 @@ type Interface interface {
 	UpdateVirtualServer(VirtualServer) error
 	DeleteVirtualServer(VSKey) error
 	GetRealServers(VSKey) ([]RealServer, error)
-	// GetAllRealServers lists the real servers of every virtual server in
-	// one read, where GetRealServers costs a round trip per virtual
-	// server. A virtual server missing from the answer is not known
-	// (created since, or the read could not tell its family): ask
-	// GetRealServers.
-	GetAllRealServers() (map[VSKey][]RealServer, error)
+	// GetAllRealServers lists the real servers of every virtual server,
+	// with their connection counts, in one read, where GetRealServers
+	// costs a round trip per virtual server. A virtual server missing
+	// from the answer is not known (created since, or the read could not
+	// tell its family): ask GetRealServers.
+	GetAllRealServers() (map[VSKey][]RealServerConnections, error)
 	AddRealServer(VSKey, RealServer) error
 	UpdateRealServer(VSKey, RealServer) error
 	DeleteRealServer(VSKey, RealServer) error
@@ -117,7 +117,7 @@ func (c *Counting) GetRealServers(k VSKey) ([]RealServer, error) {
 	return c.Interface.GetRealServers(k)
 }
 
-func (c *Counting) GetAllRealServers() (map[VSKey][]RealServer, error) {
+func (c *Counting) GetAllRealServers() (map[VSKey][]RealServerConnections, error) {
 	c.mu.Lock()
 	c.reads++
 	c.mu.Unlock()

@@ -128,7 +128,7 @@ func (k *Kernel) GetConnections(key VSKey) (map[netip.AddrPort]Connections, erro
 // gives what a restart needs (address, port, weight); a fwmark virtual
 // server without real servers is filed under IPv4 only (the file does not
 // print the family), so the IPv6 one is left to GetRealServers.
-func (k *Kernel) GetAllRealServers() (map[VSKey][]RealServer, error) {
+func (k *Kernel) GetAllRealServers() (map[VSKey][]RealServerConnections, error) {
 	f, err := k.openProc()
 	if err != nil {
 		return nil, fmt.Errorf("read every real server: %w", err)
@@ -138,15 +138,7 @@ func (k *Kernel) GetAllRealServers() (map[VSKey][]RealServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read every real server from %s: %w", ProcIPVS, err)
 	}
-	out := make(map[VSKey][]RealServer, len(m))
-	for key, rss := range m {
-		l := make([]RealServer, 0, len(rss))
-		for _, r := range rss {
-			l = append(l, RealServer{Address: r.AddrPort.Addr(), Port: r.AddrPort.Port(), Weight: r.Weight})
-		}
-		out[key] = l
-	}
-	return out, nil
+	return m, nil
 }
 
 // openProc opens /proc/net/ip_vs of the handle's namespace. The file

@@ -127,6 +127,26 @@ func (r *Reconciler) Connections(k VSKey) (map[netip.AddrPort]Connections, error
 	return r.h.GetConnections(k)
 }
 
+// AllConnections reads the connection counts of every real server of
+// every virtual server at once (GetAllRealServers): a restarted proxier
+// asks for many virtual servers' at its first sync. A virtual server
+// missing from the answer is not known: ask Connections.
+func (r *Reconciler) AllConnections() (map[VSKey]map[netip.AddrPort]Connections, error) {
+	all, err := r.h.GetAllRealServers()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[VSKey]map[netip.AddrPort]Connections, len(all))
+	for k, rss := range all {
+		m := make(map[netip.AddrPort]Connections, len(rss))
+		for _, x := range rss {
+			m[x.AddrPort] = x.Connections
+		}
+		out[k] = m
+	}
+	return out, nil
+}
+
 // Services returns everything the Reconciler believes is in the kernel,
 // sorted.
 func (r *Reconciler) Services() []Service {
@@ -221,8 +241,12 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 		if !wanted[k] && r.Excluded(k) {
 			continue // someone else's: never read, never written
 		}
-		rss, ok := bulk[k]
-		if !ok {
+		var rss []RealServer
+		if all, ok := bulk[k]; ok {
+			for _, x := range all {
+				rss = append(rss, RealServer{Address: x.AddrPort.Addr(), Port: x.AddrPort.Port(), Weight: x.Weight})
+			}
+		} else {
 			rss, err = r.h.GetRealServers(k)
 		}
 		if err != nil {

@@ -3,6 +3,7 @@ package nft
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,6 +30,36 @@ type Fake struct {
 	Refuse func(Element) error
 
 	watchers []func(genEvent)
+	// foreignRules: someone changed a chain or rule (TamperRules); the
+	// table is no longer one to adopt.
+	foreignRules bool
+}
+
+// TamperRules stands for someone changing a rule of the table while
+// nftvs was not running: the next process must not adopt the table.
+func (f *Fake) TamperRules() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.foreignRules = true
+	f.commitLocked()
+}
+
+func (f *Fake) read(cfg Config) (tableRead, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case !f.exists:
+		return tableRead{why: "no table yet"}, nil
+	case f.foreignRules:
+		return tableRead{why: "a rule changed"}, nil
+	case !reflect.DeepEqual(f.cfg, cfg):
+		return tableRead{why: "another configuration"}, nil
+	}
+	kt := tableRead{gen: f.gen, reusable: true}
+	for _, e := range f.elements {
+		kt.elements = append(kt.elements, e)
+	}
+	return kt, nil
 }
 
 // NewFake returns a companion table over an in-memory kernel.
@@ -37,6 +68,10 @@ func NewFake(cfg Config) (*Table, *Fake, error) {
 	t, err := newTable(cfg, f)
 	return t, f, err
 }
+
+// NewTable returns another Table over the same in-memory kernel: what a
+// restarted process finds.
+func (f *Fake) NewTable(cfg Config) (*Table, error) { return newTable(cfg, f) }
 
 func (f *Fake) apply(cfg Config, tx transaction) (uint32, error) {
 	f.mu.Lock()
@@ -72,6 +107,9 @@ func (f *Fake) apply(cfg Config, tx transaction) (uint32, error) {
 		next[e.kernelKey()] = e
 	}
 	f.elements, f.exists, f.cfg = next, true, cfg
+	if tx.rebuild {
+		f.foreignRules = false
+	}
 	f.Transactions++
 	f.Writes += len(tx.add) + len(tx.del)
 	return f.commitLocked(), nil

@@ -451,3 +451,95 @@ func TestKernelRefusedOwnerIsIsolated(t *testing.T) {
 		}
 	}
 }
+
+// TestKernelRestartAdoptsTable: a new Table (a restarted nftvs) over a
+// table programmed by an earlier one, as configured, writes nothing when
+// it wants the same elements, and only the difference when it wants
+// others; a table someone changed (a rule, a configuration set) or made
+// with another configuration is rebuilt.
+func TestKernelRestartAdoptsTable(t *testing.T) {
+	ns := netnstest.New(t)
+	cfg := Config{
+		LocalTraffic:  LocalTraffic{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}},
+		ExcludeCIDRs:  []netip.Prefix{netip.MustParsePrefix("10.50.0.0/16"), netip.MustParsePrefix("fd00:50::/64")},
+		DropInvalid:   true,
+		MasqueradeAll: true,
+	}
+	restart := func(cfg Config, owners int, mutate func(*Table)) SyncResult {
+		t.Helper()
+		tbl := kernelTable(t, ns, cfg)
+		for i := range owners {
+			if err := tbl.SetElements(fmt.Sprintf("ns/svc-%d:p", i), everySet(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A shared element: its comment names both owners.
+		_ = tbl.SetElements("other/shared:p", everySet(0)[:1])
+		if mutate != nil {
+			mutate(tbl)
+		}
+		res := mustSync(t, tbl, true)
+		requireSameElements(t, ns, tbl)
+		return res
+	}
+	if res := restart(cfg, 5, nil); !res.Rebuilt || res.Adopted || res.NotAdopted != "no table yet" {
+		t.Fatalf("first start: %+v, want a rebuild of a table that is not there", res)
+	}
+	before := ns.Run(t, "nft", "list", "table", "inet", "nftvs")
+
+	if res := restart(cfg, 5, nil); !res.Adopted || res.Rebuilt || res.Added != 0 || res.Deleted != 0 {
+		t.Fatalf("restart with nothing changed: %+v, want the table adopted and no element written", res)
+	}
+	if after := ns.Run(t, "nft", "list", "table", "inet", "nftvs"); after != before {
+		t.Fatalf("restart changed the table:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+
+	// One owner gone while nftvs was down (its 24 elements), one changed
+	// (its mark map element: deleted and added with the new mark).
+	res := restart(cfg, 4, func(tbl *Table) {
+		els := everySet(3)
+		for i := range els {
+			if els[i].Set == NodePortFWMarks {
+				els[i].Mark |= 0x100
+			}
+		}
+		_ = tbl.SetElements("ns/svc-3:p", els)
+	})
+	if !res.Adopted || res.Rebuilt || res.Added != 1 || res.Deleted != 24+1 {
+		t.Fatalf("restart with one Service gone and one changed: %+v, want 1 added, 25 deleted", res)
+	}
+
+	// Someone adds a rule while nftvs is down: rebuilt, rule gone.
+	ns.Run(t, "nft", "add", "rule", "inet", "nftvs", "input", "tcp", "dport", "22", "accept")
+	if res := restart(cfg, 5, nil); res.Adopted || !res.Rebuilt || !strings.Contains(res.NotAdopted, "chain input has") {
+		t.Fatalf("restart after a foreign rule: %+v, want a rebuild", res)
+	}
+	if listed := ns.Run(t, "nft", "list", "table", "inet", "nftvs"); strings.Contains(listed, "dport 22") {
+		t.Fatalf("foreign rule survived the rebuild:\n%s", listed)
+	}
+	// A rule replaced in place, same count.
+	ns.Run(t, "sh", "-c", `h=$(nft -a list chain inet nftvs forward | sed -n 's/.*accept # handle \([0-9]*\)$/\1/p' | head -1) && nft replace rule inet nftvs forward handle $h drop`)
+	if res := restart(cfg, 5, nil); res.Adopted || !res.Rebuilt || !strings.Contains(res.NotAdopted, "chain forward: rule") {
+		t.Fatalf("restart after a replaced rule: %+v, want a rebuild", res)
+	}
+	// A configuration set changed behind our back.
+	ns.Run(t, "nft", "add", "element", "inet", "nftvs", "exclude-cidrs-v4", "{ 10.60.0.0/16 }")
+	if res := restart(cfg, 5, nil); res.Adopted || !res.Rebuilt || !strings.Contains(res.NotAdopted, "exclude-cidrs-v4") {
+		t.Fatalf("restart after a changed configuration set: %+v, want a rebuild", res)
+	}
+	// Another configuration: another rule set.
+	other := cfg
+	other.MasqueradeAll = false
+	if res := restart(other, 5, nil); res.Adopted || !res.Rebuilt {
+		t.Fatalf("restart with another configuration: %+v, want a rebuild", res)
+	}
+	// An element nftvs would never write (a source range that is no
+	// prefix) is not adopted.
+	ns.Run(t, "nft", "add", "element", "inet", "nftvs", "load-balancer-source-ranges-v4", "{ 10.96.9.9 . tcp . 443 . 10.1.0.1-10.1.0.6 }")
+	if res := restart(other, 5, nil); res.Adopted || !res.Rebuilt || !strings.Contains(res.NotAdopted, "load-balancer-source-ranges-v4") {
+		t.Fatalf("restart after a foreign element: %+v, want a rebuild", res)
+	}
+	if res := restart(other, 5, nil); !res.Adopted || res.Added+res.Deleted != 0 {
+		t.Fatalf("restart after the rebuilds: %+v, want the table adopted", res)
+	}
+}

@@ -41,6 +41,11 @@ type SyncResult struct {
 	Deleted  int  // elements deleted (0 on a rebuild)
 	Elements int  // elements in the table after the sync
 	Rules    int  // rules in the table (constant for a configuration)
+	// Adopted: this first sync of the process found the table as
+	// configured and diffed against it instead of rebuilding it (a
+	// restart); NotAdopted says why it did not, when it did not.
+	Adopted    bool
+	NotAdopted string
 }
 
 // maxCommentLen keeps element comments well under the kernel's 256-byte
@@ -72,6 +77,9 @@ type backend interface {
 	// deleteTable deletes the table if it exists, and returns the
 	// generation of that commit (0 when there was nothing to delete).
 	deleteTable(name string) (uint32, error)
+	// read reads the table as the kernel holds it, for the first sync of
+	// a process (adopt).
+	read(cfg Config) (tableRead, error)
 	// watch calls on for every ruleset generation committed from now
 	// until ctx is done, in order, from one goroutine; first with a lost
 	// event from generation from up to the one it started at, last with a
@@ -101,6 +109,8 @@ type Table struct {
 	// watching: a drift watch sees every change to the ruleset, so a
 	// full sync need not compare generations.
 	watching bool
+	// readKernel: the first sync has read the kernel's table (adopt).
+	readKernel bool
 }
 
 func newTable(cfg Config, b backend) (*Table, error) {
@@ -305,6 +315,10 @@ func (t *Table) Sync(full bool) (SyncResult, error) {
 		t.needsBuild = true
 	}
 	res := SyncResult{Rules: t.cfg.ruleCount()}
+	if t.needsBuild && !t.readKernel {
+		t.readKernel = true
+		t.adopt(&res)
+	}
 	tx := t.pending()
 	if !tx.rebuild && len(tx.add) == 0 && len(tx.del) == 0 {
 		clear(t.dirty)

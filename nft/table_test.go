@@ -535,3 +535,36 @@ func TestWatchDriftIgnoresOwnCommits(t *testing.T) {
 		t.Fatalf("full sync after another commit, without a watch: %+v, want a rebuild", res)
 	}
 }
+
+// TestRestartAdoptsTheTable: a new Table over a kernel that holds the
+// table as configured (a restarted nftvs) sends only what differs; one
+// whose rules someone changed is rebuilt.
+func TestRestartAdoptsTheTable(t *testing.T) {
+	tbl, f := mustFake(t, Config{})
+	for i := range 100 {
+		_ = tbl.SetElements(fmt.Sprintf("ns/svc-%d:http", i), svc(i, fmt.Sprintf("10.244.0.%d", i)))
+	}
+	mustSync(t, tbl, true)
+	restart := func(services int) SyncResult {
+		t.Helper()
+		tbl, err := f.NewTable(Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range services {
+			_ = tbl.SetElements(fmt.Sprintf("ns/svc-%d:http", i), svc(i, fmt.Sprintf("10.244.0.%d", i)))
+		}
+		return mustSync(t, tbl, true)
+	}
+	writes := f.Writes
+	if res := restart(100); !res.Adopted || res.Rebuilt || f.Writes != writes {
+		t.Fatalf("restart: %+v, %d writes; want the table adopted and nothing written", res, f.Writes-writes)
+	}
+	if res := restart(99); !res.Adopted || res.Added != 0 || res.Deleted != 3 {
+		t.Fatalf("restart with one Service gone: %+v, want its 3 elements deleted", res)
+	}
+	f.TamperRules()
+	if res := restart(99); res.Adopted || !res.Rebuilt || res.NotAdopted == "" {
+		t.Fatalf("restart after a rule changed: %+v, want a rebuild", res)
+	}
+}

@@ -122,14 +122,33 @@ func (p *Proxier) served(n types.NamespacedName, vs ipvs.VSKey) map[netip.AddrPo
 			}
 		}
 	}
-	conns, err := p.k.IPVS.Connections(vs)
-	if err != nil {
-		klog.ErrorS(err, "Reading connections; not draining", "virtualServer", vs)
+	conns, ok := p.kernelConnections()[vs]
+	if !ok {
+		var err error
+		if conns, err = p.k.IPVS.Connections(vs); err != nil {
+			klog.ErrorS(err, "Reading connections; not draining", "virtualServer", vs)
+		}
 	}
 	for ap, c := range conns {
 		out[ap] = !c.Idle()
 	}
 	return out
+}
+
+// kernelConnections reads every real server's connection counts once per
+// sync, at the first Service that needs them: after a restart every
+// Service with a weight-0 real server does, and one read beats a dump per
+// virtual server. Nil when the read failed (each is then dumped alone).
+func (p *Proxier) kernelConnections() map[ipvs.VSKey]map[netip.AddrPort]ipvs.Connections {
+	if !p.syncConnsRead {
+		p.syncConnsRead = true
+		conns, err := p.k.IPVS.AllConnections()
+		if err != nil {
+			klog.V(2).InfoS("Reading every real server's connections failed; reading each virtual server's", "err", err)
+		}
+		p.syncConns = conns
+	}
+	return p.syncConns
 }
 
 // checkDrains reads the connections of the draining real servers and

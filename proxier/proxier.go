@@ -82,7 +82,10 @@ type SyncResult struct {
 	IPVS          ipvs.Result
 	NFT           []nft.SyncResult
 	AddressesSync bool
-	Removed       []ipvs.RemovedRealServer
+	// AddressesAdded and AddressesRemoved count the kube-ipvs0 address
+	// writes of the sync.
+	AddressesAdded, AddressesRemoved int
+	Removed                          []ipvs.RemovedRealServer
 	// Stale is what the conntrack cleaner was asked to delete, and
 	// Conntrack what it did.
 	Stale     []conntrack.Stale
@@ -149,6 +152,10 @@ type Proxier struct {
 	// connections; each says when its Service is due to be planned again
 	// (Proxier.due).
 	drains map[drainKey]*drain
+	// syncConns are every real server's connection counts, read once by
+	// the sync that needs them (kernelConnections), forgotten after it.
+	syncConns     map[ipvs.VSKey]map[netip.AddrPort]ipvs.Connections
+	syncConnsRead bool
 	// nodePortAddresses and localAddresses are refreshed by full syncs.
 	nodePortAddresses, localAddresses []netip.Addr
 	// healthChecks and noLocalInternal/External are what applied holds of

@@ -475,3 +475,90 @@ func TestProxierKeepsHealthChecksAndNoLocalCounts(t *testing.T) {
 		}
 	}
 }
+
+// TestRestartWritesNothing: a proxier started over kernels another one
+// programmed (a restarted nftvs: new Reconciler, new nft Table, same
+// kernel) writes no IPVS object, no kube-ipvs0 address and no nft element
+// when it wants what is there, reads IPVS in two reads whatever the number
+// of virtual servers, and writes only the difference when something
+// changed while it was down.
+func TestRestartWritesNothing(t *testing.T) {
+	f := newFakeNode(t)
+	services := func(n int) {
+		for i := range n {
+			s := makeService("ns", fmt.Sprintf("s%d", i), clusterIPs(fmt.Sprintf("10.96.1.%d", i)))
+			switch i % 4 {
+			case 1:
+				nodePort(int32(30000 + i))(s)
+			case 2:
+				loadBalancer(int32(30000+i), fmt.Sprintf("192.0.2.%d", i))(s)
+				etpLocal(int32(31000 + i))(s)
+				sourceRanges("203.0.113.0/24")(s)
+			case 3:
+				externalIPs(fmt.Sprintf("198.51.100.%d", i))(s)
+				affinity(300)(s)
+			}
+			f.addService(s, httpSlice(s, ready(fmt.Sprintf("10.244.1.%d", i), thisNode), ready(fmt.Sprintf("10.244.2.%d", i), "node-b"),
+				notReady(fmt.Sprintf("10.244.3.%d", i), "node-b")))
+		}
+	}
+	services(20)
+	first := f.sync(t, true)
+	if first.IPVS.Writes.Total() == 0 || first.AddressesAdded == 0 || first.NFT[0].Added == 0 {
+		t.Fatalf("the first start wrote nothing: %+v", first)
+	}
+	ipvsBefore, nftBefore, addrsBefore := f.ipvsText(), f.nft.Dump(), f.addresses(t)
+
+	// A new process over the same kernels, told every object again.
+	restart := func(n int) {
+		t.Helper()
+		table, err := f.nft.NewTable(nft.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.table = table
+		f.p = New(f.p.cfg, Kernel{IPVS: ipvs.NewReconciler(f.ipvs, nil), Addresses: f.addrs, NFT: table})
+		f.p.SetSynced(true, true)
+		f.ipvs.Reset()
+		services(n)
+	}
+	nftWrites := f.nft.Writes
+	restart(20)
+	res := f.sync(t, true)
+	if w := f.ipvs.Writes(); w.Total() != 0 || res.IPVS.Writes.Total() != 0 {
+		t.Errorf("restart wrote IPVS: %+v", w)
+	}
+	// Three reads, whatever the number of Services: every real server's
+	// connections (for the weight-0 ones: drain or not), the virtual
+	// servers, every real server.
+	if r := f.ipvs.Reads(); r != 3 {
+		t.Errorf("restart read IPVS %d times, want 3", r)
+	}
+	if res.AddressesAdded+res.AddressesRemoved != 0 {
+		t.Errorf("restart wrote %d+%d addresses", res.AddressesAdded, res.AddressesRemoved)
+	}
+	if f.nft.Writes != nftWrites || !res.NFT[0].Adopted || res.NFT[0].Rebuilt {
+		t.Errorf("restart wrote %d nft elements (%+v)", f.nft.Writes-nftWrites, res.NFT)
+	}
+	if f.ipvsText() != ipvsBefore || f.nft.Dump() != nftBefore || !slices.Equal(f.addresses(t), addrsBefore) {
+		t.Errorf("restart changed the kernel")
+	}
+
+	// Down, one Service deleted (its ClusterIP and external IP: two
+	// virtual servers, two addresses, its nft elements), then up again.
+	nftWrites = f.nft.Writes
+	restart(19) // s19 is gone
+	res = f.sync(t, true)
+	if w := f.ipvs.Writes(); w != (ipvs.WriteCounts{DeleteVirtualServer: 2}) {
+		t.Errorf("restart with one Service gone wrote IPVS %+v, want two virtual servers deleted", w)
+	}
+	if res.AddressesAdded != 0 || res.AddressesRemoved != 2 {
+		t.Errorf("restart with one Service gone: addresses +%d -%d, want -2", res.AddressesAdded, res.AddressesRemoved)
+	}
+	if got := f.nft.Writes - nftWrites; got == 0 || res.NFT[0].Rebuilt {
+		t.Errorf("restart with one Service gone: %d nft writes, rebuilt %v; want its elements deleted", got, res.NFT[0].Rebuilt)
+	}
+	if strings.Contains(f.nft.Dump(), "ns/s19:") || strings.Contains(f.ipvsText(), "10.96.1.19:") {
+		t.Errorf("s19 left behind")
+	}
+}

@@ -56,6 +56,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 		p.setNodePortAddresses()
 	}
 	planned := p.plan(&w, start)
+	p.syncConns, p.syncConnsRead = nil, false
 	res.ServicesSeen = len(planned)
 
 	if err := p.addElements(planned, w.full, &res); err != nil {
@@ -449,6 +450,12 @@ func (p *Proxier) addElements(planned map[types.NamespacedName][]PortPlan, full 
 	}
 	r, err := p.k.NFT.Sync(full)
 	res.NFT = append(res.NFT, r)
+	switch {
+	case r.Adopted:
+		klog.V(2).InfoS("Found the nftables table as configured; syncing its elements, not rebuilding it")
+	case r.NotAdopted != "":
+		klog.InfoS("Rebuilding the nftables table found at start", "reason", r.NotAdopted)
+	}
 	return p.isolateElements(err, res)
 }
 
@@ -588,7 +595,8 @@ func (p *Proxier) syncAddresses(planned map[types.NamespacedName][]PortPlan, ful
 		want = append(want, a)
 	}
 	slices.SortFunc(want, netip.Addr.Compare)
-	_, _, err := p.k.Addresses.SyncAddresses(p.cfg.DummyName, want)
+	added, removed, err := p.k.Addresses.SyncAddresses(p.cfg.DummyName, want)
+	res.AddressesAdded, res.AddressesRemoved = len(added), len(removed)
 	var inUse *ipvs.AddressInUseError
 	if errors.As(err, &inUse) {
 		klog.V(2).InfoS("Service addresses already on another interface, not bound again", "detail", inUse.Error())

@@ -52,6 +52,8 @@ type Metrics struct {
 
 	nftElements, nftRules prometheus.Gauge
 	ipvsWrites            *prometheus.CounterVec
+	addressWrites         *prometheus.CounterVec
+	nftElementWrites      *prometheus.CounterVec
 	syncErrors            *prometheus.CounterVec
 	realServersRemoved    prometheus.Counter
 	refused               prometheus.Counter
@@ -94,13 +96,17 @@ func NewMetrics(families []v1.IPFamily) *Metrics {
 		m.lastSync, m.lastQueued, m.endpointChangesPending, m.serviceChangesPending,
 		m.endpointChangesTotal, m.serviceChangesTotal,
 		m.noLocalEndpoints, m.healthzTotal, m.livezTotal, m.conntrackDeleted, m.conntrackDuration,
-		m.nftElements, m.nftRules, m.ipvsWrites, m.syncErrors, m.realServersRemoved, m.refused, m.serviceProblems,
+		m.nftElements, m.nftRules, m.ipvsWrites, m.addressWrites, m.nftElementWrites, m.syncErrors, m.realServersRemoved, m.refused, m.serviceProblems,
 		buildInfo(),
 	)
 	// Every label value exists from the start, so that rates work from
 	// the first scrape.
 	for _, op := range ipvsWriteOps {
 		m.ipvsWrites.WithLabelValues(op)
+	}
+	for _, op := range []string{"add", "delete"} {
+		m.addressWrites.WithLabelValues(op)
+		m.nftElementWrites.WithLabelValues(op)
 	}
 	for _, s := range syncSubsystems {
 		m.syncErrors.WithLabelValues(s)
@@ -161,6 +167,10 @@ func (m *Metrics) newNftvsMetrics() {
 		Help: "Rules in the nftvs nftables table (constant for a configuration)"})
 	m.ipvsWrites = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nftvs_ipvs_netlink_writes_total",
 		Help: "IPVS netlink write requests sent by syncs, failed ones included, by operation"}, []string{"op"})
+	m.addressWrites = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nftvs_address_writes_total",
+		Help: "Addresses added to and deleted from kube-ipvs0 by syncs, by operation"}, []string{"op"})
+	m.nftElementWrites = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nftvs_nft_element_writes_total",
+		Help: "nftables set and map elements sent in committed transactions (every element on a rebuild), by operation"}, []string{"op"})
 	m.syncErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nftvs_sync_errors_total",
 		Help: "Failed syncs, by the kernel subsystem that failed (nftables, ipvs, addresses of kube-ipvs0, conntrack cleanup)"}, []string{"subsystem"})
 	m.realServersRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "nftvs_ipvs_real_servers_removed_total",
@@ -238,6 +248,12 @@ func (m *Metrics) ObserveSync(res proxier.SyncResult, err error, now time.Time) 
 		if n > 0 {
 			m.ipvsWrites.WithLabelValues(ipvsWriteOps[i]).Add(float64(n))
 		}
+	}
+	m.addressWrites.WithLabelValues("add").Add(float64(res.AddressesAdded))
+	m.addressWrites.WithLabelValues("delete").Add(float64(res.AddressesRemoved))
+	for _, r := range res.NFT {
+		m.nftElementWrites.WithLabelValues("add").Add(float64(r.Added))
+		m.nftElementWrites.WithLabelValues("delete").Add(float64(r.Deleted))
 	}
 	m.realServersRemoved.Add(float64(len(res.Removed)))
 	m.refused.Add(float64(len(res.Refused)))

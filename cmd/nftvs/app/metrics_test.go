@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	v1 "k8s.io/api/core/v1"
@@ -74,10 +75,11 @@ func TestMetricNames(t *testing.T) {
 func TestObserveSync(t *testing.T) {
 	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol})
 	res := proxier.SyncResult{
-		Duration: 20 * time.Millisecond,
-		IPVS:     ipvs.Result{Writes: ipvs.WriteCounts{AddVirtualServer: 2, AddRealServer: 5, DeleteRealServer: 1}},
-		NFT:      []nft.SyncResult{{Elements: 3, Rules: 40}, {Elements: 7, Rules: 40}},
-		Removed:  []ipvs.RemovedRealServer{{}, {}},
+		Duration:       20 * time.Millisecond,
+		IPVS:           ipvs.Result{Writes: ipvs.WriteCounts{AddVirtualServer: 2, AddRealServer: 5, DeleteRealServer: 1}},
+		NFT:            []nft.SyncResult{{Elements: 3, Rules: 40, Added: 3}, {Elements: 7, Rules: 40, Added: 5, Deleted: 1}},
+		Removed:        []ipvs.RemovedRealServer{{}, {}},
+		AddressesAdded: 4, AddressesRemoved: 1,
 	}
 	now := time.Unix(1700000000, 0)
 	res.TriggerTimes = []time.Time{now.Add(-3 * time.Second)}
@@ -88,6 +90,17 @@ func TestObserveSync(t *testing.T) {
 	for op, want := range checks {
 		if got := testutil.ToFloat64(m.ipvsWrites.WithLabelValues(op)); got != want {
 			t.Errorf("nftvs_ipvs_netlink_writes_total{op=%q} = %v, want %v", op, got, want)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		v    *prometheus.CounterVec
+		op   string
+		want float64
+	}{{"address", m.addressWrites, "add", 4}, {"address", m.addressWrites, "delete", 1},
+		{"nft element", m.nftElementWrites, "add", 8}, {"nft element", m.nftElementWrites, "delete", 1}} {
+		if got := testutil.ToFloat64(c.v.WithLabelValues(c.op)); got != c.want {
+			t.Errorf("%s writes {op=%q} = %v, want %v", c.name, c.op, got, c.want)
 		}
 	}
 	if got := testutil.ToFloat64(m.nftElements); got != 7 {
