@@ -97,6 +97,7 @@ func testContract(t *testing.T, h Interface) {
 	for _, k := range []VSKey{v4.VSKey, v6.VSKey, fw4, fw6, fw6empty} {
 		one, err := h.GetRealServers(k)
 		must(err)
+		sortRealServers(one)
 		listed, ok := all[k.Key()]
 		if !ok && k == fw6empty {
 			continue

@@ -61,6 +61,9 @@ type cluster struct {
 
 	mu       sync.Mutex
 	syncErrs []string
+	// stop stops the proxier (as nftvs exiting), leaving the kernel as
+	// it is; the test's cleanup calls it too.
+	stop func()
 }
 
 // startCluster programs the node the way nftvs does at start (sysctls,
@@ -104,6 +107,9 @@ type clusterOptions struct {
 	// the proxier's 5 minutes).
 	maxVirtualServers int
 	ipvsResync        time.Duration
+	// client, when set, is the API of an earlier cluster: the proxier
+	// restarts against the same objects.
+	client kubernetes.Interface
 }
 
 func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
@@ -177,7 +183,10 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 			{Type: v1.NodeHostName, Address: nodeName},
 		}},
 	}
-	c.client = fake.NewClientset(node)
+	c.client = o.client
+	if c.client == nil {
+		c.client = fake.NewClientset(node)
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -217,10 +226,14 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 			c.syncs.Add(1)
 		})
 	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	var once sync.Once
+	c.stop = func() {
+		once.Do(func() {
+			cancel()
+			<-done
+		})
+	}
+	t.Cleanup(c.stop)
 	// The first (full) sync: the table exists and kube-ipvs0 is there.
 	c.eventually(t, "the first sync", func() error {
 		if c.syncs.Load() == 0 {
