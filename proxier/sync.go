@@ -454,7 +454,7 @@ func (p *Proxier) addElements(planned map[types.NamespacedName][]PortPlan, full 
 	case r.Adopted:
 		klog.V(2).InfoS("Found the nftables table as configured; syncing its elements, not rebuilding it")
 	case r.NotAdopted != "":
-		klog.InfoS("Rebuilding the nftables table found at start", "reason", r.NotAdopted)
+		klog.InfoS("Writing the nftables table whole at start", "reason", r.NotAdopted)
 	}
 	return p.isolateElements(err, res)
 }

@@ -159,6 +159,10 @@ type Run struct {
 	// and the host's swings divided out.
 	Direct *ConnResult `json:"dataPlaneDirect,omitempty"`
 
+	// Restart is nftvs stopped (SIGTERM) at the end of the run and
+	// started again on the node it programmed (nftvs only).
+	Restart *Restart `json:"restart,omitempty"`
+
 	// IPVS is the normalised IPVS table right after the first sync
 	// (NormalizeIPVS), for the differential check.
 	IPVS []string `json:"ipvs,omitempty"`
@@ -173,6 +177,28 @@ type Run struct {
 	Errors []string `json:"errors,omitempty"`
 	// LogTail is the end of the proxy's log when something failed.
 	LogTail string `json:"logTail,omitempty"`
+}
+
+// Restart is a second start of the proxy on the node its first one
+// programmed, with the same objects in the API server.
+type Restart struct {
+	// ProgrammedSeconds is from exec to the proxy's first sync reported
+	// and the outside check passing; InformersSyncedSeconds from exec to
+	// its informers' sync (its "Informer caches synced" log line): the
+	// difference is what the first sync costs on a programmed node.
+	ProgrammedSeconds      float64 `json:"programmedSeconds,omitempty"`
+	InformersSyncedSeconds float64 `json:"informersSyncedSeconds,omitempty"`
+	// FirstSyncSeconds is the first sync's own metric.
+	FirstSyncSeconds float64 `json:"firstSyncSeconds,omitempty"`
+	// Writes until programmed, from the proxy's own counters:
+	// nftvs_ipvs_netlink_writes_total, nftvs_address_writes_total and
+	// nftvs_nft_element_writes_total, every op summed.
+	IPVSWrites       int `json:"ipvsWrites"`
+	AddressWrites    int `json:"addressWrites"`
+	NFTElementWrites int `json:"nftElementWrites"`
+	// CPUSeconds is the restarted proxy's CPU time until programmed.
+	CPUSeconds float64 `json:"cpuSeconds,omitempty"`
+	Error      string  `json:"error,omitempty"`
 }
 
 // Change is one one-endpoint change: an EndpointSlice update through the

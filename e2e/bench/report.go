@@ -258,6 +258,33 @@ func (r *Report) Markdown() string {
 	}
 	p("\nnft counts cover every table, so upstream IPVS mode's iptables rules (iptables-nft) appear both as iptables rules and as nft rules. N Services plus the API server's own `kubernetes` Service.\n")
 
+	restarts := false
+	for _, x := range r.Runs {
+		restarts = restarts || x.Restart != nil
+	}
+	if restarts {
+		p("\n## Restart on a programmed node (nftvs)\n\n")
+		p("At the end of its run nftvs is stopped (SIGTERM) and started again with the same objects in the API server. Writes are its own counters until programmed (`nftvs_ipvs_netlink_writes_total`, `nftvs_address_writes_total`, `nftvs_nft_element_writes_total`); the goal is none, and programmed within 5 s of the informers' sync.\n\n")
+		p("| N | exec → programmed | exec → informers synced | informers synced → programmed | first sync (own metric) | IPVS writes | address writes | nft element writes | CPU |\n|---|---|---|---|---|---|---|---|---|\n")
+		for _, n := range r.Sizes() {
+			x := r.Get(ProxyNftvs, n)
+			if x == nil || x.Restart == nil {
+				continue
+			}
+			rs := x.Restart
+			if rs.Error != "" {
+				p("| %d | %s | | | | | | | |\n", n, strings.ReplaceAll(rs.Error, "|", "\\|"))
+				continue
+			}
+			after := "–"
+			if rs.InformersSyncedSeconds > 0 {
+				after = fmtSec(rs.ProgrammedSeconds - rs.InformersSyncedSeconds)
+			}
+			p("| %d | %s | %s | %s | %s | %d | %d | %d | %.1f s |\n", n, fmtSec(rs.ProgrammedSeconds), fmtSec(rs.InformersSyncedSeconds), after,
+				fmtSec(rs.FirstSyncSeconds), rs.IPVSWrites, rs.AddressWrites, rs.NFTElementWrites, rs.CPUSeconds)
+		}
+	}
+
 	p("\n## Data plane: new TCP connections per second through one ClusterIP\n\n")
 	p("Short connections (connect, read a 3-byte answer, close), one at a time, from a client pod namespace to a backend pod namespace holding the Service's %d endpoints, inside the VM; bounded in count and time. Reported, not asserted (emulated CPU, shared machine).\n\n", r.eps())
 	p("Direct: the same loop straight to one endpoint's pod address right after, past no Service — the VM's own rate at that moment; via Service ÷ direct is what the Service path costs with the emulator's swings divided out.\n\n")

@@ -237,7 +237,77 @@ func run(r *bench.Run) error {
 		}
 	}
 	finish(r, p)
+	if *proxy == bench.ProxyNftvs {
+		r.Restart = restart(p, check)
+	}
 	return nil
+}
+
+// restart stops the proxy and starts it again on the node it programmed:
+// how long until it is programmed again, and how many writes that took
+// by its own counters (zero is the goal: the node is as it wants it).
+func restart(p *proxyProc, check *checker) *bench.Restart {
+	res := &bench.Restart{}
+	p.stop()
+	logPath := *proxyLog + ".restart"
+	q, err := startProxyLog(logPath)
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	defer q.stop()
+	logf("%s restarted (pid %d)", *proxy, q.pid())
+	deadline := q.started.Add(*firstBound)
+	for {
+		h, seen := scrapeHist(syncMetric)
+		ok, progress, _ := check.programmed()
+		if seen && h.count > 0 && ok {
+			res.ProgrammedSeconds = time.Since(q.started).Seconds()
+			res.FirstSyncSeconds = h.sum / float64(h.count)
+			break
+		}
+		if q.exited() || time.Now().After(deadline) {
+			res.Error = fmt.Sprintf("not programmed again within %v (%s): %v", *firstBound, progress, q.err)
+			return res
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	res.CPUSeconds, _ = procCPU(q.pid())
+	res.IPVSWrites = int(scrapeSum("nftvs_ipvs_netlink_writes_total"))
+	res.AddressWrites = int(scrapeSum("nftvs_address_writes_total"))
+	res.NFTElementWrites = int(scrapeSum("nftvs_nft_element_writes_total"))
+	if t, ok := logLineTime(logPath, "Informer caches synced"); ok {
+		res.InformersSyncedSeconds = t.Sub(q.started).Seconds()
+	}
+	logf("restart: programmed after %.2f s (informers synced after %.2f s, first sync %.3f s), writes: IPVS %d, addresses %d, nft elements %d",
+		res.ProgrammedSeconds, res.InformersSyncedSeconds, res.FirstSyncSeconds, res.IPVSWrites, res.AddressWrites, res.NFTElementWrites)
+	return res
+}
+
+// logLineTime is the time of the first klog line of path containing s
+// (klog prints the time of day, UTC here, to the microsecond).
+func logLineTime(path, s string) (time.Time, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return time.Time{}, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, s) || len(line) < 21 {
+			continue
+		}
+		// I1206 06:23:36.924795 ...
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		tod, err := time.Parse("15:04:05.000000", f[1])
+		if err != nil {
+			continue
+		}
+		now := time.Now().UTC()
+		return time.Date(now.Year(), now.Month(), now.Day(), tod.Hour(), tod.Minute(), tod.Second(), tod.Nanosecond(), time.UTC), true
+	}
+	return time.Time{}, false
 }
 
 func finish(r *bench.Run, p *proxyProc) {
@@ -475,12 +545,15 @@ nftables:
 `, mode, *kubeconfig, bench.NodeName, bench.ClusterCIDR)
 }
 
-func startProxy() (*proxyProc, error) {
+func startProxy() (*proxyProc, error) { return startProxyLog(*proxyLog) }
+
+// startProxyLog starts the proxy with its output to logPath.
+func startProxyLog(logPath string) (*proxyProc, error) {
 	cfg := "/tmp/bench-kube-proxy.yaml"
 	if err := os.WriteFile(cfg, []byte(config()), 0o644); err != nil {
 		return nil, err
 	}
-	f, err := os.Create(*proxyLog)
+	f, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
@@ -591,6 +664,29 @@ func scrapeHist(name string) (hist, bool) {
 		}
 	}
 	return h, found
+}
+
+// scrapeSum sums every series of a counter.
+func scrapeSum(name string) float64 {
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get(metricsURL)
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sum := 0.0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		m := metricLine.FindStringSubmatch(sc.Text())
+		if m == nil || m[1] != name {
+			continue
+		}
+		if v, err := strconv.ParseFloat(m[4], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
 
 // --- outside checks ---
