@@ -288,3 +288,56 @@ func TestKernelIPv6NetmaskQuirk(t *testing.T) {
 		t.Errorf("IPv6 virtual server with netmask 0: err = %v, want EINVAL", err)
 	}
 }
+
+// TestKernelAllRealServersAtScale: the proc file lists every virtual
+// server of a large table with its real servers (it is read a page at a
+// time, the kernel walking its table again for each page).
+func TestKernelAllRealServersAtScale(t *testing.T) {
+	k, _ := newKernel(t)
+	services := manyServices(5000, 10)
+	r := NewReconciler(k, nil)
+	if _, err := r.Apply(services, nil); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	all, err := k.GetAllRealServers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("read %d virtual servers in %v", len(all), time.Since(start))
+	missing, wrong := 0, 0
+	for _, s := range services {
+		got, ok := all[s.Key()]
+		switch {
+		case !ok:
+			if missing++; missing <= 3 {
+				t.Errorf("%v not listed", s.Key())
+			}
+		case len(got) != len(s.RealServers):
+			if wrong++; wrong <= 3 {
+				t.Errorf("%v: %d real servers listed, want %d", s.Key(), len(got), len(s.RealServers))
+			}
+		}
+	}
+	if missing+wrong > 0 {
+		t.Errorf("%d of %d virtual servers not listed, %d listed wrong", missing, len(services), wrong)
+	}
+	// A restarted proxier's Resync: two reads, no write.
+	c := NewCounting(k)
+	res, err := NewReconciler(c, nil).Resync(services)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Reads() != 2 || res.Writes.Total() != 0 {
+		vss, _ := k.GetVirtualServers()
+		n := 0
+		for _, v := range vss {
+			if _, ok := all[v.Key()]; !ok {
+				if n++; n <= 3 {
+					t.Logf("dumped %+v (key %+v) is not in the read of every real server", v, v.Key())
+				}
+			}
+		}
+		t.Errorf("resync of an unchanged table: %d reads, writes %s; want 2 reads and none", c.Reads(), res)
+	}
+}

@@ -3,6 +3,7 @@
 package ipvs
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -235,6 +236,35 @@ func BenchmarkKernelResyncUnchanged(b *testing.B) {
 	}
 	b.ReportMetric(float64(c.Writes().Total())/float64(b.N), "writes/op")
 	b.ReportMetric(float64(c.Reads())/float64(b.N), "dumps/op")
+}
+
+// BenchmarkKernelResyncUnchangedPerVS is BenchmarkKernelResyncUnchanged
+// as it was before GetAllRealServers: one real-server dump per virtual
+// server (what Resync falls back to when the proc file cannot be read).
+func BenchmarkKernelResyncUnchangedPerVS(b *testing.B) {
+	services := manyServices(5000, 10)
+	k, _ := newKernel(b)
+	c := NewCounting(noBulkRead{k})
+	r := NewReconciler(c, nil)
+	if _, err := r.Apply(services, nil); err != nil {
+		b.Fatal(err)
+	}
+	c.Reset()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := r.Resync(services); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(c.Writes().Total())/float64(b.N), "writes/op")
+	b.ReportMetric(float64(c.Reads())/float64(b.N), "dumps/op")
+}
+
+// noBulkRead is an Interface whose read of every real server fails.
+type noBulkRead struct{ Interface }
+
+func (noBulkRead) GetAllRealServers() (map[VSKey][]RealServerConnections, error) {
+	return nil, errors.New("no bulk read")
 }
 
 // BenchmarkKernelRepairUnchanged: what every periodic full sync adds at
