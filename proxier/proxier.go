@@ -98,6 +98,8 @@ type SyncResult struct {
 	// one Event per change, this keeps the full count.
 	Problems map[string]int
 	Duration time.Duration
+	// Steps is where Duration went.
+	Steps SyncSteps
 	// TriggerTimes are the endpoints.kubernetes.io/last-change-trigger-time
 	// annotations of the EndpointSlice changes this sync programmed, as
 	// kube-proxy collects them (later than the proxier's start): each is
@@ -105,6 +107,12 @@ type SyncResult struct {
 	// sample. A failed sync keeps its changes', for the sync that
 	// programs them.
 	TriggerTimes []time.Time
+}
+
+// SyncSteps are the durations of a sync's steps (Sync), for logs and
+// benchmarks: what a sync spends where.
+type SyncSteps struct {
+	Plan, AddElements, VirtualServers, Addresses, TrimElements, Conntrack time.Duration
 }
 
 // Proxier watches Services and EndpointSlices and keeps IPVS, kube-ipvs0

@@ -55,9 +55,15 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 		}
 		p.setNodePortAddresses()
 	}
+	step := func(d *time.Duration) {
+		now := p.cfg.Now()
+		*d, start = now.Sub(start), now
+	}
+	begin := start
 	planned := p.plan(&w, start)
 	p.syncConns, p.syncConnsRead = nil, false
 	res.ServicesSeen = len(planned)
+	step(&res.Steps.Plan)
 
 	if err := p.addElements(planned, w.full, &res); err != nil {
 		// Without the companion table in place, do not move IPVS ahead of
@@ -65,14 +71,26 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 		p.requeue(w)
 		return res, err
 	}
-	deletes, err := p.upsertVirtualServers(planned, w.full, start, &res)
+	step(&res.Steps.AddElements)
+	deletes, err := p.upsertVirtualServers(planned, w.full, begin, &res)
 	errs := []error{p.isolate(err, &res)}
+	step(&res.Steps.VirtualServers)
 	errs = append(errs, p.syncAddresses(planned, w.full, &res))
+	step(&res.Steps.Addresses)
 	errs = append(errs, p.isolate(p.deleteVirtualServers(deletes, &res), &res))
 	old := p.commit(planned)
 	p.view.publish(planned, old)
 	errs = append(errs, p.trimElements(planned, old, &res))
+	step(&res.Steps.TrimElements)
 	p.cleanConntrack(old, planned, &res)
+	step(&res.Steps.Conntrack)
+	start = begin
+	if v := klog.Level(2); w.full && (res.IPVSResync || klog.V(v).Enabled()) {
+		// The first sync, and every IPVS resync: where the time went.
+		klog.InfoS("Full sync", "services", res.ServicesSeen, "plan", res.Steps.Plan, "addElements", res.Steps.AddElements,
+			"virtualServers", res.Steps.VirtualServers, "addresses", res.Steps.Addresses, "trimElements", res.Steps.TrimElements,
+			"conntrack", res.Steps.Conntrack, "ipvs", res.IPVS.String(), "addressWrites", res.AddressesAdded+res.AddressesRemoved)
+	}
 
 	err = errors.Join(errs...)
 	if err != nil {

@@ -279,9 +279,28 @@ func restart(p *proxyProc, check *checker) *bench.Restart {
 	if t, ok := logLineTime(logPath, "Informer caches synced"); ok {
 		res.InformersSyncedSeconds = t.Sub(q.started).Seconds()
 	}
+	for _, l := range []string{*proxyLog, logPath} {
+		if line, ok := logLine(l, `"Full sync"`); ok {
+			logf("%s: %s", l, line)
+		}
+	}
 	logf("restart: programmed after %.2f s (informers synced after %.2f s, first sync %.3f s), writes: IPVS %d, addresses %d, nft elements %d",
 		res.ProgrammedSeconds, res.InformersSyncedSeconds, res.FirstSyncSeconds, res.IPVSWrites, res.AddressWrites, res.NFTElementWrites)
 	return res
+}
+
+// logLine is the first line of path containing s.
+func logLine(path, s string) (string, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, s) {
+			return line, true
+		}
+	}
+	return "", false
 }
 
 // logLineTime is the time of the first klog line of path containing s
