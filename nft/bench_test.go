@@ -169,3 +169,29 @@ func BenchmarkKernelSourceRangesOtherChange(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkKernelRestart: a new Table over a programmed table (a
+// restarted nftvs) declares the same elements and syncs: the table is
+// read back and nothing is written. Against BenchmarkKernelFullSync, the
+// rebuild it replaces.
+func BenchmarkKernelRestart(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			_, ns := benchTable(b, n)
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				tbl := kernelTable(b, ns, Config{})
+				for i := range n {
+					_ = tbl.SetElements(fmt.Sprintf("ns/svc-%d:http", i), bigSvc(i))
+				}
+				b.StartTimer()
+				res := mustSync(b, tbl, true)
+				if !res.Adopted || res.Added+res.Deleted != 0 {
+					b.Fatalf("restart: %+v, want the table adopted and nothing written", res)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(4*n), "ns/element")
+		})
+	}
+}

@@ -291,8 +291,16 @@ func normalizeSourceRanges(elems []Element) []Element {
 // desired is the element the kernel should hold for key k, if any.
 func (t *Table) desired(k Element) (KernelElement, bool) {
 	owners := t.owners[k]
-	if len(owners) == 0 {
+	switch len(owners) {
+	case 0:
 		return KernelElement{}, false
+	case 1: // most elements: no name to sort
+		for o, e := range owners {
+			if len(o) > maxCommentLen {
+				o = o[:maxCommentLen-3] + "..."
+			}
+			return KernelElement{Element: e, Comment: o}, true
+		}
 	}
 	names := make([]string, 0, len(owners))
 	for o := range owners {
