@@ -29,7 +29,7 @@ import (
 func TestRestartWritesNothing(t *testing.T) {
 	requireVM(t)
 	tb := newTestbed(t)
-	const n = 60
+	const n = 30
 	var mu sync.Mutex
 	var results []proxier.SyncResult
 	record := func(res proxier.SyncResult, err error) {
