@@ -133,7 +133,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	case cfg.Cleanup:
 		err = runCleanup(cfg)
 	case cfg.InitOnly:
-		_, err = setupKernel(cfg, ipv6Supported() && usesIPv6(cfg, nil, nil))
+		_, err = setupKernel(cfg)
+		checkIPv6Forwarding(ipvs.ProcSys, ipv6Supported() && usesIPv6(cfg, nil, nil))
 	default:
 		err = run(ctx, cfg)
 	}
@@ -162,11 +163,11 @@ func writeConfig(c *v1alpha1.KubeProxyConfiguration, path string) error {
 // setupKernel does what needs full privileges, as kube-proxy's IPVS mode
 // does before it syncs anything (and all that --init-only does): kernel
 // modules (ip_vs, the scheduler, what the table uses), the conntrack
-// sysctls, IPVS mode's sysctls (IPv6 forwarding only with
-// ipv6Forwarding), the IPVS timeouts, and a check that the scheduler
-// works. A failure stops nftvs, as it stops kube-proxy, except for the
-// IPVS timeouts, which kube-proxy only logs.
-func setupKernel(cfg *Config, ipv6Forwarding bool) (*ipvs.Kernel, error) {
+// sysctls, IPVS mode's sysctls (not IPv6 forwarding: checkIPv6Forwarding),
+// the IPVS timeouts, and a check that the scheduler works. A failure
+// stops nftvs, as it stops kube-proxy, except for the IPVS timeouts, which
+// kube-proxy only logs.
+func setupKernel(cfg *Config) (*ipvs.Kernel, error) {
 	// Modules first: nf_conntrack's sysctls exist only once it is loaded.
 	if err := loadKernelModules(cfg.KubeProxy.IPVS.Scheduler); err != nil {
 		return nil, err
@@ -178,7 +179,7 @@ func setupKernel(cfg *Config, ipv6Forwarding bool) (*ipvs.Kernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := ipvs.EnsureSysctls(ipvs.ProcSys, ipvs.SysctlOptions{IPv6: ipv6Forwarding, StrictARP: cfg.KubeProxy.IPVS.StrictARP}); err != nil {
+	if err := ipvs.EnsureSysctls(ipvs.ProcSys, ipvs.SysctlOptions{StrictARP: cfg.KubeProxy.IPVS.StrictARP}); err != nil {
 		kernel.Close()
 		return nil, fmt.Errorf("set IPVS sysctls: %w", err)
 	}
@@ -188,6 +189,33 @@ func setupKernel(cfg *Config, ipv6Forwarding bool) (*ipvs.Kernel, error) {
 		return nil, err
 	}
 	return kernel, nil
+}
+
+// checkIPv6Forwarding warns when the cluster uses IPv6 and the node does
+// not forward it, and returns the warning ("" when there is none).
+// kube-proxy 1.36 sets only net.ipv4.ip_forward (IPVS mode) or nothing
+// (nftables mode); nftvs does the same and never turns IPv6 forwarding
+// on itself: on a node that configures itself by SLAAC, that stops Router
+// Advertisements being accepted (accept_ra=1), and the node loses its
+// default route.
+func checkIPv6Forwarding(s ipvs.Sysctl, usesIPv6 bool) string {
+	if !usesIPv6 {
+		return ""
+	}
+	switch v, err := s.Get(ipvs.SysctlIPv6Forward); {
+	case errors.Is(err, os.ErrNotExist):
+		return "" // IPv6 is disabled in this kernel
+	case err != nil:
+		klog.ErrorS(err, "Checking IPv6 forwarding")
+		return ""
+	case v != 0:
+		return ""
+	}
+	w := "IPv6 forwarding is off (net.ipv6.conf.all.forwarding=0) on a node whose cluster uses IPv6: IPv6 Services will not reach pods through this node. " +
+		"nftvs, like kube-proxy, does not turn it on (on a SLAAC node that would stop Router Advertisements being accepted); " +
+		"set it in the node's own configuration (with accept_ra=2 where the node relies on Router Advertisements)"
+	klog.Warning(w)
+	return w
 }
 
 // ipvsTimeouts sets IPVS's connection timeouts (ipvsadm --set).
@@ -210,7 +238,8 @@ func setIPVSTimeouts(k ipvsTimeouts, c v1alpha1.KubeProxyIPVSConfiguration) {
 
 // runCleanup removes what nftvs programmed: every IPVS virtual server
 // outside --ipvs-exclude-cidrs (fwmark ones only in nftvs's mark space),
-// kube-ipvs0 and the nftables table.
+// kube-ipvs0 and the nftables table; and what kube-proxy's IPVS mode left
+// in iptables-nft and ipset, as --takeover-kube-proxy does.
 // Nothing else (other tables, other links) is touched.
 func runCleanup(cfg *Config) error {
 	var errs []error
@@ -243,6 +272,12 @@ func runCleanup(cfg *Config) error {
 	if err != nil {
 		errs = append(errs, err)
 	} else if err := table.Cleanup(); err != nil {
+		errs = append(errs, err)
+	}
+	// As kube-proxy's --cleanup removes what its IPVS mode left in
+	// iptables and ipset (it also removes its IPVS state, which the
+	// lines above do).
+	if err := takeover.KubeProxy(takeover.Node()); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -422,6 +457,9 @@ func run(parent context.Context, cfg *Config) error {
 		return err
 	}
 	defer closeKernel()
+	if w := checkIPv6Forwarding(ipvs.ProcSys, node.usesIPv6); w != "" {
+		ev.event(v1.EventTypeWarning, "IPv6ForwardingDisabled", w)
+	}
 	serveExplain(ctx, cfg.ExplainSocket, p)
 	if closeStats, err := registerServiceMetrics(cfg, metrics, p); err != nil {
 		return err
@@ -455,9 +493,7 @@ func run(parent context.Context, cfg *Config) error {
 		return fmt.Errorf("watch the API server: %w", err)
 	}
 	changes.initialize()
-	if cfg.TakeoverKubeProxy {
-		takeOver(ev)
-	}
+	takeOverKubeProxy(cfg.TakeoverKubeProxy, takeover.Node(), ev.event)
 	p.Run(ctx, func(res proxier.SyncResult, err error) {
 		observeSync(res, err, p, node.families, metrics, health, changes, serviceHealth)
 	})
@@ -497,8 +533,8 @@ type nodeFacts struct {
 	ipv6     bool
 	families []v1.IPFamily
 	podCIDRs []string
-	// ipv6Forwarding says the cluster uses IPv6 (usesIPv6).
-	ipv6Forwarding bool
+	// usesIPv6 says the cluster uses IPv6 (usesIPv6).
+	usesIPv6 bool
 }
 
 // detectNode is kube-proxy's detectNodeIPs and platformCheckSupported:
@@ -526,16 +562,13 @@ func detectNode(cfg *Config, node *v1.Node) (nodeFacts, error) {
 	if node != nil {
 		f.podCIDRs = node.Spec.PodCIDRs
 	}
-	f.ipv6Forwarding = f.ipv6 && usesIPv6(cfg, rawIPs, f.podCIDRs)
+	f.usesIPv6 = f.ipv6 && usesIPv6(cfg, rawIPs, f.podCIDRs)
 	return f, nil
 }
 
 // usesIPv6 says whether the cluster uses IPv6, and so needs IPv6
-// forwarding: the node has an IPv6 address, or --bind-address, a
-// --cluster-cidr or one of the node's podCIDRs is IPv6. Setting
-// net.ipv6.conf.all.forwarding turns off Router Advertisements
-// (accept_ra=1) on SLAAC nodes, so an IPv4-only cluster is left without
-// it; kube-proxy's IPVS mode never sets it (only net.ipv4.ip_forward).
+// forwarding (checkIPv6Forwarding): the node has an IPv6 address, or
+// --bind-address, a --cluster-cidr or one of the node's podCIDRs is IPv6.
 func usesIPv6(cfg *Config, nodeIPs []netip.Addr, podCIDRs []string) bool {
 	if slices.ContainsFunc(nodeIPs, netip.Addr.Is6) {
 		return true
@@ -586,7 +619,7 @@ func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, a
 	if err != nil {
 		return nil, nodePorts, nil, err
 	}
-	kernel, err := setupKernel(cfg, node.ipv6Forwarding)
+	kernel, err := setupKernel(cfg)
 	if err != nil {
 		return nil, nodePorts, nil, err
 	}
@@ -712,14 +745,32 @@ func hardFail(cfg *Config, cancel context.CancelCauseFunc, ev *nodeEvents, reaso
 	}
 }
 
-// takeOver runs --takeover-kube-proxy right before the first sync, which
-// adopts kube-proxy's IPVS state: a failure is reported, and nftvs serves
-// anyway, since stopping would leave the node with no proxy at all.
-func takeOver(ev *nodeEvents) {
-	if err := takeover.KubeProxy(); err != nil {
-		klog.ErrorS(err, "Taking over from kube-proxy left some of its iptables rules or ipsets in place; serving anyway")
-		ev.event(v1.EventTypeWarning, "FailedTakeoverKubeProxy", err.Error())
+// takeOverKubeProxy runs right before the first sync, which adopts
+// kube-proxy's IPVS state. With take (--takeover-kube-proxy, the
+// default) it removes kube-proxy IPVS mode's iptables chains and ipsets: a
+// failure is reported, and nftvs serves anyway, since stopping would
+// leave the node with no proxy at all. Without, it only looks, and names
+// what it leaves in a log line and a Warning Event: kube-proxy's
+// KUBE-IPVS-FILTER goes on rejecting new Service ports on kube-ipvs0's
+// addresses.
+func takeOverKubeProxy(take bool, k takeover.Kernel, event func(eventType, reason, note string)) {
+	if take {
+		if err := takeover.KubeProxy(k); err != nil {
+			klog.ErrorS(err, "Taking over from kube-proxy left some of its iptables rules or ipsets in place; serving anyway")
+			event(v1.EventTypeWarning, "FailedTakeoverKubeProxy", err.Error())
+		}
+		return
 	}
+	left, err := takeover.Find(k)
+	if err != nil {
+		klog.ErrorS(err, "Looking for kube-proxy's IPVS-mode iptables rules and ipsets")
+	}
+	if !left.Found() {
+		return
+	}
+	note := "kube-proxy's IPVS mode left " + left.String() + " in place (--takeover-kube-proxy=false): its KUBE-IPVS-FILTER rejects new Service ports on kube-ipvs0's addresses; restart nftvs without --takeover-kube-proxy=false, or run nftvs --cleanup, to remove them"
+	klog.Warning(note)
+	event(v1.EventTypeWarning, "KubeProxyLeftovers", note)
 }
 
 // observeSync reports one sync: metrics, the changes it took, health,
