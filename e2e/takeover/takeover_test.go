@@ -542,15 +542,15 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 			return err
 		}
 		for _, ev := range evs.Items {
-			if ev.Reason == "KubeProxyLeftovers" && ev.Type == "Warning" && strings.Contains(ev.Note, "nat KUBE-SERVICES") &&
-				strings.Contains(ev.Note, "KUBE-CLUSTER-IP") && ev.Regarding.Kind == "Node" {
+			if ev.Reason == "KubeProxyLeftovers" && ev.Type == "Warning" && strings.Contains(ev.Note, "iptables chains (ip filter KUBE-") &&
+				strings.Contains(ev.Note, "ipsets (KUBE-") && ev.Regarding.Kind == "Node" {
 				return nil
 			}
 		}
 		return fmt.Errorf("no Warning KubeProxyLeftovers Event on the Node yet (%d events)", len(evs.Items))
 	})
 	optOut.stop(t)
-	if !strings.Contains(optOut.logText(), "kube-proxy's IPVS mode left") {
+	if l := optOut.logText(); !strings.Contains(l, "kube-proxy's IPVS mode left") || !strings.Contains(l, "ip nat KUBE-SERVICES") || !strings.Contains(l, "KUBE-6-CLUSTER-IP") {
 		t.Errorf("opted-out nftvs did not log what kube-proxy left:\n%s", optOut.tail(30))
 	}
 	if left := kubeProxyLeft(save(t, "iptables-save")); len(left) == 0 {

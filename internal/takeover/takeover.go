@@ -211,17 +211,28 @@ type Leftovers struct {
 // there (legacy tables alone are not kube-proxy's).
 func (l Leftovers) Found() bool { return len(l.Chains)+len(l.Jumps)+len(l.IPSets) > 0 }
 
-// String names what is there, for a log line or an Event.
-func (l Leftovers) String() string {
+// String names everything that is there, for a log line.
+func (l Leftovers) String() string { return l.Summary(-1) }
+
+// Summary is String naming at most n chains and n ipsets (all with n <
+// 0): an Event's note holds at most 1024 characters, and a dual-stack
+// node has some 50 of kube-proxy's chains and ipsets.
+func (l Leftovers) Summary(n int) string {
+	names := func(s []string) string {
+		if n < 0 || len(s) <= n {
+			return strings.Join(s, ", ")
+		}
+		return strings.Join(s[:n], ", ") + ", …"
+	}
 	var parts []string
 	if len(l.Chains) > 0 {
-		parts = append(parts, fmt.Sprintf("%d iptables chains (%s)", len(l.Chains), strings.Join(l.Chains, ", ")))
+		parts = append(parts, fmt.Sprintf("%d iptables chains (%s)", len(l.Chains), names(l.Chains)))
 	}
 	if len(l.Jumps) > 0 {
 		parts = append(parts, fmt.Sprintf("%d jumps to them from built-in chains", len(l.Jumps)))
 	}
 	if len(l.IPSets) > 0 {
-		parts = append(parts, fmt.Sprintf("%d ipsets (%s)", len(l.IPSets), strings.Join(l.IPSets, ", ")))
+		parts = append(parts, fmt.Sprintf("%d ipsets (%s)", len(l.IPSets), names(l.IPSets)))
 	}
 	return strings.Join(parts, "; ")
 }

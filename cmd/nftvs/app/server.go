@@ -18,6 +18,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
@@ -514,7 +515,24 @@ func newNodeEvents(client kubernetes.Interface, name string) *nodeEvents {
 }
 
 func (e *nodeEvents) event(eventType, reason, note string) {
-	e.recorder.Eventf(e.node, nil, eventType, reason, "StartNftvs", "%s", note)
+	e.recorder.Eventf(e.node, nil, eventType, reason, "StartNftvs", "%s", eventNote(note))
+}
+
+// maxEventNote is the longest note the API server accepts
+// (events.k8s.io/v1 validation); a longer Event is dropped whole.
+const maxEventNote = 1024
+
+// eventNote cuts a note to maxEventNote bytes, at a rune boundary.
+func eventNote(s string) string {
+	if len(s) <= maxEventNote {
+		return s
+	}
+	const more = "…"
+	s = s[:maxEventNote-len(more)]
+	for !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s + more
 }
 
 // serviceWarning is a Warning Event on a Service that nftvs does not
@@ -522,7 +540,7 @@ func (e *nodeEvents) event(eventType, reason, note string) {
 // frontend another Service owns, a kernel refusal).
 func (e *nodeEvents) serviceWarning(svc types.NamespacedName, reason, note string) {
 	ref := &v1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: svc.Namespace, Name: svc.Name}
-	e.recorder.Eventf(ref, e.node, v1.EventTypeWarning, reason, "SyncProxyRules", "%s", note)
+	e.recorder.Eventf(ref, e.node, v1.EventTypeWarning, reason, "SyncProxyRules", "%s", eventNote(note))
 }
 
 // nodeFacts are what nftvs learns from the Node and the kernel at start.
@@ -768,9 +786,10 @@ func takeOverKubeProxy(take bool, k takeover.Kernel, event func(eventType, reaso
 	if !left.Found() {
 		return
 	}
-	note := "kube-proxy's IPVS mode left " + left.String() + " in place (--takeover-kube-proxy=false): its KUBE-IPVS-FILTER rejects new Service ports on kube-ipvs0's addresses; restart nftvs without --takeover-kube-proxy=false, or run nftvs --cleanup, to remove them"
-	klog.Warning(note)
-	event(v1.EventTypeWarning, "KubeProxyLeftovers", note)
+	const why = " in place (--takeover-kube-proxy=false): its KUBE-IPVS-FILTER rejects new Service ports on kube-ipvs0's addresses; " +
+		"restart nftvs without --takeover-kube-proxy=false, or run nftvs --cleanup, to remove them"
+	klog.Warning("kube-proxy's IPVS mode left " + left.String() + why)
+	event(v1.EventTypeWarning, "KubeProxyLeftovers", "kube-proxy's IPVS mode left "+left.Summary(3)+why+" (the nftvs log names them all)")
 }
 
 // observeSync reports one sync: metrics, the changes it took, health,
