@@ -394,8 +394,22 @@ func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
 type ServiceHealth struct {
 	Name           ServicePortName
 	NodePort       int
-	LocalEndpoints int
+	LocalEndpoints FamilyCount
 }
+
+// FamilyCount is a count per IP family.
+type FamilyCount struct{ IPv4, IPv6 int }
+
+// Of is the count of family f.
+func (c FamilyCount) Of(f v1.IPFamily) int {
+	if f == v1.IPv6Protocol {
+		return c.IPv6
+	}
+	return c.IPv4
+}
+
+// Total is the count of both families.
+func (c FamilyCount) Total() int { return c.IPv4 + c.IPv6 }
 
 // HealthChecks lists the health check node ports of the Services as last
 // applied (kept by commit: the cost is the number of health checks, not

@@ -468,7 +468,7 @@ func run(parent context.Context, cfg *Config) error {
 		defer closeStats()
 	}
 
-	serviceHealth := NewServiceHealthServers(name, ev.recorder, nodePorts.healthCheckAddresses(), node.ipv6, func() bool { return health.Health().Healthy })
+	serviceHealth := NewServiceHealthServers(name, ev.recorder, nodePorts.healthCheckAddresses(), node.families, func() bool { return health.Health().Healthy })
 	defer serviceHealth.Close()
 	var metricsServer sync.WaitGroup
 	defer func() {
