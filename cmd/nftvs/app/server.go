@@ -137,6 +137,16 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		_, err = setupKernel(cfg)
 		checkIPv6Forwarding(ipvs.ProcSys, ipv6Supported() && usesIPv6(cfg, nil, nil))
 	default:
+		ctx, changed := context.WithCancelCause(ctx)
+		defer changed(nil)
+		if cfg.File != "" {
+			w, werr := watchConfigFile(ctx, cfg.File, changed)
+			if werr != nil {
+				klog.ErrorS(werr, "nftvs failed")
+				return 1
+			}
+			defer w.Close()
+		}
 		err = run(ctx, cfg)
 	}
 	if err != nil {
