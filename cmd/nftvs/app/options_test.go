@@ -339,7 +339,7 @@ func TestMainExitCodes(t *testing.T) {
 		stdout string
 		stderr string
 	}{
-		{[]string{"--version"}, 0, "nftvs ", ""},
+		{[]string{"--version"}, 0, "(in place of kube-proxy 1.36, IPVS mode)", ""},
 		{[]string{"--help"}, 0, "--ipvs-scheduler", ""},
 		{[]string{"--no-such-flag"}, 1, "", "unknown flag: --no-such-flag"},
 		{[]string{"extra"}, 1, "", "takes no arguments"},

@@ -89,7 +89,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%#v\n", bi)
 		return 0
 	case "true":
-		fmt.Fprintf(stdout, "nftvs %s\n", Version())
+		// kube-proxy prints "Kubernetes v1.36.3"; which program this is
+		// matters more than matching it, so it says so, and what it
+		// stands in for.
+		fmt.Fprintf(stdout, "nftvs %s (in place of kube-proxy %s, IPVS mode)\n", Version(), kubeVersion)
 		return 0
 	}
 
@@ -142,7 +145,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		if cfg.File != "" {
 			w, werr := watchConfigFile(ctx, cfg.File, changed)
 			if werr != nil {
-				klog.ErrorS(werr, "nftvs failed")
+				klog.ErrorS(werr, "Error running ProxyServer")
 				return 1
 			}
 			defer w.Close()
@@ -150,8 +153,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = run(ctx, cfg)
 	}
 	if err != nil {
-		klog.ErrorS(err, "nftvs failed")
+		// kube-proxy's words: runbooks grep for them.
+		klog.ErrorS(err, "Error running ProxyServer")
 		return 1
+	}
+	if cfg.InitOnly {
+		klog.InfoS("System initialized and --init-only specified")
 	}
 	return 0
 }
@@ -420,7 +427,7 @@ var errPodCIDRsChanged = errors.New("the node's podCIDRs changed (detect-local-m
 // Node read, a 10k-Service list and first sync can take minutes there)
 // answers /livez from its first second.
 func run(parent context.Context, cfg *Config) error {
-	klog.InfoS("Starting nftvs", "version", Version(), "companion", cfg.Companion)
+	logStartup(cfg)
 	cfg.featureGate.AddMetrics() // kubernetes_feature_enabled, as kube-proxy
 	applyOOMScoreAdj(cfg.KubeProxy.OOMScoreAdj)
 	name, err := nodeName(cfg.KubeProxy.HostnameOverride)
@@ -488,7 +495,7 @@ func run(parent context.Context, cfg *Config) error {
 	if a := cfg.KubeProxy.MetricsBindAddress; a != "" {
 		serveHTTP(ctx, &metricsServer, "metrics", a, metricsHandler(metrics, cfg), hardFail(cfg, cancel, ev, "FailedToStartMetricServer"))
 	}
-	ev.event(v1.EventTypeNormal, "Starting", "Starting nftvs")
+	ev.event(v1.EventTypeNormal, "Starting", "")
 
 	// As kube-proxy's sync loop: healthy while starting; changes queue
 	// syncs for /healthz once the informers have synced (changeTracker).
@@ -511,6 +518,17 @@ func run(parent context.Context, cfg *Config) error {
 	return stopped(ctx)
 }
 
+// logStartup writes the first lines of a run: kube-proxy's, which
+// runbooks grep for ("Version info", "Golang settings", "Using ipvs
+// Proxier"), with nftvs's version, and nftvs's own ("Starting nftvs"),
+// which says which program this is.
+func logStartup(cfg *Config) {
+	klog.InfoS("Starting nftvs", "version", Version(), "companion", cfg.Companion)
+	klog.InfoS("Version info", "version", Version(), "kubeProxyVersion", kubeVersion.String())
+	klog.InfoS("Golang settings", "GOGC", os.Getenv("GOGC"), "GOMAXPROCS", os.Getenv("GOMAXPROCS"), "GOTRACEBACK", os.Getenv("GOTRACEBACK"))
+	klog.InfoS("Using ipvs Proxier", "companion", cfg.Companion)
+}
+
 // nodeEvents records Events on this Node.
 type nodeEvents struct {
 	broadcaster events.EventBroadcaster
@@ -524,8 +542,10 @@ func newNodeEvents(client kubernetes.Interface, name string) *nodeEvents {
 		node: &v1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: name}}
 }
 
+// event records an Event on the Node with kube-proxy's action
+// (StartKubeProxy); the reporting controller is nftvs (newNodeEvents).
 func (e *nodeEvents) event(eventType, reason, note string) {
-	e.recorder.Eventf(e.node, nil, eventType, reason, "StartNftvs", "%s", eventNote(note))
+	e.recorder.Eventf(e.node, nil, eventType, reason, "StartKubeProxy", "%s", eventNote(note))
 }
 
 // maxEventNote is the longest note the API server accepts
@@ -586,7 +606,11 @@ func detectNode(cfg *Config, node *v1.Node) (nodeFacts, error) {
 	if primaryIPv6 {
 		slices.Reverse(f.families)
 	}
-	klog.InfoS("IP families", "primary", f.families[0], "dualStack", len(f.families) == 2)
+	if len(f.families) == 2 {
+		klog.InfoS("nftvs running in dual-stack mode", "primary ipFamily", f.families[0])
+	} else {
+		klog.InfoS("nftvs running in single-stack mode", "ipFamily", f.families[0])
+	}
 	if node != nil {
 		f.podCIDRs = node.Spec.PodCIDRs
 	}
