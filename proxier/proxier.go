@@ -99,9 +99,17 @@ type SyncResult struct {
 	// annotations of the EndpointSlice changes this sync programmed, as
 	// kube-proxy collects them (later than the proxier's start): each is
 	// the start of one kubeproxy_network_programming_duration_seconds
-	// sample. A failed sync keeps its changes', for the sync that
-	// programs them.
-	TriggerTimes []time.Time
+	// sample, under the family of its EndpointSlice, as kube-proxy's
+	// proxier of that family observes it. A failed sync keeps its
+	// changes', for the sync that programs them.
+	TriggerTimes []TriggerTime
+}
+
+// TriggerTime is when an EndpointSlice change was triggered, and the IP
+// family of that EndpointSlice.
+type TriggerTime struct {
+	At     time.Time
+	Family v1.IPFamily
 }
 
 // Proxier watches Services and EndpointSlices and keeps IPVS, kube-ipvs0
@@ -123,7 +131,7 @@ type Proxier struct {
 	dirty      map[types.NamespacedName]bool
 	// triggers are the trigger times of the EndpointSlice changes of the
 	// dirty Services, for the network programming latency.
-	triggers map[types.NamespacedName][]time.Time
+	triggers map[types.NamespacedName][]TriggerTime
 	started  time.Time
 	// node is this node as last watched (zone and addresses); nodeChanged
 	// asks the next sync to replan every Service.
@@ -200,7 +208,7 @@ func New(cfg Config, k Kernel) *Proxier {
 		slices:            map[types.NamespacedName]map[string]*discovery.EndpointSlice{},
 		sliceOwner:        map[types.NamespacedName]types.NamespacedName{},
 		dirty:             map[types.NamespacedName]bool{},
-		triggers:          map[types.NamespacedName][]time.Time{},
+		triggers:          map[types.NamespacedName][]TriggerTime{},
 		started:           cfg.Now(),
 		node:              cfg.Node,
 		trigger:           make(chan struct{}, 1),
@@ -274,7 +282,11 @@ func (p *Proxier) OnEndpointSliceUpdate(namespace, sliceName string, slice *disc
 	}
 	p.slices[name][sliceName] = slice
 	if t, ok := lastChangeTriggerTime(slice); ok && t.After(p.started) {
-		p.triggers[name] = append(p.triggers[name], t)
+		f := v1.IPv4Protocol
+		if slice.AddressType == discovery.AddressTypeIPv6 {
+			f = v1.IPv6Protocol
+		}
+		p.triggers[name] = append(p.triggers[name], TriggerTime{At: t, Family: f})
 	}
 	p.markDirty(name)
 	p.mu.Unlock()

@@ -363,7 +363,7 @@ func TestTriggerTimes(t *testing.T) {
 	f.p.OnEndpointSliceUpdate("ns", "a", at(httpSlice(a, ready("10.244.2.2", "node-b")), t0.Add(time.Second)), "a")
 	f.p.OnEndpointSliceUpdate("ns", "a", httpSlice(a, ready("10.244.2.3", "node-b")), "a") // no annotation
 	res := f.sync(t, false)
-	if len(res.TriggerTimes) != 1 || !res.TriggerTimes[0].Equal(t0.Add(time.Second)) {
+	if len(res.TriggerTimes) != 1 || !res.TriggerTimes[0].At.Equal(t0.Add(time.Second)) || res.TriggerTimes[0].Family != v1.IPv4Protocol {
 		t.Errorf("trigger times %v, want the one change after the start", res.TriggerTimes)
 	}
 	if res = f.sync(t, false); len(res.TriggerTimes) != 0 {
@@ -375,8 +375,14 @@ func TestTriggerTimes(t *testing.T) {
 		t.Fatalf("a failed sync: %v, trigger times %v", err, res.TriggerTimes)
 	}
 	f.kern.Inject = nil
-	if res = f.sync(t, false); len(res.TriggerTimes) != 1 || !res.TriggerTimes[0].Equal(t0.Add(2*time.Second)) {
+	if res = f.sync(t, false); len(res.TriggerTimes) != 1 || !res.TriggerTimes[0].At.Equal(t0.Add(2*time.Second)) {
 		t.Errorf("after a failed sync, trigger times %v, want the failed sync's change", res.TriggerTimes)
+	}
+	// An IPv6 EndpointSlice's change is IPv6's: kube-proxy's IPv6
+	// proxier observes it, and only that one.
+	f.p.OnEndpointSliceUpdate("ns", "a", at(makeSlice(a, discovery.AddressTypeIPv6, "http", 8080, v1.ProtocolTCP, ready("fd00:244:2::1", "node-b")), t0.Add(3*time.Second)), "a-v6")
+	if res = f.sync(t, false); len(res.TriggerTimes) != 1 || res.TriggerTimes[0].Family != v1.IPv6Protocol {
+		t.Errorf("IPv6 EndpointSlice change: trigger times %v, want one of family IPv6", res.TriggerTimes)
 	}
 }
 

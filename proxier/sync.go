@@ -26,7 +26,7 @@ type work struct {
 	// Service was deleted.
 	inputs map[types.NamespacedName]serviceInput
 	// triggers are the trigger times of the changes in inputs.
-	triggers map[types.NamespacedName][]time.Time
+	triggers map[types.NamespacedName][]TriggerTime
 	// addressesChanged: the node's addresses changed since the last sync
 	// (OnLocalAddressChange).
 	addressesChanged bool
@@ -124,7 +124,7 @@ func (p *Proxier) collectWork(full bool, now time.Time) work {
 			add(d.service)
 		}
 	}
-	w.triggers = map[types.NamespacedName][]time.Time{}
+	w.triggers = map[types.NamespacedName][]TriggerTime{}
 	for n := range w.inputs {
 		if ts, ok := p.triggers[n]; ok {
 			w.triggers[n] = ts

@@ -223,9 +223,13 @@ func (m *Metrics) ObserveSync(res proxier.SyncResult, err error, now time.Time) 
 		}
 		if err == nil {
 			m.lastSync.WithLabelValues(fam).Set(float64(now.UnixNano()) / 1e9)
-			for _, t := range res.TriggerTimes {
-				m.networkProgramming.WithLabelValues(fam).Observe(now.Sub(t).Seconds())
-			}
+		}
+	}
+	// Once per EndpointSlice change, under its family, as kube-proxy's
+	// proxier of that family observes it (not once per family proxied).
+	if err == nil {
+		for _, t := range res.TriggerTimes {
+			m.networkProgramming.WithLabelValues(string(t.Family)).Observe(now.Sub(t.At).Seconds())
 		}
 	}
 	if n := len(res.NFT); n > 0 && res.NFT[n-1].Rules > 0 {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	v1 "k8s.io/api/core/v1"
@@ -21,7 +22,7 @@ import (
 // its type.
 func TestMetricNames(t *testing.T) {
 	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
-	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond, TriggerTimes: []time.Time{time.Now().Add(-time.Second)}}, nil, time.Now())
+	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond, TriggerTimes: []proxier.TriggerTime{{At: time.Now().Add(-time.Second), Family: v1.IPv4Protocol}}}, nil, time.Now())
 	m.ObserveSync(proxier.SyncResult{Full: true, Duration: time.Millisecond}, nil, time.Now())
 	m.SetPending(1, 1)
 	m.SetLastQueued(time.Now())
@@ -80,7 +81,7 @@ func TestObserveSync(t *testing.T) {
 		Removed:  []ipvs.RemovedRealServer{{}, {}},
 	}
 	now := time.Unix(1700000000, 0)
-	res.TriggerTimes = []time.Time{now.Add(-3 * time.Second)}
+	res.TriggerTimes = []proxier.TriggerTime{{At: now.Add(-3 * time.Second), Family: v1.IPv4Protocol}}
 	m.ObserveSync(res, nil, now)
 	checks := map[string]float64{
 		"add_virtual_server": 2, "add_real_server": 5, "delete_real_server": 1, "update_real_server": 0,
@@ -158,4 +159,28 @@ func TestInstrumentedConntrack(t *testing.T) {
 	if n := testutil.CollectAndCount(m.conntrackDuration); n != 1 {
 		t.Errorf("clean duration series %d", n)
 	}
+}
+
+// Network programming latency is one sample per EndpointSlice change,
+// under the family of its EndpointSlice, as kube-proxy's proxier of that
+// family observes it. Before, a dual-stack node counted each change twice,
+// once per family.
+func TestNetworkProgrammingOncePerChange(t *testing.T) {
+	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
+	now := time.Unix(1700000000, 0)
+	m.ObserveSync(proxier.SyncResult{TriggerTimes: []proxier.TriggerTime{{At: now.Add(-time.Second), Family: v1.IPv4Protocol}}}, nil, now)
+	for f, want := range map[v1.IPFamily]uint64{v1.IPv4Protocol: 1, v1.IPv6Protocol: 0} {
+		if got := histogramCount(t, m.networkProgramming, string(f)); got != want {
+			t.Errorf("network_programming_duration_seconds{ip_family=%s}: %d samples, want %d", f, got, want)
+		}
+	}
+}
+
+func histogramCount(t *testing.T, h *prometheus.HistogramVec, labels ...string) uint64 {
+	t.Helper()
+	var d dto.Metric
+	if err := h.WithLabelValues(labels...).(prometheus.Metric).Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	return d.GetHistogram().GetSampleCount()
 }
