@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -158,6 +159,59 @@ func TestInstrumentedConntrack(t *testing.T) {
 	}
 	if n := testutil.CollectAndCount(m.conntrackDuration); n != 1 {
 		t.Errorf("clean duration series %d", n)
+	}
+}
+
+type idleCleaner struct{}
+
+func (idleCleaner) Clean([]conntrack.Stale) (conntrack.Result, error) { return conntrack.Result{}, nil }
+
+// The conntrack reconciler histogram gets a sample on every run, as
+// kube-proxy's, also one that walked nothing and deleted nothing.
+// Before, only runs that walked the table were observed.
+func TestConntrackReconcilerObservedEveryRun(t *testing.T) {
+	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol})
+	c := instrumentedConntrack{inner: idleCleaner{}, metrics: m}
+	for range 3 {
+		if _, err := c.Clean([]conntrack.Stale{{}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := histogramCount(t, m.conntrackDuration, "IPv4"); got != 3 {
+		t.Errorf("conntrack_reconciler_sync_duration_seconds: %d samples after 3 runs, want 3", got)
+	}
+}
+
+// Help strings carry component-base's stability prefix: [ALPHA] for
+// every kubeproxy_ metric (all ALPHA upstream), [BETA] for
+// kubernetes_build_info. Before, none had it.
+func TestMetricHelpStability(t *testing.T) {
+	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol})
+	m.ObserveSync(proxier.SyncResult{}, nil, time.Now())
+	m.observeHealth("healthz", 200)
+	m.observeHealth("livez", 200)
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range fams {
+		want := ""
+		switch {
+		case strings.HasPrefix(f.GetName(), "kubeproxy_"):
+			want = "[ALPHA] "
+		case f.GetName() == "kubernetes_build_info":
+			want = "[BETA] "
+		default:
+			continue
+		}
+		n++
+		if !strings.HasPrefix(f.GetHelp(), want) {
+			t.Errorf("%s: help %q, want it to start with %q", f.GetName(), f.GetHelp(), want)
+		}
+	}
+	if n < 10 {
+		t.Errorf("only %d kubeproxy_ and build families gathered", n)
 	}
 }
 
