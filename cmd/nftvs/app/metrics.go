@@ -317,7 +317,7 @@ func (m *Metrics) observeHealth(endpoint string, code int) {
 
 // syncErrorSubsystems names the subsystems a proxier sync error comes
 // from, by the prefix the proxier gives each ("nftables: ", "ipvs: ",
-// "ipvs resync: ", "kube-ipvs0: ", "addresses of kube-ipvs0: "); the
+// "kube-ipvs0: ", "addresses of kube-ipvs0: "); the
 // errors of one sync are joined (errors.Join). Each subsystem counts once
 // per sync.
 func syncErrorSubsystems(err error) []string {
@@ -344,7 +344,7 @@ func syncErrorSubsystems(err error) []string {
 		switch {
 		case strings.HasPrefix(msg, "nftables:"):
 			s = "nftables"
-		case strings.HasPrefix(msg, "ipvs:"), strings.HasPrefix(msg, "ipvs resync:"):
+		case strings.HasPrefix(msg, "ipvs:"):
 			s = "ipvs"
 		case strings.HasPrefix(msg, "addresses of "), strings.HasPrefix(msg, "kube-ipvs0:"):
 			s = "addresses"

@@ -131,7 +131,7 @@ func TestSyncErrorSubsystems(t *testing.T) {
 	}{
 		{nil, nil},
 		{fmt.Errorf("nftables: %w", errors.New("x")), []string{"nftables"}},
-		{errors.Join(errors.New("ipvs resync: x"), errors.New("ipvs: y")), []string{"ipvs"}},
+		{errors.Join(errors.New("ipvs: x"), errors.New("ipvs: y")), []string{"ipvs"}},
 		{errors.Join(errors.New("kube-ipvs0: x"), errors.New("addresses of kube-ipvs0: y"), errors.New("nftables: z")), []string{"addresses", "nftables"}},
 		{errors.New("something else"), []string{"other"}},
 	}
