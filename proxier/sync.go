@@ -459,7 +459,7 @@ func (p *Proxier) isolateElements(err error, res *SyncResult) error {
 	var refused *nft.RefusedError
 	if !errors.As(err, &refused) {
 		if err != nil {
-			return fmt.Errorf("nftables: %w", err)
+			return &StepError{Step: StepNFTables, Prefix: "nftables", Err: err}
 		}
 		return nil
 	}
@@ -581,7 +581,7 @@ func (p *Proxier) syncAddresses(planned map[types.NamespacedName][]PortPlan, ful
 	}
 	res.AddressesSync = true
 	if err := p.k.Addresses.EnsureDummy(p.cfg.DummyName); err != nil {
-		return fmt.Errorf("%s: %w", p.cfg.DummyName, err)
+		return &StepError{Step: StepAddresses, Prefix: p.cfg.DummyName, Err: err}
 	}
 	want := make([]netip.Addr, 0, len(p.addrCount))
 	for a := range p.addrCount {
@@ -595,7 +595,7 @@ func (p *Proxier) syncAddresses(planned map[types.NamespacedName][]PortPlan, ful
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("addresses of %s: %w", p.cfg.DummyName, err)
+		return &StepError{Step: StepAddresses, Prefix: "addresses of " + p.cfg.DummyName, Err: err}
 	}
 	return nil
 }
@@ -722,7 +722,7 @@ func (p *Proxier) isolate(err error, res *SyncResult) error {
 	if len(rest) == 0 {
 		return nil
 	}
-	return fmt.Errorf("ipvs: %w", errors.Join(rest...))
+	return &StepError{Step: StepIPVS, Prefix: "ipvs", Err: errors.Join(rest...)}
 }
 
 // reportRefused logs each refusal once and warns each Service once per

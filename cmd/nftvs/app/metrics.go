@@ -5,7 +5,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -316,10 +315,9 @@ func (m *Metrics) observeHealth(endpoint string, code int) {
 }
 
 // syncErrorSubsystems names the subsystems a proxier sync error comes
-// from, by the prefix the proxier gives each ("nftables: ", "ipvs: ",
-// "kube-ipvs0: ", "addresses of kube-ipvs0: "); the
-// errors of one sync are joined (errors.Join). Each subsystem counts once
-// per sync.
+// from: the step of each proxier.StepError in it (the errors of one sync
+// are joined, errors.Join), "other" for an error of no step. Each
+// subsystem counts once per sync.
 func syncErrorSubsystems(err error) []string {
 	if err == nil {
 		return nil
@@ -339,15 +337,10 @@ func syncErrorSubsystems(err error) []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, e := range leaves {
-		msg := e.Error()
 		s := "other"
-		switch {
-		case strings.HasPrefix(msg, "nftables:"):
-			s = "nftables"
-		case strings.HasPrefix(msg, "ipvs:"):
-			s = "ipvs"
-		case strings.HasPrefix(msg, "addresses of "), strings.HasPrefix(msg, "kube-ipvs0:"):
-			s = "addresses"
+		var step *proxier.StepError
+		if errors.As(e, &step) {
+			s = string(step.Step)
 		}
 		if !seen[s] {
 			seen[s] = true

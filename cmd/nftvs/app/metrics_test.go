@@ -105,7 +105,7 @@ func TestObserveSync(t *testing.T) {
 		t.Errorf("last sync timestamp %v", got)
 	}
 	// A failed sync: no timestamp, no programming latency, errors counted.
-	m.ObserveSync(proxier.SyncResult{}, errors.Join(errors.New("ipvs: add real server: EEXIST"), fmt.Errorf("nftables: %w", errors.New("ENOBUFS"))), now.Add(time.Hour))
+	m.ObserveSync(proxier.SyncResult{}, errors.Join(stepError(proxier.StepIPVS, "add real server: EEXIST"), stepError(proxier.StepNFTables, "ENOBUFS")), now.Add(time.Hour))
 	if got := testutil.ToFloat64(m.lastSync.WithLabelValues("IPv4")); got != 1700000000 {
 		t.Errorf("a failed sync moved the last sync timestamp to %v", got)
 	}
@@ -130,10 +130,12 @@ func TestSyncErrorSubsystems(t *testing.T) {
 		want []string
 	}{
 		{nil, nil},
-		{fmt.Errorf("nftables: %w", errors.New("x")), []string{"nftables"}},
-		{errors.Join(errors.New("ipvs: x"), errors.New("ipvs: y")), []string{"ipvs"}},
-		{errors.Join(errors.New("kube-ipvs0: x"), errors.New("addresses of kube-ipvs0: y"), errors.New("nftables: z")), []string{"addresses", "nftables"}},
-		{errors.New("something else"), []string{"other"}},
+		{stepError(proxier.StepNFTables, "x"), []string{"nftables"}},
+		{errors.Join(stepError(proxier.StepIPVS, "x"), stepError(proxier.StepIPVS, "y")), []string{"ipvs"}},
+		{errors.Join(stepError(proxier.StepAddresses, "x"), stepError(proxier.StepAddresses, "y"), stepError(proxier.StepNFTables, "z")), []string{"addresses", "nftables"}},
+		{fmt.Errorf("wrapped: %w", stepError(proxier.StepIPVS, "x")), []string{"ipvs"}},
+		// The message no longer decides: an untyped "ipvs: " is no step.
+		{errors.New("ipvs: something else"), []string{"other"}},
 	}
 	for _, c := range cases {
 		if got := syncErrorSubsystems(c.err); !slices.Equal(got, c.want) {
@@ -237,4 +239,8 @@ func histogramCount(t *testing.T, h *prometheus.HistogramVec, labels ...string) 
 		t.Fatal(err)
 	}
 	return d.GetHistogram().GetSampleCount()
+}
+
+func stepError(s proxier.SyncStep, msg string) error {
+	return &proxier.StepError{Step: s, Prefix: string(s), Err: errors.New(msg)}
 }
