@@ -76,13 +76,13 @@ type Kernel struct {
 
 // SyncResult says what one sync did, for metrics and logs.
 type SyncResult struct {
-	Full          bool
-	IPVSResync    bool // IPVS was dumped and repaired
-	ServicesSeen  int  // Services recomputed
-	IPVS          ipvs.Result
-	NFT           []nft.SyncResult
-	AddressesSync bool
-	Removed       []ipvs.RemovedRealServer
+	Full              bool
+	IPVSResync        bool // IPVS was dumped and repaired
+	ServicesReplanned int  // Services planned again by this sync (all of them in a full sync)
+	IPVS              ipvs.Result
+	NFT               []nft.SyncResult
+	AddressesSync     bool
+	Removed           []ipvs.RemovedRealServer
 	// Stale is what the conntrack cleaner was asked to delete, and
 	// Conntrack what it did.
 	Stale     []conntrack.Stale

@@ -128,8 +128,8 @@ func TestProxierWaitsForCachesAndSyncsOnlyWhatChanged(t *testing.T) {
 		svc := makeService("ns", fmt.Sprintf("svc-%d", i), clusterIPs(fmt.Sprintf("10.96.1.%d", i)))
 		f.addService(svc, namedSlice(fmt.Sprintf("svc-%d", i), httpSlice(svc, ready(fmt.Sprintf("10.244.2.%d", i), "node-b"))))
 	}
-	if res := f.sync(t, false); res.ServicesSeen != 100 {
-		t.Fatalf("first sync planned %d Services", res.ServicesSeen)
+	if res := f.sync(t, false); res.ServicesReplanned != 100 {
+		t.Fatalf("first sync planned %d Services", res.ServicesReplanned)
 	}
 	f.ipvs.Reset()
 	nftWrites := f.nft.Writes
@@ -137,8 +137,8 @@ func TestProxierWaitsForCachesAndSyncsOnlyWhatChanged(t *testing.T) {
 	svc := makeService("ns", "svc-7", clusterIPs("10.96.1.7"))
 	f.p.OnEndpointSliceUpdate("ns", "svc-7", httpSlice(svc, ready("10.244.3.7", "node-b")), "svc-7")
 	res := f.sync(t, false)
-	if res.ServicesSeen != 1 {
-		t.Fatalf("one endpoint change replanned %d Services", res.ServicesSeen)
+	if res.ServicesReplanned != 1 {
+		t.Fatalf("one endpoint change replanned %d Services", res.ServicesReplanned)
 	}
 	if w := f.ipvs.Writes(); w.Total() != 2 || w.AddRealServer != 1 || w.DeleteRealServer != 1 || f.ipvs.Reads() != 0 {
 		t.Fatalf("IPVS writes %+v, reads %d: want one real server replaced and no dump", w, f.ipvs.Reads())
@@ -310,8 +310,8 @@ func BenchmarkProxierSync(b *testing.B) {
 					eps = append(eps, ready(fmt.Sprintf("10.%d.0.7", 128+j), "node-b"))
 				}
 				f.p.OnEndpointSliceUpdate("ns", "svc-7", httpSlice(svc, eps...), "svc-7")
-				if res := f.sync(b, false); res.ServicesSeen != 1 {
-					b.Fatalf("replanned %d", res.ServicesSeen)
+				if res := f.sync(b, false); res.ServicesReplanned != 1 {
+					b.Fatalf("replanned %d", res.ServicesReplanned)
 				}
 			}
 		})
@@ -397,8 +397,8 @@ func TestAddressesSyncedOnlyWhenTheyChange(t *testing.T) {
 		t.Fatal("the first sync of a new Service did not sync kube-ipvs0's addresses")
 	}
 	f.p.OnEndpointSliceUpdate("ns", "a", httpSlice(a, ready("10.244.1.3", "node-b")), "a")
-	if res := f.sync(t, false); res.ServicesSeen != 1 || res.AddressesSync {
-		t.Errorf("endpoint change: replanned %d Services, addresses synced %v; want 1 and false", res.ServicesSeen, res.AddressesSync)
+	if res := f.sync(t, false); res.ServicesReplanned != 1 || res.AddressesSync {
+		t.Errorf("endpoint change: replanned %d Services, addresses synced %v; want 1 and false", res.ServicesReplanned, res.AddressesSync)
 	}
 	b := makeService("ns", "b", clusterIPs("10.96.0.11"))
 	f.addService(b)

@@ -56,7 +56,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 		p.setNodePortAddresses()
 	}
 	planned := p.plan(&w, start)
-	res.ServicesSeen = len(planned)
+	res.ServicesReplanned = len(planned)
 
 	if err := p.addElements(planned, w.full, &res); err != nil {
 		// Without the companion table in place, do not move IPVS ahead of

@@ -839,7 +839,7 @@ func observeSync(res proxier.SyncResult, err error, p *proxier.Proxier, families
 	metrics.ObserveSync(res, err, now)
 	metrics.ObserveNoLocalEndpoints(p.NoLocalEndpoints())
 	serviceHealth.Sync(p.HealthChecks())
-	klog.V(2).InfoS("Synced", "full", res.Full, "services", res.ServicesSeen, "ipvs", res.IPVS.String(),
+	klog.V(2).InfoS("Synced", "full", res.Full, "servicesReplanned", res.ServicesReplanned, "ipvs", res.IPVS.String(),
 		"realServersRemoved", len(res.Removed), "conntrackDeleted", res.Conntrack.Deleted, "duration", res.Duration, "err", err)
 }
 
