@@ -141,10 +141,9 @@ type Proxier struct {
 	// again (OnLocalAddressChange).
 	addressesChanged bool
 	// apiServer are the API server's addresses as last planned with.
-	apiServer      []netip.Addr
-	servicesSynced bool
-	slicesSynced   bool
-	trigger        chan struct{}
+	apiServer []netip.Addr
+	synced    bool // SetSynced
+	trigger   chan struct{}
 
 	// syncMu is held for a whole sync and guards what the kernel holds
 	// (the state below). Readers of it (HealthChecks, NoLocalEndpoints)
@@ -330,12 +329,12 @@ func (p *Proxier) OnLocalAddressChange() {
 	p.kick()
 }
 
-// SetSynced marks the informer caches synced: nothing is programmed
-// before, so a restart never programs a partial view.
-func (p *Proxier) SetSynced(services, slices bool) {
+// SetSynced marks the informer caches (Services and EndpointSlices)
+// synced: nothing is programmed before, so a restart never programs a
+// partial view.
+func (p *Proxier) SetSynced() {
 	p.mu.Lock()
-	p.servicesSynced = p.servicesSynced || services
-	p.slicesSynced = p.slicesSynced || slices
+	p.synced = true
 	p.mu.Unlock()
 	p.kick()
 }
@@ -343,7 +342,7 @@ func (p *Proxier) SetSynced(services, slices bool) {
 func (p *Proxier) ready() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.servicesSynced && p.slicesSynced
+	return p.synced
 }
 
 // Run syncs until ctx ends: at most every MinSyncPeriod after a change, at

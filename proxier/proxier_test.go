@@ -55,7 +55,7 @@ func newFakeNodeWith(t testing.TB, tweak func(*Config)) *fakeNode {
 	cfg := Config{PlanConfig: *testConfig(), Now: func() time.Time { return f.now }}
 	tweak(&cfg)
 	f.p = New(cfg, Kernel{IPVS: ipvs.NewReconciler(counting, nil), Addresses: f.addrs, NFT: table})
-	f.p.SetSynced(true, true)
+	f.p.SetSynced()
 	return f
 }
 
