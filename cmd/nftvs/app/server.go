@@ -500,9 +500,7 @@ func run(parent context.Context, cfg *Config) error {
 	// As kube-proxy's sync loop: healthy while starting; changes queue
 	// syncs for /healthz once the informers have synced (changeTracker).
 	changes := newChangeTracker(metrics, health, node.families, clock.RealClock{})
-	for _, f := range node.families {
-		health.Updated(f)
-	}
+	changes.start()
 	err = p.WatchWith(ctx, client, proxier.WatchOptions{Resync: resync, Node: nw.informer, OnChange: changes.observe})
 	if err != nil {
 		if ctx.Err() != nil {
