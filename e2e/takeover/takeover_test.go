@@ -39,7 +39,7 @@ const (
 	// process under emulation): 27-138 s measured, with other VMs
 	// running.
 	waitTimeout      = 90 * time.Second
-	kubeProxyTimeout = 240 * time.Second
+	kubeProxyTimeout = 480 * time.Second
 	clusterCIDR      = "10.244.0.0/16"
 )
 
@@ -524,6 +524,9 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 		t.Fatalf("kube-proxy's virtual servers lack the persistent ClusterIP or the node port: the test would not check them")
 	}
 
+	// kube-proxy's scrape, to compare nftvs's with, in the same run.
+	kpScrape := scrapeProxy(t)
+
 	// 3. kube-proxy stops (SIGTERM, no --cleanup): everything it made
 	// stays, and the connection goes on.
 	kp.stop(t)
@@ -571,6 +574,7 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 		return nil
 	})
 	t.Logf("nftvs synced %v after it started", time.Since(takeoverStart).Round(time.Millisecond))
+	compareScrapes(t, kpScrape, scrapeProxy(t))
 	logText := nv.logText()
 	for _, l := range strings.Split(logText, "\n") {
 		if strings.Contains(l, "kube-proxy") || strings.Contains(l, "\"Synced\"") {
