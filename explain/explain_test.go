@@ -82,7 +82,7 @@ func node(t *testing.T) (*proxier.Proxier, *fakeKernel) {
 		Node:      proxier.Node{Name: "node-a", NodePortAddresses: []netip.Addr{netip.MustParseAddr("192.168.0.10")}},
 		Scheduler: "rr", IPv4: true,
 	}}, proxier.Kernel{IPVS: ipvs.NewReconciler(fk.ipvs, nil), Addresses: fk.addrs, NFT: table})
-	p.SetSynced(true, true)
+	p.SetSynced()
 	svc := &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "e2e", Name: "web", Annotations: map[string]string{proxier.AnnotationScheduler: "sh"}},
 		Spec: v1.ServiceSpec{Type: v1.ServiceTypeClusterIP, ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"},

@@ -157,7 +157,7 @@ func Build(src Source, n types.NamespacedName) Service {
 }
 
 func portOf(pl proxier.PortPlan) Port {
-	p := Port{Name: pl.Name.String(), HealthCheckNodePort: pl.HealthCheckNodePort, LocalEndpoints: pl.LocalEndpoints,
+	p := Port{Name: pl.Name.String(), HealthCheckNodePort: pl.HealthCheckNodePort, LocalEndpoints: pl.LocalEndpoints.Total(),
 		ExternalNoLocal: pl.ExternalNoLocal, InternalNoLocal: pl.InternalNoLocal}
 	for _, s := range pl.VirtualServers {
 		vs := VirtualServer{Key: s.Key(), Frontend: s.VSKey.String(), Scheduler: s.Scheduler,

@@ -37,11 +37,24 @@ func NewKernel(netnsPath string) (*Kernel, error) {
 	}
 	// moby/ipvs only logs when it cannot resolve the IPVS generic netlink
 	// family; a cheap read tells now rather than at the first sync.
-	if _, err := h.GetConfig(); err != nil {
+	if err := getConfig(h); err != nil {
 		h.Close()
 		return nil, fmt.Errorf("IPVS does not answer (is the ip_vs module available?): %w", err)
 	}
 	return &Kernel{h: h, netns: netnsPath}, nil
+}
+
+// getConfig is h.GetConfig, which panics (index out of range) when the
+// kernel has no IPVS: moby/ipvs then sends to generic netlink family 0
+// and reads an empty answer as a message.
+func getConfig(h *mobyipvs.Handle) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("no IPVS generic netlink family (%v)", r)
+		}
+	}()
+	_, err = h.GetConfig()
+	return err
 }
 
 // Close closes the netlink socket.

@@ -215,7 +215,7 @@ func TestKernelSysctls(t *testing.T) {
 		if before, err = read(); err != nil {
 			return err
 		}
-		if err := EnsureSysctls(ProcSys, SysctlOptions{IPv6: true, StrictARP: true}); err != nil {
+		if err := EnsureSysctls(ProcSys, SysctlOptions{StrictARP: true}); err != nil {
 			return err
 		}
 		after, err = read()
@@ -225,7 +225,7 @@ func TestKernelSysctls(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]int{SysctlVSConntrack: 1, SysctlVSExpireNodestConn: 1, SysctlVSExpireQuiescentTemplate: 1,
-		SysctlIPv4Forward: 1, SysctlIPv6Forward: 1, SysctlARPIgnore: 1, SysctlARPAnnounce: 2,
+		SysctlIPv4Forward: 1, SysctlIPv6Forward: before[SysctlIPv6Forward], SysctlARPIgnore: 1, SysctlARPAnnounce: 2,
 		SysctlVSConnReuseMode: before[SysctlVSConnReuseMode]}
 	if old {
 		want[SysctlVSConnReuseMode] = 0

@@ -109,18 +109,6 @@ func (r *Reconciler) Excluded(k VSKey) bool {
 	return false
 }
 
-// Lookup returns what the Reconciler last applied for k, real servers
-// sorted.
-func (r *Reconciler) Lookup(k VSKey) (Service, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	a, ok := r.cache[k.Key()]
-	if !ok {
-		return Service{}, false
-	}
-	return a.service(k.Key()), true
-}
-
 // Connections reads the connection counts of k's real servers from the
 // kernel: whether a draining real server still carries traffic.
 func (r *Reconciler) Connections(k VSKey) (map[netip.AddrPort]Connections, error) {
@@ -145,19 +133,6 @@ func (r *Reconciler) AllConnections() (map[VSKey]map[netip.AddrPort]Connections,
 		out[k] = m
 	}
 	return out, nil
-}
-
-// Services returns everything the Reconciler believes is in the kernel,
-// sorted.
-func (r *Reconciler) Services() []Service {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make([]Service, 0, len(r.cache))
-	for k, a := range r.cache {
-		out = append(out, a.service(k))
-	}
-	slices.SortFunc(out, func(a, b Service) int { return a.VSKey.Compare(b.VSKey) })
-	return out
 }
 
 // service is what the cache holds for k. An adopted virtual server whose

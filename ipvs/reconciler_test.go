@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"github.com/nftvs/nftvs/internal/l4"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -248,11 +249,11 @@ func checkCacheTruthful(t *testing.T, r *Reconciler, f *Fake) {
 	t.Helper()
 	var kernel []Service
 	for _, s := range f.Services() {
-		if _, cached := r.Lookup(s.VSKey); cached || !r.Excluded(s.VSKey) {
+		if _, cached := lookup(r, s.VSKey); cached || !r.Excluded(s.VSKey) {
 			kernel = append(kernel, s)
 		}
 	}
-	if got, want := Format(r.Services()), Format(kernel); got != want {
+	if got, want := Format(cached(r)), Format(kernel); got != want {
 		t.Errorf("cache:\n%s\nkernel (less excluded):\n%s", got, want)
 	}
 }
@@ -281,7 +282,7 @@ func TestReconcilerPartialFailureAndRetry(t *testing.T) {
 		t.Errorf("writes = %+v, want %+v", res.Writes, want)
 	}
 	checkCacheTruthful(t, r, f)
-	if _, ok := r.Lookup(dns); ok {
+	if _, ok := lookup(r, dns); ok {
 		t.Errorf("dns is in the cache but not in the kernel")
 	}
 
@@ -521,7 +522,7 @@ func TestReconcilerResyncDumpFails(t *testing.T) {
 	if res.Writes.Total() != 0 {
 		t.Errorf("a resync without a dump wrote %+v", res.Writes)
 	}
-	if _, ok := r.Lookup(web); !ok {
+	if _, ok := lookup(r, web); !ok {
 		t.Errorf("a failed dump emptied the cache")
 	}
 
@@ -753,4 +754,27 @@ func TestReconcilerYieldsBetweenBatches(t *testing.T) {
 	if len(seen) != (2*n-1)/YieldBatch || seen[len(seen)-1] >= n {
 		t.Errorf("Resync deleting %d: yielded with %v virtual servers left, want %d yields, the last with fewer than %d left", n, seen, (2*n-1)/YieldBatch, n)
 	}
+}
+
+// lookup returns what r last applied for k, real servers sorted.
+func lookup(r *Reconciler, k VSKey) (Service, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a, ok := r.cache[k.Key()]
+	if !ok {
+		return Service{}, false
+	}
+	return a.service(k.Key()), true
+}
+
+// cached returns everything r believes is in the kernel, sorted.
+func cached(r *Reconciler) []Service {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]Service, 0, len(r.cache))
+	for k, a := range r.cache {
+		out = append(out, a.service(k))
+	}
+	slices.SortFunc(out, func(a, b Service) int { return a.VSKey.Compare(b.VSKey) })
+	return out
 }

@@ -64,8 +64,6 @@ func (s Sysctl) Set(name string, value int) error {
 
 // SysctlOptions say which of IPVS mode's sysctls apply on this node.
 type SysctlOptions struct {
-	// IPv6 also enables IPv6 forwarding (net/ipv6/conf/all/forwarding).
-	IPv6 bool
 	// StrictARP stops the node from answering ARP for kube-ipvs0's
 	// addresses on other interfaces (arp_ignore=1, arp_announce=2), which
 	// MetalLB-style load balancers need.
@@ -100,8 +98,11 @@ type SysctlSetting struct {
 //     dropped (and flushed, since 5.9) instead of black-holed;
 //   - vs/expire_quiescent_template=1: persistence templates of a weight-0
 //     real server expire, so sticky clients move on;
-//   - ip_forward (and IPv6 forwarding): real servers are reached through
-//     the node;
+//   - ip_forward: real servers are reached through the node. IPv6
+//     forwarding (net/ipv6/conf/all/forwarding) is not set, as kube-proxy
+//     1.36 sets it in no mode: turning it on stops a SLAAC node from
+//     accepting Router Advertisements, and so can cut it off (the
+//     command checks it and warns instead);
 //   - vs/conn_reuse_mode=0 only before 5.9: there, mode 1 with
 //     vs/conntrack=1 drops the first SYN of a connection that reuses a
 //     source port, a one-second delay; 5.9 fixed it ("ipvs: allow
@@ -114,9 +115,6 @@ func Sysctls(o SysctlOptions) ([]SysctlSetting, error) {
 		{SysctlVSExpireNodestConn, 1},
 		{SysctlVSExpireQuiescentTemplate, 1},
 		{SysctlIPv4Forward, 1},
-	}
-	if o.IPv6 {
-		out = append(out, SysctlSetting{SysctlIPv6Forward, 1})
 	}
 	release := o.KernelRelease
 	if release == "" {

@@ -78,7 +78,10 @@ func newTestbed(t *testing.T) *testbed {
 	if _, _, err := addrs.SyncAddresses(DummyName, []netip.Addr{tb.vip4, tb.vip6}); err != nil {
 		t.Fatal(err)
 	}
-	if err := inNS(tb.node, func() error { return EnsureSysctls(ProcSys, SysctlOptions{IPv6: true}) }); err != nil {
+	// IPv6 forwarding is the node's own set-up (nftvs leaves it alone).
+	if err := inNS(tb.node, func() error {
+		return errors.Join(EnsureSysctls(ProcSys, SysctlOptions{}), ProcSys.Set(SysctlIPv6Forward, 1))
+	}); err != nil {
 		t.Fatal(err)
 	}
 	for _, b := range append(tb.backends4[:], tb.backends6[:]...) {

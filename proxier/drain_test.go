@@ -181,7 +181,7 @@ func TestDrainSurvivesRestart(t *testing.T) {
 
 	// A new process over the same kernel.
 	restarted := New(f.p.cfg, Kernel{IPVS: ipvs.NewReconciler(f.ipvs, nil), Addresses: f.addrs, NFT: f.table})
-	restarted.SetSynced(true, true)
+	restarted.SetSynced()
 	f.p = restarted
 	f.addService(svc, namedSlice("web-1", httpSlice(svc, ready("10.244.2.1", "node-b"),
 		notReady("10.244.2.2", "node-b"), notReady("10.244.2.3", "node-b"))))

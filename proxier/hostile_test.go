@@ -399,7 +399,7 @@ func newWarnedNode(t *testing.T, withMessage bool) (*fakeNode, *[]string) {
 			}
 			warned = append(warned, w)
 		}}, f.p.k)
-	f.p.SetSynced(true, true)
+	f.p.SetSynced()
 	return f, &warned
 }
 

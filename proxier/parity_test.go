@@ -68,5 +68,38 @@ func TestPlanHealthCheckCountsReadyLocalEndpoints(t *testing.T) {
 		  health-check-node-ports 32100
 		  healthcheck 32100 local=1
 		`,
+	}, {
+		// kube-proxy has one proxier, and one health check server, per
+		// family: a dual-stack pod is one local endpoint in each.
+		name: "a dual-stack pod counts once in each family",
+		svc: makeService("ns", "web", clusterIPs("10.96.0.10", "fd00:96::10"),
+			func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeNodePort; s.Spec.Ports[0].NodePort = 30080 }, etpLocal(32100)),
+		slices: func(s *v1.Service) []*discovery.EndpointSlice {
+			return []*discovery.EndpointSlice{
+				makeSlice(s, discovery.AddressTypeIPv4, "http", 8080, v1.ProtocolTCP, ready("10.244.1.5", thisNode)),
+				makeSlice(s, discovery.AddressTypeIPv6, "http", 8080, v1.ProtocolTCP, ready("fd00:244:1::5", thisNode)),
+			}
+		},
+		want: `
+		ns/web:http
+		  TCP 10.96.0.10:80 rr -> [10.244.1.5:8080 w1]
+		  TCP 192.168.0.10:30080 rr -> [10.244.1.5:8080 w1]
+		  FWM 0x75805000 v4 rr -> [10.244.1.5:8080 w1]
+		  TCP [fd00:96::10]:80 rr -> [[fd00:244:1::5]:8080 w1]
+		  TCP [fd00::10]:30080 rr -> [[fd00:244:1::5]:8080 w1]
+		  FWM 0x75805000 v6 rr -> [[fd00:244:1::5]:8080 w1]
+		  addr 10.96.0.10
+		  addr fd00:96::10
+		  hairpin 10.244.1.5 . tcp . 8080 . 10.244.1.5
+		  cluster-ips 10.96.0.10 . tcp . 80
+		  ipvs-addresses 10.96.0.10
+		  hairpin fd00:244:1::5 . tcp . 8080 . fd00:244:1::5
+		  cluster-ips fd00:96::10 . tcp . 80
+		  ipvs-addresses fd00:96::10
+		  node-ports-local tcp . 30080
+		  node-port-fwmarks tcp . 30080 : 0x75805000
+		  health-check-node-ports 32100
+		  healthcheck 32100 local=1 local6=1
+		`,
 	}})
 }

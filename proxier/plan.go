@@ -140,11 +140,13 @@ type PortPlan struct {
 	// HealthCheckNodePort is the ETP=Local health check port, or 0.
 	HealthCheckNodePort int
 	// LocalEndpoints counts the Service's ready endpoints on this node
-	// (distinct IPs, every port and family), what the health check node
-	// port answers, as kube-proxy counts them: serving-but-terminating
-	// ones do not count, so a load balancer drains a node whose only
-	// local pods are terminating.
-	LocalEndpoints int
+	// (distinct IPs, every port), per IP family, what the health check
+	// node port answers, as kube-proxy counts them: its proxier and health
+	// check server of each family count that family's endpoints, so a
+	// dual-stack pod is one in each; serving-but-terminating ones do not
+	// count, so a load balancer drains a node whose only local pods are
+	// terminating.
+	LocalEndpoints FamilyCount
 	// ExternalNoLocal is true when an ETP=Local port has no local
 	// endpoint: external traffic is dropped (kube-proxy's
 	// sync_proxy_rules_no_local_endpoints_total).
@@ -215,8 +217,16 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 			plans = append(plans, plan)
 		}
 	}
+	var local FamilyCount
+	for ip := range readyLocal {
+		if ip.Is6() {
+			local.IPv6++
+		} else {
+			local.IPv4++
+		}
+	}
 	for i := range plans {
-		plans[i].LocalEndpoints = len(readyLocal)
+		plans[i].LocalEndpoints = local
 	}
 	return plans, errors.Join(errs...)
 }

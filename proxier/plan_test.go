@@ -56,7 +56,11 @@ func dump(plans []PortPlan) string {
 			fmt.Fprintf(&b, "  %s %s\n", e.Set, e)
 		}
 		if p.HealthCheckNodePort != 0 {
-			fmt.Fprintf(&b, "  healthcheck %d local=%d\n", p.HealthCheckNodePort, p.LocalEndpoints)
+			fmt.Fprintf(&b, "  healthcheck %d local=%d", p.HealthCheckNodePort, p.LocalEndpoints.IPv4)
+			if p.LocalEndpoints.IPv6 > 0 {
+				fmt.Fprintf(&b, " local6=%d", p.LocalEndpoints.IPv6)
+			}
+			b.WriteString("\n")
 		}
 		if p.ExternalNoLocal || p.InternalNoLocal {
 			fmt.Fprintf(&b, "  no-local external=%v internal=%v\n", p.ExternalNoLocal, p.InternalNoLocal)

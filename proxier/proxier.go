@@ -76,12 +76,12 @@ type Kernel struct {
 
 // SyncResult says what one sync did, for metrics and logs.
 type SyncResult struct {
-	Full          bool
-	IPVSResync    bool // IPVS was dumped and repaired
-	ServicesSeen  int  // Services recomputed
-	IPVS          ipvs.Result
-	NFT           []nft.SyncResult
-	AddressesSync bool
+	Full              bool
+	IPVSResync        bool // IPVS was dumped and repaired
+	ServicesReplanned int  // Services planned again by this sync (all of them in a full sync)
+	IPVS              ipvs.Result
+	NFT               []nft.SyncResult
+	AddressesSync     bool
 	// AddressesAdded and AddressesRemoved count the kube-ipvs0 address
 	// writes of the sync.
 	AddressesAdded, AddressesRemoved int
@@ -104,9 +104,17 @@ type SyncResult struct {
 	// annotations of the EndpointSlice changes this sync programmed, as
 	// kube-proxy collects them (later than the proxier's start): each is
 	// the start of one kubeproxy_network_programming_duration_seconds
-	// sample. A failed sync keeps its changes', for the sync that
-	// programs them.
-	TriggerTimes []time.Time
+	// sample, under the family of its EndpointSlice, as kube-proxy's
+	// proxier of that family observes it. A failed sync keeps its
+	// changes', for the sync that programs them.
+	TriggerTimes []TriggerTime
+}
+
+// TriggerTime is when an EndpointSlice change was triggered, and the IP
+// family of that EndpointSlice.
+type TriggerTime struct {
+	At     time.Time
+	Family v1.IPFamily
 }
 
 // SyncSteps are the durations of a sync's steps (Sync), for logs and
@@ -134,7 +142,7 @@ type Proxier struct {
 	dirty      map[types.NamespacedName]bool
 	// triggers are the trigger times of the EndpointSlice changes of the
 	// dirty Services, for the network programming latency.
-	triggers map[types.NamespacedName][]time.Time
+	triggers map[types.NamespacedName][]TriggerTime
 	started  time.Time
 	// node is this node as last watched (zone and addresses); nodeChanged
 	// asks the next sync to replan every Service.
@@ -144,10 +152,9 @@ type Proxier struct {
 	// again (OnLocalAddressChange).
 	addressesChanged bool
 	// apiServer are the API server's addresses as last planned with.
-	apiServer      []netip.Addr
-	servicesSynced bool
-	slicesSynced   bool
-	trigger        chan struct{}
+	apiServer []netip.Addr
+	synced    bool // SetSynced
+	trigger   chan struct{}
 
 	// syncMu is held for a whole sync and guards what the kernel holds
 	// (the state below). Readers of it (HealthChecks, NoLocalEndpoints)
@@ -215,7 +222,7 @@ func New(cfg Config, k Kernel) *Proxier {
 		slices:            map[types.NamespacedName]map[string]*discovery.EndpointSlice{},
 		sliceOwner:        map[types.NamespacedName]types.NamespacedName{},
 		dirty:             map[types.NamespacedName]bool{},
-		triggers:          map[types.NamespacedName][]time.Time{},
+		triggers:          map[types.NamespacedName][]TriggerTime{},
 		started:           cfg.Now(),
 		node:              cfg.Node,
 		trigger:           make(chan struct{}, 1),
@@ -289,7 +296,11 @@ func (p *Proxier) OnEndpointSliceUpdate(namespace, sliceName string, slice *disc
 	}
 	p.slices[name][sliceName] = slice
 	if t, ok := lastChangeTriggerTime(slice); ok && t.After(p.started) {
-		p.triggers[name] = append(p.triggers[name], t)
+		f := v1.IPv4Protocol
+		if slice.AddressType == discovery.AddressTypeIPv6 {
+			f = v1.IPv6Protocol
+		}
+		p.triggers[name] = append(p.triggers[name], TriggerTime{At: t, Family: f})
 	}
 	p.markDirty(name)
 	p.mu.Unlock()
@@ -333,12 +344,12 @@ func (p *Proxier) OnLocalAddressChange() {
 	p.kick()
 }
 
-// SetSynced marks the informer caches synced: nothing is programmed
-// before, so a restart never programs a partial view.
-func (p *Proxier) SetSynced(services, slices bool) {
+// SetSynced marks the informer caches (Services and EndpointSlices)
+// synced: nothing is programmed before, so a restart never programs a
+// partial view.
+func (p *Proxier) SetSynced() {
 	p.mu.Lock()
-	p.servicesSynced = p.servicesSynced || services
-	p.slicesSynced = p.slicesSynced || slices
+	p.synced = true
 	p.mu.Unlock()
 	p.kick()
 }
@@ -346,7 +357,7 @@ func (p *Proxier) SetSynced(services, slices bool) {
 func (p *Proxier) ready() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.servicesSynced && p.slicesSynced
+	return p.synced
 }
 
 // Run syncs until ctx ends: at most every MinSyncPeriod after a change, at
@@ -409,8 +420,22 @@ func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
 type ServiceHealth struct {
 	Name           ServicePortName
 	NodePort       int
-	LocalEndpoints int
+	LocalEndpoints FamilyCount
 }
+
+// FamilyCount is a count per IP family.
+type FamilyCount struct{ IPv4, IPv6 int }
+
+// Of is the count of family f.
+func (c FamilyCount) Of(f v1.IPFamily) int {
+	if f == v1.IPv6Protocol {
+		return c.IPv6
+	}
+	return c.IPv4
+}
+
+// Total is the count of both families.
+func (c FamilyCount) Total() int { return c.IPv4 + c.IPv6 }
 
 // HealthChecks lists the health check node ports of the Services as last
 // applied (kept by commit: the cost is the number of health checks, not

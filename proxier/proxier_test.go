@@ -55,7 +55,7 @@ func newFakeNodeWith(t testing.TB, tweak func(*Config)) *fakeNode {
 	cfg := Config{PlanConfig: *testConfig(), Now: func() time.Time { return f.now }}
 	tweak(&cfg)
 	f.p = New(cfg, Kernel{IPVS: ipvs.NewReconciler(counting, nil), Addresses: f.addrs, NFT: table})
-	f.p.SetSynced(true, true)
+	f.p.SetSynced()
 	return f
 }
 
@@ -128,8 +128,8 @@ func TestProxierWaitsForCachesAndSyncsOnlyWhatChanged(t *testing.T) {
 		svc := makeService("ns", fmt.Sprintf("svc-%d", i), clusterIPs(fmt.Sprintf("10.96.1.%d", i)))
 		f.addService(svc, namedSlice(fmt.Sprintf("svc-%d", i), httpSlice(svc, ready(fmt.Sprintf("10.244.2.%d", i), "node-b"))))
 	}
-	if res := f.sync(t, false); res.ServicesSeen != 100 {
-		t.Fatalf("first sync planned %d Services", res.ServicesSeen)
+	if res := f.sync(t, false); res.ServicesReplanned != 100 {
+		t.Fatalf("first sync planned %d Services", res.ServicesReplanned)
 	}
 	f.ipvs.Reset()
 	nftWrites := f.nft.Writes
@@ -137,8 +137,8 @@ func TestProxierWaitsForCachesAndSyncsOnlyWhatChanged(t *testing.T) {
 	svc := makeService("ns", "svc-7", clusterIPs("10.96.1.7"))
 	f.p.OnEndpointSliceUpdate("ns", "svc-7", httpSlice(svc, ready("10.244.3.7", "node-b")), "svc-7")
 	res := f.sync(t, false)
-	if res.ServicesSeen != 1 {
-		t.Fatalf("one endpoint change replanned %d Services", res.ServicesSeen)
+	if res.ServicesReplanned != 1 {
+		t.Fatalf("one endpoint change replanned %d Services", res.ServicesReplanned)
 	}
 	if w := f.ipvs.Writes(); w.Total() != 2 || w.AddRealServer != 1 || w.DeleteRealServer != 1 || f.ipvs.Reads() != 0 {
 		t.Fatalf("IPVS writes %+v, reads %d: want one real server replaced and no dump", w, f.ipvs.Reads())
@@ -310,8 +310,8 @@ func BenchmarkProxierSync(b *testing.B) {
 					eps = append(eps, ready(fmt.Sprintf("10.%d.0.7", 128+j), "node-b"))
 				}
 				f.p.OnEndpointSliceUpdate("ns", "svc-7", httpSlice(svc, eps...), "svc-7")
-				if res := f.sync(b, false); res.ServicesSeen != 1 {
-					b.Fatalf("replanned %d", res.ServicesSeen)
+				if res := f.sync(b, false); res.ServicesReplanned != 1 {
+					b.Fatalf("replanned %d", res.ServicesReplanned)
 				}
 			}
 		})
@@ -363,7 +363,7 @@ func TestTriggerTimes(t *testing.T) {
 	f.p.OnEndpointSliceUpdate("ns", "a", at(httpSlice(a, ready("10.244.2.2", "node-b")), t0.Add(time.Second)), "a")
 	f.p.OnEndpointSliceUpdate("ns", "a", httpSlice(a, ready("10.244.2.3", "node-b")), "a") // no annotation
 	res := f.sync(t, false)
-	if len(res.TriggerTimes) != 1 || !res.TriggerTimes[0].Equal(t0.Add(time.Second)) {
+	if len(res.TriggerTimes) != 1 || !res.TriggerTimes[0].At.Equal(t0.Add(time.Second)) || res.TriggerTimes[0].Family != v1.IPv4Protocol {
 		t.Errorf("trigger times %v, want the one change after the start", res.TriggerTimes)
 	}
 	if res = f.sync(t, false); len(res.TriggerTimes) != 0 {
@@ -375,8 +375,14 @@ func TestTriggerTimes(t *testing.T) {
 		t.Fatalf("a failed sync: %v, trigger times %v", err, res.TriggerTimes)
 	}
 	f.kern.Inject = nil
-	if res = f.sync(t, false); len(res.TriggerTimes) != 1 || !res.TriggerTimes[0].Equal(t0.Add(2*time.Second)) {
+	if res = f.sync(t, false); len(res.TriggerTimes) != 1 || !res.TriggerTimes[0].At.Equal(t0.Add(2*time.Second)) {
 		t.Errorf("after a failed sync, trigger times %v, want the failed sync's change", res.TriggerTimes)
+	}
+	// An IPv6 EndpointSlice's change is IPv6's: kube-proxy's IPv6
+	// proxier observes it, and only that one.
+	f.p.OnEndpointSliceUpdate("ns", "a", at(makeSlice(a, discovery.AddressTypeIPv6, "http", 8080, v1.ProtocolTCP, ready("fd00:244:2::1", "node-b")), t0.Add(3*time.Second)), "a-v6")
+	if res = f.sync(t, false); len(res.TriggerTimes) != 1 || res.TriggerTimes[0].Family != v1.IPv6Protocol {
+		t.Errorf("IPv6 EndpointSlice change: trigger times %v, want one of family IPv6", res.TriggerTimes)
 	}
 }
 
@@ -391,8 +397,8 @@ func TestAddressesSyncedOnlyWhenTheyChange(t *testing.T) {
 		t.Fatal("the first sync of a new Service did not sync kube-ipvs0's addresses")
 	}
 	f.p.OnEndpointSliceUpdate("ns", "a", httpSlice(a, ready("10.244.1.3", "node-b")), "a")
-	if res := f.sync(t, false); res.ServicesSeen != 1 || res.AddressesSync {
-		t.Errorf("endpoint change: replanned %d Services, addresses synced %v; want 1 and false", res.ServicesSeen, res.AddressesSync)
+	if res := f.sync(t, false); res.ServicesReplanned != 1 || res.AddressesSync {
+		t.Errorf("endpoint change: replanned %d Services, addresses synced %v; want 1 and false", res.ServicesReplanned, res.AddressesSync)
 	}
 	b := makeService("ns", "b", clusterIPs("10.96.0.11"))
 	f.addService(b)
@@ -518,7 +524,7 @@ func TestRestartWritesNothing(t *testing.T) {
 		}
 		f.table = table
 		f.p = New(f.p.cfg, Kernel{IPVS: ipvs.NewReconciler(f.ipvs, nil), Addresses: f.addrs, NFT: table})
-		f.p.SetSynced(true, true)
+		f.p.SetSynced()
 		f.ipvs.Reset()
 		services(n)
 	}

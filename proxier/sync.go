@@ -26,7 +26,7 @@ type work struct {
 	// Service was deleted.
 	inputs map[types.NamespacedName]serviceInput
 	// triggers are the trigger times of the changes in inputs.
-	triggers map[types.NamespacedName][]time.Time
+	triggers map[types.NamespacedName][]TriggerTime
 	// addressesChanged: the node's addresses changed since the last sync
 	// (OnLocalAddressChange).
 	addressesChanged bool
@@ -62,7 +62,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	begin := start
 	planned := p.plan(&w, start)
 	p.syncConns, p.syncConnsRead = nil, false
-	res.ServicesSeen = len(planned)
+	res.ServicesReplanned = len(planned)
 	step(&res.Steps.Plan)
 
 	if err := p.addElements(planned, w.full, &res); err != nil {
@@ -87,7 +87,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	start = begin
 	if v := klog.Level(2); w.full && (res.IPVSResync || klog.V(v).Enabled()) {
 		// The first sync, and every IPVS resync: where the time went.
-		klog.InfoS("Full sync", "services", res.ServicesSeen, "plan", res.Steps.Plan, "addElements", res.Steps.AddElements,
+		klog.InfoS("Full sync", "services", res.ServicesReplanned, "plan", res.Steps.Plan, "addElements", res.Steps.AddElements,
 			"virtualServers", res.Steps.VirtualServers, "addresses", res.Steps.Addresses, "trimElements", res.Steps.TrimElements,
 			"conntrack", res.Steps.Conntrack, "ipvs", res.IPVS.String(), "addressWrites", res.AddressesAdded+res.AddressesRemoved)
 	}
@@ -143,7 +143,7 @@ func (p *Proxier) collectWork(full bool, now time.Time) work {
 			add(d.service)
 		}
 	}
-	w.triggers = map[types.NamespacedName][]time.Time{}
+	w.triggers = map[types.NamespacedName][]TriggerTime{}
 	for n := range w.inputs {
 		if ts, ok := p.triggers[n]; ok {
 			w.triggers[n] = ts
@@ -484,7 +484,7 @@ func (p *Proxier) isolateElements(err error, res *SyncResult) error {
 	var refused *nft.RefusedError
 	if !errors.As(err, &refused) {
 		if err != nil {
-			return fmt.Errorf("nftables: %w", err)
+			return &StepError{Step: StepNFTables, Prefix: "nftables", Err: err}
 		}
 		return nil
 	}
@@ -606,7 +606,7 @@ func (p *Proxier) syncAddresses(planned map[types.NamespacedName][]PortPlan, ful
 	}
 	res.AddressesSync = true
 	if err := p.k.Addresses.EnsureDummy(p.cfg.DummyName); err != nil {
-		return fmt.Errorf("%s: %w", p.cfg.DummyName, err)
+		return &StepError{Step: StepAddresses, Prefix: p.cfg.DummyName, Err: err}
 	}
 	want := make([]netip.Addr, 0, len(p.addrCount))
 	for a := range p.addrCount {
@@ -621,7 +621,7 @@ func (p *Proxier) syncAddresses(planned map[types.NamespacedName][]PortPlan, ful
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("addresses of %s: %w", p.cfg.DummyName, err)
+		return &StepError{Step: StepAddresses, Prefix: "addresses of " + p.cfg.DummyName, Err: err}
 	}
 	return nil
 }
@@ -748,7 +748,7 @@ func (p *Proxier) isolate(err error, res *SyncResult) error {
 	if len(rest) == 0 {
 		return nil
 	}
-	return fmt.Errorf("ipvs: %w", errors.Join(rest...))
+	return &StepError{Step: StepIPVS, Prefix: "ipvs", Err: errors.Join(rest...)}
 }
 
 // reportRefused logs each refusal once and warns each Service once per

@@ -138,7 +138,7 @@ func (p *Proxier) WatchWith(ctx context.Context, client kubernetes.Interface, o 
 	}
 	klog.InfoS("Informer caches synced", "services", len(svcInformer.GetStore().ListKeys()),
 		"endpointSlices", len(sliceInformer.GetStore().ListKeys()))
-	p.SetSynced(true, true)
+	p.SetSynced()
 	return nil
 }
 

@@ -159,9 +159,10 @@ func TestInitOnly(t *testing.T) {
 	}
 }
 
-// IPv6 forwarding is set only when the cluster uses IPv6 (issue 16):
+// IPv6 forwarding is never set, as kube-proxy 1.36 never sets it:
 // setting net.ipv6.conf.all.forwarding turns off Router Advertisements on
-// SLAAC nodes. A new network namespace starts with it off.
+// SLAAC nodes. A dual-stack cluster gets a warning instead. A new network
+// namespace starts with it off.
 func TestInitOnlyIPv6Forwarding(t *testing.T) {
 	ns := requireVM(t)
 	const forwarding = "net.ipv6.conf.all.forwarding"
@@ -171,11 +172,20 @@ func TestInitOnlyIPv6Forwarding(t *testing.T) {
 	if got := strings.TrimSpace(ns.Run(t, "sysctl", "-n", forwarding)); got != "0" {
 		t.Errorf("IPv4-only cluster: %s = %s, want it left at 0", forwarding, got)
 	}
-	if out, code := nftvs(t, ns, "--init-only", "--conntrack-max-per-core=0", "--cluster-cidr=10.244.0.0/16,fd00:244::/56"); code != 0 {
+	out, code := nftvs(t, ns, "--init-only", "--conntrack-max-per-core=0", "--cluster-cidr=10.244.0.0/16,fd00:244::/56")
+	if code != 0 {
 		t.Fatalf("nftvs --init-only exited %d:\n%s", code, out)
 	}
-	if got := strings.TrimSpace(ns.Run(t, "sysctl", "-n", forwarding)); got != "1" {
-		t.Errorf("dual-stack cluster: %s = %s, want 1", forwarding, got)
+	if got := strings.TrimSpace(ns.Run(t, "sysctl", "-n", forwarding)); got != "0" {
+		t.Errorf("dual-stack cluster: %s = %s, want it left at 0", forwarding, got)
+	}
+	if !strings.Contains(out, "IPv6 forwarding is off (net.ipv6.conf.all.forwarding=0)") {
+		t.Errorf("dual-stack cluster without IPv6 forwarding: no warning in\n%s", out)
+	}
+	// Set by the node's administrator: no warning.
+	ns.Run(t, "sysctl", "-qw", forwarding+"=1")
+	if out, _ := nftvs(t, ns, "--init-only", "--conntrack-max-per-core=0", "--cluster-cidr=10.244.0.0/16,fd00:244::/56"); strings.Contains(out, "IPv6 forwarding is off") {
+		t.Errorf("IPv6 forwarding on, yet a warning:\n%s", out)
 	}
 }
 

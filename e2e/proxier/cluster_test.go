@@ -9,6 +9,7 @@ package proxier_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -127,7 +128,10 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 		t.Fatal(err)
 	}
 	// vs/conntrack=1 is what makes nft masquerade see IPVS flows.
-	err = tb.node.do(func() error { return ipvs.EnsureSysctls(ipvs.ProcSys, ipvs.SysctlOptions{IPv6: true}) })
+	// IPv6 forwarding is the node's own set-up (nftvs leaves it alone).
+	err = tb.node.do(func() error {
+		return errors.Join(ipvs.EnsureSysctls(ipvs.ProcSys, ipvs.SysctlOptions{}), ipvs.ProcSys.Set(ipvs.SysctlIPv6Forward, 1))
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -79,9 +79,9 @@ func TestRestartWritesNothing(t *testing.T) {
 	mu.Lock()
 	first := results[0]
 	mu.Unlock()
-	if !first.Full || !first.IPVSResync || first.ServicesSeen < n {
+	if !first.Full || !first.IPVSResync || first.ServicesReplanned < n {
 		t.Fatalf("the first sync after the restart: full %v, IPVS resync %v, %d Services; want a full sync of every Service with IPVS read",
-			first.Full, first.IPVSResync, first.ServicesSeen)
+			first.Full, first.IPVSResync, first.ServicesReplanned)
 	}
 	if w := first.IPVS.Writes; w.Total() != 0 {
 		t.Errorf("restart wrote IPVS: %s", first.IPVS)

@@ -2,8 +2,9 @@
 // test VM, upstream kube-proxy 1.36 runs in IPVS mode against a real API
 // server on the host and serves a ClusterIP with endpoints in pod network
 // namespaces; a long-lived TCP connection is opened through it; kube-proxy
-// stops and the real nftvs binary starts with --takeover-kube-proxy. The
-// connection must keep passing data, new connections must work, the IPVS
+// stops; the real nftvs binary starts with --takeover-kube-proxy=false,
+// which must leave kube-proxy's state and name it in a Warning Event, then
+// with its defaults, which take over. The connection must keep passing data, new connections must work, the IPVS
 // virtual server must be the same one (its counters go on), and only
 // kube-proxy's chains and ipsets may be gone.
 //

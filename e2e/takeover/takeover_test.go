@@ -39,7 +39,7 @@ const (
 	// process under emulation): 27-138 s measured, with other VMs
 	// running.
 	waitTimeout      = 90 * time.Second
-	kubeProxyTimeout = 240 * time.Second
+	kubeProxyTimeout = 480 * time.Second
 	clusterCIDR      = "10.244.0.0/16"
 )
 
@@ -395,7 +395,9 @@ func allVirtualServers(t *testing.T, k *ipvs.Kernel) []string {
 }
 
 // TestTakeoverFromKubeProxy switches a node from kube-proxy 1.36 (IPVS
-// mode) to nftvs --takeover-kube-proxy under a long-lived connection.
+// mode) to nftvs under a long-lived connection: first an nftvs that opted
+// out (--takeover-kube-proxy=false), which leaves kube-proxy's state and
+// says so, then one with the defaults, which takes over.
 func TestTakeoverFromKubeProxy(t *testing.T) {
 	e := requireEnv(t)
 	begin := time.Now()
@@ -522,6 +524,9 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 		t.Fatalf("kube-proxy's virtual servers lack the persistent ClusterIP or the node port: the test would not check them")
 	}
 
+	// kube-proxy's scrape, to compare nftvs's with, in the same run.
+	kpScrape := scrapeProxy(t)
+
 	// 3. kube-proxy stops (SIGTERM, no --cleanup): everything it made
 	// stays, and the connection goes on.
 	kp.stop(t)
@@ -529,10 +534,39 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 		t.Fatalf("long-lived connection with no proxy running: %q, %v (want %s)", got, err, longPod)
 	}
 
-	// 4. nftvs takes over.
+	// 4a. nftvs opted out (--takeover-kube-proxy=false) leaves
+	// kube-proxy's chains and ipsets, and says so: a warning and a
+	// Warning Event naming them.
+	optOut := start(t, "nftvs-opted-out", e.nftvs, "--kubeconfig="+e.kubeconfig, "--hostname-override="+nodeName,
+		"--cluster-cidr="+clusterCIDR, "--ipvs-scheduler="+sched, "--takeover-kube-proxy=false", "--v=2")
+	eventually(t, "opted-out nftvs names kube-proxy's leftovers in an Event", optOut, waitTimeout, func() error {
+		evs, err := api.EventsV1().Events("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		for _, ev := range evs.Items {
+			if ev.Reason == "KubeProxyLeftovers" && ev.Type == "Warning" && strings.Contains(ev.Note, "iptables chains (ip filter KUBE-") &&
+				strings.Contains(ev.Note, "ipsets (KUBE-") && ev.Regarding.Kind == "Node" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no Warning KubeProxyLeftovers Event on the Node yet (%d events)", len(evs.Items))
+	})
+	optOut.stop(t)
+	if l := optOut.logText(); !strings.Contains(l, "kube-proxy's IPVS mode left") || !strings.Contains(l, "ip nat KUBE-SERVICES") || !strings.Contains(l, "KUBE-6-CLUSTER-IP") {
+		t.Errorf("opted-out nftvs did not log what kube-proxy left:\n%s", optOut.tail(30))
+	}
+	if left := kubeProxyLeft(save(t, "iptables-save")); len(left) == 0 {
+		t.Errorf("opted-out nftvs removed kube-proxy's chains")
+	}
+	if got, err := long.ask("opted-out"); err != nil || got != longPod {
+		t.Fatalf("long-lived connection after an opted-out nftvs: %q, %v (want %s)", got, err, longPod)
+	}
+
+	// 4. nftvs takes over: by default, as a drop-in swap adds no flag.
 	takeoverStart := time.Now()
 	nv := start(t, "nftvs", e.nftvs, "--kubeconfig="+e.kubeconfig, "--hostname-override="+nodeName,
-		"--cluster-cidr="+clusterCIDR, "--ipvs-scheduler="+sched, "--takeover-kube-proxy", "--v=2")
+		"--cluster-cidr="+clusterCIDR, "--ipvs-scheduler="+sched, "--v=2")
 	eventually(t, "nftvs's first sync", nv, waitTimeout, func() error {
 		if !strings.Contains(nv.logText(), "\"Synced\" full=true") {
 			return fmt.Errorf("no full sync logged yet")
@@ -540,6 +574,7 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 		return nil
 	})
 	t.Logf("nftvs synced %v after it started", time.Since(takeoverStart).Round(time.Millisecond))
+	compareScrapes(t, kpScrape, scrapeProxy(t))
 	logText := nv.logText()
 	for _, l := range strings.Split(logText, "\n") {
 		if strings.Contains(l, "kube-proxy") || strings.Contains(l, "\"Synced\"") {
@@ -634,11 +669,11 @@ func TestTakeoverFromKubeProxy(t *testing.T) {
 	}
 	t.Logf("after the takeover, ip:\n%s\nip6:\n%s\nipsets: %v", after4, after6, ipsets(t))
 
-	// 7. Safe to repeat: a restart with the flag finds nothing, and the
-	// connection still flows.
+	// 7. Safe to repeat: a restart finds nothing, and the connection
+	// still flows.
 	nv.stop(t)
 	nv2 := start(t, "nftvs-again", e.nftvs, "--kubeconfig="+e.kubeconfig, "--hostname-override="+nodeName,
-		"--cluster-cidr="+clusterCIDR, "--ipvs-scheduler="+sched, "--takeover-kube-proxy", "--v=2")
+		"--cluster-cidr="+clusterCIDR, "--ipvs-scheduler="+sched, "--v=2")
 	eventually(t, "nftvs's second start", nv2, waitTimeout, func() error {
 		if !strings.Contains(nv2.logText(), "\"Synced\" full=true") {
 			return fmt.Errorf("no full sync logged yet")

@@ -196,6 +196,8 @@ func (f *fakeSets) Destroy(name string) (bool, error) {
 	return true, nil
 }
 
+func (f *fakeSets) Exists(name string) (bool, error) { return slices.Contains(f.names, name), nil }
+
 // chainNames lists "table chain" of every chain of rs.
 func chainNames(rs Ruleset) []string {
 	var out []string

@@ -143,6 +143,24 @@ func TestKernelTakeover(t *testing.T) {
 	before := snapshot(t, ns, legacy)
 	t.Logf("before:\n%s", before)
 
+	// Find sees kube-proxy's state and changes nothing.
+	k := Kernel{Rules: NewNetfilter(ns.FD()), IPSets: IPSets{}, ProcNet: "/proc/thread-self/net"}
+	var found Leftovers
+	ns.Do(t, func() { found, err = Find(k) })
+	if err != nil {
+		t.Fatalf("find: %v", err)
+	}
+	if !found.Found() || len(found.Chains) != 14+5 || len(found.Jumps) != 9+5 || len(found.IPSets) != len(kubeProxySets) {
+		t.Errorf("find: %d chains, %d jumps, %d ipsets; want 19, 14, %d: %+v",
+			len(found.Chains), len(found.Jumps), len(found.IPSets), len(kubeProxySets), found)
+	}
+	if slices.Contains(found.IPSets, "KUBE-DST-AAAA") || !slices.Contains(found.IPSets, "KUBE-6-CLUSTER-IP") {
+		t.Errorf("find: ipsets %v, want kube-proxy's (KUBE-6-CLUSTER-IP among them) and no other", found.IPSets)
+	}
+	if got := snapshot(t, ns, legacy); got != before {
+		t.Errorf("find changed the kernel:\n%s\nwas:\n%s", got, before)
+	}
+
 	var rep Report
 	run := func() error {
 		var err error
@@ -195,6 +213,14 @@ func TestKernelTakeover(t *testing.T) {
 	}
 	if again := snapshot(t, ns, legacy); again != after {
 		t.Errorf("second run changed the kernel:\n%s\nwas:\n%s", again, after)
+	}
+	ns.Do(t, func() { found, err = Find(k) })
+	wantSets := []string(nil)
+	if held != "" {
+		wantSets = []string{held}
+	}
+	if err != nil || len(found.Chains)+len(found.Jumps) > 0 || !slices.Equal(found.IPSets, wantSets) {
+		t.Errorf("find after the takeover: %+v, %v; want nothing but ipsets %v", found, err, wantSets)
 	}
 }
 

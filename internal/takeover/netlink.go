@@ -172,6 +172,26 @@ func (IPSets) Destroy(name string) (existed bool, err error) {
 	}
 }
 
+// Exists asks for the set's header (IPSET_CMD_HEADER, as `ipset list -t
+// NAME`): ENOENT means there is no such set.
+func (IPSets) Exists(name string) (bool, error) {
+	req := nl.NewNetlinkRequest(nl.IPSET_CMD_HEADER|(unix.NFNL_SUBSYS_IPSET<<8), unix.NLM_F_REQUEST)
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_NETLINK, Version: nl.NFNETLINK_V0})
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_PROTOCOL, nl.Uint8Attr(nl.IPSET_PROTOCOL)))
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(name)))
+	_, err := req.Execute(unix.NETLINK_NETFILTER, 0)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, syscall.ENOENT):
+		return false, nil
+	case errors.Is(err, syscall.EOPNOTSUPP), errors.Is(err, syscall.EPROTONOSUPPORT):
+		return false, fmt.Errorf("look up ipset %s: %w", name, ErrNoIPSet)
+	default:
+		return false, fmt.Errorf("look up ipset %s: %w", name, err)
+	}
+}
+
 // ipsetDestroy is IPSET_CMD_DESTROY with NLM_F_EXCL, as `ipset destroy`
 // sends it. vishvananda/netlink's IpsetDestroy leaves the flag off, which
 // the kernel reads as ipset's -exist: a missing set is then "destroyed"

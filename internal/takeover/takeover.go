@@ -26,6 +26,9 @@ type Sets interface {
 	// ErrInUse when a rule still references it, ErrNoIPSet when the
 	// kernel has no ipset.
 	Destroy(name string) (existed bool, err error)
+	// Exists reports whether a set of that name exists, changing
+	// nothing; ErrNoIPSet when the kernel has no ipset.
+	Exists(name string) (bool, error)
 }
 
 // Kernel is where Run works.
@@ -194,11 +197,100 @@ func destroyIPSets(s Sets, rep *Report) error {
 	return errors.Join(errs...)
 }
 
-// KubeProxy takes over from kube-proxy's IPVS mode in the current network
-// namespace (--takeover-kube-proxy) and logs what it did. The error says
-// what failed; the caller decides what to make of it.
-func KubeProxy() error {
-	k := Kernel{Rules: NewNetfilter(-1), IPSets: IPSets{}, ProcNet: "/proc/self/net"}
+// Leftovers is kube-proxy IPVS mode's state as Find saw it, untouched.
+type Leftovers struct {
+	Chains []string // "ip nat KUBE-SERVICES"
+	Jumps  []string // "ip nat PREROUTING rule 4 (-j KUBE-SERVICES)"
+	IPSets []string
+	// LegacyTables are iptables-legacy tables, where kube-proxy's rules
+	// may be too, out of sight.
+	LegacyTables []string
+}
+
+// Found reports whether any of kube-proxy's chains, jumps or ipsets is
+// there (legacy tables alone are not kube-proxy's).
+func (l Leftovers) Found() bool { return len(l.Chains)+len(l.Jumps)+len(l.IPSets) > 0 }
+
+// String names everything that is there, for a log line.
+func (l Leftovers) String() string { return l.Summary(-1) }
+
+// Summary is String naming at most n chains and n ipsets (all with n <
+// 0): an Event's note holds at most 1024 characters, and a dual-stack
+// node has some 50 of kube-proxy's chains and ipsets.
+func (l Leftovers) Summary(n int) string {
+	names := func(s []string) string {
+		if n < 0 || len(s) <= n {
+			return strings.Join(s, ", ")
+		}
+		return strings.Join(s[:n], ", ") + ", …"
+	}
+	var parts []string
+	if len(l.Chains) > 0 {
+		parts = append(parts, fmt.Sprintf("%d iptables chains (%s)", len(l.Chains), names(l.Chains)))
+	}
+	if len(l.Jumps) > 0 {
+		parts = append(parts, fmt.Sprintf("%d jumps to them from built-in chains", len(l.Jumps)))
+	}
+	if len(l.IPSets) > 0 {
+		parts = append(parts, fmt.Sprintf("%d ipsets (%s)", len(l.IPSets), names(l.IPSets)))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// Find reports what Run would remove, and removes nothing: kube-proxy's
+// chains (kept ones included), the jumps to them and its ipsets.
+func Find(k Kernel) (Leftovers, error) {
+	var l Leftovers
+	var errs []error
+	rs, _, err := k.Rules.Read()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("read the iptables-nft tables: %w", err))
+	}
+	for _, t := range PlanRuleset(rs).Tables {
+		for _, r := range t.DeleteRules {
+			l.Jumps = append(l.Jumps, fmt.Sprintf("%s %s", t.Table, r))
+		}
+		for _, c := range t.DeleteChains {
+			l.Chains = append(l.Chains, fmt.Sprintf("%s %s", t.Table, c.Name))
+		}
+		for _, c := range t.Kept {
+			l.Chains = append(l.Chains, fmt.Sprintf("%s %s", t.Table, c.Name))
+		}
+	}
+	if k.IPSets != nil {
+		for _, n := range KubeProxyIPSets() {
+			ok, err := k.IPSets.Exists(n)
+			if errors.Is(err, ErrNoIPSet) {
+				break
+			}
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if ok {
+				l.IPSets = append(l.IPSets, n)
+			}
+		}
+	}
+	if k.ProcNet != "" {
+		legacy, err := LegacyTables(k.ProcNet)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("iptables-legacy check: %w", err))
+		}
+		l.LegacyTables = legacy
+	}
+	return l, errors.Join(errs...)
+}
+
+// Node is the kernel of the current network namespace.
+func Node() Kernel {
+	return Kernel{Rules: NewNetfilter(-1), IPSets: IPSets{}, ProcNet: "/proc/self/net"}
+}
+
+// KubeProxy takes over from kube-proxy's IPVS mode in k (Node() on a
+// node) and logs what it did. The error says what failed; the caller
+// decides what to make of it.
+func KubeProxy(k Kernel) error {
 	start := time.Now()
 	rep, err := Run(k)
 	rep.Log(time.Since(start))

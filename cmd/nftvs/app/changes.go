@@ -51,6 +51,19 @@ func newChangeTracker(m *Metrics, h *HealthServer, families []v1.IPFamily, c clo
 		services: map[types.NamespacedName]time.Time{}}
 }
 
+// start is the sync loop's start, as kube-proxy's SyncLoop: every family
+// is healthy (Updated) in case no sync ever succeeds, and the last-queued
+// time of every family is synthesized "as the informers are syncing"
+// (pkg/proxy/ipvs/proxier.go), so that
+// kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds exists from
+// the start.
+func (t *changeTracker) start() {
+	for _, f := range t.families {
+		t.health.Updated(f)
+	}
+	t.metrics.SetLastQueued(t.clock.Now())
+}
+
 // initialize records that the informers have synced: from now on a
 // change queues a sync.
 func (t *changeTracker) initialize() { t.initialized.Store(true) }

@@ -113,3 +113,23 @@ func TestChangesQueueOnlyOnceInitialized(t *testing.T) {
 		t.Error("healthy with a change queued for 1 min (timeout 1 min)")
 	}
 }
+
+// The sync loop's start synthesizes the last-queued time of every family,
+// as kube-proxy's SyncLoop does, so the gauge is served from the start.
+// Before, nftvs served it only after a change (the same-run comparison
+// with kube-proxy 1.36.3 in e2e/takeover found it missing).
+func TestSyncLoopStartSetsLastQueued(t *testing.T) {
+	families := []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
+	m := NewMetrics(families)
+	clock := clocktesting.NewFakePassiveClock(time.Unix(1700000000, 0))
+	h := NewHealthServer(time.Minute, clock)
+	newChangeTracker(m, h, families, clock).start()
+	for _, f := range families {
+		if got := testutil.ToFloat64(m.lastQueued.WithLabelValues(string(f))); got != 1700000000 {
+			t.Errorf("last queued timestamp of %s: %v, want the start", f, got)
+		}
+	}
+	if !h.Health().Healthy {
+		t.Error("unhealthy at the sync loop's start")
+	}
+}

@@ -307,9 +307,9 @@ func (o *Options) Complete() (*Config, error) {
 	out.Warnings = append(out.Warnings, gateWarnings...)
 	slices.Sort(out.Warnings)
 
-	var errs FieldErrors
+	var errs ConfigFieldErrors
 	if gateErr != nil {
-		errs = append(errs, FieldError{Field: "featureGates", Detail: gateErr.Error()})
+		errs = append(errs, ConfigFieldError{Field: "featureGates", Detail: gateErr.Error()})
 	} else {
 		errs = Validate(cfg, gate)
 	}

@@ -169,3 +169,34 @@ func TestMetricsServerEndpoints(t *testing.T) {
 		}
 	}
 }
+
+// /metrics/slis is served as kube-proxy serves it: the /healthz check's
+// results (component-base's kubernetes_healthcheck{name="ping",
+// type="healthz"}), reset by a DELETE. Before, it answered 404.
+func TestMetricsSLIs(t *testing.T) {
+	h := metricsHandler(NewMetrics([]v1.IPFamily{v1.IPv4Protocol}), mustParse(t))
+	do := func(method, path string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	get := func(path string) (int, string) { return do(http.MethodGet, path) }
+	if code, body := do(http.MethodDelete, "/metrics/slis"); code != 200 || body != "metrics reset\n" { // what other tests left
+		t.Fatalf("DELETE /metrics/slis: %d %q", code, body)
+	}
+	get("/healthz")
+	code, body := get("/metrics/slis")
+	for _, want := range []string{
+		"# HELP kubernetes_healthcheck [STABLE] This metric records the result of a single healthcheck.",
+		`kubernetes_healthcheck{name="ping",type="healthz"} 1`,
+		`kubernetes_healthchecks_total{name="ping",status="success",type="healthz"} 1`,
+	} {
+		if code != 200 || !strings.Contains(body, want) {
+			t.Errorf("/metrics/slis: %d, no %q in\n%s", code, want, body)
+		}
+	}
+	do(http.MethodDelete, "/metrics/slis")
+	if _, body = get("/metrics/slis"); strings.Contains(body, `kubernetes_healthchecks_total{`) {
+		t.Errorf("/metrics/slis is not reset by a DELETE:\n%s", body)
+	}
+}

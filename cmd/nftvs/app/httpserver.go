@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/component-base/metrics/prometheus/slis"
 	"k8s.io/klog/v2"
 	"k8s.io/kube-proxy/config/v1alpha1"
 )
@@ -70,12 +71,18 @@ func serveOnce(ctx context.Context, addr string, handler http.Handler) error {
 }
 
 // metricsHandler is kube-proxy's metrics server: /metrics, /healthz (the
-// process answers), /proxyMode, /configz, and /debug/pprof with
-// --profiling.
+// process answers: its one check, ping), /metrics/slis (that check's
+// results, component-base's kubernetes_healthcheck and
+// kubernetes_healthchecks_total, reset on each scrape as kube-proxy's),
+// /proxyMode, /configz, and /debug/pprof with --profiling. /flagz and
+// /statusz are not served (the feature gates ComponentFlagz and
+// ComponentStatusz are refused): they need k8s.io/apiserver.
 func metricsHandler(m *Metrics, cfg *Config) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Gatherer(), promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+	slis.SLIMetricsWithReset{}.Install(mux)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		_ = slis.ObserveHealthcheck(r.Context(), "ping", "healthz", slis.Success)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		fmt.Fprint(w, "ok")

@@ -1,16 +1,74 @@
 package app
 
 import (
+	"cmp"
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/nftvs/nftvs/ipvs"
 )
 
-// net.ipv6.conf.all.forwarding is set only when the cluster uses IPv6:
-// setting it turns off Router Advertisement acceptance on SLAAC nodes.
-// Before, it was set whenever the kernel had IPv6.
-func TestIPv6ForwardingOnlyWhenTheClusterUsesIPv6(t *testing.T) {
+// nftvs never sets net.ipv6.conf.all.forwarding, as kube-proxy 1.36
+// never does (its IPVS mode writes only net.ipv4.ip_forward): on a SLAAC
+// node, turning it on stops Router Advertisements being accepted. It
+// checks and warns instead, when the cluster uses IPv6. Before, it set it.
+func TestIPv6ForwardingCheckedNotSet(t *testing.T) {
+	for _, c := range []struct {
+		value    string // "" for a kernel without IPv6
+		usesIPv6 bool
+		warn     bool
+	}{{"0", true, true}, {"1", true, false}, {"0", false, false}, {"", true, false}} {
+		s := ipvs.Sysctl{Root: t.TempDir()}
+		for _, n := range []string{ipvs.SysctlVSConntrack, ipvs.SysctlVSExpireNodestConn, ipvs.SysctlVSExpireQuiescentTemplate,
+			ipvs.SysctlIPv4Forward, ipvs.SysctlIPv6Forward, ipvs.SysctlARPIgnore, ipvs.SysctlARPAnnounce} {
+			if n == ipvs.SysctlIPv6Forward && c.value == "" {
+				continue
+			}
+			p := filepath.Join(s.Root, n)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, []byte(cmp.Or(c.value, "0")), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// What setupKernel writes, for a dual-stack node with strict ARP.
+		if err := ipvs.EnsureSysctls(s, ipvs.SysctlOptions{StrictARP: true, KernelRelease: "6.1.0"}); err != nil {
+			t.Fatal(err)
+		}
+		w := checkIPv6Forwarding(s, c.usesIPv6)
+		if got := w != ""; got != c.warn {
+			t.Errorf("forwarding %q, cluster uses IPv6 %v: warning %q, want one: %v", c.value, c.usesIPv6, w, c.warn)
+		}
+		if c.warn && !strings.Contains(w, "net.ipv6.conf.all.forwarding=0") {
+			t.Errorf("the warning does not name the sysctl: %s", w)
+		}
+		if c.value != "" {
+			if v, err := s.Get(ipvs.SysctlIPv6Forward); err != nil || v != mustAtoi(t, c.value) {
+				t.Errorf("net.ipv6.conf.all.forwarding was %s, is %d (%v): nftvs changed it", c.value, v, err)
+			}
+		}
+	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	v, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// The cluster uses IPv6 when the node, --bind-address, --cluster-cidr or
+// a podCIDR is IPv6: then IPv6 forwarding is checked.
+func TestUsesIPv6(t *testing.T) {
 	v4 := []netip.Addr{netip.MustParseAddr("192.168.0.10")}
 	dual := append(v4, netip.MustParseAddr("fd00::10"))
 	for _, c := range []struct {

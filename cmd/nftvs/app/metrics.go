@@ -5,7 +5,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -124,15 +123,18 @@ func NewMetrics(families []v1.IPFamily) *Metrics {
 // (pkg/proxy/metrics/metrics.go).
 func (m *Metrics) newKubeProxyMetrics() {
 	const ns = "kubeproxy"
+	// Every kubeproxy_ metric is ALPHA upstream, and component-base puts
+	// the stability level before the help (metrics/opts.go).
+	alpha := func(help string) string { return "[ALPHA] " + help }
 	family := []string{"ip_family"}
 	histogram := func(name, help string, buckets []float64) *prometheus.HistogramVec {
-		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: name, Help: help, Buckets: buckets}, family)
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: name, Help: alpha(help), Buckets: buckets}, family)
 	}
 	gauge := func(name, help string) prometheus.Gauge {
-		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: name, Help: help})
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: name, Help: alpha(help)})
 	}
 	counter := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: name, Help: help})
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: name, Help: alpha(help)})
 	}
 	m.syncDuration = histogram("sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds", syncBuckets)
 	m.syncFullDuration = histogram("sync_full_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for full resyncs", syncBuckets)
@@ -140,23 +142,23 @@ func (m *Metrics) newKubeProxyMetrics() {
 	m.networkProgramming = histogram("network_programming_duration_seconds",
 		"In Cluster Network Programming Latency in seconds", networkProgrammingBuckets())
 	m.lastSync = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_last_timestamp_seconds",
-		Help: "The last time proxy rules were successfully synced"}, family)
+		Help: alpha("The last time proxy rules were successfully synced")}, family)
 	m.lastQueued = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_last_queued_timestamp_seconds",
-		Help: "The last time a sync of proxy rules was queued"}, family)
+		Help: alpha("The last time a sync of proxy rules was queued")}, family)
 	m.endpointChangesPending = gauge("sync_proxy_rules_endpoint_changes_pending", "Pending proxy rules Endpoint changes")
 	m.endpointChangesTotal = counter("sync_proxy_rules_endpoint_changes_total", "Cumulative proxy rules Endpoint changes")
 	m.serviceChangesPending = gauge("sync_proxy_rules_service_changes_pending", "Pending proxy rules Service changes")
 	m.serviceChangesTotal = counter("sync_proxy_rules_service_changes_total", "Cumulative proxy rules Service changes")
 	m.noLocalEndpoints = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "sync_proxy_rules_no_local_endpoints_total",
-		Help: "Number of services with a Local traffic policy and no endpoints"}, []string{"traffic_policy", "ip_family"})
+		Help: alpha("Number of services with a Local traffic policy and no endpoints")}, []string{"traffic_policy", "ip_family"})
 	m.healthzTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "proxy_healthz_total",
-		Help: "Cumulative proxy healthz HTTP status"}, []string{"code"})
+		Help: alpha("Cumulative proxy healthz HTTP status")}, []string{"code"})
 	m.livezTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "proxy_livez_total",
-		Help: "Cumulative proxy livez HTTP status"}, []string{"code"})
+		Help: alpha("Cumulative proxy livez HTTP status")}, []string{"code"})
 	m.conntrackDuration = histogram("conntrack_reconciler_sync_duration_seconds",
-		"ReconcileConntrackFlowsLatency latency in seconds (nftvs: one conntrack cleanup of removed endpoints' flows)", syncBuckets)
+		"ReconcileConntrackFlowsLatency latency in seconds", syncBuckets)
 	m.conntrackDeleted = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "conntrack_reconciler_deleted_entries_total",
-		Help: "Cumulative conntrack flows deleted by conntrack reconciler"}, family)
+		Help: alpha("Cumulative conntrack flows deleted by conntrack reconciler")}, family)
 }
 
 // newNftvsMetrics makes nftvs's own metrics.
@@ -188,7 +190,7 @@ func (m *Metrics) newNftvsMetrics() {
 // information.
 func buildInfo() prometheus.Collector {
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubernetes_build_info",
-		Help: "A metric with a constant '1' value labeled by major, minor, git version, git commit, git tree state, build date, Go version, and compiler from which Kubernetes was built, and platform on which it is running."},
+		Help: "[BETA] A metric with a constant '1' value labeled by major, minor, git version, git commit, git tree state, build date, Go version, and compiler from which Kubernetes was built, and platform on which it is running."},
 		[]string{"major", "minor", "git_version", "git_commit", "git_tree_state", "build_date", "go_version", "compiler", "platform"})
 	commit, tree, date := "", "", ""
 	if bi, ok := debug.ReadBuildInfo(); ok {
@@ -233,9 +235,13 @@ func (m *Metrics) ObserveSync(res proxier.SyncResult, err error, now time.Time) 
 		}
 		if err == nil {
 			m.lastSync.WithLabelValues(fam).Set(float64(now.UnixNano()) / 1e9)
-			for _, t := range res.TriggerTimes {
-				m.networkProgramming.WithLabelValues(fam).Observe(now.Sub(t).Seconds())
-			}
+		}
+	}
+	// Once per EndpointSlice change, under its family, as kube-proxy's
+	// proxier of that family observes it (not once per family proxied).
+	if err == nil {
+		for _, t := range res.TriggerTimes {
+			m.networkProgramming.WithLabelValues(string(t.Family)).Observe(now.Sub(t.At).Seconds())
 		}
 	}
 	if n := len(res.NFT); n > 0 && res.NFT[n-1].Rules > 0 {
@@ -325,10 +331,9 @@ func (m *Metrics) observeHealth(endpoint string, code int) {
 }
 
 // syncErrorSubsystems names the subsystems a proxier sync error comes
-// from, by the prefix the proxier gives each ("nftables: ", "ipvs: ",
-// "ipvs resync: ", "kube-ipvs0: ", "addresses of kube-ipvs0: "); the
-// errors of one sync are joined (errors.Join). Each subsystem counts once
-// per sync.
+// from: the step of each proxier.StepError in it (the errors of one sync
+// are joined, errors.Join), "other" for an error of no step. Each
+// subsystem counts once per sync.
 func syncErrorSubsystems(err error) []string {
 	if err == nil {
 		return nil
@@ -348,15 +353,10 @@ func syncErrorSubsystems(err error) []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, e := range leaves {
-		msg := e.Error()
 		s := "other"
-		switch {
-		case strings.HasPrefix(msg, "nftables:"):
-			s = "nftables"
-		case strings.HasPrefix(msg, "ipvs:"), strings.HasPrefix(msg, "ipvs resync:"):
-			s = "ipvs"
-		case strings.HasPrefix(msg, "addresses of "), strings.HasPrefix(msg, "kube-ipvs0:"):
-			s = "addresses"
+		var step *proxier.StepError
+		if errors.As(e, &step) {
+			s = string(step.Step)
 		}
 		if !seen[s] {
 			seen[s] = true
@@ -386,9 +386,9 @@ func (c instrumentedConntrack) Clean(stale []conntrack.Stale) (conntrack.Result,
 			errs = append(errs, err)
 		}
 		if m := c.metrics; m != nil {
-			if r.Walks > 0 {
-				m.conntrackDuration.WithLabelValues(string(f.family)).Observe(r.Duration.Seconds())
-			}
+			// Every run, as kube-proxy's reconciler observes every run,
+			// whether it found flows to delete or not.
+			m.conntrackDuration.WithLabelValues(string(f.family)).Observe(r.Duration.Seconds())
 			m.conntrackDeleted.WithLabelValues(string(f.family)).Add(float64(r.Deleted))
 			if err != nil {
 				m.syncErrors.WithLabelValues("conntrack").Inc()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ import (
 // its type.
 func TestMetricNames(t *testing.T) {
 	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
-	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond, TriggerTimes: []time.Time{time.Now().Add(-time.Second)}}, nil, time.Now())
+	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond, TriggerTimes: []proxier.TriggerTime{{At: time.Now().Add(-time.Second), Family: v1.IPv4Protocol}}}, nil, time.Now())
 	m.ObserveSync(proxier.SyncResult{Full: true, Duration: time.Millisecond}, nil, time.Now())
 	m.SetPending(1, 1)
 	m.SetLastQueued(time.Now())
@@ -82,7 +83,7 @@ func TestObserveSync(t *testing.T) {
 		AddressesAdded: 4, AddressesRemoved: 1,
 	}
 	now := time.Unix(1700000000, 0)
-	res.TriggerTimes = []time.Time{now.Add(-3 * time.Second)}
+	res.TriggerTimes = []proxier.TriggerTime{{At: now.Add(-3 * time.Second), Family: v1.IPv4Protocol}}
 	m.ObserveSync(res, nil, now)
 	checks := map[string]float64{
 		"add_virtual_server": 2, "add_real_server": 5, "delete_real_server": 1, "update_real_server": 0,
@@ -116,7 +117,7 @@ func TestObserveSync(t *testing.T) {
 		t.Errorf("last sync timestamp %v", got)
 	}
 	// A failed sync: no timestamp, no programming latency, errors counted.
-	m.ObserveSync(proxier.SyncResult{}, errors.Join(errors.New("ipvs: add real server: EEXIST"), fmt.Errorf("nftables: %w", errors.New("ENOBUFS"))), now.Add(time.Hour))
+	m.ObserveSync(proxier.SyncResult{}, errors.Join(stepError(proxier.StepIPVS, "add real server: EEXIST"), stepError(proxier.StepNFTables, "ENOBUFS")), now.Add(time.Hour))
 	if got := testutil.ToFloat64(m.lastSync.WithLabelValues("IPv4")); got != 1700000000 {
 		t.Errorf("a failed sync moved the last sync timestamp to %v", got)
 	}
@@ -141,10 +142,12 @@ func TestSyncErrorSubsystems(t *testing.T) {
 		want []string
 	}{
 		{nil, nil},
-		{fmt.Errorf("nftables: %w", errors.New("x")), []string{"nftables"}},
-		{errors.Join(errors.New("ipvs resync: x"), errors.New("ipvs: y")), []string{"ipvs"}},
-		{errors.Join(errors.New("kube-ipvs0: x"), errors.New("addresses of kube-ipvs0: y"), errors.New("nftables: z")), []string{"addresses", "nftables"}},
-		{errors.New("something else"), []string{"other"}},
+		{stepError(proxier.StepNFTables, "x"), []string{"nftables"}},
+		{errors.Join(stepError(proxier.StepIPVS, "x"), stepError(proxier.StepIPVS, "y")), []string{"ipvs"}},
+		{errors.Join(stepError(proxier.StepAddresses, "x"), stepError(proxier.StepAddresses, "y"), stepError(proxier.StepNFTables, "z")), []string{"addresses", "nftables"}},
+		{fmt.Errorf("wrapped: %w", stepError(proxier.StepIPVS, "x")), []string{"ipvs"}},
+		// The message no longer decides: an untyped "ipvs: " is no step.
+		{errors.New("ipvs: something else"), []string{"other"}},
 	}
 	for _, c := range cases {
 		if got := syncErrorSubsystems(c.err); !slices.Equal(got, c.want) {
@@ -171,4 +174,85 @@ func TestInstrumentedConntrack(t *testing.T) {
 	if n := testutil.CollectAndCount(m.conntrackDuration); n != 1 {
 		t.Errorf("clean duration series %d", n)
 	}
+}
+
+type idleCleaner struct{}
+
+func (idleCleaner) Clean([]conntrack.Stale) (conntrack.Result, error) { return conntrack.Result{}, nil }
+
+// The conntrack reconciler histogram gets a sample on every run, as
+// kube-proxy's, also one that walked nothing and deleted nothing.
+// Before, only runs that walked the table were observed.
+func TestConntrackReconcilerObservedEveryRun(t *testing.T) {
+	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol})
+	c := instrumentedConntrack{inner: idleCleaner{}, metrics: m}
+	for range 3 {
+		if _, err := c.Clean([]conntrack.Stale{{}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := histogramCount(t, m.conntrackDuration, "IPv4"); got != 3 {
+		t.Errorf("conntrack_reconciler_sync_duration_seconds: %d samples after 3 runs, want 3", got)
+	}
+}
+
+// Help strings carry component-base's stability prefix: [ALPHA] for
+// every kubeproxy_ metric (all ALPHA upstream), [BETA] for
+// kubernetes_build_info. Before, none had it.
+func TestMetricHelpStability(t *testing.T) {
+	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol})
+	m.ObserveSync(proxier.SyncResult{}, nil, time.Now())
+	m.observeHealth("healthz", 200)
+	m.observeHealth("livez", 200)
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range fams {
+		want := ""
+		switch {
+		case strings.HasPrefix(f.GetName(), "kubeproxy_"):
+			want = "[ALPHA] "
+		case f.GetName() == "kubernetes_build_info":
+			want = "[BETA] "
+		default:
+			continue
+		}
+		n++
+		if !strings.HasPrefix(f.GetHelp(), want) {
+			t.Errorf("%s: help %q, want it to start with %q", f.GetName(), f.GetHelp(), want)
+		}
+	}
+	if n < 10 {
+		t.Errorf("only %d kubeproxy_ and build families gathered", n)
+	}
+}
+
+// Network programming latency is one sample per EndpointSlice change,
+// under the family of its EndpointSlice, as kube-proxy's proxier of that
+// family observes it. Before, a dual-stack node counted each change twice,
+// once per family.
+func TestNetworkProgrammingOncePerChange(t *testing.T) {
+	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
+	now := time.Unix(1700000000, 0)
+	m.ObserveSync(proxier.SyncResult{TriggerTimes: []proxier.TriggerTime{{At: now.Add(-time.Second), Family: v1.IPv4Protocol}}}, nil, now)
+	for f, want := range map[v1.IPFamily]uint64{v1.IPv4Protocol: 1, v1.IPv6Protocol: 0} {
+		if got := histogramCount(t, m.networkProgramming, string(f)); got != want {
+			t.Errorf("network_programming_duration_seconds{ip_family=%s}: %d samples, want %d", f, got, want)
+		}
+	}
+}
+
+func histogramCount(t *testing.T, h *prometheus.HistogramVec, labels ...string) uint64 {
+	t.Helper()
+	var d dto.Metric
+	if err := h.WithLabelValues(labels...).(prometheus.Metric).Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	return d.GetHistogram().GetSampleCount()
+}
+
+func stepError(s proxier.SyncStep, msg string) error {
+	return &proxier.StepError{Step: s, Prefix: string(s), Err: errors.New(msg)}
 }

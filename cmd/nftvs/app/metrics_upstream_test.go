@@ -96,7 +96,7 @@ func TestMetricsAsUpstream(t *testing.T) {
 	families := []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
 	m := NewMetrics(families)
 	now := time.Now()
-	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond, TriggerTimes: []time.Time{now.Add(-time.Second)}}, nil, now)
+	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond, TriggerTimes: []proxier.TriggerTime{{At: now.Add(-time.Second), Family: v1.IPv4Protocol}}}, nil, now)
 	m.ObserveSync(proxier.SyncResult{Full: true, Duration: time.Millisecond}, nil, now)
 	h := NewHealthServer(time.Minute, clock.RealClock{})
 	h.SetMetrics(m)

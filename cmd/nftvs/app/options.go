@@ -81,6 +81,7 @@ func NewOptions() *Options {
 		Companion:                 Companion,
 		GracefulTerminationPeriod: DefaultGracefulTerminationPeriod,
 		ConntrackCleaner:          true,
+		TakeoverKubeProxy:         true,
 		ExplainSocket:             explain.DefaultSocket,
 		MaxVirtualServers:         proxier.DefaultMaxVirtualServers,
 		MaxSourceRanges:           proxier.DefaultMaxSourceRanges,
@@ -221,7 +222,7 @@ func (o *Options) addLoggingAndCompatibilityFlags(fs *pflag.FlagSet) {
 func (o *Options) addOwnFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Companion, "companion", o.Companion, "What replaces kube-proxy's iptables and ipset companions of IPVS: only \"nft\" (one nftables table, programmed over netlink).")
 	fs.DurationVar(&o.GracefulTerminationPeriod, "ipvs-graceful-termination-period", o.GracefulTerminationPeriod, "The longest time a real server of a not-ready or terminating endpoint is kept at weight 0 for its connections before it is removed. 0 (the default) keeps it until it has no connection left, as kube-proxy does.")
-	fs.BoolVar(&o.TakeoverKubeProxy, "takeover-kube-proxy", o.TakeoverKubeProxy, "At start, before the first sync, remove what kube-proxy's IPVS mode left in iptables-nft (its KUBE-* chains and the jumps to them) and its ipsets, and nothing else, so that nftvs takes over a node from kube-proxy without dropping connections: the IPVS virtual servers and kube-ipvs0 are adopted in place. Safe to repeat.")
+	fs.BoolVar(&o.TakeoverKubeProxy, "takeover-kube-proxy", o.TakeoverKubeProxy, "At start, before the first sync, remove what kube-proxy's IPVS mode left in iptables-nft (its KUBE-* chains and the jumps to them) and its ipsets, and nothing else, so that nftvs takes over a node from kube-proxy without dropping connections: the IPVS virtual servers and kube-ipvs0 are adopted in place. Safe to repeat. With false, they are left in place, and a Warning Event on the Node and a log line name them.")
 	fs.BoolVar(&o.ServiceMetrics, "ipvs-service-metrics", o.ServiceMetrics, "Serve IPVS's traffic counters per Service port on the metrics endpoint (nftvs_service_*: active and inactive connections, connections, packets and bytes in and out), labelled namespace, service and port. Off by default: 7 series per Service port.")
 	fs.BoolVar(&o.ServiceMetricsRealServers, "ipvs-service-metrics-real-servers", o.ServiceMetricsRealServers, "With --ipvs-service-metrics, also serve each endpoint's active and inactive connections (nftvs_service_real_server_*, label real_server): 2 series per endpoint of every Service port.")
 	fs.StringVar(&o.ExplainSocket, "explain-socket", o.ExplainSocket, "The unix socket (mode 0600) where nftvs serves its view of each Service to `nftvs explain`, run in the same pod. Empty: not served.")

@@ -111,7 +111,7 @@ func TestFlagDefaultsAreKubeProxys(t *testing.T) {
 			t.Errorf("--%s defaults to %q, kube-proxy's to %q", name, f.DefValue, want)
 		}
 	}
-	own := map[string]string{"companion": "nft", "ipvs-graceful-termination-period": "0s", "conntrack-cleaner": "true", "takeover-kube-proxy": "false",
+	own := map[string]string{"companion": "nft", "ipvs-graceful-termination-period": "0s", "conntrack-cleaner": "true", "takeover-kube-proxy": "true",
 		"ipvs-service-metrics": "false", "ipvs-service-metrics-real-servers": "false",
 		"explain-socket": "/run/nftvs-explain.sock"}
 	for name, want := range own {
@@ -142,7 +142,7 @@ func TestFlagDefaultsConfigure(t *testing.T) {
 		{"clientConnection.qps", c.ClientConnection.QPS, float32(5)},
 		{"drain timeout (0: until the connections end)", cfg.DrainTimeout, time.Duration(0)},
 		{"conntrack cleaner", cfg.ConntrackCleaner, true},
-		{"takeover", cfg.TakeoverKubeProxy, false},
+		{"takeover (on by default: a drop-in swap adds no flag)", cfg.TakeoverKubeProxy, true},
 		{"companion", cfg.Companion, "nft"},
 	}
 	for _, c := range checks {
@@ -168,7 +168,7 @@ func TestFlagsConfigure(t *testing.T) {
 		"--kube-api-content-type=application/json", "--config-sync-period=1h",
 		"--conntrack-max-per-core=0", "--conntrack-tcp-be-liberal", "--conntrack-udp-timeout=30s",
 		"--oom-score-adj=-500", "--ipvs-graceful-termination-period=2m", "--conntrack-cleaner=false",
-		"--takeover-kube-proxy",
+		"--takeover-kube-proxy=false",
 		"--ipvs_strict_arp=true", // kube-proxy accepts _ for -
 		"-v=4",
 	)
@@ -205,7 +205,7 @@ func TestFlagsConfigure(t *testing.T) {
 		{"oomScoreAdj", *c.OOMScoreAdj, int32(-500)},
 		{"drain", cfg.DrainTimeout, 2 * time.Minute},
 		{"cleaner", cfg.ConntrackCleaner, false},
-		{"takeover", cfg.TakeoverKubeProxy, true},
+		{"takeover", cfg.TakeoverKubeProxy, false},
 		{"verbosity", uint32(c.Logging.Verbosity), uint32(4)},
 	}
 	for _, c := range checks {
@@ -339,7 +339,7 @@ func TestMainExitCodes(t *testing.T) {
 		stdout string
 		stderr string
 	}{
-		{[]string{"--version"}, 0, "nftvs ", ""},
+		{[]string{"--version"}, 0, "(in place of kube-proxy 1.36, IPVS mode)", ""},
 		{[]string{"--help"}, 0, "--ipvs-scheduler", ""},
 		{[]string{"--no-such-flag"}, 1, "", "unknown flag: --no-such-flag"},
 		{[]string{"extra"}, 1, "", "takes no arguments"},

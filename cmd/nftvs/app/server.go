@@ -18,6 +18,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
@@ -88,7 +89,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%#v\n", bi)
 		return 0
 	case "true":
-		fmt.Fprintf(stdout, "nftvs %s\n", Version())
+		// kube-proxy prints "Kubernetes v1.36.3"; which program this is
+		// matters more than matching it, so it says so, and what it
+		// stands in for.
+		fmt.Fprintf(stdout, "nftvs %s (in place of kube-proxy %s, IPVS mode)\n", Version(), kubeVersion)
 		return 0
 	}
 
@@ -133,13 +137,28 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	case cfg.Cleanup:
 		err = runCleanup(cfg)
 	case cfg.InitOnly:
-		_, err = setupKernel(cfg, ipv6Supported() && usesIPv6(cfg, nil, nil))
+		_, err = setupKernel(cfg)
+		checkIPv6Forwarding(ipvs.ProcSys, ipv6Supported() && usesIPv6(cfg, nil, nil))
 	default:
+		ctx, changed := context.WithCancelCause(ctx)
+		defer changed(nil)
+		if cfg.File != "" {
+			w, werr := watchConfigFile(ctx, cfg.File, changed)
+			if werr != nil {
+				klog.ErrorS(werr, "Error running ProxyServer")
+				return 1
+			}
+			defer w.Close()
+		}
 		err = run(ctx, cfg)
 	}
 	if err != nil {
-		klog.ErrorS(err, "nftvs failed")
+		// kube-proxy's words: runbooks grep for them.
+		klog.ErrorS(err, "Error running ProxyServer")
 		return 1
+	}
+	if cfg.InitOnly {
+		klog.InfoS("System initialized and --init-only specified")
 	}
 	return 0
 }
@@ -162,11 +181,11 @@ func writeConfig(c *v1alpha1.KubeProxyConfiguration, path string) error {
 // setupKernel does what needs full privileges, as kube-proxy's IPVS mode
 // does before it syncs anything (and all that --init-only does): kernel
 // modules (ip_vs, the scheduler, what the table uses), the conntrack
-// sysctls, IPVS mode's sysctls (IPv6 forwarding only with
-// ipv6Forwarding), the IPVS timeouts, and a check that the scheduler
-// works. A failure stops nftvs, as it stops kube-proxy, except for the
-// IPVS timeouts, which kube-proxy only logs.
-func setupKernel(cfg *Config, ipv6Forwarding bool) (*ipvs.Kernel, error) {
+// sysctls, IPVS mode's sysctls (not IPv6 forwarding: checkIPv6Forwarding),
+// the IPVS timeouts, and a check that the scheduler works. A failure
+// stops nftvs, as it stops kube-proxy, except for the IPVS timeouts, which
+// kube-proxy only logs.
+func setupKernel(cfg *Config) (*ipvs.Kernel, error) {
 	// Modules first: nf_conntrack's sysctls exist only once it is loaded.
 	if err := loadKernelModules(cfg.KubeProxy.IPVS.Scheduler); err != nil {
 		return nil, err
@@ -178,7 +197,7 @@ func setupKernel(cfg *Config, ipv6Forwarding bool) (*ipvs.Kernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := ipvs.EnsureSysctls(ipvs.ProcSys, ipvs.SysctlOptions{IPv6: ipv6Forwarding, StrictARP: cfg.KubeProxy.IPVS.StrictARP}); err != nil {
+	if err := ipvs.EnsureSysctls(ipvs.ProcSys, ipvs.SysctlOptions{StrictARP: cfg.KubeProxy.IPVS.StrictARP}); err != nil {
 		kernel.Close()
 		return nil, fmt.Errorf("set IPVS sysctls: %w", err)
 	}
@@ -188,6 +207,33 @@ func setupKernel(cfg *Config, ipv6Forwarding bool) (*ipvs.Kernel, error) {
 		return nil, err
 	}
 	return kernel, nil
+}
+
+// checkIPv6Forwarding warns when the cluster uses IPv6 and the node does
+// not forward it, and returns the warning ("" when there is none).
+// kube-proxy 1.36 sets only net.ipv4.ip_forward (IPVS mode) or nothing
+// (nftables mode); nftvs does the same and never turns IPv6 forwarding
+// on itself: on a node that configures itself by SLAAC, that stops Router
+// Advertisements being accepted (accept_ra=1), and the node loses its
+// default route.
+func checkIPv6Forwarding(s ipvs.Sysctl, usesIPv6 bool) string {
+	if !usesIPv6 {
+		return ""
+	}
+	switch v, err := s.Get(ipvs.SysctlIPv6Forward); {
+	case errors.Is(err, os.ErrNotExist):
+		return "" // IPv6 is disabled in this kernel
+	case err != nil:
+		klog.ErrorS(err, "Checking IPv6 forwarding")
+		return ""
+	case v != 0:
+		return ""
+	}
+	w := "IPv6 forwarding is off (net.ipv6.conf.all.forwarding=0) on a node whose cluster uses IPv6: IPv6 Services will not reach pods through this node. " +
+		"nftvs, like kube-proxy, does not turn it on (on a SLAAC node that would stop Router Advertisements being accepted); " +
+		"set it in the node's own configuration (with accept_ra=2 where the node relies on Router Advertisements)"
+	klog.Warning(w)
+	return w
 }
 
 // ipvsTimeouts sets IPVS's connection timeouts (ipvsadm --set).
@@ -210,7 +256,8 @@ func setIPVSTimeouts(k ipvsTimeouts, c v1alpha1.KubeProxyIPVSConfiguration) {
 
 // runCleanup removes what nftvs programmed: every IPVS virtual server
 // outside --ipvs-exclude-cidrs (fwmark ones only in nftvs's mark space),
-// kube-ipvs0 and the nftables table.
+// kube-ipvs0 and the nftables table; and what kube-proxy's IPVS mode left
+// in iptables-nft and ipset, as --takeover-kube-proxy does.
 // Nothing else (other tables, other links) is touched.
 func runCleanup(cfg *Config) error {
 	var errs []error
@@ -243,6 +290,12 @@ func runCleanup(cfg *Config) error {
 	if err != nil {
 		errs = append(errs, err)
 	} else if err := table.Cleanup(); err != nil {
+		errs = append(errs, err)
+	}
+	// As kube-proxy's --cleanup removes what its IPVS mode left in
+	// iptables and ipset (it also removes its IPVS state, which the
+	// lines above do).
+	if err := takeover.KubeProxy(takeover.Node()); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -374,7 +427,7 @@ var errPodCIDRsChanged = errors.New("the node's podCIDRs changed (detect-local-m
 // Node read, a 10k-Service list and first sync can take minutes there)
 // answers /livez from its first second.
 func run(parent context.Context, cfg *Config) error {
-	klog.InfoS("Starting nftvs", "version", Version(), "companion", cfg.Companion)
+	logStartup(cfg)
 	cfg.featureGate.AddMetrics() // kubernetes_feature_enabled, as kube-proxy
 	applyOOMScoreAdj(cfg.KubeProxy.OOMScoreAdj)
 	name, err := nodeName(cfg.KubeProxy.HostnameOverride)
@@ -422,6 +475,9 @@ func run(parent context.Context, cfg *Config) error {
 		return err
 	}
 	defer closeKernel()
+	if w := checkIPv6Forwarding(ipvs.ProcSys, node.usesIPv6); w != "" {
+		ev.event(v1.EventTypeWarning, "IPv6ForwardingDisabled", w)
+	}
 	serveExplain(ctx, cfg.ExplainSocket, p)
 	if closeStats, err := registerServiceMetrics(cfg, metrics, p); err != nil {
 		return err
@@ -429,7 +485,7 @@ func run(parent context.Context, cfg *Config) error {
 		defer closeStats()
 	}
 
-	serviceHealth := NewServiceHealthServers(name, ev.recorder, nodePorts.healthCheckAddresses(), node.ipv6, func() bool { return health.Health().Healthy })
+	serviceHealth := NewServiceHealthServers(name, ev.recorder, nodePorts.healthCheckAddresses(), node.families, func() bool { return health.Health().Healthy })
 	defer serviceHealth.Close()
 	var metricsServer sync.WaitGroup
 	defer func() {
@@ -439,14 +495,12 @@ func run(parent context.Context, cfg *Config) error {
 	if a := cfg.KubeProxy.MetricsBindAddress; a != "" {
 		serveHTTP(ctx, &metricsServer, "metrics", a, metricsHandler(metrics, cfg), hardFail(cfg, cancel, ev, "FailedToStartMetricServer"))
 	}
-	ev.event(v1.EventTypeNormal, "Starting", "Starting nftvs")
+	ev.event(v1.EventTypeNormal, "Starting", "")
 
 	// As kube-proxy's sync loop: healthy while starting; changes queue
 	// syncs for /healthz once the informers have synced (changeTracker).
 	changes := newChangeTracker(metrics, health, node.families, clock.RealClock{})
-	for _, f := range node.families {
-		health.Updated(f)
-	}
+	changes.start()
 	err = p.WatchWith(ctx, client, proxier.WatchOptions{Resync: resync, Node: nw.informer, OnChange: changes.observe})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -455,13 +509,22 @@ func run(parent context.Context, cfg *Config) error {
 		return fmt.Errorf("watch the API server: %w", err)
 	}
 	changes.initialize()
-	if cfg.TakeoverKubeProxy {
-		takeOver(ev)
-	}
+	takeOverKubeProxy(cfg.TakeoverKubeProxy, takeover.Node(), ev.event)
 	p.Run(ctx, func(res proxier.SyncResult, err error) {
 		observeSync(res, err, p, node.families, metrics, health, changes, serviceHealth)
 	})
 	return stopped(ctx)
+}
+
+// logStartup writes the first lines of a run: kube-proxy's, which
+// runbooks grep for ("Version info", "Golang settings", "Using ipvs
+// Proxier"), with nftvs's version, and nftvs's own ("Starting nftvs"),
+// which says which program this is.
+func logStartup(cfg *Config) {
+	klog.InfoS("Starting nftvs", "version", Version(), "companion", cfg.Companion)
+	klog.InfoS("Version info", "version", Version(), "kubeProxyVersion", kubeVersion.String())
+	klog.InfoS("Golang settings", "GOGC", os.Getenv("GOGC"), "GOMAXPROCS", os.Getenv("GOMAXPROCS"), "GOTRACEBACK", os.Getenv("GOTRACEBACK"))
+	klog.InfoS("Using ipvs Proxier", "companion", cfg.Companion)
 }
 
 // nodeEvents records Events on this Node.
@@ -477,8 +540,27 @@ func newNodeEvents(client kubernetes.Interface, name string) *nodeEvents {
 		node: &v1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: name}}
 }
 
+// event records an Event on the Node with kube-proxy's action
+// (StartKubeProxy); the reporting controller is nftvs (newNodeEvents).
 func (e *nodeEvents) event(eventType, reason, note string) {
-	e.recorder.Eventf(e.node, nil, eventType, reason, "StartNftvs", "%s", note)
+	e.recorder.Eventf(e.node, nil, eventType, reason, "StartKubeProxy", "%s", eventNote(note))
+}
+
+// maxEventNote is the longest note the API server accepts
+// (events.k8s.io/v1 validation); a longer Event is dropped whole.
+const maxEventNote = 1024
+
+// eventNote cuts a note to maxEventNote bytes, at a rune boundary.
+func eventNote(s string) string {
+	if len(s) <= maxEventNote {
+		return s
+	}
+	const more = "…"
+	s = s[:maxEventNote-len(more)]
+	for !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s + more
 }
 
 // serviceWarning is a Warning Event on a Service that nftvs does not
@@ -486,7 +568,7 @@ func (e *nodeEvents) event(eventType, reason, note string) {
 // frontend another Service owns, a kernel refusal).
 func (e *nodeEvents) serviceWarning(svc types.NamespacedName, reason, note string) {
 	ref := &v1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: svc.Namespace, Name: svc.Name}
-	e.recorder.Eventf(ref, e.node, v1.EventTypeWarning, reason, "SyncProxyRules", "%s", note)
+	e.recorder.Eventf(ref, e.node, v1.EventTypeWarning, reason, "SyncProxyRules", "%s", eventNote(note))
 }
 
 // nodeFacts are what nftvs learns from the Node and the kernel at start.
@@ -497,8 +579,8 @@ type nodeFacts struct {
 	ipv6     bool
 	families []v1.IPFamily
 	podCIDRs []string
-	// ipv6Forwarding says the cluster uses IPv6 (usesIPv6).
-	ipv6Forwarding bool
+	// usesIPv6 says the cluster uses IPv6 (usesIPv6).
+	usesIPv6 bool
 }
 
 // detectNode is kube-proxy's detectNodeIPs and platformCheckSupported:
@@ -522,20 +604,21 @@ func detectNode(cfg *Config, node *v1.Node) (nodeFacts, error) {
 	if primaryIPv6 {
 		slices.Reverse(f.families)
 	}
-	klog.InfoS("IP families", "primary", f.families[0], "dualStack", len(f.families) == 2)
+	if len(f.families) == 2 {
+		klog.InfoS("nftvs running in dual-stack mode", "primary ipFamily", f.families[0])
+	} else {
+		klog.InfoS("nftvs running in single-stack mode", "ipFamily", f.families[0])
+	}
 	if node != nil {
 		f.podCIDRs = node.Spec.PodCIDRs
 	}
-	f.ipv6Forwarding = f.ipv6 && usesIPv6(cfg, rawIPs, f.podCIDRs)
+	f.usesIPv6 = f.ipv6 && usesIPv6(cfg, rawIPs, f.podCIDRs)
 	return f, nil
 }
 
 // usesIPv6 says whether the cluster uses IPv6, and so needs IPv6
-// forwarding: the node has an IPv6 address, or --bind-address, a
-// --cluster-cidr or one of the node's podCIDRs is IPv6. Setting
-// net.ipv6.conf.all.forwarding turns off Router Advertisements
-// (accept_ra=1) on SLAAC nodes, so an IPv4-only cluster is left without
-// it; kube-proxy's IPVS mode never sets it (only net.ipv4.ip_forward).
+// forwarding (checkIPv6Forwarding): the node has an IPv6 address, or
+// --bind-address, a --cluster-cidr or one of the node's podCIDRs is IPv6.
 func usesIPv6(cfg *Config, nodeIPs []netip.Addr, podCIDRs []string) bool {
 	if slices.ContainsFunc(nodeIPs, netip.Addr.Is6) {
 		return true
@@ -586,7 +669,7 @@ func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, a
 	if err != nil {
 		return nil, nodePorts, nil, err
 	}
-	kernel, err := setupKernel(cfg, node.ipv6Forwarding)
+	kernel, err := setupKernel(cfg)
 	if err != nil {
 		return nil, nodePorts, nil, err
 	}
@@ -712,14 +795,33 @@ func hardFail(cfg *Config, cancel context.CancelCauseFunc, ev *nodeEvents, reaso
 	}
 }
 
-// takeOver runs --takeover-kube-proxy right before the first sync, which
-// adopts kube-proxy's IPVS state: a failure is reported, and nftvs serves
-// anyway, since stopping would leave the node with no proxy at all.
-func takeOver(ev *nodeEvents) {
-	if err := takeover.KubeProxy(); err != nil {
-		klog.ErrorS(err, "Taking over from kube-proxy left some of its iptables rules or ipsets in place; serving anyway")
-		ev.event(v1.EventTypeWarning, "FailedTakeoverKubeProxy", err.Error())
+// takeOverKubeProxy runs right before the first sync, which adopts
+// kube-proxy's IPVS state. With take (--takeover-kube-proxy, the
+// default) it removes kube-proxy IPVS mode's iptables chains and ipsets: a
+// failure is reported, and nftvs serves anyway, since stopping would
+// leave the node with no proxy at all. Without, it only looks, and names
+// what it leaves in a log line and a Warning Event: kube-proxy's
+// KUBE-IPVS-FILTER goes on rejecting new Service ports on kube-ipvs0's
+// addresses.
+func takeOverKubeProxy(take bool, k takeover.Kernel, event func(eventType, reason, note string)) {
+	if take {
+		if err := takeover.KubeProxy(k); err != nil {
+			klog.ErrorS(err, "Taking over from kube-proxy left some of its iptables rules or ipsets in place; serving anyway")
+			event(v1.EventTypeWarning, "FailedTakeoverKubeProxy", err.Error())
+		}
+		return
 	}
+	left, err := takeover.Find(k)
+	if err != nil {
+		klog.ErrorS(err, "Looking for kube-proxy's IPVS-mode iptables rules and ipsets")
+	}
+	if !left.Found() {
+		return
+	}
+	const why = " in place (--takeover-kube-proxy=false): its KUBE-IPVS-FILTER rejects new Service ports on kube-ipvs0's addresses; " +
+		"restart nftvs without --takeover-kube-proxy=false, or run nftvs --cleanup, to remove them"
+	klog.Warning("kube-proxy's IPVS mode left " + left.String() + why)
+	event(v1.EventTypeWarning, "KubeProxyLeftovers", "kube-proxy's IPVS mode left "+left.Summary(3)+why+" (the nftvs log names them all)")
 }
 
 // observeSync reports one sync: metrics, the changes it took, health,
@@ -735,7 +837,7 @@ func observeSync(res proxier.SyncResult, err error, p *proxier.Proxier, families
 	metrics.ObserveSync(res, err, now)
 	metrics.ObserveNoLocalEndpoints(p.NoLocalEndpoints())
 	serviceHealth.Sync(p.HealthChecks())
-	klog.V(2).InfoS("Synced", "full", res.Full, "services", res.ServicesSeen, "ipvs", res.IPVS.String(),
+	klog.V(2).InfoS("Synced", "full", res.Full, "servicesReplanned", res.ServicesReplanned, "ipvs", res.IPVS.String(),
 		"realServersRemoved", len(res.Removed), "conntrackDeleted", res.Conntrack.Deleted, "duration", res.Duration, "err", err)
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -27,16 +28,19 @@ type eventRecorder interface {
 // pkg/proxy/healthcheck/service_health.go): one HTTP server per Service on
 // its healthCheckNodePort, answering 200 when the node has local endpoints
 // for it and the proxy is healthy, 503 otherwise, so that load balancers
-// send traffic only to nodes that can serve it locally.
+// send traffic only to nodes that can serve it locally. As kube-proxy's
+// one server per IP family, each family is served on its own sockets and
+// answers its own family's count.
 type ServiceHealthServers struct {
 	nodeName string
 	recorder eventRecorder
 	// addresses are where to listen: nil means every address.
 	addresses func() []netip.Addr
-	// dualStack listens on both families when addresses is nil.
-	dualStack bool
-	healthy   func() bool
-	listen    func(network, address string) (net.Listener, error)
+	// families are the IP families proxied: where addresses is nil, one
+	// wildcard socket each.
+	families []v1.IPFamily
+	healthy  func() bool
+	listen   func(network, address string) (net.Listener, error)
 
 	mu       sync.RWMutex
 	services map[types.NamespacedName]*serviceHealth
@@ -44,19 +48,19 @@ type ServiceHealthServers struct {
 
 type serviceHealth struct {
 	port      int
-	endpoints int
+	endpoints proxier.FamilyCount
 	servers   []*http.Server
 }
 
 // NewServiceHealthServers returns the servers' manager. healthy is the
 // proxy's health; addresses returns the node port addresses, or nil for
-// all of them.
-func NewServiceHealthServers(nodeName string, recorder eventRecorder, addresses func() []netip.Addr, dualStack bool, healthy func() bool) *ServiceHealthServers {
+// all of them; families are the IP families proxied.
+func NewServiceHealthServers(nodeName string, recorder eventRecorder, addresses func() []netip.Addr, families []v1.IPFamily, healthy func() bool) *ServiceHealthServers {
 	return &ServiceHealthServers{
 		nodeName:  nodeName,
 		recorder:  recorder,
 		addresses: addresses,
-		dualStack: dualStack,
+		families:  families,
 		healthy:   healthy,
 		listen:    net.Listen,
 		services:  map[types.NamespacedName]*serviceHealth{},
@@ -65,10 +69,14 @@ func NewServiceHealthServers(nodeName string, recorder eventRecorder, addresses 
 
 // Sync opens the health check ports of new Services, closes those of
 // Services gone (or whose port changed), and updates local endpoint
-// counts. A Service's count is the largest over its ports (kube-proxy
-// counts distinct local endpoint IPs; pods usually serve every port).
+// counts. A Service's count, per family, is the largest over its ports
+// (kube-proxy counts distinct local endpoint IPs; pods usually serve
+// every port).
 func (s *ServiceHealthServers) Sync(checks []proxier.ServiceHealth) {
-	type want struct{ port, endpoints int }
+	type want struct {
+		port      int
+		endpoints proxier.FamilyCount
+	}
 	wanted := map[types.NamespacedName]want{}
 	for _, c := range checks {
 		if c.NodePort <= 0 || c.NodePort > 65535 {
@@ -77,7 +85,8 @@ func (s *ServiceHealthServers) Sync(checks []proxier.ServiceHealth) {
 		n := types.NamespacedName{Namespace: c.Name.Namespace, Name: c.Name.Name}
 		w := wanted[n]
 		w.port = c.NodePort
-		w.endpoints = max(w.endpoints, c.LocalEndpoints)
+		w.endpoints.IPv4 = max(w.endpoints.IPv4, c.LocalEndpoints.IPv4)
+		w.endpoints.IPv6 = max(w.endpoints.IPv6, c.LocalEndpoints.IPv6)
 		wanted[n] = w
 	}
 
@@ -132,29 +141,38 @@ func (s *ServiceHealthServers) Close() {
 }
 
 func (s *ServiceHealthServers) serve(n types.NamespacedName, svc *serviceHealth) error {
-	type endpoint struct{ network, address string }
+	type endpoint struct {
+		family           v1.IPFamily
+		network, address string
+	}
 	var eps []endpoint
 	port := strconv.Itoa(svc.port)
 	if s.addresses == nil {
-		if s.dualStack {
-			eps = append(eps, endpoint{"tcp", ":" + port})
-		} else {
-			eps = append(eps, endpoint{"tcp4", "0.0.0.0:" + port})
+		// As kube-proxy: 0.0.0.0 on tcp4 and [::] on tcp6 (IPV6_V6ONLY),
+		// so that each family answers its own count.
+		for _, f := range s.families {
+			if f == v1.IPv6Protocol {
+				eps = append(eps, endpoint{f, "tcp6", "[::]:" + port})
+			} else {
+				eps = append(eps, endpoint{f, "tcp4", "0.0.0.0:" + port})
+			}
 		}
 	} else {
 		for _, a := range s.addresses() {
-			network := "tcp4"
+			f, network := v1.IPv4Protocol, "tcp4"
 			if a.Is6() {
-				network = "tcp6"
+				f, network = v1.IPv6Protocol, "tcp6"
 			}
-			eps = append(eps, endpoint{network, net.JoinHostPort(a.String(), port)})
-		}
-		if len(eps) == 0 {
-			return errors.New("no node port address to listen on")
+			if slices.Contains(s.families, f) {
+				eps = append(eps, endpoint{f, network, net.JoinHostPort(a.String(), port)})
+			}
 		}
 	}
-	handler := serviceHealthHandler{name: n, s: s}
+	if len(eps) == 0 {
+		return errors.New("no node port address to listen on")
+	}
 	for _, ep := range eps {
+		handler := serviceHealthHandler{name: n, family: ep.family, s: s}
 		l, err := s.listen(ep.network, ep.address)
 		if err != nil {
 			svc.close()
@@ -181,8 +199,9 @@ func (svc *serviceHealth) close() {
 }
 
 type serviceHealthHandler struct {
-	name types.NamespacedName
-	s    *ServiceHealthServers
+	name   types.NamespacedName
+	family v1.IPFamily
+	s      *ServiceHealthServers
 }
 
 // ServeHTTP answers as kube-proxy's hcHandler, byte for byte.
@@ -191,7 +210,7 @@ func (h serviceHealthHandler) ServeHTTP(w http.ResponseWriter, _ *http.Request) 
 	svc, ok := h.s.services[h.name]
 	count := 0
 	if ok {
-		count = svc.endpoints
+		count = svc.endpoints.Of(h.family)
 	}
 	h.s.mu.RUnlock()
 	if !ok {

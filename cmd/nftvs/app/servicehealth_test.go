@@ -7,12 +7,14 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -46,12 +48,16 @@ func check(name, port string, local int) proxier.ServiceHealth {
 	ns, n, _ := strings.Cut(name, "/")
 	p := 0
 	fmt.Sscan(port, &p)
-	return proxier.ServiceHealth{Name: proxier.ServicePortName{Namespace: ns, Name: n, Port: "http"}, NodePort: p, LocalEndpoints: local}
+	return proxier.ServiceHealth{Name: proxier.ServicePortName{Namespace: ns, Name: n, Port: "http"}, NodePort: p, LocalEndpoints: proxier.FamilyCount{IPv4: local}}
 }
 
 func healthCheck(port int) (int, string, string, error) {
+	return healthCheckAt("127.0.0.1", port)
+}
+
+func healthCheckAt(host string, port int) (int, string, string, error) {
 	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+	resp, err := c.Get(fmt.Sprintf("http://%s/", net.JoinHostPort(host, fmt.Sprint(port))))
 	if err != nil {
 		return 0, "", "", err
 	}
@@ -66,7 +72,7 @@ func TestServiceHealthServers(t *testing.T) {
 	loopback := func() []netip.Addr { return []netip.Addr{netip.MustParseAddr("127.0.0.1")} }
 	var unhealthy atomic.Bool
 	rec := &fakeRecorder{}
-	s := NewServiceHealthServers("node-a", rec, loopback, false, func() bool { return !unhealthy.Load() })
+	s := NewServiceHealthServers("node-a", rec, loopback, []v1.IPFamily{v1.IPv4Protocol}, func() bool { return !unhealthy.Load() })
 	defer s.Close()
 	p1, p2 := freePort(t), freePort(t)
 
@@ -126,19 +132,70 @@ func TestServiceHealthServers(t *testing.T) {
 
 func TestServiceHealthListensEverywhereByDefault(t *testing.T) {
 	var got []string
-	s := NewServiceHealthServers("n", nil, nil, true, nil)
+	s := NewServiceHealthServers("n", nil, nil, []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}, nil)
+	s.listen = func(network, address string) (net.Listener, error) {
+		got = append(got, network+" "+address)
+		return &fakeListener{}, nil
+	}
+	s.Sync([]proxier.ServiceHealth{check("a/b", "32000", 1)})
+	if !slices.Equal(got, []string{"tcp4 0.0.0.0:32000", "tcp6 [::]:32000"}) {
+		t.Errorf("dual-stack listens %q, want tcp4 0.0.0.0:32000 and tcp6 [::]:32000 (one socket per family, as kube-proxy)", got)
+	}
+	s.Close()
 	s.listen = func(network, address string) (net.Listener, error) {
 		got = append(got, network+" "+address)
 		return nil, errors.New("not listening in this test")
 	}
-	s.Sync([]proxier.ServiceHealth{check("a/b", "32000", 1)})
-	if len(got) != 1 || got[0] != "tcp :32000" {
-		t.Errorf("dual-stack listens %q, want one tcp :32000", got)
-	}
 	got = nil
-	s.dualStack = false
+	s.families = []v1.IPFamily{v1.IPv4Protocol}
 	s.Sync([]proxier.ServiceHealth{check("a/b", "32000", 1)})
 	if len(got) != 1 || got[0] != "tcp4 0.0.0.0:32000" {
 		t.Errorf("IPv4-only listens %q", got)
+	}
+}
+
+// fakeListener accepts nothing until closed.
+type fakeListener struct{ closed chan struct{} }
+
+func (l *fakeListener) Accept() (net.Conn, error) {
+	if l.closed == nil {
+		l.closed = make(chan struct{})
+	}
+	<-l.closed
+	return nil, net.ErrClosed
+}
+func (l *fakeListener) Close() error   { return nil }
+func (l *fakeListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+// A dual-stack pod is one local endpoint in each family, as kube-proxy
+// counts it (one proxier and health check server per family): the
+// health check node port answers 1 over IPv4 and 1 over IPv6, and a
+// family with no local endpoint answers 503 there. Before, one server
+// answered 2 over both.
+func TestServiceHealthCountsEachFamilyOnItsOwn(t *testing.T) {
+	if l, err := net.Listen("tcp6", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	} else {
+		l.Close()
+	}
+	s := NewServiceHealthServers("n", nil, nil, []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}, nil)
+	defer s.Close()
+	port := freePort(t)
+	web := check("ns/web", fmt.Sprint(port), 0)
+	web.LocalEndpoints = proxier.FamilyCount{IPv4: 1, IPv6: 1}
+	s.Sync([]proxier.ServiceHealth{web})
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		code, body, weight, err := healthCheckAt(host, port)
+		if err != nil || code != 200 || !strings.Contains(body, `"localEndpoints": 1,`) || weight != "1" {
+			t.Errorf("over %s: %v %d weight %q %q; want 200 with 1 local endpoint", host, err, code, weight, body)
+		}
+	}
+	web.LocalEndpoints = proxier.FamilyCount{IPv4: 2}
+	s.Sync([]proxier.ServiceHealth{web})
+	if code, body, _, err := healthCheckAt("::1", port); err != nil || code != 503 || !strings.Contains(body, `"localEndpoints": 0,`) {
+		t.Errorf("over IPv6 with IPv4 endpoints only: %v %d %q; want 503 with 0", err, code, body)
+	}
+	if code, _, weight, err := healthCheckAt("127.0.0.1", port); err != nil || code != 200 || weight != "2" {
+		t.Errorf("over IPv4 with 2: %v %d weight %q", err, code, weight)
 	}
 }

@@ -16,10 +16,10 @@ import (
 	netutils "k8s.io/utils/net"
 )
 
-// FieldError is one invalid setting, named by its field in the
+// ConfigFieldError is one invalid setting, named by its field in the
 // KubeProxyConfiguration file (JSON path, "ipvs.syncPeriod") and, when the
 // command line set it, by its flag.
-type FieldError struct {
+type ConfigFieldError struct {
 	Field  string
 	Value  any // nil: not shown
 	Detail string
@@ -71,7 +71,7 @@ var flagOnly = map[string]bool{"companion": true, "ipvsGracefulTerminationPeriod
 
 // name is how the error names the setting: the flag without a config
 // file (or for flag-only settings), the field with one.
-func (e FieldError) name(fromFile bool) string {
+func (e ConfigFieldError) name(fromFile bool) string {
 	base, _, _ := strings.Cut(e.Field, "[")
 	flag, ok := flagOfField[base]
 	if ok && (!fromFile || flagOnly[base]) {
@@ -80,10 +80,10 @@ func (e FieldError) name(fromFile bool) string {
 	return e.Field
 }
 
-// FieldErrors are every invalid setting found.
-type FieldErrors []FieldError
+// ConfigFieldErrors are every invalid setting found.
+type ConfigFieldErrors []ConfigFieldError
 
-func (errs FieldErrors) render(file string) error {
+func (errs ConfigFieldErrors) render(file string) error {
 	lines := make([]string, len(errs))
 	for i, e := range errs {
 		s := e.name(file != "") + ": " + e.Detail
@@ -102,11 +102,11 @@ func (errs FieldErrors) render(file string) error {
 // schedulerName is what an IPVS scheduler module name can be (ip_vs_<name>).
 var schedulerName = regexp.MustCompile(`^[a-z0-9_]+$`)
 
-// fieldErrors collects FieldErrors.
-type fieldErrors struct{ errs FieldErrors }
+// fieldErrors collects ConfigFieldErrors.
+type fieldErrors struct{ errs ConfigFieldErrors }
 
 func (e *fieldErrors) add(field string, value any, detail string) {
-	e.errs = append(e.errs, FieldError{Field: field, Value: value, Detail: detail})
+	e.errs = append(e.errs, ConfigFieldError{Field: field, Value: value, Detail: detail})
 }
 
 // Validate checks a defaulted configuration as kube-proxy 1.36 does in
@@ -114,7 +114,7 @@ func (e *fieldErrors) add(field string, value any, detail string) {
 // do: any mode but ipvs, interface names the kernel would refuse.
 // logging is the feature gate the logging configuration is checked
 // against (nil: the gates' defaults).
-func Validate(c *v1alpha1.KubeProxyConfiguration, logging featuregate.FeatureGate) FieldErrors {
+func Validate(c *v1alpha1.KubeProxyConfiguration, logging featuregate.FeatureGate) ConfigFieldErrors {
 	var e fieldErrors
 	if c.Mode != "ipvs" && c.Mode != "" {
 		e.add("mode", c.Mode, `nftvs implements IPVS mode only: must be "ipvs" or empty`)
@@ -129,7 +129,7 @@ func Validate(c *v1alpha1.KubeProxyConfiguration, logging featuregate.FeatureGat
 	validateClientAndServers(&e, c)
 	validateDetectLocal(&e, c)
 	for _, fe := range logsapi.Validate(&c.Logging, logging, nil) {
-		e.errs = append(e.errs, FieldError{Field: "logging." + fe.Field, Detail: fe.Detail})
+		e.errs = append(e.errs, ConfigFieldError{Field: "logging." + fe.Field, Detail: fe.Detail})
 	}
 	return e.errs
 }
@@ -244,60 +244,60 @@ func validateDetectLocal(e *fieldErrors, c *v1alpha1.KubeProxyConfiguration) {
 }
 
 // validateOptions checks nftvs's own flags.
-func validateOptions(o *Options) FieldErrors {
-	var errs FieldErrors
+func validateOptions(o *Options) ConfigFieldErrors {
+	var errs ConfigFieldErrors
 	if o.Companion != Companion {
-		errs = append(errs, FieldError{Field: "companion", Value: o.Companion,
+		errs = append(errs, ConfigFieldError{Field: "companion", Value: o.Companion,
 			Detail: `the only companion nftvs implements is "nft" (one nftables table in place of iptables and ipset)`})
 	}
 	if o.GracefulTerminationPeriod < 0 {
-		errs = append(errs, FieldError{Field: "ipvsGracefulTerminationPeriod", Value: o.GracefulTerminationPeriod,
+		errs = append(errs, ConfigFieldError{Field: "ipvsGracefulTerminationPeriod", Value: o.GracefulTerminationPeriod,
 			Detail: "must be 0 (until the connections end) or positive"})
 	}
 	return errs
 }
 
-func validateHostPort(input, field string) FieldErrors {
+func validateHostPort(input, field string) ConfigFieldErrors {
 	host, port, err := net.SplitHostPort(input)
 	if err != nil {
-		return FieldErrors{{Field: field, Value: input, Detail: "must be IP:port"}}
+		return ConfigFieldErrors{{Field: field, Value: input, Detail: "must be IP:port"}}
 	}
-	var errs FieldErrors
+	var errs ConfigFieldErrors
 	if netutils.ParseIPSloppy(host) == nil {
-		errs = append(errs, FieldError{Field: field, Value: host, Detail: "must be a valid IP"})
+		errs = append(errs, ConfigFieldError{Field: field, Value: host, Detail: "must be a valid IP"})
 	}
 	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		errs = append(errs, FieldError{Field: field, Value: port, Detail: "must be a valid port"})
+		errs = append(errs, ConfigFieldError{Field: field, Value: port, Detail: "must be a valid port"})
 	}
 	return errs
 }
 
-func validateInterface(name, field string, maxLen int) FieldErrors {
+func validateInterface(name, field string, maxLen int) ConfigFieldErrors {
 	switch {
 	case name == "":
-		return FieldErrors{{Field: field, Detail: "must not be empty"}}
+		return ConfigFieldErrors{{Field: field, Detail: "must not be empty"}}
 	case len(name) > maxLen:
-		return FieldErrors{{Field: field, Value: name, Detail: fmt.Sprintf("must be at most %d bytes long", maxLen)}}
+		return ConfigFieldErrors{{Field: field, Value: name, Detail: fmt.Sprintf("must be at most %d bytes long", maxLen)}}
 	}
 	return nil
 }
 
-func validateDualStackCIDRs(cidrs []string, field string) FieldErrors {
+func validateDualStackCIDRs(cidrs []string, field string) ConfigFieldErrors {
 	pair := "must be a either a single CIDR or dual-stack pair of CIDRs (e.g. [10.100.0.0/16, fde4:8dba:82e1::/48]"
 	switch {
 	case len(cidrs) > 2:
-		return FieldErrors{{Field: field, Value: strings.Join(cidrs, ","), Detail: pair}}
+		return ConfigFieldErrors{{Field: field, Value: strings.Join(cidrs, ","), Detail: pair}}
 	}
-	var errs FieldErrors
+	var errs ConfigFieldErrors
 	for i, s := range cidrs {
 		if _, _, err := netutils.ParseCIDRSloppy(strings.TrimSpace(s)); err != nil {
-			errs = append(errs, FieldError{Field: fmt.Sprintf("%s[%d]", field, i), Value: s,
+			errs = append(errs, ConfigFieldError{Field: fmt.Sprintf("%s[%d]", field, i), Value: s,
 				Detail: "must be a valid CIDR block (e.g. 10.100.0.0/16 or fde4:8dba:82e1::/48)"})
 		}
 	}
 	if len(errs) == 0 && len(cidrs) == 2 {
 		if dual, err := netutils.IsDualStackCIDRStrings(cidrs); err == nil && !dual {
-			errs = append(errs, FieldError{Field: field, Value: strings.Join(cidrs, ","), Detail: pair})
+			errs = append(errs, ConfigFieldError{Field: field, Value: strings.Join(cidrs, ","), Detail: pair})
 		}
 	}
 	return errs

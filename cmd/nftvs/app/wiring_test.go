@@ -95,7 +95,7 @@ func newFakeNode(t *testing.T, args ...string) *fakeNode {
 	pcfg.Node.IPs = addrs("192.168.0.10")
 	pcfg.NodePortAddresses = func() ([]netip.Addr, error) { return addrs("192.168.0.10"), nil }
 	f.p = proxier.New(pcfg, k)
-	f.p.SetSynced(true, true)
+	f.p.SetSynced()
 	return f
 }
 
