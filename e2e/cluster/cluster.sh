@@ -230,6 +230,7 @@ NODE_CONTAINERD=$ctrd
 NODE_IMAGES=$images
 NODE_PROXY=$proxy
 NODE_COUNT=$nodes
+NODE_STACK=$stack
 NODE_MAX_SECONDS=${NFTVS_NODE_TIMEOUT:-3600}
 ENV
 log "booting the VM with $nodes nodes (run directory $dir)"
