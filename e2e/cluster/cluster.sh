@@ -27,7 +27,9 @@
 # (use the cache as it is, build nothing), NFTVS_NODE_DIR (run directory,
 # default a new /tmp dir), NFTVS_NODE_TIMEOUT (seconds the VM may live,
 # default 3600), NFTVS_NODE_MEM (guest MiB, default 2048 + 1024 a node),
-# NFTVS_KERNEL.
+# NFTVS_KERNEL, NFTVS_CLUSTER_STACK (ipv4, the default, or dual: IPv4 and
+# IPv6 pod and Service CIDRs, nodes with an address of each family, as
+# upstream's dual-stack kind job builds its cluster).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -76,6 +78,21 @@ ip tuntap add dev tap0 mode tap
 ip addr add 172.18.0.100/24 dev tap0
 ip link set tap0 up
 nodes=${NFTVS_NODES:-3}
+# The cluster's address plan (guest.sh has the nodes' side of it).
+stack=${NFTVS_CLUSTER_STACK:-ipv4}
+case $stack in
+  ipv4)
+    service_cidrs=10.96.0.0/16 pod_cidrs=10.244.0.0/16
+    node_cidr_masks=(--node-cidr-mask-size 24)
+    ;;
+  dual)
+    service_cidrs=10.96.0.0/16,fd00:10:96::/112 pod_cidrs=10.244.0.0/16,fd00:10:244::/56
+    node_cidr_masks=(--node-cidr-mask-size-ipv4 24 --node-cidr-mask-size-ipv6 64)
+    # nodad: the address is usable at once (no duplicate on this link).
+    ip -6 addr add fd00:18::100/64 dev tap0 nodad
+    ;;
+  *) echo "cluster.sh: NFTVS_CLUSTER_STACK: ipv4 or dual, not $stack" >&2; exit 2 ;;
+esac
 
 log() { printf 'cluster [%s]: %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -143,7 +160,7 @@ start kube-apiserver "$bin/kube-apiserver" --etcd-servers http://127.0.0.1:2379 
   --cert-dir "$dir/certs" --token-auth-file "$dir/tokens.csv" \
   --service-account-key-file "$dir/sa.key" --service-account-signing-key-file "$dir/sa.key" \
   --service-account-issuer https://kubernetes.default.svc \
-  --service-cluster-ip-range 10.96.0.0/16 --authorization-mode Node,RBAC \
+  --service-cluster-ip-range "$service_cidrs" --authorization-mode Node,RBAC \
   --allow-privileged=true --kubelet-preferred-address-types InternalIP
 kubectl() { "$bin/kubectl" "$@"; }
 for _ in $(seq 1 120); do
@@ -159,8 +176,8 @@ log "kube-apiserver ready"
 [ ! -x "$bin/kube-controller-manager" ] || start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$dir/admin.kubeconfig" \
   --service-account-private-key-file "$dir/sa.key" --root-ca-file "$dir/certs/apiserver.crt" \
   --use-service-account-credentials --leader-elect=false \
-  --allocate-node-cidrs --cluster-cidr 10.244.0.0/16 --node-cidr-mask-size 24 \
-  --service-cluster-ip-range 10.96.0.0/16 --bind-address 127.0.0.1
+  --allocate-node-cidrs --cluster-cidr "$pod_cidrs" "${node_cidr_masks[@]}" \
+  --service-cluster-ip-range "$service_cidrs" --bind-address 127.0.0.1
 [ ! -x "$bin/kube-scheduler" ] || start kube-scheduler "$bin/kube-scheduler" --kubeconfig "$dir/admin.kubeconfig" \
   --leader-elect=false --bind-address 127.0.0.1
 
@@ -198,7 +215,7 @@ apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: ipvs
 clientConnection: {kubeconfig: $dir/node.kubeconfig}
-clusterCIDR: 10.244.0.0/16
+clusterCIDR: $pod_cidrs
 detectLocalMode: ClusterCIDR
 healthzBindAddress: 0.0.0.0:10256
 metricsBindAddress: 127.0.0.1:10249
@@ -213,6 +230,7 @@ NODE_CONTAINERD=$ctrd
 NODE_IMAGES=$images
 NODE_PROXY=$proxy
 NODE_COUNT=$nodes
+NODE_STACK=$stack
 NODE_MAX_SECONDS=${NFTVS_NODE_TIMEOUT:-3600}
 ENV
 log "booting the VM with $nodes nodes (run directory $dir)"
@@ -232,11 +250,20 @@ kubectl get nodes -o wide -L topology.kubernetes.io/zone || exit 1
 [ "$(ready)" -ge "$nodes" ] || { log "not every node is Ready"; exit 1; }
 log "$nodes nodes Ready $(($(date +%s) - t)) s after boot started"
 # This namespace (the API server's pods/proxy, the e2e tests) reaches
-# the pods by the same routes the nodes use (guest.sh).
-kubectl get nodes -o jsonpath='{range .items[*]}{.spec.podCIDR} {.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}' |
-  while read -r cidr ip; do ip route replace "$cidr" via "$ip"; done
+# the pods by the same routes the nodes use (guest.sh): each pod CIDR
+# (one per family) via the node's address of its family.
+samefamily() { [[ ($1 == *:* && $2 == *:*) || ($1 != *:* && $2 != *:*) ]]; }
+kubectl get nodes -o jsonpath='{range .items[*]}{.spec.podCIDRs[*]} {.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}' |
+  while read -r -a f; do
+    for cidr in "${f[@]}"; do
+      [[ $cidr == */* ]] || continue
+      for ip in "${f[@]}"; do
+        [[ $ip == */* ]] || ! samefamily "$cidr" "$ip" || ip route replace "$cidr" via "$ip"
+      done
+    done
+  done
 
-export NFTVS_NODE_DIR=$dir NFTVS_NODE_PROXY=$proxy NFTVS_NODE_BIN=$bin
+export NFTVS_NODE_DIR=$dir NFTVS_NODE_PROXY=$proxy NFTVS_NODE_BIN=$bin NFTVS_CLUSTER_STACK=$stack NFTVS_CLUSTER_POD_CIDRS=$pod_cidrs
 # Cluster DNS (CoreDNS as kubeadm deploys it): created now, Ready once a
 # proxy runs: here for kube-proxy, after the install for nftvs
 # (install-nftvs.sh).

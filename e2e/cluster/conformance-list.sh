@@ -43,7 +43,10 @@ names "$(join "$here/conformance-focus.txt")" "$(join "$here/conformance-skip.tx
     echo "| \`$p\` | $(wc -l <"$work/part-$p") |"
     [ "$p" = other ] || skip+=("$here/conformance-part-$p.txt")
   done
-  for p in $all_parts; do
+  # Part dual: its own focus and the dual job's skip, on its own cluster.
+  names "$(join "$here/conformance-part-dual.txt")" "$(join "$here/conformance-skip-dual.txt")" | sort >"$work/part-dual"
+  echo "| \`dual\` (dual-stack cluster) | $(wc -l <"$work/part-dual") |"
+  for p in $all_parts dual; do
     echo
     echo "## Part \`$p\`"
     echo

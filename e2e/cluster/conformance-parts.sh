@@ -7,7 +7,8 @@
 #
 # A test belongs to the first part, in the order of $all_parts, whose
 # focus file matches it: the parts never overlap, and "other" is the rest
-# of the selection.
+# of the selection. Part "dual" runs alone, on a dual-stack cluster
+# (conformance.sh starts one for it).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=$1 budget=$2
@@ -27,12 +28,17 @@ for part in "$@"; do
     continue
   fi
   mkdir -p "$out/$part"
-  # Skip: the selection's skip list and every part before this one.
-  cp "$here/conformance-skip.txt" "$out/$part/skip.txt"
-  for p in $all_parts; do
-    [ "$p" != "$part" ] || break
-    cat "$here/conformance-part-$p.txt" >>"$out/$part/skip.txt"
-  done
+  # Skip: the selection's skip list and every part before this one
+  # (part dual, on its own dual-stack cluster: the dual job's skip list).
+  if [ "$part" = dual ]; then
+    cp "$here/conformance-skip-dual.txt" "$out/$part/skip.txt"
+  else
+    cp "$here/conformance-skip.txt" "$out/$part/skip.txt"
+    for p in $all_parts; do
+      [ "$p" != "$part" ] || break
+      cat "$here/conformance-part-$p.txt" >>"$out/$part/skip.txt"
+    done
+  fi
   focus=$here/conformance-part-$part.txt
   [ "$part" != other ] || focus=$here/conformance-focus.txt
   if [ "$part" = disruptive ] && [ "$NFTVS_NODE_PROXY" = nftvs ]; then

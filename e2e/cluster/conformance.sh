@@ -18,7 +18,8 @@
 #
 # Environment: NFTVS_CONFORMANCE_PROXIES (default "kube-proxy nftvs"),
 # NFTVS_CONFORMANCE_PARTS (which parts, in that order; default
-# "conformance services granular other slow disruptive"),
+# "conformance services granular other slow disruptive dual"; part dual
+# runs last, on a dual-stack cluster of its own),
 # NFTVS_CONFORMANCE_PARALLEL=1 (both clusters at once, each in its own
 # network namespace and VM), NFTVS_CONFORMANCE_BUDGET (minutes of
 # e2e.test per proxy, default 600: what is not reached in time is not in
@@ -31,7 +32,7 @@ mkdir -p "$out/logs"
 export PATH=/usr/local/go/bin:$PATH
 work=$(mktemp -d /var/tmp/nftvs-conformance.XXXXXX)
 budget=${NFTVS_CONFORMANCE_BUDGET:-600}
-all_parts="conformance services granular other slow disruptive"
+all_parts="conformance services granular other slow disruptive dual"
 parts=${NFTVS_CONFORMANCE_PARTS:-$all_parts}
 for part in $parts; do
   case " $all_parts " in *" $part "*) ;; *) echo "conformance: NFTVS_CONFORMANCE_PARTS: unknown part $part" >&2; exit 2 ;; esac
@@ -40,12 +41,21 @@ proxies=${NFTVS_CONFORMANCE_PROXIES:-kube-proxy nftvs}
 echo "conformance: work directory $work"
 
 run() { # PROXY: one cluster, the parts in order; its output in $work/PROXY.log
-  local proxy=$1 t
+  local proxy=$1 t st=0 v4parts
   t=$(date +%s)
-  # shellcheck disable=SC2086 # the parts are words
-  NFTVS_NODE_DIR=$work/$proxy-cluster NFTVS_NODE_TIMEOUT=${NFTVS_NODE_TIMEOUT:-$((budget * 60 + 1800))} \
-    "$here/cluster.sh" -p "$proxy" -k "$here/conformance-parts.sh" "$work/$proxy" "$budget" $parts >"$work/$proxy.log" 2>&1
-  local st=$?
+  # Part dual needs a dual-stack cluster of its own, after the others.
+  v4parts=$(echo " $parts " | sed 's/ dual / /')
+  if [ -n "${v4parts// /}" ]; then
+    # shellcheck disable=SC2086 # the parts are words
+    NFTVS_NODE_DIR=$work/$proxy-cluster NFTVS_NODE_TIMEOUT=${NFTVS_NODE_TIMEOUT:-$((budget * 60 + 1800))} \
+      "$here/cluster.sh" -p "$proxy" -k "$here/conformance-parts.sh" "$work/$proxy" "$budget" $v4parts >"$work/$proxy.log" 2>&1 || st=1
+  fi
+  case " $parts " in
+    *" dual "*)
+      NFTVS_CLUSTER_STACK=dual NFTVS_NODE_DIR=$work/$proxy-dual-cluster NFTVS_NODE_TIMEOUT=${NFTVS_NODE_TIMEOUT:-$((budget * 60 + 1800))} \
+        "$here/cluster.sh" -p "$proxy" -k "$here/conformance-parts.sh" "$work/$proxy" "$budget" dual >>"$work/$proxy.log" 2>&1 || st=1
+      ;;
+  esac
   echo "$(($(date +%s) - t))" >"$work/$proxy.secs"
   return $st
 }

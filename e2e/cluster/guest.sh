@@ -12,6 +12,9 @@
 #   172.18.0.100  control plane (host, tap0)      172.18.0.1   this VM's root
 #   172.18.0.11   node-1, zone-a                  172.18.0.12  node-2, zone-b
 #   172.18.0.13   node-3, zone-c                  ...
+# With NODE_STACK=dual each also has fd00:18::N on the same link (the
+# same last number: fd00:18::100, fd00:18::1, fd00:18::11, ...), and
+# every pod an address of each family.
 #
 # Once the controller manager has given every node a pod CIDR, this
 # script writes each node's CNI configuration (bridge, host-local IPAM
@@ -24,7 +27,7 @@
 # shared writable: config in, logs and state out. Its guest.env sets
 # NODE_BIN (kubelet, kubectl), NODE_CONTAINERD (containerd,
 # ctr, shim), NODE_IMAGES (OCI tarballs to import), NODE_PROXY
-# (nftvs|kube-proxy), NODE_COUNT, NODE_MAX_SECONDS.
+# (nftvs|kube-proxy), NODE_COUNT, NODE_STACK (ipv4|dual), NODE_MAX_SECONDS.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 t0=$(date +%s)
@@ -58,6 +61,9 @@ ip link set eth0 master nodes
 ip link set eth0 up
 ip link set nodes up
 ip addr add 172.18.0.1/24 dev nodes
+dual=0
+[ "${NODE_STACK:-ipv4}" != dual ] || dual=1
+[ "$dual" = 0 ] || ip -6 addr add fd00:18::1/64 dev nodes nodad
 # This namespace only switches frames between the nodes; the nodes'
 # own netfilter (their proxies) sees their traffic, this one must not.
 sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0
@@ -105,9 +111,16 @@ for i in $(seq 1 "$NODE_COUNT"); do
   ip -n "$name" addr add "$ip/24" dev eth0
   ip -n "$name" route add default via 172.18.0.1
   # What a node's kernel needs for a proxy and the bridge CNI (these are
-  # per network namespace).
+  # per network namespace). IPv6 forwarding is the node's own setting,
+  # as on kind's nodes: neither proxy turns it on.
   ip netns exec "$name" sysctl -qw net.ipv4.ip_forward=1 \
     net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1
+  if [ "$dual" = 1 ]; then
+    ip -n "$name" addr add "fd00:18::$((10 + i))/64" dev eth0 nodad
+    ip -n "$name" -6 route add default via fd00:18::1
+    ip netns exec "$name" sysctl -qw net.ipv6.conf.all.forwarding=1
+    ip="$ip,fd00:18::$((10 + i))"
+  fi
   mkdir -p "/var/lib/nftvs-nodes/$name/net.d" "/sys/fs/cgroup/$name"
   # The node's containerd state: the imported one, hard-linked, with its
   # own copies of the bolt databases containerd writes.
@@ -140,19 +153,27 @@ state "nodes started"
 
 # --- pod CIDRs: CNI configurations and routes ----------------------------------
 # The controller manager gives each registered node a /24 of
-# 10.244.0.0/16; each node's CNI configuration needs it, and every node
-# routes every other node's pod CIDR to that node (same bridge).
+# 10.244.0.0/16 (dual: and a /64 of fd00:10:244::/56); each node's CNI
+# configuration needs them, and every node routes every other node's pod
+# CIDRs to that node (same bridge).
 deadline=$((t0 + 900))
 while :; do
   kill -0 "${waiter[node-1]}" 2>/dev/null || fail "node-1 stopped (logs/node-1.log)"
-  cidrs=$(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name} {.spec.podCIDR} {.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}' 2>/dev/null |
-    awk 'NF == 3')
+  # NAME CIDR4 IP4 (dual: NAME CIDR4 CIDR6 IP4 IP6; both lists are in
+  # the order of the flags, IPv4 first).
+  cidrs=$(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name} {.spec.podCIDRs[*]} {.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}' 2>/dev/null |
+    awk -v n=$((3 + 2 * dual)) 'NF == n')
   [ "$(echo "$cidrs" | grep -c .)" -ge "$NODE_COUNT" ] && break
   [ "$(date +%s)" -lt "$deadline" ] || fail "nodes without pod CIDRs: [$cidrs]"
   sleep 3
 done
 echo "$cidrs" >"$NODE_DIR/pod-cidrs"
-while read -r name cidr ip; do
+while read -r name cidr cidr6 ip ip6; do
+  if [ "$dual" = 0 ]; then ip=$cidr6 cidr6=''; fi
+  ranges="[{\"subnet\": \"$cidr\"}]" routes='{"dst": "0.0.0.0/0"}'
+  if [ "$dual" = 1 ]; then
+    ranges="$ranges, [{\"subnet\": \"$cidr6\"}]" routes="$routes, {\"dst\": \"::/0\"}"
+  fi
   cat >"/var/lib/nftvs-nodes/$name/net.d/10-nftvs-node.conflist" <<JSON
 {
   "cniVersion": "0.4.0",
@@ -161,16 +182,19 @@ while read -r name cidr ip; do
     {
       "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
       "hairpinMode": true,
-      "ipam": {"type": "host-local", "ranges": [[{"subnet": "$cidr"}]],
-               "routes": [{"dst": "0.0.0.0/0"}]}
+      "ipam": {"type": "host-local", "ranges": [$ranges],
+               "routes": [$routes]}
     },
     {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
 }
 JSON
   ip route replace "$cidr" via "$ip"
-  while read -r other _ _; do
-    [ "$other" = "$name" ] || ip -n "$other" route replace "$cidr" via "$ip"
+  [ "$dual" = 0 ] || ip route replace "$cidr6" via "$ip6"
+  while read -r other _; do
+    [ "$other" = "$name" ] && continue
+    ip -n "$other" route replace "$cidr" via "$ip"
+    [ "$dual" = 0 ] || ip -n "$other" route replace "$cidr6" via "$ip6"
   done <<<"$cidrs"
 done <<<"$cidrs"
 state "pod CIDRs routed: $(echo "$cidrs" | tr '\n' ';')"

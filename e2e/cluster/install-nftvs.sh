@@ -14,7 +14,14 @@ kubectl() { "$NFTVS_NODE_BIN/kubectl" "$@"; }
 t0=$(date +%s)
 dir=$here/deploy app=nftvs
 if [ "${NFTVS_INSTALL_AS:-}" = kube-proxy ]; then dir=$here/deploy-as-kube-proxy app=kube-proxy; fi
-kubectl apply -k "$dir"
+if [ "${NFTVS_CLUSTER_STACK:-ipv4}" = dual ]; then
+  # The one setting a dual-stack cluster changes: clusterCIDR lists the
+  # pod CIDR of each family (as kube-proxy's does there, cluster.sh).
+  kubectl kustomize "$dir" |
+    sed "s#clusterCIDR: 10.244.0.0/16\$#clusterCIDR: $NFTVS_CLUSTER_POD_CIDRS#" | kubectl apply -f -
+else
+  kubectl apply -k "$dir"
+fi
 if ! kubectl -n kube-system rollout status ds/nftvs --timeout=600s ||
   ! kubectl -n kube-system wait --for=condition=Ready pod -l k8s-app=$app --timeout=300s; then
   kubectl -n kube-system describe pods -l k8s-app=$app | tail -40

@@ -97,17 +97,25 @@ all_seen() { local b; for b in $backends; do case " $1 " in *" $b "*) ;; *) retu
 
 # Inside the client pod, in one exec (an exec costs seconds under
 # emulation): 10 requests to each URL, the answers as "N ANSWER" lines
-# (N: the URL's position), bounded by curl's timeout.
+# (N: the URL's position), bounded by curl's timeout. Up to 10 tries:
+# on a starved node a backend's readiness probe can time out, and both
+# proxies then take it out of the Service until it is Ready again (seen
+# under kube-proxy on 6 December: one backend answered every request).
 kubectl -n lane exec client -- cat /etc/resolv.conf | grep -q '^nameserver 10.96.0.10' || fail "client's resolv.conf does not name 10.96.0.10"
 step "pod on node-1 → pods on node-2: ClusterIP $cip:80 by IP and by name (cluster DNS through the proxy), and the source IP seen"
-answers=$(kubectl -n lane exec client -- sh -c '
-  n=0
-  for url in "$@"; do
-    n=$((n + 1))
-    for i in $(seq 1 10); do echo "$n $(curl -s --max-time 3 "$url")"; done
-  done' sh "http://$cip/hostname" "http://$cip/clientip" "http://backend.lane.svc.cluster.local/hostname" 2>/dev/null || true)
 seen() { awk -v n="$1" '$1 == n && NF > 1 { print $2 }' <<<"$answers" | sort -u | tr '\n' ' '; }
-seen_ip=$(seen 1) seen_src=$(seen 2) seen_dns=$(seen 3)
+for try in $(seq 1 10); do
+  answers=$(kubectl -n lane exec client -- sh -c '
+    n=0
+    for url in "$@"; do
+      n=$((n + 1))
+      for i in $(seq 1 10); do echo "$n $(curl -s --max-time 3 "$url")"; done
+    done' sh "http://$cip/hostname" "http://$cip/clientip" "http://backend.lane.svc.cluster.local/hostname" 2>/dev/null || true)
+  seen_ip=$(seen 1) seen_src=$(seen 2) seen_dns=$(seen 3)
+  all_seen "$seen_ip" && all_seen "$seen_dns" && break
+  step "try $try: ClusterIP answered by [$seen_ip], name by [$seen_dns]; ready: [$(kubectl -n lane get pods -l app=backend -o jsonpath='{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status} {end}')]"
+  sleep 5
+done
 all_seen "$seen_ip" || fail "ClusterIP: saw [$seen_ip], want [$backends]"
 step "ClusterIP ok: answered by $seen_ip"
 # netexec answers host:port; every answer must be the client pod's IP.

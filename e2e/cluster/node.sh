@@ -1,5 +1,5 @@
 #!/bin/bash
-# node.sh NAME IP ZONE: one Kubernetes node, PID 1 of its own PID
+# node.sh NAME IP[,IP6] ZONE: one Kubernetes node, PID 1 of its own PID
 # namespace, inside its own network, mount, UTS and cgroup namespaces
 # (made by guest.sh, as a container runtime makes kind's nodes): cgroup
 # v2 rooted at the node's cgroup, its own /run and state directories,
@@ -46,7 +46,7 @@ done
 # containerd's state, images already in it (guest.sh).
 mkdir -p /var/lib/containerd
 mount --bind "/var/lib/nftvs-nodes/store/$name" /var/lib/containerd || fail "containerd state"
-echo "$ip $name" >>/etc/hosts
+echo "${ip%%,*} $name" >>/etc/hosts
 
 stop() {
   say "stopping"
