@@ -89,8 +89,15 @@ func TestKernelReconciler(t *testing.T) {
 		if res, err := r.Resync(desired); err != nil || res.Writes.Total() != 0 || c.Writes().Total() != 0 {
 			t.Errorf("resync: %v, result %+v, counted %+v", err, res.Writes, c.Writes())
 		}
-		if want := 1 + len(desired); c.Reads() != want {
-			t.Errorf("resync read %d times, want %d (excluded virtual servers are not read)", c.Reads(), want)
+		// One list of virtual servers and one bulk read of real servers
+		// (/proc/net/ip_vs). A virtual server the bulk read missed is
+		// dumped alone: 6.1's reader skips records while another network
+		// namespace (an earlier test's, still being torn down) holds IPVS
+		// services, so only the upper bound is exact here;
+		// TestKernelAllRealServersAtScale checks the bulk read itself.
+		t.Logf("resync read %d times for %d virtual servers", c.Reads(), len(desired))
+		if most := 2 + len(desired); c.Reads() > most {
+			t.Errorf("resync read %d times, want at most %d", c.Reads(), most)
 		}
 		c.Reset()
 		if res, err := r.Apply(desired, nil); err != nil || res.Writes.Total() != 0 || c.Writes().Total() != 0 || c.Reads() != 0 {
