@@ -13,6 +13,7 @@ import (
 	mobyipvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 )
 
 // Kernel is the kernel's IPVS table over one generic netlink socket
@@ -24,9 +25,15 @@ type Kernel struct {
 	// netns is the namespace's path ("" for the caller's), for the proc
 	// file GetAllRealServers reads.
 	netns string
+	// batch is a second socket, for WriteBatch; nil if it could not be
+	// opened (WriteBatch then writes one at a time through h).
+	batch *genlConn
 }
 
-var _ Interface = (*Kernel)(nil)
+var (
+	_ Interface = (*Kernel)(nil)
+	_ Batcher   = (*Kernel)(nil)
+)
 
 // NewKernel opens IPVS in the network namespace at netnsPath ("" is the
 // calling thread's). The first call in a process runs `modprobe ip_vs`.
@@ -41,7 +48,11 @@ func NewKernel(netnsPath string) (*Kernel, error) {
 		h.Close()
 		return nil, fmt.Errorf("IPVS does not answer (is the ip_vs module available?): %w", err)
 	}
-	return &Kernel{h: h, netns: netnsPath}, nil
+	k := &Kernel{h: h, netns: netnsPath}
+	if k.batch, err = openGenl(netnsPath); err != nil {
+		klog.InfoS("Could not open the IPVS batch socket; IPVS writes go one at a time", "err", err)
+	}
+	return k, nil
 }
 
 // Close closes the netlink socket.
@@ -49,6 +60,9 @@ func (k *Kernel) Close() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.h.Close()
+	if k.batch != nil {
+		k.batch.Close()
+	}
 }
 
 func (k *Kernel) GetVirtualServers() ([]VirtualServer, error) {
