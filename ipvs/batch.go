@@ -405,21 +405,26 @@ func (k *Kernel) WriteBatch(reqs []Request) []error {
 func (c *Counting) WriteBatch(reqs []Request) []error {
 	c.count(func(w *WriteCounts) {
 		for _, r := range reqs {
-			switch r.Op {
-			case OpAddVirtualServer:
-				w.AddVirtualServer++
-			case OpUpdateVirtualServer:
-				w.UpdateVirtualServer++
-			case OpDeleteVirtualServer:
-				w.DeleteVirtualServer++
-			case OpAddRealServer:
-				w.AddRealServer++
-			case OpUpdateRealServer:
-				w.UpdateRealServer++
-			case OpDeleteRealServer:
-				w.DeleteRealServer++
-			}
+			w.count(r.Op)
 		}
 	})
 	return WriteBatch(c.Interface, reqs)
+}
+
+// count adds one write of kind op.
+func (w *WriteCounts) count(op Op) {
+	switch op {
+	case OpAddVirtualServer:
+		w.AddVirtualServer++
+	case OpUpdateVirtualServer:
+		w.UpdateVirtualServer++
+	case OpDeleteVirtualServer:
+		w.DeleteVirtualServer++
+	case OpAddRealServer:
+		w.AddRealServer++
+	case OpUpdateRealServer:
+		w.UpdateRealServer++
+	case OpDeleteRealServer:
+		w.DeleteRealServer++
+	}
 }
