@@ -55,3 +55,55 @@ func TestRequestWrap(t *testing.T) {
 		}
 	}
 }
+
+// batchingFake is a Fake that takes writes in batches, counting them.
+type batchingFake struct {
+	*Fake
+	batches int
+}
+
+func (b *batchingFake) WriteBatch(reqs []Request) []error {
+	b.batches++
+	return writeEach(b.Fake, reqs)
+}
+
+// TestReconcilerWritesInBatches: with a Batcher, a first sync of 250
+// Services × 3 real servers costs two batches per group of YieldBatch
+// (virtual servers, then real servers), and a refused real server is
+// redone alone as the one-at-a-time path does: EEXIST becomes a weight
+// update.
+func TestReconcilerWritesInBatches(t *testing.T) {
+	b := &batchingFake{Fake: NewFake()}
+	var services []Service
+	for i := range 250 {
+		k := VSKey{Address: netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}), Protocol: TCP, Port: 80}
+		services = append(services, svc(k, "rr", rs("10.0.1.1:8080", 1), rs("10.0.1.2:8080", 1), rs("10.0.1.3:8080", 2)))
+	}
+	// Someone else added one real server already, with another weight.
+	if err := b.AddVirtualServer(services[7].VirtualServer); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.AddRealServer(services[7].VSKey, rs("10.0.1.3:8080", 9)); err != nil {
+		t.Fatal(err)
+	}
+	b.ResetCounts()
+	r := NewReconciler(b, nil)
+	res, err := r.Apply(services, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.batches != 6 {
+		t.Errorf("%d batches, want 6 (3 groups × virtual servers, real servers)", b.batches)
+	}
+	// services[7]: its add says EEXIST, it is adopted, and its real
+	// servers are added, all but the one there already, which is updated;
+	// its scheduling, unknown once adopted, is set.
+	want := WriteCounts{AddVirtualServer: 250, UpdateVirtualServer: 1, AddRealServer: 749, UpdateRealServer: 1}
+	if res.Writes != want || b.Writes != want {
+		t.Errorf("result counted %+v, the fake %+v, want %+v", res.Writes, b.Writes, want)
+	}
+	if got, want := b.String(), Format(services); got != want {
+		t.Errorf("table:\n%s\nwant:\n%s", got, want)
+	}
+	checkCacheTruthful(t, r, b.Fake)
+}

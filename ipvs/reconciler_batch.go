@@ -18,12 +18,13 @@ import (
 // group's real server requests sent all the same; they are counted.
 
 // syncAll syncs services (sorted, valid) in groups that end where pace
-// yields; base is the pace index of the first one.
+// may yield (every YieldBatch), so a Yield never waits inside a group;
+// base is the pace index of the first one.
 func (r *Reconciler) syncAll(services []Service, base int, res *Result) []error {
 	var errs []error
 	start := 0
 	for i := range services {
-		if r.yields(base+i) && i > start {
+		if (base+i)%YieldBatch == 0 && i > start {
 			errs = append(errs, r.syncGroup(services[start:i], res)...)
 			start = i
 		}
@@ -33,11 +34,6 @@ func (r *Reconciler) syncAll(services []Service, base int, res *Result) []error 
 		errs = append(errs, r.syncGroup(services[start:], res)...)
 	}
 	return errs
-}
-
-// yields reports whether pace(i) calls Yield.
-func (r *Reconciler) yields(i int) bool {
-	return r.Yield != nil && i > 0 && i%YieldBatch == 0
 }
 
 func (r *Reconciler) syncGroup(group []Service, res *Result) []error {
@@ -167,7 +163,7 @@ func desiredRealServers(s Service) map[netip.AddrPort]RealServer {
 }
 
 // deleteAll deletes the cached virtual servers of keys (sorted) as delete
-// does one by one, in batches that end where pace yields; base is the
+// does one by one, in batches that end where pace may yield; base is the
 // pace index of the first key.
 func (r *Reconciler) deleteAll(keys []VSKey, base int, res *Result) []error {
 	var errs []error
@@ -188,7 +184,7 @@ func (r *Reconciler) deleteAll(keys []VSKey, base int, res *Result) []error {
 		reqs = reqs[:0]
 	}
 	for i, k := range keys {
-		if r.yields(base+i) && len(reqs) > 0 {
+		if (base+i)%YieldBatch == 0 && len(reqs) > 0 {
 			flush()
 		}
 		r.pace(base + i)
