@@ -17,8 +17,9 @@ import (
 )
 
 // Kernel is the kernel's IPVS table over one generic netlink socket
-// (github.com/moby/ipvs). The socket answers one request at a time, so
-// calls are serialised.
+// (github.com/moby/ipvs) for reads and single writes, and a second one for
+// WriteBatch (batch.go). Each socket answers one caller at a time, so
+// calls are serialised (mu).
 type Kernel struct {
 	mu sync.Mutex
 	h  *mobyipvs.Handle
