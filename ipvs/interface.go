@@ -35,7 +35,8 @@ type Interface interface {
 }
 
 // WriteCounts counts netlink write requests by kind, whether or not the
-// kernel accepted them: each is one round trip.
+// kernel accepted them: each is one round trip when sent alone, a share
+// of one when batched (WriteBatch).
 type WriteCounts struct {
 	AddVirtualServer    int
 	UpdateVirtualServer int

@@ -161,10 +161,7 @@ func (r *Reconciler) Apply(upserts []Service, deletes []VSKey) (Result, error) {
 	var res Result
 	ups, errs := sortedServices(upserts)
 	wanted := wantedKeys(upserts)
-	for i, s := range ups {
-		r.pace(i)
-		errs = append(errs, r.sync(s, &res)...)
-	}
+	errs = append(errs, r.syncAll(ups, 0, &res)...)
 	dels := make([]VSKey, 0, len(deletes))
 	for _, k := range deletes {
 		if !wanted[k.Key()] {
@@ -173,12 +170,7 @@ func (r *Reconciler) Apply(upserts []Service, deletes []VSKey) (Result, error) {
 	}
 	slices.SortFunc(dels, VSKey.Compare)
 	dels = slices.Compact(dels)
-	for i, k := range dels {
-		r.pace(len(ups) + i)
-		if err := r.delete(k, &res); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	errs = append(errs, r.deleteAll(dels, len(ups), &res)...)
 	sortRemoved(res.Removed)
 	return res, errors.Join(errs...)
 }
@@ -241,10 +233,7 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 	}
 	r.cache = cache
 
-	for i, s := range ups {
-		r.pace(len(kernel) + i)
-		errs = append(errs, r.sync(s, &res)...)
-	}
+	errs = append(errs, r.syncAll(ups, len(kernel), &res)...)
 	var stale []VSKey
 	for k := range r.cache {
 		if !wanted[k] {
@@ -256,12 +245,7 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 		stale = append(stale, k)
 	}
 	slices.SortFunc(stale, VSKey.Compare)
-	for i, k := range stale {
-		r.pace(len(kernel) + len(ups) + i)
-		if err := r.delete(k, &res); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	errs = append(errs, r.deleteAll(stale, len(kernel)+len(ups), &res)...)
 	sortRemoved(res.Removed)
 	return res, errors.Join(errs...)
 }
