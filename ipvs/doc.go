@@ -1,8 +1,7 @@
 // Package ipvs owns nftvs's load-balancing half: IPVS virtual and real
 // servers, the kube-ipvs0 dummy link that makes Service addresses local,
 // and the sysctls IPVS mode needs. It speaks netlink (github.com/moby/ipvs
-// for IPVS reads and single writes, its own socket for batched IPVS
-// writes, github.com/vishvananda/netlink for links), never ipvsadm or ip.
+// for IPVS, github.com/vishvananda/netlink for links), never ipvsadm or ip.
 //
 // What it owns, and so may create, change and delete:
 //   - every IPVS virtual server (and its real servers) whose address is not
@@ -22,8 +21,7 @@
 //
 // Layers, each with a real implementation and an in-memory fake:
 //   - Interface: one netlink round trip per call (Kernel, Fake, and
-//     Counting to count calls); Batcher (Kernel, Counting): many writes
-//     per sendmsg, each answered alone (WriteBatch);
+//     Counting to count calls);
 //   - Reconciler: desired Services against a cache of what was applied,
 //     so a sync with nothing changed costs no round trip, and Resync
 //     repairs drift from a dump;

@@ -35,8 +35,7 @@ type Interface interface {
 }
 
 // WriteCounts counts netlink write requests by kind, whether or not the
-// kernel accepted them: each is one round trip when sent alone, a share
-// of one when batched (WriteBatch).
+// kernel accepted them: each is one round trip.
 type WriteCounts struct {
 	AddVirtualServer    int
 	UpdateVirtualServer int

@@ -13,28 +13,20 @@ import (
 	mobyipvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-	"k8s.io/klog/v2"
 )
 
 // Kernel is the kernel's IPVS table over one generic netlink socket
-// (github.com/moby/ipvs) for reads and single writes, and a second one for
-// WriteBatch (batch.go). Each socket answers one caller at a time, so
-// calls are serialised (mu).
+// (github.com/moby/ipvs). The socket answers one request at a time, so
+// calls are serialised.
 type Kernel struct {
 	mu sync.Mutex
 	h  *mobyipvs.Handle
 	// netns is the namespace's path ("" for the caller's), for the proc
 	// file GetAllRealServers reads.
 	netns string
-	// batch is a second socket, for WriteBatch; nil if it could not be
-	// opened (WriteBatch then writes one at a time through h).
-	batch *genlConn
 }
 
-var (
-	_ Interface = (*Kernel)(nil)
-	_ Batcher   = (*Kernel)(nil)
-)
+var _ Interface = (*Kernel)(nil)
 
 // NewKernel opens IPVS in the network namespace at netnsPath ("" is the
 // calling thread's). The first call in a process runs `modprobe ip_vs`.
@@ -49,11 +41,7 @@ func NewKernel(netnsPath string) (*Kernel, error) {
 		h.Close()
 		return nil, fmt.Errorf("IPVS does not answer (is the ip_vs module available?): %w", err)
 	}
-	k := &Kernel{h: h, netns: netnsPath}
-	if k.batch, err = openGenl(netnsPath); err != nil {
-		klog.InfoS("Could not open the IPVS batch socket; IPVS writes go one at a time", "err", err)
-	}
-	return k, nil
+	return &Kernel{h: h, netns: netnsPath}, nil
 }
 
 // getConfig is h.GetConfig, which panics (index out of range) when the
@@ -74,9 +62,6 @@ func (k *Kernel) Close() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.h.Close()
-	if k.batch != nil {
-		k.batch.Close()
-	}
 }
 
 func (k *Kernel) GetVirtualServers() ([]VirtualServer, error) {

@@ -161,7 +161,10 @@ func (r *Reconciler) Apply(upserts []Service, deletes []VSKey) (Result, error) {
 	var res Result
 	ups, errs := sortedServices(upserts)
 	wanted := wantedKeys(upserts)
-	errs = append(errs, r.syncAll(ups, 0, &res)...)
+	for i, s := range ups {
+		r.pace(i)
+		errs = append(errs, r.sync(s, &res)...)
+	}
 	dels := make([]VSKey, 0, len(deletes))
 	for _, k := range deletes {
 		if !wanted[k.Key()] {
@@ -170,7 +173,12 @@ func (r *Reconciler) Apply(upserts []Service, deletes []VSKey) (Result, error) {
 	}
 	slices.SortFunc(dels, VSKey.Compare)
 	dels = slices.Compact(dels)
-	errs = append(errs, r.deleteAll(dels, len(ups), &res)...)
+	for i, k := range dels {
+		r.pace(len(ups) + i)
+		if err := r.delete(k, &res); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	sortRemoved(res.Removed)
 	return res, errors.Join(errs...)
 }
@@ -233,7 +241,10 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 	}
 	r.cache = cache
 
-	errs = append(errs, r.syncAll(ups, len(kernel), &res)...)
+	for i, s := range ups {
+		r.pace(len(kernel) + i)
+		errs = append(errs, r.sync(s, &res)...)
+	}
 	var stale []VSKey
 	for k := range r.cache {
 		if !wanted[k] {
@@ -245,7 +256,12 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 		stale = append(stale, k)
 	}
 	slices.SortFunc(stale, VSKey.Compare)
-	errs = append(errs, r.deleteAll(stale, len(kernel)+len(ups), &res)...)
+	for i, k := range stale {
+		r.pace(len(kernel) + len(ups) + i)
+		if err := r.delete(k, &res); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	sortRemoved(res.Removed)
 	return res, errors.Join(errs...)
 }
