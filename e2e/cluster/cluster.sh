@@ -10,7 +10,7 @@
 #     network, mount, UTS, PID and cgroup namespace with containerd 2 +
 #     runc + bridge CNI and a kubelet, pod CIDRs routed between nodes
 #     without masquerade, zones zone-a, zone-b, zone-c
-#   cluster DNS: CoreDNS, the kube-dns Service at 10.96.0.10 (dns.sh)
+#   cluster DNS: CoreDNS, the kube-dns Service at 10.96.0.10 (e2e/node/dns.sh, shared with the one-node harness)
 # CMD runs on the host with KUBECONFIG set, when every node is Ready; its
 # exit status is cluster.sh's. -p kube-proxy also runs upstream kube-proxy
 # --proxy-mode=ipvs on every node (nftvs is installed by CMD, from deploy/).
@@ -267,7 +267,7 @@ export NFTVS_NODE_DIR=$dir NFTVS_NODE_PROXY=$proxy NFTVS_NODE_BIN=$bin NFTVS_CLU
 # Cluster DNS (CoreDNS as kubeadm deploys it): created now, Ready once a
 # proxy runs: here for kube-proxy, after the install for nftvs
 # (install-nftvs.sh).
-"$here/dns.sh" apply
+"$here/../node/dns.sh" apply
 if [ "$proxy" = kube-proxy ]; then
   # kube-proxy as kind runs it: a DaemonSet in kube-system, pods labelled
   # k8s-app=kube-proxy (upstream's "restart kube-proxy" test deletes
@@ -297,6 +297,6 @@ spec:
       volumes: [{name: host, hostPath: {path: /}}]
 YAML
   kubectl -n kube-system rollout status ds/kube-proxy --timeout=600s || { log "kube-proxy not rolled out"; exit 1; }
-  "$here/dns.sh" wait || { log "cluster DNS not Ready"; exit 1; }
+  "$here/../node/dns.sh" wait || { log "cluster DNS not Ready"; exit 1; }
 fi
 "$@"

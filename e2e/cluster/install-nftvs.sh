@@ -31,4 +31,4 @@ fi
 kubectl -n kube-system get pods -l k8s-app=$app -o wide
 echo "install-nftvs: DaemonSet rolled out, pods Ready $(($(date +%s) - t0)) s after apply"
 kubectl -n kube-system logs -l k8s-app=$app --tail=3 --prefix || true  # informative only: a starved kubelet can time out
-"$here/dns.sh" wait
+"$here/../node/dns.sh" wait

@@ -9,7 +9,7 @@
 #          (install-nftvs.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-: "${NFTVS_NODE_BIN:?run me through e2e/node/cluster.sh}"
+: "${NFTVS_NODE_BIN:?run me through e2e/node/cluster.sh or e2e/cluster/cluster.sh}"
 kubectl() { "$NFTVS_NODE_BIN/kubectl" "$@"; }
 t0=$(date +%s)
 case ${1:-} in
