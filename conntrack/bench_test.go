@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -83,28 +82,6 @@ func benchStale(svc, endpoints int) []Stale {
 	return out
 }
 
-// raiseConntrackMax lifts the global nf_conntrack_max (writable only from
-// the initial namespace) for the benchmark and restores it afterwards.
-func raiseConntrackMax(b *testing.B, atLeast int) {
-	const path = "/proc/sys/net/netfilter/nf_conntrack_max"
-	old, err := os.ReadFile(path)
-	if err != nil {
-		b.Skipf("BENCHMARK SKIPPED: read %s: %v", path, err)
-	}
-	cur, _ := strconv.Atoi(strings.TrimSpace(string(old)))
-	if cur >= atLeast {
-		return
-	}
-	if err := os.WriteFile(path, []byte(strconv.Itoa(atLeast)), 0o644); err != nil {
-		b.Skipf("BENCHMARK SKIPPED: raise %s to %d (needs the initial netns): %v", path, atLeast, err)
-	}
-	b.Cleanup(func() {
-		if err := os.WriteFile(path, old, 0o644); err != nil {
-			b.Errorf("restore %s: %v", path, err)
-		}
-	})
-}
-
 func sysctl(name string) string {
 	v, err := os.ReadFile("/proc/sys/net/netfilter/" + name)
 	if err != nil {
@@ -128,7 +105,7 @@ func BenchmarkKernelClean(b *testing.B) {
 	netnstest.RequireRoot(b)
 	for _, n := range benchSizes {
 		b.Run(fmt.Sprintf("entries=%dk", n/1000), func(b *testing.B) {
-			raiseConntrackMax(b, n+n/4)
+			netnstest.RaiseConntrackMax(b, n+n/4)
 			ns := netnstest.New(b)
 			flows := make([]ctFlow, n)
 			for k := range flows {

@@ -2,7 +2,9 @@ package proxier
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 
@@ -38,8 +40,8 @@ func TestRemovedEndpointFlowsAreCleaned(t *testing.T) {
 	if len(ct.Calls()) != 1 {
 		t.Fatalf("cleaner called %d times, want once per sync", len(ct.Calls()))
 	}
-	if res.Conntrack.Deleted != 2 {
-		t.Fatalf("deleted %d entries, want 2 (stale %v)", res.Conntrack.Deleted, res.Stale)
+	if n := len(ct.Flows()); n != 3 {
+		t.Fatalf("%d entries left, want 3 (stale %v)", n, res.Stale)
 	}
 	left := map[string]bool{}
 	for _, fl := range ct.Flows() {
@@ -95,4 +97,112 @@ func staleFlowsForTest(t *testing.T) []conntrack.Stale {
 		}
 	}
 	return fw
+}
+
+// blockingCleaner is a conntrack cleaner whose Clean waits until release
+// is closed: a clean of a large conntrack table, as a sync would wait for
+// it.
+type blockingCleaner struct {
+	*conntrack.Fake
+	started chan struct{}
+	release chan struct{}
+}
+
+func newBlockingCleaner(flows ...conntrack.Flow) *blockingCleaner {
+	return &blockingCleaner{Fake: conntrack.NewFake(flows...), started: make(chan struct{}, 16), release: make(chan struct{})}
+}
+
+func (b *blockingCleaner) Clean(stale []conntrack.Stale) (conntrack.Result, error) {
+	b.started <- struct{}{}
+	<-b.release
+	return b.Fake.Clean(stale)
+}
+
+// TestSyncDoesNotWaitForConntrackClean: a sync that removes an endpoint
+// returns while the clean of its flows still runs (the clean walks the
+// whole conntrack table: its time must not be the sync's), and the clean
+// still happens.
+func TestSyncDoesNotWaitForConntrackClean(t *testing.T) {
+	f := newFakeNode(t)
+	ct := newBlockingCleaner(flow(conntrack.ProtocolTCP, "10.0.0.1:40000", "10.96.0.10:80", "10.244.2.1:8080"))
+	f.p.k.Conntrack = ct
+	svc := makeService("ns", "web", nodePort(30080))
+	f.addService(svc, namedSlice("web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), ready("10.244.2.2", "node-b"))))
+	if _, err := f.p.Sync(false); err != nil {
+		t.Fatal(err)
+	}
+	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.2", "node-b")), "web")
+	done := make(chan error, 1)
+	go func() { _, err := f.p.Sync(false); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		close(ct.release)
+		t.Fatal("the sync waited for the conntrack clean")
+	}
+	<-ct.started // the clean was started, and waits
+	// Another change meanwhile (a new endpoint): not held up either.
+	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.2", "node-b"), ready("10.244.2.3", "node-b")), "web")
+	go func() { _, err := f.p.Sync(false); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		close(ct.release)
+		t.Fatal("a sync adding an unrelated endpoint waited for the conntrack clean")
+	}
+	close(ct.release)
+	f.p.cleans.flush()
+	if n := len(ct.Flows()); n != 0 {
+		t.Fatalf("flows of the removed endpoint left: %v", ct.Flows())
+	}
+}
+
+// TestReturningEndpointWaitsForItsClean: when an endpoint whose flows are
+// queued for deletion comes back, the sync that gives it traffic again
+// waits for the clean first, so the clean never deletes the returning
+// endpoint's new flows.
+func TestReturningEndpointWaitsForItsClean(t *testing.T) {
+	f := newFakeNode(t)
+	ct := newBlockingCleaner()
+	f.p.k.Conntrack = ct
+	svc := makeService("ns", "web", nodePort(30080))
+	f.addService(svc, namedSlice("web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), ready("10.244.2.2", "node-b"))))
+	if _, err := f.p.Sync(false); err != nil {
+		t.Fatal(err)
+	}
+	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.2", "node-b")), "web")
+	if _, err := f.p.Sync(false); err != nil {
+		t.Fatal(err)
+	}
+	<-ct.started // cleaning 10.244.2.1's flows, held
+	f.p.OnEndpointSliceUpdate("ns", "web-1", httpSlice(svc, ready("10.244.2.1", "node-b"), ready("10.244.2.2", "node-b")), "web")
+	done := make(chan error, 1)
+	go func() { _, err := f.p.Sync(false); done <- err }()
+	select {
+	case err := <-done:
+		t.Fatalf("the sync giving 10.244.2.1 traffic again did not wait for its clean (err %v)", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if strings.Contains(f.ipvsText(), "10.244.2.1") {
+		t.Fatalf("10.244.2.1 back in IPVS before its clean ended:\n%s", f.ipvsText())
+	}
+	// New flows of the endpoint would appear only now; the clean ends.
+	close(ct.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(f.ipvsText(), "10.244.2.1") {
+		t.Fatalf("10.244.2.1 not back in IPVS:\n%s", f.ipvsText())
+	}
+	ct.AddFlows(flow(conntrack.ProtocolTCP, "10.0.0.1:40000", "10.96.0.10:80", "10.244.2.1:8080"))
+	f.p.cleans.flush()
+	if n := len(ct.Flows()); n != 1 {
+		t.Fatalf("the returning endpoint's new flow was deleted: %v left", ct.Flows())
+	}
 }

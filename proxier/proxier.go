@@ -70,13 +70,15 @@ type Kernel struct {
 	Addresses ipvs.Addresses
 	NFT       nft.Interface
 	// Conntrack, when set, deletes the conntrack entries of flows to
-	// removed real servers after each sync (nil: the cleaner is off).
+	// removed real servers, queued by each sync and deleted off the sync
+	// path (nil: the cleaner is off).
 	Conntrack conntrack.Interface
 }
 
 // SyncResult says what one sync did, for metrics and logs.
 type SyncResult struct {
-	Full              bool
+	Full              bool // every Service replanned
+	Repair            bool // the kernel checked for drift whole (Repair, and every full sync)
 	IPVSResync        bool // IPVS was dumped and repaired
 	ServicesReplanned int  // Services planned again by this sync (all of them in a full sync)
 	IPVS              ipvs.Result
@@ -86,10 +88,9 @@ type SyncResult struct {
 	// writes of the sync.
 	AddressesAdded, AddressesRemoved int
 	Removed                          []ipvs.RemovedRealServer
-	// Stale is what the conntrack cleaner was asked to delete, and
-	// Conntrack what it did.
-	Stale     []conntrack.Stale
-	Conntrack conntrack.Result
+	// Stale is what the sync queued for the conntrack cleaner to delete
+	// (cleanqueue.go: the deletion happens after the sync returns).
+	Stale []conntrack.Stale
 	// Refused are the virtual servers IPVS refused: the sync went on
 	// without them.
 	Refused []Refusal
@@ -120,7 +121,10 @@ type TriggerTime struct {
 // SyncSteps are the durations of a sync's steps (Sync), for logs and
 // benchmarks: what a sync spends where.
 type SyncSteps struct {
-	Plan, AddElements, VirtualServers, Addresses, TrimElements, Conntrack time.Duration
+	Plan, AddElements, VirtualServers, Addresses, TrimElements time.Duration
+	// Conntrack is the time spent working out stale flows and queueing
+	// them (the clean itself runs off the sync path).
+	Conntrack time.Duration
 }
 
 // Proxier watches Services and EndpointSlices and keeps IPVS, kube-ipvs0
@@ -179,17 +183,25 @@ type Proxier struct {
 	noLocalInternal, noLocalExternal int
 	// claims are the frontends each Service asks for, and their owners.
 	claims frontendClaims
-	// refusals are the IPVS refusals reported already.
-	refusals map[string]bool
+	// refusals are the IPVS refusals reported already; refusedServices
+	// the Services the last sync that planned them had refusals of.
+	refusals        map[string]bool
+	refusedServices map[types.NamespacedName]bool
 	// problems are the FieldErrors last reported per Service;
 	// problemsOf counts them by reason, and problemCounts sums those.
 	problems      map[types.NamespacedName]string
 	problemsOf    map[types.NamespacedName]map[string]int
 	problemCounts map[string]int
 	needFull      bool
+	// lastFull is when every Service was last replanned (Repair).
+	lastFull time.Time
 	// lastIPVSResync is when IPVS was last dumped and repaired (zero:
 	// never, so the first sync adopts or removes what it finds).
 	lastIPVSResync time.Time
+
+	// cleans deletes the conntrack entries of removed real servers off
+	// the sync path (cleanqueue.go); nil until the first clean.
+	cleans *cleanQueue
 
 	// view publishes what was applied to readers that must not take
 	// syncMu (view.go).
@@ -237,6 +249,7 @@ func New(cfg Config, k Kernel) *Proxier {
 		problemCounts:     map[string]int{},
 		claims:            newFrontendClaims(),
 		refusals:          map[string]bool{},
+		refusedServices:   map[types.NamespacedName]bool{},
 		needFull:          true,
 	}
 }
@@ -361,7 +374,7 @@ func (p *Proxier) ready() bool {
 }
 
 // Run syncs until ctx ends: at most every MinSyncPeriod after a change, at
-// least every SyncPeriod (a full sync), retrying failures with backoff.
+// least every SyncPeriod (a Repair), retrying failures with backoff.
 // Every DrainCheckPeriod it counts the connections of draining real
 // servers. onSync, if set, sees every sync's outcome.
 func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
@@ -401,7 +414,14 @@ func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
 			}
 		}
 		last = time.Now()
-		res, err := p.Sync(wantFull)
+		// The SyncPeriod tick repairs (Repair); a change syncs what changed.
+		var res SyncResult
+		var err error
+		if wantFull {
+			res, err = p.Repair()
+		} else {
+			res, err = p.Sync(false)
+		}
 		if onSync != nil {
 			onSync(res, err)
 		}

@@ -72,6 +72,11 @@ func (f *fakeNode) sync(t testing.TB, full bool) SyncResult {
 	if err != nil {
 		t.Fatalf("sync: %v", err)
 	}
+	if f.p.cleans != nil {
+		// The conntrack clean runs after the sync, on its own: the tests
+		// that look at the flows left see it done.
+		f.p.cleans.flush()
+	}
 	return res
 }
 
@@ -212,6 +217,70 @@ func TestProxierFullSyncRepairsDrift(t *testing.T) {
 	}
 }
 
+// TestProxierRepairReplansOnlyWhatChanged: the periodic sync (Repair)
+// repairs IPVS and kube-ipvs0 drift without replanning unchanged
+// Services (a change arriving meanwhile would wait for it), replans what
+// changed and what the kernel refused, and every FullReplanPeriod
+// replans everything.
+func TestProxierRepairReplansOnlyWhatChanged(t *testing.T) {
+	f := newFakeNode(t)
+	web := makeService("ns", "web")
+	f.addService(web, httpSlice(web, ready("10.244.2.1", "node-b")))
+	f.addService(makeService("ns", "db", clusterIPs("10.96.0.11")))
+	bad := netip.MustParseAddr("10.96.0.66")
+	f.kern.Inject = func(op ipvs.Op, key ipvs.VSKey, _ *ipvs.RealServer) error {
+		if op == ipvs.OpAddVirtualServer && key.Address == bad {
+			return fmt.Errorf("add virtual server %s: %w", key, syscall.EINVAL)
+		}
+		return nil
+	}
+	f.addService(makeService("ns", "bad", clusterIPs("10.96.0.66")))
+	if res := f.sync(t, false); !res.Full || len(res.Refused) != 1 {
+		t.Fatalf("first sync: full %v, refused %v; want a full sync refusing ns/bad", res.Full, res.Refused)
+	}
+	f.kern.Inject = nil
+
+	// Drift: a virtual server deleted and an address taken off behind
+	// nftvs's back.
+	_ = f.kern.DeleteVirtualServer(ipvs.VSKey{Address: netip.MustParseAddr("10.96.0.10"), Protocol: ipvs.TCP, Port: 80})
+	if _, _, err := f.addrs.SyncAddresses(ipvs.DummyName, []netip.Addr{netip.MustParseAddr("10.96.0.11")}); err != nil {
+		t.Fatal(err)
+	}
+	f.now = f.now.Add(30 * time.Second)
+	res, err := f.p.Repair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Full || !res.Repair || res.ServicesReplanned != 1 {
+		t.Fatalf("repair: full %v, repair %v, replanned %d; want a repair replanning only ns/bad (refused before)", res.Full, res.Repair, res.ServicesReplanned)
+	}
+	got := f.ipvsText()
+	for _, want := range []string{"10.96.0.10:80 rr\n  " + w1("10.244.2.1:8080"), "10.96.0.66:80"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("after the repair IPVS lacks %q:\n%s", want, got)
+		}
+	}
+	if got := f.addresses(t); !slices.Contains(got, netip.MustParseAddr("10.96.0.10")) {
+		t.Errorf("the address taken off kube-ipvs0 is not back: %v", got)
+	}
+
+	// Nothing changed, nothing refused: nothing replanned.
+	f.now = f.now.Add(30 * time.Second)
+	if res, err := f.p.Repair(); err != nil || res.ServicesReplanned != 0 {
+		t.Fatalf("repair with nothing changed replanned %d (err %v)", res.ServicesReplanned, err)
+	}
+	// A change: replanned alone.
+	f.p.OnEndpointSliceUpdate("ns", web.Name, httpSlice(web, ready("10.244.2.2", "node-b")), web.Name)
+	if res, err := f.p.Repair(); err != nil || res.ServicesReplanned != 1 {
+		t.Fatalf("repair after one change replanned %d (err %v), want 1", res.ServicesReplanned, err)
+	}
+	// The hourly safety net.
+	f.now = f.now.Add(FullReplanPeriod)
+	if res, err := f.p.Repair(); err != nil || !res.Full || res.ServicesReplanned != 3 {
+		t.Fatalf("repair after FullReplanPeriod: full %v, replanned %d (err %v), want all 3", res.Full, res.ServicesReplanned, err)
+	}
+}
+
 // TestProxierWatchesTheAPI drives the proxier through real informers over
 // a fake clientset, with kube-proxy's ignore rules.
 func TestProxierWatchesTheAPI(t *testing.T) {
@@ -295,6 +364,19 @@ func BenchmarkProxierSync(b *testing.B) {
 			f := build(10000)
 			b.StartTimer()
 			f.sync(b, false)
+		}
+	})
+	// What a change can wait behind: the periodic full sync with nothing
+	// changed (every SyncPeriod, 30 s by default).
+	b.Run("full-unchanged/N=10000", func(b *testing.B) {
+		f := build(10000)
+		f.sync(b, false)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for range b.N {
+			if res := f.sync(b, true); res.ServicesReplanned != 10000 {
+				b.Fatalf("replanned %d", res.ServicesReplanned)
+			}
 		}
 	})
 	for _, n := range []int{100, 1000, 10000} {

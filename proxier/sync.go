@@ -14,14 +14,18 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
+	"github.com/nftvs/nftvs/internal/l4"
 	"github.com/nftvs/nftvs/ipvs"
 	"github.com/nftvs/nftvs/nft"
 )
 
 // work is what one sync replans, taken from the watch's state at once.
 type work struct {
-	full bool
-	node Node
+	// full: every Service is replanned. repair: the kernel is checked
+	// for drift whole (nft by generation, IPVS Repair or Resync,
+	// kube-ipvs0 listed), whatever is replanned; a full sync repairs.
+	full, repair bool
+	node         Node
 	// inputs holds each Service to replan with its EndpointSlices; a nil
 	// Service was deleted.
 	inputs map[types.NamespacedName]serviceInput
@@ -40,14 +44,36 @@ type serviceInput struct {
 // Sync plans the Services that changed (all of them when full, or when a
 // previous sync failed) and applies the difference, in an order that never
 // refuses a good connection: nft elements for new frontends first, then
-// virtual servers, then addresses; on removal the reverse.
+// virtual servers, then addresses; on removal the reverse. A full sync
+// also repairs the kernel's drift.
 func (p *Proxier) Sync(full bool) (SyncResult, error) {
+	return p.sync(full, full)
+}
+
+// Repair is the periodic sync (every SyncPeriod): the changed Services,
+// and the kernel's drift repaired, without replanning the others. Their
+// inputs did not change, so neither did their plans, and replanning 10k
+// Services (about a second of CPU, several under emulation) is time a
+// change arriving meanwhile would wait. Every FullReplanPeriod it is a
+// full sync, as kube-proxy's nftables mode does one every hour.
+func (p *Proxier) Repair() (SyncResult, error) {
+	p.syncMu.Lock()
+	full := p.cfg.Now().Sub(p.lastFull) >= FullReplanPeriod
+	p.syncMu.Unlock()
+	return p.sync(full, true)
+}
+
+// FullReplanPeriod is how often the periodic sync replans every Service
+// anyway: a safety net, as kube-proxy's nftables mode's hourly full sync.
+const FullReplanPeriod = time.Hour
+
+func (p *Proxier) sync(full, repair bool) (SyncResult, error) {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
 	start := p.cfg.Now()
-	w := p.collectWork(full || p.needFull, start)
-	res := SyncResult{Full: w.full}
-	if w.full || w.addressesChanged {
+	w := p.collectWork(full || p.needFull, repair, start)
+	res := SyncResult{Full: w.full, Repair: w.repair}
+	if w.repair || w.addressesChanged {
 		// A full sync replans every Service anyway; otherwise only an
 		// address that really came or went does.
 		if p.refreshLocalAddresses() && !w.full {
@@ -65,17 +91,18 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	res.ServicesReplanned = len(planned)
 	step(&res.Steps.Plan)
 
-	if err := p.addElements(planned, w.full, &res); err != nil {
+	if err := p.addElements(planned, w.repair, &res); err != nil {
 		// Without the companion table in place, do not move IPVS ahead of
 		// it: try again later.
 		p.requeue(w)
 		return res, err
 	}
 	step(&res.Steps.AddElements)
-	deletes, err := p.upsertVirtualServers(planned, w.full, begin, &res)
+	p.waitForCleans(planned)
+	deletes, err := p.upsertVirtualServers(planned, w.repair, begin, &res)
 	errs := []error{p.isolate(err, &res)}
 	step(&res.Steps.VirtualServers)
-	errs = append(errs, p.syncAddresses(planned, w.full, &res))
+	errs = append(errs, p.syncAddresses(planned, w.repair, &res))
 	step(&res.Steps.Addresses)
 	errs = append(errs, p.isolate(p.deleteVirtualServers(deletes, &res), &res))
 	old := p.commit(planned)
@@ -85,7 +112,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	p.cleanConntrack(old, planned, &res)
 	step(&res.Steps.Conntrack)
 	start = begin
-	if v := klog.Level(2); w.full && (res.IPVSResync || klog.V(v).Enabled()) {
+	if v := klog.Level(2); w.repair && (res.IPVSResync || klog.V(v).Enabled()) {
 		// The first sync, and every IPVS resync: where the time went.
 		klog.InfoS("Full sync", "services", res.ServicesReplanned, "plan", res.Steps.Plan, "addElements", res.Steps.AddElements,
 			"virtualServers", res.Steps.VirtualServers, "addresses", res.Steps.Addresses, "trimElements", res.Steps.TrimElements,
@@ -97,20 +124,33 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 		p.requeue(w)
 	} else {
 		p.needFull = false
+		if w.full {
+			p.lastFull = begin
+		}
 		for _, ts := range w.triggers {
 			res.TriggerTimes = append(res.TriggerTimes, ts...)
 		}
 	}
-	p.reportRefused(res.Refused, w.full)
+	p.reportRefused(res.Refused, w.repair)
+	// Services the kernel refused part of are retried by every repair.
+	for n := range w.inputs {
+		delete(p.refusedServices, n)
+	}
+	for _, r := range res.Refused {
+		if r.Service.Name != "" {
+			p.refusedServices[r.Service] = true
+		}
+	}
 	res.Problems = maps.Clone(p.problemCounts)
 	res.Duration = p.cfg.Now().Sub(start)
 	return res, err
 }
 
 // collectWork takes the Services to replan: the changed ones, every one
-// on a full sync (or after a Node change), and those with a drain due
-// (drain.go).
-func (p *Proxier) collectWork(full bool, now time.Time) work {
+// on a full sync (or after a Node change), those with a drain due
+// (drain.go), and on a repair those the kernel refused something of
+// (retried).
+func (p *Proxier) collectWork(full, repair bool, now time.Time) work {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	w := work{full: full || p.nodeChanged, node: p.node, inputs: map[types.NamespacedName]serviceInput{},
@@ -122,6 +162,7 @@ func (p *Proxier) collectWork(full bool, now time.Time) work {
 		p.apiServer = api
 		w.full = true
 	}
+	w.repair = repair || w.full
 	add := func(n types.NamespacedName) {
 		if _, ok := w.inputs[n]; !ok {
 			w.inputs[n] = p.input(n)
@@ -137,6 +178,11 @@ func (p *Proxier) collectWork(full bool, now time.Time) work {
 	}
 	for n := range p.dirty {
 		add(n)
+	}
+	if w.repair {
+		for n := range p.refusedServices {
+			add(n)
+		}
 	}
 	for _, d := range p.drains {
 		if t, ok := p.due(d); ok && !t.After(now) {
@@ -706,13 +752,42 @@ func (p *Proxier) cleanConntrack(old, planned map[types.NamespacedName][]PortPla
 	if p.k.Conntrack == nil || len(res.Stale) == 0 {
 		return
 	}
-	r, err := p.k.Conntrack.Clean(res.Stale)
-	res.Conntrack = r
-	if err != nil {
-		// Not worth failing the sync for: the entries expire by
-		// themselves; log and go on.
-		klog.ErrorS(err, "Cleaning conntrack entries of removed endpoints")
+	p.cleanQueue().add(res.Stale)
+}
+
+// waitForCleans waits for the queued conntrack cleans when a planned real
+// server is an endpoint whose flows are queued for deletion: it is about
+// to get traffic again, and its new flows must not be deleted.
+func (p *Proxier) waitForCleans(planned map[types.NamespacedName][]PortPlan) {
+	if p.cleans == nil {
+		return
 	}
+	queued := p.cleans.endpoints()
+	if queued == nil {
+		return
+	}
+	for _, plans := range planned {
+		for _, pl := range plans {
+			proto := l4.Protocol(pl.Name.Protocol)
+			for _, s := range pl.VirtualServers {
+				for _, r := range s.RealServers {
+					if queued[endpointKey{proto, r.AddrPort()}] {
+						p.cleans.flush()
+						return
+					}
+				}
+			}
+		}
+	}
+}
+
+// cleanQueue is the conntrack clean queue, made on first use (the
+// cleaner can be set after New, as tests do).
+func (p *Proxier) cleanQueue() *cleanQueue {
+	if p.cleans == nil {
+		p.cleans = newCleanQueue(p.k.Conntrack)
+	}
+	return p.cleans
 }
 
 func portsByName(plans []PortPlan) map[ServicePortName]PortPlan {

@@ -546,9 +546,8 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 				}
 			}
 		}
-		syncLog = append(syncLog, fmt.Sprintf("%s sync (took %v): removed %v; conntrack asked %d stale, deleted %d (vanished %d, scanned %d); err %v",
-			now.Format("15:04:05.000"), res.Duration.Round(time.Millisecond), rm, len(res.Stale),
-			res.Conntrack.Deleted, res.Conntrack.Vanished, res.Conntrack.Scanned, err))
+		syncLog = append(syncLog, fmt.Sprintf("%s sync (took %v): removed %v; queued %d stale for conntrack; err %v",
+			now.Format("15:04:05.000"), res.Duration.Round(time.Millisecond), rm, len(res.Stale), err))
 	}
 	var ct conntrack.Interface
 	if rc.cleaner {
@@ -556,7 +555,14 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 		if err != nil {
 			t.Fatal(err)
 		}
-		ct = cc
+		// The clean runs after the sync (proxier/cleanqueue.go): log
+		// each one as it ends.
+		ct = cleanLogger{cc, func(stale []conntrack.Stale, r conntrack.Result, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			syncLog = append(syncLog, fmt.Sprintf("%s conntrack clean of %d stale: deleted %d (vanished %d, scanned %d); err %v",
+				time.Now().Format("15:04:05.000"), len(stale), r.Deleted, r.Vanished, r.Scanned, err))
+		}}
 	}
 	c := startClusterWith(t, tb, ct, onSync)
 	tb.node.sysctls(t, fmt.Sprintf("net/ipv4/vs/conn_reuse_mode=%d", rc.reuseMode))
@@ -690,4 +696,16 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 	}
 	t.Log(b.String())
 	return tcp, udp, oldTCP, oldUDP
+}
+
+// cleanLogger is a conntrack cleaner that reports each Clean's outcome.
+type cleanLogger struct {
+	conntrack.Interface
+	report func([]conntrack.Stale, conntrack.Result, error)
+}
+
+func (c cleanLogger) Clean(stale []conntrack.Stale) (conntrack.Result, error) {
+	r, err := c.Interface.Clean(stale)
+	c.report(stale, r, err)
+	return r, err
 }

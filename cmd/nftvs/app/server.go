@@ -838,7 +838,7 @@ func observeSync(res proxier.SyncResult, err error, p *proxier.Proxier, families
 	metrics.ObserveNoLocalEndpoints(p.NoLocalEndpoints())
 	serviceHealth.Sync(p.HealthChecks())
 	klog.V(2).InfoS("Synced", "full", res.Full, "servicesReplanned", res.ServicesReplanned, "ipvs", res.IPVS.String(),
-		"realServersRemoved", len(res.Removed), "conntrackDeleted", res.Conntrack.Deleted, "duration", res.Duration, "err", err)
+		"realServersRemoved", len(res.Removed), "staleFlowsQueued", len(res.Stale), "duration", res.Duration, "err", err)
 }
 
 // stopped is the outcome of a run whose context ended: a signal is a
