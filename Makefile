@@ -16,7 +16,7 @@ export NFTVS_NFTVS_BINARY := $(CURDIR)/bin/nftvs
 NFTVS_KERNEL ?= bookworm
 export NFTVS_KERNEL
 
-.PHONY: all build deps lint test test-unit test-vm vm-bins test-kernels bench bench-vm demo test-demo image test-image bench-upstream test-bench clean
+.PHONY: all build deps lint test test-unit test-vm vm-bins test-kernels bench bench-vm demo test-demo image test-image bench-upstream bench-latency test-bench clean
 
 all: build
 
@@ -86,6 +86,13 @@ bench: deps
 bench-upstream: deps vm-bins
 	e2e/vm/build-initramfs.sh $(NFTVS_KERNEL) >/dev/null
 	$(GO) run ./e2e/bench/cmd/bench-upstream
+
+# One-change latency at kube-proxy's default syncPeriod (30 s), IPVS
+# resync (5 min) included: nftvs at 10k Services, 200 changes, p50 and p99
+# (docs/bench/latency). ~20 min.
+bench-latency: deps vm-bins
+	e2e/vm/build-initramfs.sh $(NFTVS_KERNEL) >/dev/null
+	$(GO) run ./e2e/bench/cmd/bench-upstream -sizes 10000 -proxies nftvs -sync-period 30s -changes 200 -budget 50m -out docs/bench/latency
 
 # Its small version, so the harness cannot rot: nftvs and upstream IPVS
 # mode at N=100; fails unless both were fully programmed and their IPVS

@@ -10,6 +10,7 @@ package bench
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"sort"
@@ -142,6 +143,9 @@ type Run struct {
 	CPUFirstSyncSeconds float64 `json:"cpuFirstSyncSeconds,omitempty"`
 
 	Changes []Change `json:"changes,omitempty"`
+	// SyncPeriodSeconds is the proxy's syncPeriod during the run (0 in
+	// results from before it was recorded: 1 h).
+	SyncPeriodSeconds float64 `json:"syncPeriodSeconds,omitempty"`
 	// ChangeBoundSeconds bounds each change.
 	ChangeBoundSeconds float64 `json:"changeBoundSeconds"`
 
@@ -257,6 +261,47 @@ func Median(xs []float64) float64 {
 		return s[m]
 	}
 	return (s[m-1] + s[m]) / 2
+}
+
+// Percentile q (0–100) of xs, nearest rank; 0 for none.
+func Percentile(xs []float64, q float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	sort.Float64s(s)
+	i := int(math.Ceil(q/100*float64(len(s)))) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+// Latency is the distribution of the changes' latencies: observed (the
+// outside check) and network programming (the proxy's metric), p50 and
+// p99, over the changes that completed.
+type Latency struct {
+	N                        int
+	ObservedP50, ObservedP99 float64
+	NetProgP50, NetProgP99   float64
+	TimedOut                 int
+}
+
+// ChangeLatency is the run's Latency.
+func (r *Run) ChangeLatency() Latency {
+	var l Latency
+	var o, np []float64
+	for _, c := range r.Changes {
+		if c.TimedOut {
+			l.TimedOut++
+			continue
+		}
+		o = append(o, c.ObservedSeconds)
+		if c.NetProgSeconds > 0 {
+			np = append(np, c.NetProgSeconds)
+		}
+	}
+	l.N = len(o)
+	l.ObservedP50, l.ObservedP99 = Percentile(o, 50), Percentile(o, 99)
+	l.NetProgP50, l.NetProgP99 = Percentile(np, 50), Percentile(np, 99)
+	return l
 }
 
 // ChangeMedian is the median sync duration of the changes that completed,

@@ -74,6 +74,43 @@ func TestMedian(t *testing.T) {
 	}
 }
 
+func TestPercentileAndLatency(t *testing.T) {
+	xs := []float64{5, 1, 4, 2, 3}
+	for q, want := range map[float64]float64{50: 3, 99: 5, 20: 1, 0: 1, 100: 5} {
+		if got := Percentile(xs, q); got != want {
+			t.Errorf("Percentile(%v, %v) = %v, want %v", xs, q, got, want)
+		}
+	}
+	r := &Run{Proxy: ProxyNftvs, Services: 10000, Endpoints: 10, SyncPeriodSeconds: 30}
+	for i := range 100 {
+		o := 0.2
+		if i == 7 {
+			o = 4 // behind a periodic sync
+		}
+		r.Changes = append(r.Changes, Change{ObservedSeconds: o, NetProgSeconds: o + 0.1})
+	}
+	r.Changes = append(r.Changes, Change{TimedOut: true})
+	l := r.ChangeLatency()
+	if l.N != 100 || l.ObservedP50 != 0.2 || l.ObservedP99 != 0.2 || l.TimedOut != 1 {
+		t.Errorf("latency %+v: one slow change of 100 is above p99", l)
+	}
+	r.Changes[8].ObservedSeconds = 4
+	if l := r.ChangeLatency(); l.ObservedP99 != 4 {
+		t.Errorf("latency %+v: two slow changes of 100 are p99", l)
+	}
+	rep := &Report{Kernel: "6.1.0-test", Runs: []*Run{r}}
+	md := rep.Markdown()
+	for _, want := range []string{
+		"syncPeriod 30s",
+		"| 10000 | nftvs | 30s | 100 | 200 ms | 4.00 s | 20.0× |",
+		"nftvs one-change latency at N=10000 with syncPeriod 30s: p99 ≤ 3× p50 (observed): **missed**, 20.0×",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("Markdown lacks %q:\n%s", want, md)
+		}
+	}
+}
+
 func TestReport(t *testing.T) {
 	run := func(p string, n int, first, change float64, programmed bool) *Run {
 		r := &Run{Proxy: p, Services: n, Endpoints: 10, Kernel: "6.1.0-test", Programmed: programmed,

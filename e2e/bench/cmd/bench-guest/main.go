@@ -55,6 +55,8 @@ var (
 	firstBound  = flag.Duration("first-bound", 10*time.Minute, "bound on the wait for the node fully programmed")
 	changeBound = flag.Duration("change-bound", 3*time.Minute, "bound on the wait for each one-endpoint change")
 	changes     = flag.Int("changes", 5, "one-endpoint changes measured")
+	syncPeriod  = flag.Duration("sync-period", time.Hour, "the proxy's syncPeriod (kube-proxy's default is 30s; 1h keeps periodic syncs out of the one-change figures)")
+	changeGap   = flag.Duration("change-gap", 1200*time.Millisecond, "pause after each change is programmed (past the 1 s minSyncPeriod, so changes are not coalesced)")
 	conns       = flag.Int("conns", 3000, "data plane: at most this many connections")
 	connTime    = flag.Duration("conn-time", 8*time.Second, "data plane: at most this long")
 	proxyLog    = flag.String("log", "/tmp/bench-proxy.log", "the proxy's log")
@@ -76,7 +78,8 @@ func logf(format string, args ...any) {
 func main() {
 	flag.Parse()
 	r := &bench.Run{Proxy: *proxy, Services: *nServices, Endpoints: *eps,
-		FirstSyncBoundSeconds: firstBound.Seconds(), ChangeBoundSeconds: changeBound.Seconds()}
+		FirstSyncBoundSeconds: firstBound.Seconds(), ChangeBoundSeconds: changeBound.Seconds(),
+		SyncPeriodSeconds: syncPeriod.Seconds()}
 	var u unix.Utsname
 	if unix.Uname(&u) == nil {
 		r.Kernel = unix.ByteSliceToString(u.Release[:])
@@ -553,15 +556,15 @@ conntrack:
   maxPerCore: 0
 iptables:
   minSyncPeriod: 1s
-  syncPeriod: 1h
+  syncPeriod: %[5]s
 ipvs:
   scheduler: rr
   minSyncPeriod: 1s
-  syncPeriod: 1h
+  syncPeriod: %[5]s
 nftables:
   minSyncPeriod: 1s
-  syncPeriod: 1h
-`, mode, *kubeconfig, bench.NodeName, bench.ClusterCIDR)
+  syncPeriod: %[5]s
+`, mode, *kubeconfig, bench.NodeName, bench.ClusterCIDR, *syncPeriod)
 }
 
 func startProxy() (*proxyProc, error) { return startProxyLog(*proxyLog) }
@@ -1035,8 +1038,7 @@ func runChanges(r *bench.Run, check *checker) error {
 		if ch.TimedOut {
 			return fmt.Errorf("change %d not programmed within %v", i+1, *changeBound)
 		}
-		// Past the minimum sync period, so changes are not coalesced.
-		time.Sleep(1200 * time.Millisecond)
+		time.Sleep(*changeGap)
 	}
 	return nil
 }

@@ -57,7 +57,9 @@ var (
 	outDir      = flag.String("out", "", "results directory (default docs/bench, or a temporary one with -small)")
 	firstBound  = flag.Duration("first-bound", 10*time.Minute, "bound on the first sync (longer is reported as > bound)")
 	changeBound = flag.Duration("change-bound", 3*time.Minute, "bound on each one-endpoint change")
-	changes     = flag.Int("changes", 5, "one-endpoint changes per run (median reported)")
+	changes     = flag.Int("changes", 5, "one-endpoint changes per run (median reported; p50 and p99 too from 20)")
+	syncPeriod  = flag.Duration("sync-period", time.Hour, "the proxies' syncPeriod (kube-proxy's default: 30s)")
+	changeGap   = flag.Duration("change-gap", 1200*time.Millisecond, "pause after each change is programmed")
 	conns       = flag.Int("conns", 3000, "data plane: connections per run, at most")
 	connTime    = flag.Duration("conn-time", 8*time.Second, "data plane: seconds per run, at most")
 	render      = flag.String("render", "", "only re-render results.md and first-sync.svg from this results.json (into -out, default its directory)")
@@ -316,8 +318,9 @@ func runSize(ctx context.Context, root, work, upstreamDir string, n int, proxies
 			"-proxy", p, "-bin", bin, "-n", strconv.Itoa(n), "-eps", strconv.Itoa(*eps),
 			"-kubeconfig", guestKC, "-out", resFile,
 			"-first-bound", bound.String(), "-change-bound", changeBound.String(),
-			"-changes", strconv.Itoa(*changes), "-conns", strconv.Itoa(*conns), "-conn-time", connTime.String()}
-		vmTimeout := bound + time.Duration(*changes+2)*(*changeBound) + *connTime + 5*time.Minute
+			"-changes", strconv.Itoa(*changes), "-conns", strconv.Itoa(*conns), "-conn-time", connTime.String(),
+			"-sync-period", syncPeriod.String(), "-change-gap", changeGap.String()}
+		vmTimeout := bound + time.Duration(*changes+2)*(*changeBound+*changeGap) + *connTime + 5*time.Minute
 		cmd := exec.CommandContext(ctx, filepath.Join(root, "e2e", "vm", "vmexec"), args...)
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 		cmd.WaitDelay = 30 * time.Second
