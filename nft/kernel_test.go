@@ -430,7 +430,7 @@ func TestKernelRefusedOwnerIsIsolated(t *testing.T) {
 	// An overlapping range, past normalisation and the overlap check.
 	inner := Element{Set: LoadBalancerSourceRanges, Addr: lb, Protocol: TCP, Port: 443, Source: netip.MustParsePrefix("10.1.0.0/16")}
 	tbl.mu.Lock()
-	tbl.owners[inner] = map[string]Element{"ns/bad:https": inner}
+	tbl.owners[inner] = &owners{first: holder{owner: "ns/bad:https", mark: inner.Mark}}
 	tbl.byOwner["ns/bad:https"] = append(tbl.byOwner["ns/bad:https"], inner)
 	tbl.dirty[inner] = struct{}{}
 	tbl.mu.Unlock()

@@ -96,9 +96,9 @@ func (t *Table) changesByOwner(tx transaction) []ownerChange {
 	m := map[string]*ownerChange{}
 	get := func(k Element) *ownerChange {
 		owner := ""
-		for o := range t.owners[k] {
-			if owner == "" || o < owner {
-				owner = o
+		for _, h := range t.owners[k].all() {
+			if owner == "" || h.owner < owner {
+				owner = h.owner
 			}
 		}
 		if m[owner] == nil {

@@ -94,7 +94,7 @@ type Table struct {
 	backend backend
 
 	mu      sync.Mutex
-	owners  map[Element]map[string]Element // kernel key → owner → element
+	owners  map[Element]*owners // kernel key → its owners and the map value each asks for
 	byOwner map[string][]Element
 	// ranges indexes LoadBalancerSourceRanges keys by frontend, to find
 	// overlaps without walking every element.
@@ -121,7 +121,7 @@ func newTable(cfg Config, b backend) (*Table, error) {
 	return &Table{
 		cfg:        cfg,
 		backend:    b,
-		owners:     map[Element]map[string]Element{},
+		owners:     map[Element]*owners{},
 		byOwner:    map[string][]Element{},
 		ranges:     map[Element]map[Element]struct{}{},
 		programmed: map[Element]KernelElement{},
@@ -137,8 +137,10 @@ func (t *Table) SetElements(owner string, elems []Element) error {
 
 	for _, e := range t.byOwner[owner] {
 		k := e.kernelKey()
-		delete(t.owners[k], owner)
-		if len(t.owners[k]) == 0 {
+		if hs := t.owners[k]; hs != nil {
+			hs.remove(owner)
+		}
+		if t.owners[k].len() == 0 {
 			delete(t.owners, k)
 			if k.Set == LoadBalancerSourceRanges {
 				delete(t.ranges[frontend(k)], k)
@@ -166,7 +168,7 @@ func (t *Table) SetElements(owner string, elems []Element) error {
 			continue
 		}
 		if t.owners[k] == nil {
-			t.owners[k] = map[string]Element{}
+			t.owners[k] = &owners{}
 			if k.Set == LoadBalancerSourceRanges {
 				if t.ranges[frontend(k)] == nil {
 					t.ranges[frontend(k)] = map[Element]struct{}{}
@@ -174,10 +176,9 @@ func (t *Table) SetElements(owner string, elems []Element) error {
 				t.ranges[frontend(k)][k] = struct{}{}
 			}
 		}
-		if _, dup := t.owners[k][owner]; dup {
+		if !t.owners[k].add(owner, e.Mark) {
 			continue
 		}
-		t.owners[k][owner] = e
 		t.dirty[k] = struct{}{}
 		kept = append(kept, e)
 	}
@@ -196,9 +197,11 @@ func (t *Table) SetElements(owner string, elems []Element) error {
 // frontend, the ranges held before this SetElements call.
 func (t *Table) conflict(owner string, e Element, others map[Element]sortedRanges) error {
 	k := e.kernelKey()
-	for o, other := range t.owners[k] {
-		if o != owner && other.Mark != e.Mark {
-			return fmt.Errorf("%s %s: already mapped to %#x by %s", e.Set, e, other.Mark, o)
+	if hs := t.owners[k]; hs != nil {
+		for _, h := range hs.all() {
+			if h.owner != owner && h.mark != e.Mark {
+				return fmt.Errorf("%s %s: already mapped to %#x by %s", e.Set, e, h.mark, h.owner)
+			}
 		}
 	}
 	if e.Set != LoadBalancerSourceRanges {
@@ -288,30 +291,29 @@ func normalizeSourceRanges(elems []Element) []Element {
 	return out
 }
 
-// desired is the element the kernel should hold for key k, if any.
+// desired is the element the kernel should hold for key k, if any: the
+// key with its owners' map value (conflict keeps it one), commented with
+// the owners' names.
 func (t *Table) desired(k Element) (KernelElement, bool) {
-	owners := t.owners[k]
-	switch len(owners) {
-	case 0:
+	hs := t.owners[k]
+	if hs.len() == 0 {
 		return KernelElement{}, false
-	case 1: // most elements: no name to sort
-		for o, e := range owners {
-			if len(o) > maxCommentLen {
-				o = o[:maxCommentLen-3] + "..."
-			}
-			return KernelElement{Element: e, Comment: o}, true
+	}
+	e := k
+	e.Mark = hs.first.mark
+	comment := hs.first.owner
+	if len(hs.rest) > 0 {
+		names := make([]string, 0, hs.len())
+		for _, h := range hs.all() {
+			names = append(names, h.owner)
 		}
+		sort.Strings(names)
+		comment = strings.Join(names, ", ")
 	}
-	names := make([]string, 0, len(owners))
-	for o := range owners {
-		names = append(names, o)
-	}
-	sort.Strings(names)
-	comment := strings.Join(names, ", ")
 	if len(comment) > maxCommentLen {
 		comment = comment[:maxCommentLen-3] + "..."
 	}
-	return KernelElement{Element: owners[names[0]], Comment: comment}, true
+	return KernelElement{Element: e, Comment: comment}, true
 }
 
 // Sync implements Interface.

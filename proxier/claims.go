@@ -70,12 +70,24 @@ func (a claim) before(b claim) bool {
 // frontendClaims counts, for every frontend, the Services that ask for it:
 // the reference count of IPVS virtual servers.
 type frontendClaims struct {
-	by map[ipvs.VSKey]map[types.NamespacedName]claim
+	// by holds each frontend's claims. Nearly every frontend has one
+	// claimant: a slice of one costs a tenth of a map of one.
+	by map[ipvs.VSKey][]claim
 	of map[types.NamespacedName][]ipvs.VSKey
 }
 
 func newFrontendClaims() frontendClaims {
-	return frontendClaims{by: map[ipvs.VSKey]map[types.NamespacedName]claim{}, of: map[types.NamespacedName][]ipvs.VSKey{}}
+	return frontendClaims{by: map[ipvs.VSKey][]claim{}, of: map[types.NamespacedName][]ipvs.VSKey{}}
+}
+
+// claimOf is n's claim on k (zero if n has none).
+func (c *frontendClaims) claimOf(k ipvs.VSKey, n types.NamespacedName) claim {
+	for _, cl := range c.by[k] {
+		if cl.name == n {
+			return cl
+		}
+	}
+	return claim{}
 }
 
 // set replaces n's claims with those of its new plans (none: n is gone)
@@ -84,9 +96,11 @@ func newFrontendClaims() frontendClaims {
 func (c *frontendClaims) set(n types.NamespacedName, created time.Time, plans []PortPlan) []types.NamespacedName {
 	before := map[ipvs.VSKey]bool{}
 	for _, k := range c.of[n] {
-		delete(c.by[k], n)
-		if len(c.by[k]) == 0 {
+		left := slices.DeleteFunc(c.by[k], func(cl claim) bool { return cl.name == n })
+		if len(left) == 0 {
 			delete(c.by, k)
+		} else {
+			c.by[k] = left
 		}
 		before[k] = true
 	}
@@ -94,13 +108,10 @@ func (c *frontendClaims) set(n types.NamespacedName, created time.Time, plans []
 	for _, pl := range plans {
 		for _, s := range pl.VirtualServers {
 			k := s.Key()
-			if _, dup := c.by[k][n]; dup {
-				continue
+			if c.claimOf(k, n).name == n {
+				continue // asked for twice by n
 			}
-			if c.by[k] == nil {
-				c.by[k] = map[types.NamespacedName]claim{}
-			}
-			c.by[k][n] = claim{source: pl.Sources[k], created: created, name: n}
+			c.by[k] = append(c.by[k], claim{source: pl.Sources[k], created: created, name: n})
 			c.of[n] = append(c.of[n], k)
 		}
 	}
@@ -117,8 +128,8 @@ func (c *frontendClaims) set(n types.NamespacedName, created time.Time, plans []
 		if !ch {
 			continue
 		}
-		for o := range c.by[k] {
-			if o != n && !slices.Contains(others, o) {
+		for _, cl := range c.by[k] {
+			if o := cl.name; o != n && !slices.Contains(others, o) {
 				others = append(others, o)
 			}
 		}
@@ -160,7 +171,7 @@ func (c *frontendClaims) keepOwned(n types.NamespacedName, plans []PortPlan) []e
 			if o, ok := c.owner(k); ok && o.name != n {
 				lost[k] = true
 				errs = append(errs, &FieldError{Reason: ReasonFrontendConflict, Message: fmt.Sprintf(
-					"%s: %s is %s (%s): not programmed for this Service", pl.Name, describeKey(k), ownerName(o.name, n), whyOwner(o, c.by[k][n]))})
+					"%s: %s is %s (%s): not programmed for this Service", pl.Name, describeKey(k), ownerName(o.name, n), whyOwner(o, c.claimOf(k, n)))})
 				continue
 			}
 			lost[k] = false
