@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nftvs/nftvs/metrics"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/component-base/metrics/prometheus/slis"
 	"k8s.io/klog/v2"
@@ -77,7 +78,7 @@ func serveOnce(ctx context.Context, addr string, handler http.Handler) error {
 // /proxyMode, /configz, and /debug/pprof with --profiling. /flagz and
 // /statusz are not served (the feature gates ComponentFlagz and
 // ComponentStatusz are refused): they need k8s.io/apiserver.
-func metricsHandler(m *Metrics, cfg *Config) http.Handler {
+func metricsHandler(m *metrics.Metrics, cfg *Config) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Gatherer(), promhttp.HandlerOpts{}))
 	slis.SLIMetricsWithReset{}.Install(mux)

@@ -38,26 +38,14 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nftvs/nftvs/conntrack"
+	"github.com/nftvs/nftvs/healthcheck"
 	"github.com/nftvs/nftvs/internal/takeover"
+	"github.com/nftvs/nftvs/internal/version"
 	"github.com/nftvs/nftvs/ipvs"
+	"github.com/nftvs/nftvs/metrics"
 	"github.com/nftvs/nftvs/nft"
 	"github.com/nftvs/nftvs/proxier"
 )
-
-// version is set at build time (-ldflags "-X .../app.version=v1.2.3");
-// otherwise the module version is used.
-var version = ""
-
-// Version is the nftvs version.
-func Version() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
-}
 
 // Main runs the command with args (without the program name) and returns
 // its exit code: 0 on success, 1 on any error, including bad flags or
@@ -92,7 +80,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		// kube-proxy prints "Kubernetes v1.36.3"; which program this is
 		// matters more than matching it, so it says so, and what it
 		// stands in for.
-		fmt.Fprintf(stdout, "nftvs %s (in place of kube-proxy %s, IPVS mode)\n", Version(), kubeVersion)
+		fmt.Fprintf(stdout, "nftvs %s (in place of kube-proxy %s, IPVS mode)\n", version.Get(), version.Kube)
 		return 0
 	}
 
@@ -333,7 +321,7 @@ func newClient(c v1alpha1.KubeProxyConfiguration, master string) (kubernetes.Int
 	rc.ContentType = cc.ContentType
 	rc.QPS = cc.QPS
 	rc.Burst = int(cc.Burst)
-	rc.UserAgent = "nftvs/" + Version()
+	rc.UserAgent = "nftvs/" + version.Get()
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("API server client: %w", err)
@@ -403,7 +391,7 @@ func applyOOMScoreAdj(v *int32) {
 // proxier then hands it, after each sync, the flows of the real servers
 // the sync removed (SyncResult.Removed turned into conntrack.Stale, one
 // Clean per sync), and its work is counted in m.
-func proxierKernel(cfg *Config, rec *ipvs.Reconciler, addrs ipvs.Addresses, table nft.Interface, m *Metrics, newCleaner func() (conntrack.Interface, error)) (proxier.Kernel, error) {
+func proxierKernel(cfg *Config, rec *ipvs.Reconciler, addrs ipvs.Addresses, table nft.Interface, m *metrics.Metrics, newCleaner func() (conntrack.Interface, error)) (proxier.Kernel, error) {
 	k := proxier.Kernel{IPVS: rec, Addresses: addrs, NFT: table}
 	if !cfg.ConntrackCleaner {
 		klog.InfoS("Conntrack cleaner disabled (--conntrack-cleaner=false): flows to removed endpoints expire on their own")
@@ -413,7 +401,7 @@ func proxierKernel(cfg *Config, rec *ipvs.Reconciler, addrs ipvs.Addresses, tabl
 	if err != nil {
 		return k, fmt.Errorf("conntrack cleaner: %w", err)
 	}
-	k.Conntrack = instrumentedConntrack{inner: c, metrics: m}
+	k.Conntrack = metrics.NewInstrumentedConntrack(c, m)
 	return k, nil
 }
 
@@ -445,7 +433,7 @@ func run(parent context.Context, cfg *Config) error {
 	defer ev.broadcaster.Shutdown()
 	ev.broadcaster.StartRecordingToSink(ctx.Done())
 
-	health := NewHealthServer(2*cfg.KubeProxy.IPVS.SyncPeriod.Duration, clock.RealClock{})
+	health := healthcheck.NewHealthServer(2*cfg.KubeProxy.IPVS.SyncPeriod.Duration, clock.RealClock{})
 	var servers sync.WaitGroup
 	defer func() {
 		cancel(nil) // whatever ended the run, the servers stop
@@ -468,9 +456,9 @@ func run(parent context.Context, cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	metrics := NewMetrics(node.families)
-	health.SetMetrics(metrics)
-	p, nodePorts, closeKernel, err := newProxier(ctx, cfg, name, node, apiServer, metrics, ev.serviceWarning)
+	m := metrics.New(node.families)
+	health.SetMetrics(m)
+	p, nodePorts, closeKernel, err := newProxier(ctx, cfg, name, node, apiServer, m, ev.serviceWarning)
 	if err != nil {
 		return err
 	}
@@ -479,13 +467,13 @@ func run(parent context.Context, cfg *Config) error {
 		ev.event(v1.EventTypeWarning, "IPv6ForwardingDisabled", w)
 	}
 	serveExplain(ctx, cfg.ExplainSocket, p)
-	if closeStats, err := registerServiceMetrics(cfg, metrics, p); err != nil {
+	if closeStats, err := registerServiceMetrics(cfg, m, p); err != nil {
 		return err
 	} else if closeStats != nil {
 		defer closeStats()
 	}
 
-	serviceHealth := NewServiceHealthServers(name, ev.recorder, nodePorts.healthCheckAddresses(), node.families, func() bool { return health.Health().Healthy })
+	serviceHealth := healthcheck.NewServiceHealthServers(name, ev.recorder, nodePorts.healthCheckAddresses(), node.families, func() bool { return health.Health().Healthy })
 	defer serviceHealth.Close()
 	var metricsServer sync.WaitGroup
 	defer func() {
@@ -493,13 +481,13 @@ func run(parent context.Context, cfg *Config) error {
 		metricsServer.Wait()
 	}()
 	if a := cfg.KubeProxy.MetricsBindAddress; a != "" {
-		serveHTTP(ctx, &metricsServer, "metrics", a, metricsHandler(metrics, cfg), hardFail(cfg, cancel, ev, "FailedToStartMetricServer"))
+		serveHTTP(ctx, &metricsServer, "metrics", a, metricsHandler(m, cfg), hardFail(cfg, cancel, ev, "FailedToStartMetricServer"))
 	}
 	ev.event(v1.EventTypeNormal, "Starting", "")
 
 	// As kube-proxy's sync loop: healthy while starting; changes queue
 	// syncs for /healthz once the informers have synced (changeTracker).
-	changes := newChangeTracker(metrics, health, node.families, clock.RealClock{})
+	changes := newChangeTracker(m, health, node.families, clock.RealClock{})
 	changes.start()
 	err = p.WatchWith(ctx, client, proxier.WatchOptions{Resync: resync, Node: nw.informer, OnChange: changes.observe})
 	if err != nil {
@@ -511,7 +499,7 @@ func run(parent context.Context, cfg *Config) error {
 	changes.initialize()
 	takeOverKubeProxy(cfg.TakeoverKubeProxy, takeover.Node(), ev.event)
 	p.Run(ctx, func(res proxier.SyncResult, err error) {
-		observeSync(res, err, p, node.families, metrics, health, changes, serviceHealth)
+		observeSync(res, err, p, node.families, m, health, changes, serviceHealth)
 	})
 	return stopped(ctx)
 }
@@ -521,8 +509,8 @@ func run(parent context.Context, cfg *Config) error {
 // Proxier"), with nftvs's version, and nftvs's own ("Starting nftvs"),
 // which says which program this is.
 func logStartup(cfg *Config) {
-	klog.InfoS("Starting nftvs", "version", Version(), "companion", cfg.Companion)
-	klog.InfoS("Version info", "version", Version(), "kubeProxyVersion", kubeVersion.String())
+	klog.InfoS("Starting nftvs", "version", version.Get(), "companion", cfg.Companion)
+	klog.InfoS("Version info", "version", version.Get(), "kubeProxyVersion", version.Kube.String())
 	klog.InfoS("Golang settings", "GOGC", os.Getenv("GOGC"), "GOMAXPROCS", os.Getenv("GOMAXPROCS"), "GOTRACEBACK", os.Getenv("GOTRACEBACK"))
 	klog.InfoS("Using ipvs Proxier", "companion", cfg.Companion)
 }
@@ -664,7 +652,7 @@ func (n nodePortSelection) healthCheckAddresses() func() []netip.Addr {
 // newProxier sets up the kernel and returns the proxier programming it,
 // the node port addresses, and what closes the kernel handles. Every
 // failure stops nftvs before it serves.
-func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, apiServer []netip.Addr, m *Metrics, warn func(types.NamespacedName, string, string)) (*proxier.Proxier, nodePortSelection, func(), error) {
+func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, apiServer []netip.Addr, m *metrics.Metrics, warn func(types.NamespacedName, string, string)) (*proxier.Proxier, nodePortSelection, func(), error) {
 	nodePorts, exclude, nftCfg, err := tableConfig(cfg, node)
 	if err != nil {
 		return nil, nodePorts, nil, err
@@ -826,7 +814,7 @@ func takeOverKubeProxy(take bool, k takeover.Kernel, event func(eventType, reaso
 
 // observeSync reports one sync: metrics, the changes it took, health,
 // and the per-Service health check servers.
-func observeSync(res proxier.SyncResult, err error, p *proxier.Proxier, families []v1.IPFamily, metrics *Metrics, health *HealthServer, changes *changeTracker, serviceHealth *ServiceHealthServers) {
+func observeSync(res proxier.SyncResult, err error, p *proxier.Proxier, families []v1.IPFamily, m *metrics.Metrics, health *healthcheck.HealthServer, changes *changeTracker, serviceHealth *healthcheck.ServiceHealthServers) {
 	now := changes.clock.Now()
 	changes.synced(now.Add(-res.Duration))
 	if err == nil {
@@ -834,8 +822,8 @@ func observeSync(res proxier.SyncResult, err error, p *proxier.Proxier, families
 			health.Updated(f)
 		}
 	}
-	metrics.ObserveSync(res, err, now)
-	metrics.ObserveNoLocalEndpoints(p.NoLocalEndpoints())
+	m.ObserveSync(res, err, now)
+	m.ObserveNoLocalEndpoints(p.NoLocalEndpoints())
 	serviceHealth.Sync(p.HealthChecks())
 	klog.V(2).InfoS("Synced", "full", res.Full, "servicesReplanned", res.ServicesReplanned, "ipvs", res.IPVS.String(),
 		"realServersRemoved", len(res.Removed), "conntrackDeleted", res.Conntrack.Deleted, "duration", res.Duration, "err", err)

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/nftvs/nftvs/conntrack"
 	"github.com/nftvs/nftvs/ipvs"
+	"github.com/nftvs/nftvs/metrics"
 	"github.com/nftvs/nftvs/nft"
 	"github.com/nftvs/nftvs/proxier"
 )
@@ -71,7 +71,7 @@ type fakeNode struct {
 	p       *proxier.Proxier
 	ipvs    *ipvs.Fake
 	ct      *conntrack.Fake
-	metrics *Metrics
+	metrics *metrics.Metrics
 }
 
 func newFakeNode(t *testing.T, args ...string) *fakeNode {
@@ -85,7 +85,7 @@ func newFakeNode(t *testing.T, args ...string) *fakeNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeNode{ipvs: ipvs.NewFake(), ct: conntrack.NewFake(), metrics: NewMetrics([]v1.IPFamily{v1.IPv4Protocol})}
+	f := &fakeNode{ipvs: ipvs.NewFake(), ct: conntrack.NewFake(), metrics: metrics.New([]v1.IPFamily{v1.IPv4Protocol})}
 	k, err := proxierKernel(cfg, ipvs.NewReconciler(f.ipvs, nil), ipvs.NewFakeAddresses(), table, f.metrics,
 		func() (conntrack.Interface, error) { return f.ct, nil })
 	if err != nil {
@@ -175,13 +175,13 @@ func TestConntrackCleanerWiring(t *testing.T) {
 	if len(res.Removed) != 2 || res.Conntrack.Deleted != 2 || len(f.ct.Flows()) != 1 {
 		t.Errorf("removed %v, deleted %d, flows left %v", res.Removed, res.Conntrack.Deleted, f.ct.Flows())
 	}
-	if got := testutil.ToFloat64(f.metrics.conntrackDeleted.WithLabelValues("IPv4")); got != 2 {
+	if got := value(t, f.metrics, "kubeproxy_conntrack_reconciler_deleted_entries_total", "IPv4"); got != 2 {
 		t.Errorf("kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=IPv4} = %v, want 2", got)
 	}
-	if got := testutil.ToFloat64(f.metrics.realServersRemoved); got != 2 {
+	if got := value(t, f.metrics, "nftvs_ipvs_real_servers_removed_total", ""); got != 2 {
 		t.Errorf("nftvs_ipvs_real_servers_removed_total = %v, want 2", got)
 	}
-	if got := testutil.ToFloat64(f.metrics.ipvsWrites.WithLabelValues("delete_real_server")); got != 2 {
+	if got := value(t, f.metrics, "nftvs_ipvs_netlink_writes_total", "delete_real_server"); got != 2 {
 		t.Errorf("nftvs_ipvs_netlink_writes_total{op=delete_real_server} = %v, want 2", got)
 	}
 }
