@@ -49,6 +49,9 @@ type Config struct {
 	// time the Service's problems change: kube-proxy's way is a Warning
 	// Event on the Service.
 	Warn func(service types.NamespacedName, reason, message string)
+	// BindAddress is a --bind-address other than 0.0.0.0 or :: (invalid
+	// otherwise): one of the node's IPs (NodeIPs) on every Node update.
+	BindAddress netip.Addr
 	// Now is the clock (tests replace it).
 	Now func() time.Time
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -250,16 +249,7 @@ func (p *Proxier) nodeHandler(_, obj any, deleted bool) {
 	if !ok || deleted {
 		return
 	}
-	var ips []netip.Addr
-	for _, a := range n.Status.Addresses {
-		if a.Type != v1.NodeInternalIP && a.Type != v1.NodeExternalIP {
-			continue
-		}
-		if ip, err := netip.ParseAddr(a.Address); err == nil {
-			ips = append(ips, ip.Unmap())
-		}
-	}
-	p.OnNodeUpdate(n.Labels[v1.LabelTopologyZone], ips)
+	p.OnNodeUpdate(n.Labels[v1.LabelTopologyZone], NodeIPs(n, p.cfg.BindAddress))
 }
 
 // changed says whether an event changes the object: an add or delete
