@@ -116,7 +116,7 @@ func TestMetricsAsUpstream(t *testing.T) {
 	_, _ = client.CoreV1().Nodes().Get(context.Background(), "n", metav1.GetOptions{})
 
 	cfg := mustParse(t)
-	cfg.featureGate.AddMetrics() // as run does
+	cfg.FeatureGate.AddMetrics() // as run does
 	got := scrape(t, metricsHandler(m, cfg))
 
 	want := map[string][]string{}

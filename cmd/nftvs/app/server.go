@@ -12,9 +12,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -34,9 +32,8 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/kube-proxy/config/v1alpha1"
 	"k8s.io/utils/clock"
-	netutils "k8s.io/utils/net"
-	"sigs.k8s.io/yaml"
 
+	"github.com/nftvs/nftvs/config"
 	"github.com/nftvs/nftvs/conntrack"
 	"github.com/nftvs/nftvs/healthcheck"
 	"github.com/nftvs/nftvs/internal/takeover"
@@ -55,7 +52,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "explain" {
 		return runExplain(args[1:], stdout, stderr)
 	}
-	o := NewOptions()
+	o := config.NewOptions()
 	fs := o.NewFlagSet()
 	fs.SetOutput(stderr)
 	fs.Usage = func() {} // printed below, once, only for --help
@@ -94,8 +91,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nftvs: %v\n", err)
 		return 1
 	}
-	useClientGoFeatureGates(cfg.featureGate)
-	if err := logsapi.ValidateAndApply(&cfg.KubeProxy.Logging, cfg.featureGate); err != nil {
+	config.UseClientGoFeatureGates(cfg.FeatureGate)
+	if err := logsapi.ValidateAndApply(&cfg.KubeProxy.Logging, cfg.FeatureGate); err != nil {
 		fmt.Fprintf(stderr, "nftvs: initialize logging: %v\n", err)
 		return 1
 	}
@@ -111,7 +108,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	})
 
 	if cfg.WriteConfigTo != "" {
-		if err := writeConfig(cfg.KubeProxy, cfg.WriteConfigTo); err != nil {
+		if err := config.Write(cfg.KubeProxy, cfg.WriteConfigTo); err != nil {
 			klog.ErrorS(err, "Writing the configuration")
 			return 1
 		}
@@ -126,7 +123,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = runCleanup(cfg)
 	case cfg.InitOnly:
 		_, err = setupKernel(cfg)
-		checkIPv6Forwarding(ipvs.ProcSys, ipv6Supported() && usesIPv6(cfg, nil, nil))
+		checkIPv6Forwarding(ipvs.ProcSys, ipv6Supported() && cfg.UsesIPv6(nil, nil))
 	default:
 		ctx, changed := context.WithCancelCause(ctx)
 		defer changed(nil)
@@ -151,21 +148,6 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// writeConfig writes the effective configuration as a
-// KubeProxyConfiguration file (--write-config-to).
-func writeConfig(c *v1alpha1.KubeProxyConfiguration, path string) error {
-	c = c.DeepCopy()
-	c.APIVersion, c.Kind = configAPIVersion, configKind
-	b, err := yaml.Marshal(c)
-	if err != nil {
-		return fmt.Errorf("encode configuration: %w", err)
-	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		return fmt.Errorf("write configuration: %w", err)
-	}
-	return nil
-}
-
 // setupKernel does what needs full privileges, as kube-proxy's IPVS mode
 // does before it syncs anything (and all that --init-only does): kernel
 // modules (ip_vs, the scheduler, what the table uses), the conntrack
@@ -173,7 +155,7 @@ func writeConfig(c *v1alpha1.KubeProxyConfiguration, path string) error {
 // the IPVS timeouts, and a check that the scheduler works. A failure
 // stops nftvs, as it stops kube-proxy, except for the IPVS timeouts, which
 // kube-proxy only logs.
-func setupKernel(cfg *Config) (*ipvs.Kernel, error) {
+func setupKernel(cfg *config.Config) (*ipvs.Kernel, error) {
 	// Modules first: nf_conntrack's sysctls exist only once it is loaded.
 	if err := loadKernelModules(cfg.KubeProxy.IPVS.Scheduler); err != nil {
 		return nil, err
@@ -247,18 +229,14 @@ func setIPVSTimeouts(k ipvsTimeouts, c v1alpha1.KubeProxyIPVSConfiguration) {
 // kube-ipvs0 and the nftables table; and what kube-proxy's IPVS mode left
 // in iptables-nft and ipset, as --takeover-kube-proxy does.
 // Nothing else (other tables, other links) is touched.
-func runCleanup(cfg *Config) error {
+func runCleanup(cfg *config.Config) error {
 	var errs []error
-	exclude, err := cfg.excludeCIDRs()
-	if err != nil {
-		return err
-	}
+	exclude := cfg.ExcludeCIDRs
 	if kernel, err := ipvs.NewKernel(""); err != nil {
 		// No IPVS in this kernel: no virtual server to remove.
 		klog.InfoS("IPVS is not available, no virtual server to remove", "err", err)
 	} else {
-		masqueradeMark := uint32(1) << uint(*cfg.KubeProxy.IPTables.MasqueradeBit)
-		res, err := ipvs.NewReconciler(kernel, exclude).OwnFWMarks(proxier.OwnsFWMark(masqueradeMark)).Resync(nil)
+		res, err := ipvs.NewReconciler(kernel, exclude).OwnFWMarks(proxier.OwnsFWMark(cfg.MasqueradeMark)).Resync(nil)
 		kernel.Close()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("remove IPVS virtual servers: %w", err))
@@ -391,7 +369,7 @@ func applyOOMScoreAdj(v *int32) {
 // proxier then hands it, after each sync, the flows of the real servers
 // the sync removed (SyncResult.Removed turned into conntrack.Stale, one
 // Clean per sync), and its work is counted in m.
-func proxierKernel(cfg *Config, rec *ipvs.Reconciler, addrs ipvs.Addresses, table nft.Interface, m *metrics.Metrics, newCleaner func() (conntrack.Interface, error)) (proxier.Kernel, error) {
+func proxierKernel(cfg *config.Config, rec *ipvs.Reconciler, addrs ipvs.Addresses, table nft.Interface, m *metrics.Metrics, newCleaner func() (conntrack.Interface, error)) (proxier.Kernel, error) {
 	k := proxier.Kernel{IPVS: rec, Addresses: addrs, NFT: table}
 	if !cfg.ConntrackCleaner {
 		klog.InfoS("Conntrack cleaner disabled (--conntrack-cleaner=false): flows to removed endpoints expire on their own")
@@ -414,9 +392,9 @@ var errPodCIDRsChanged = errors.New("the node's podCIDRs changed (detect-local-m
 // health server comes first, so that a start-up on a loaded node (the
 // Node read, a 10k-Service list and first sync can take minutes there)
 // answers /livez from its first second.
-func run(parent context.Context, cfg *Config) error {
+func run(parent context.Context, cfg *config.Config) error {
 	logStartup(cfg)
-	cfg.featureGate.AddMetrics() // kubernetes_feature_enabled, as kube-proxy
+	cfg.FeatureGate.AddMetrics() // kubernetes_feature_enabled, as kube-proxy
 	applyOOMScoreAdj(cfg.KubeProxy.OOMScoreAdj)
 	name, err := nodeName(cfg.KubeProxy.HostnameOverride)
 	if err != nil {
@@ -452,18 +430,18 @@ func run(parent context.Context, cfg *Config) error {
 		return err
 	}
 	health.SetNode(nw.Node)
-	node, err := detectNode(cfg, nw.Node())
+	node, err := cfg.Resolve(config.NodeFacts{Name: name, Node: nw.Node(), IPv6: ipv6Supported(), APIServer: apiServer})
 	if err != nil {
 		return err
 	}
-	m := metrics.New(node.families)
+	m := metrics.New(node.Families)
 	health.SetMetrics(m)
-	p, nodePorts, closeKernel, err := newProxier(ctx, cfg, name, node, apiServer, m, ev.serviceWarning)
+	p, closeKernel, err := newProxier(ctx, cfg, node, m, ev.serviceWarning)
 	if err != nil {
 		return err
 	}
 	defer closeKernel()
-	if w := checkIPv6Forwarding(ipvs.ProcSys, node.usesIPv6); w != "" {
+	if w := checkIPv6Forwarding(ipvs.ProcSys, node.UsesIPv6); w != "" {
 		ev.event(v1.EventTypeWarning, "IPv6ForwardingDisabled", w)
 	}
 	serveExplain(ctx, cfg.ExplainSocket, p)
@@ -473,7 +451,7 @@ func run(parent context.Context, cfg *Config) error {
 		defer closeStats()
 	}
 
-	serviceHealth := healthcheck.NewServiceHealthServers(name, ev.recorder, nodePorts.healthCheckAddresses(), node.families, func() bool { return health.Health().Healthy })
+	serviceHealth := healthcheck.NewServiceHealthServers(name, ev.recorder, nodePortSelection{node.NodePorts}.healthCheckAddresses(), node.Families, func() bool { return health.Health().Healthy })
 	defer serviceHealth.Close()
 	var metricsServer sync.WaitGroup
 	defer func() {
@@ -487,7 +465,7 @@ func run(parent context.Context, cfg *Config) error {
 
 	// As kube-proxy's sync loop: healthy while starting; changes queue
 	// syncs for /healthz once the informers have synced (changeTracker).
-	changes := newChangeTracker(m, health, node.families, clock.RealClock{})
+	changes := newChangeTracker(m, health, node.Families, clock.RealClock{})
 	changes.start()
 	err = p.WatchWith(ctx, client, proxier.WatchOptions{Resync: resync, Node: nw.informer, OnChange: changes.observe})
 	if err != nil {
@@ -499,7 +477,7 @@ func run(parent context.Context, cfg *Config) error {
 	changes.initialize()
 	takeOverKubeProxy(cfg.TakeoverKubeProxy, takeover.Node(), ev.event)
 	p.Run(ctx, func(res proxier.SyncResult, err error) {
-		observeSync(res, err, p, node.families, m, health, changes, serviceHealth)
+		observeSync(res, err, p, node.Families, m, health, changes, serviceHealth)
 	})
 	return stopped(ctx)
 }
@@ -508,7 +486,7 @@ func run(parent context.Context, cfg *Config) error {
 // runbooks grep for ("Version info", "Golang settings", "Using ipvs
 // Proxier"), with nftvs's version, and nftvs's own ("Starting nftvs"),
 // which says which program this is.
-func logStartup(cfg *Config) {
+func logStartup(cfg *config.Config) {
 	klog.InfoS("Starting nftvs", "version", version.Get(), "companion", cfg.Companion)
 	klog.InfoS("Version info", "version", version.Get(), "kubeProxyVersion", version.Kube.String())
 	klog.InfoS("Golang settings", "GOGC", os.Getenv("GOGC"), "GOMAXPROCS", os.Getenv("GOMAXPROCS"), "GOTRACEBACK", os.Getenv("GOTRACEBACK"))
@@ -559,70 +537,8 @@ func (e *nodeEvents) serviceWarning(svc types.NamespacedName, reason, note strin
 	e.recorder.Eventf(ref, e.node, v1.EventTypeWarning, reason, "SyncProxyRules", "%s", eventNote(note))
 }
 
-// nodeFacts are what nftvs learns from the Node and the kernel at start.
-type nodeFacts struct {
-	ip4, ip6 netip.Addr // the node's IPs, loopback when unknown
-	// ipv6 says the kernel has IPv6; families are the IP families
-	// proxied, primary first.
-	ipv6     bool
-	families []v1.IPFamily
-	podCIDRs []string
-	// usesIPv6 says the cluster uses IPv6 (usesIPv6).
-	usesIPv6 bool
-}
-
-// detectNode is kube-proxy's detectNodeIPs and platformCheckSupported:
-// the node's IPs, the primary family, and the families proxied.
-func detectNode(cfg *Config, node *v1.Node) (nodeFacts, error) {
-	rawIPs := NodeHostIPs(node)
-	if len(rawIPs) > 0 {
-		klog.InfoS("Successfully retrieved NodeIPs", "NodeIPs", rawIPs)
-	}
-	primaryIPv6, ip4, ip6 := NodeIPs(rawIPs, cfg.KubeProxy.BindAddress)
-	if primaryIPv6 && ip6.IsLoopback() || !primaryIPv6 && ip4.IsLoopback() {
-		klog.InfoS("Can't determine this node's IP, assuming loopback; if this is incorrect, please set the --bind-address flag")
-	}
-	f := nodeFacts{ip4: ip4, ip6: ip6, ipv6: ipv6Supported(), families: []v1.IPFamily{v1.IPv4Protocol}}
-	if primaryIPv6 && !f.ipv6 {
-		return f, errors.New("no support for primary IP family IPv6 (IPv6 is disabled in this kernel)")
-	}
-	if f.ipv6 {
-		f.families = append(f.families, v1.IPv6Protocol)
-	}
-	if primaryIPv6 {
-		slices.Reverse(f.families)
-	}
-	if len(f.families) == 2 {
-		klog.InfoS("nftvs running in dual-stack mode", "primary ipFamily", f.families[0])
-	} else {
-		klog.InfoS("nftvs running in single-stack mode", "ipFamily", f.families[0])
-	}
-	if node != nil {
-		f.podCIDRs = node.Spec.PodCIDRs
-	}
-	f.usesIPv6 = f.ipv6 && usesIPv6(cfg, rawIPs, f.podCIDRs)
-	return f, nil
-}
-
-// usesIPv6 says whether the cluster uses IPv6, and so needs IPv6
-// forwarding (checkIPv6Forwarding): the node has an IPv6 address, or
-// --bind-address, a --cluster-cidr or one of the node's podCIDRs is IPv6.
-func usesIPv6(cfg *Config, nodeIPs []netip.Addr, podCIDRs []string) bool {
-	if slices.ContainsFunc(nodeIPs, netip.Addr.Is6) {
-		return true
-	}
-	if ip := netutils.ParseIPSloppy(cfg.KubeProxy.BindAddress); ip != nil && !ip.IsUnspecified() && ip.To4() == nil {
-		return true
-	}
-	cidrs := append(strings.Split(cfg.KubeProxy.ClusterCIDR, ","), podCIDRs...)
-	return slices.ContainsFunc(cidrs, func(c string) bool {
-		p, err := parseCIDR(c)
-		return err == nil && strings.TrimSpace(c) != "" && p.Addr().Is6()
-	})
-}
-
 // nodePortSelection chooses node port and health check addresses.
-type nodePortSelection struct{ NodePortAddresses }
+type nodePortSelection struct{ config.NodePortAddresses }
 
 // addresses are the node port addresses among the host's current ones.
 func (n nodePortSelection) addresses() ([]netip.Addr, error) {
@@ -650,54 +566,42 @@ func (n nodePortSelection) healthCheckAddresses() func() []netip.Addr {
 }
 
 // newProxier sets up the kernel and returns the proxier programming it,
-// the node port addresses, and what closes the kernel handles. Every
-// failure stops nftvs before it serves.
-func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, apiServer []netip.Addr, m *metrics.Metrics, warn func(types.NamespacedName, string, string)) (*proxier.Proxier, nodePortSelection, func(), error) {
-	nodePorts, exclude, nftCfg, err := tableConfig(cfg, node)
-	if err != nil {
-		return nil, nodePorts, nil, err
-	}
+// and what closes the kernel handles. Every failure stops nftvs before it
+// serves.
+func newProxier(ctx context.Context, cfg *config.Config, node *config.Resolved, m *metrics.Metrics, warn func(types.NamespacedName, string, string)) (*proxier.Proxier, func(), error) {
 	kernel, err := setupKernel(cfg)
 	if err != nil {
-		return nil, nodePorts, nil, err
+		return nil, nil, err
 	}
-	table, err := nft.New(nftCfg)
+	table, err := nft.New(node.NFT)
 	if err != nil {
 		kernel.Close()
-		return nil, nodePorts, nil, fmt.Errorf("nftables table: %w", err)
+		return nil, nil, fmt.Errorf("nftables table: %w", err)
 	}
 	addrs, err := ipvs.NewNetlinkAddresses("")
 	if err != nil {
 		kernel.Close()
-		return nil, nodePorts, nil, err
+		return nil, nil, err
 	}
 	closeKernel := func() {
 		addrs.Close()
 		kernel.Close()
 	}
-	rec := ipvs.NewReconciler(kernel, exclude).OwnFWMarks(proxier.OwnsFWMark(nftCfg.MasqueradeMark))
+	rec := ipvs.NewReconciler(kernel, cfg.ExcludeCIDRs).OwnFWMarks(proxier.OwnsFWMark(cfg.MasqueradeMark))
 	rec.Yield = yieldCPU
 	k, err := proxierKernel(cfg, rec, addrs, table, m, func() (conntrack.Interface, error) {
 		return conntrack.New()
 	})
 	if err != nil {
 		closeKernel()
-		return nil, nodePorts, nil, err
+		return nil, nil, err
 	}
-	pcfg := cfg.proxierConfig(name, true, node.ipv6)
-	for _, ip := range []netip.Addr{node.ip4, node.ip6} {
-		if !ip.IsLoopback() {
-			pcfg.Node.IPs = append(pcfg.Node.IPs, ip)
-		}
-	}
-	pcfg.NodePortAddresses = nodePorts.addresses
-	pcfg.LocalAddresses = localAddresses
-	pcfg.ExcludeCIDRs = exclude
-	pcfg.MasqueradeMark = nftCfg.MasqueradeMark
-	pcfg.Warn = warn
-	pcfg.Schedulers = offeredSchedulers(kernel, cfg.KubeProxy.IPVS.Scheduler)
-	pcfg.APIServer = apiServer
-	p := proxier.New(pcfg, k)
+	p := proxier.New(node.Proxier(config.Runtime{
+		Schedulers:     offeredSchedulers(kernel, cfg.KubeProxy.IPVS.Scheduler),
+		HostAddresses:  hostAddresses,
+		LocalAddresses: localAddresses,
+		Warn:           warn,
+	}), k)
 	// An address that comes or goes (a VIP failover) is served or let go
 	// within a second, not at the next full sync.
 	if err := ipvs.WatchAddresses(ctx, ipvs.DummyName, p.OnLocalAddressChange); err != nil {
@@ -708,7 +612,7 @@ func newProxier(ctx context.Context, cfg *Config, name string, node nodeFacts, a
 	if err := table.WatchDrift(ctx, p.SyncSoon); err != nil {
 		klog.ErrorS(err, "Not watching the nftables ruleset: drift is repaired by the periodic sync only")
 	}
-	return p, nodePorts, closeKernel, nil
+	return p, closeKernel, nil
 }
 
 // yieldCPU gives way, between two batches of a large IPVS sync, to what
@@ -743,37 +647,10 @@ func localAddresses() ([]netip.Addr, error) {
 	return out, nil
 }
 
-// tableConfig is what the node adds to the configuration: node port
-// addresses, the IPVS exclude CIDRs and the nftables table's
-// configuration.
-func tableConfig(cfg *Config, node nodeFacts) (nodePortSelection, []netip.Prefix, nft.Config, error) {
-	nftCfg, err := cfg.nftConfig(node.podCIDRs)
-	if err != nil {
-		return nodePortSelection{}, nil, nftCfg, err
-	}
-	if nftCfg.LocalTraffic.Interface == "" && len(nftCfg.LocalTraffic.PodCIDRs) == 0 {
-		klog.InfoS("No local traffic detection: traffic from pods to ClusterIPs is masqueraded only with --masquerade-all",
-			"detectLocalMode", cfg.KubeProxy.DetectLocalMode, "clusterCIDR", cfg.KubeProxy.ClusterCIDR, "podCIDRs", node.podCIDRs)
-	}
-	npCIDRs, primary, err := cfg.nodePortCIDRs()
-	if err != nil {
-		return nodePortSelection{}, nil, nftCfg, err
-	}
-	if primary {
-		npCIDRs = primaryNodePortCIDRs([]netip.Addr{node.ip4, node.ip6})
-	}
-	if len(npCIDRs) == 0 {
-		klog.InfoS("nodePortAddresses is unset; NodePort connections will be accepted on all local IPs. Consider using `--nodeport-addresses primary`")
-	}
-	nodePorts := nodePortSelection{NodePortAddresses{Dummy: ipvs.DummyName, CIDRs: npCIDRs, IPv4: true, IPv6: node.ipv6}}
-	exclude, err := cfg.excludeCIDRs()
-	return nodePorts, exclude, nftCfg, err
-}
-
 // hardFail is what a server that cannot serve does with
 // --bind-address-hard-fail: an Event, and the run ends. Without it (nil),
 // the server retries.
-func hardFail(cfg *Config, cancel context.CancelCauseFunc, ev *nodeEvents, reason string) func(error) {
+func hardFail(cfg *config.Config, cancel context.CancelCauseFunc, ev *nodeEvents, reason string) func(error) {
 	if !cfg.KubeProxy.BindAddressHardFail {
 		return nil
 	}

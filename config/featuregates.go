@@ -1,4 +1,4 @@
-package app
+package config
 
 import (
 	"errors"
@@ -160,10 +160,10 @@ func (a clientGoGates) AddVersioned(in map[clientfeatures.Feature]clientfeatures
 	return a.fg.AddVersioned(out)
 }
 
-// useClientGoFeatureGates makes client-go read its gates from fg, as
+// UseClientGoFeatureGates makes client-go read its gates from fg, as
 // kube-proxy's does from its --feature-gates. Call it before any client
 // is made.
-func useClientGoFeatureGates(fg featuregate.FeatureGate) {
+func UseClientGoFeatureGates(fg featuregate.FeatureGate) {
 	clientfeatures.ReplaceFeatureGates(clientGoReader{fg})
 }
 

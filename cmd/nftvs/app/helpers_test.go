@@ -8,8 +8,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/nftvs/nftvs/config"
 	"github.com/nftvs/nftvs/conntrack"
 	"github.com/nftvs/nftvs/metrics"
+	"strings"
 )
 
 func metav1Duration(d time.Duration) metav1.Duration { return metav1.Duration{Duration: d} }
@@ -47,4 +49,19 @@ func value(t *testing.T, m *metrics.Metrics, name, labelValue string) float64 {
 		}
 	}
 	return 0
+}
+
+func mustParse(t *testing.T, args ...string) *config.Config {
+	t.Helper()
+	o := config.NewOptions()
+	fs := o.NewFlagSet()
+	fs.SetOutput(&strings.Builder{})
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parse %q: %v", args, err)
+	}
+	cfg, err := o.Complete()
+	if err != nil {
+		t.Fatalf("parse %q: %v", args, err)
+	}
+	return cfg
 }
