@@ -38,8 +38,7 @@ func newProxier(ctx context.Context, cfg *config.Config, node *config.Resolved, 
 		addrs.Close()
 		kernel.Close()
 	}
-	rec := ipvs.NewReconciler(kernel, cfg.ExcludeCIDRs).OwnFWMarks(proxier.OwnsFWMark(cfg.MasqueradeMark))
-	rec.Yield = yieldCPU
+	rec := ipvs.NewReconciler(kernel, cfg.ExcludeCIDRs).OwnFWMarks(proxier.OwnsFWMark(cfg.MasqueradeMark)).Yielding(yieldCPU)
 	k, err := proxierKernel(cfg, rec, addrs, table, m, func() (conntrack.Interface, error) {
 		return conntrack.New()
 	})
