@@ -93,8 +93,10 @@ type SyncResult struct {
 	// Conntrack what it did.
 	Stale     []conntrack.Stale
 	Conntrack conntrack.Result
-	// Refused are the virtual servers IPVS refused: the sync went on
-	// without them.
+	// Refused are what was refused, each once: virtual servers IPVS
+	// refused, and Service ports' nft elements the kernel or the table
+	// (SetElements, before the kernel) refused. The sync went on without
+	// them.
 	Refused []Refusal
 	// Problems counts, by Event reason, the fields of every Service that
 	// are not programmed as asked (after this sync): each Service gets
