@@ -391,7 +391,7 @@ func TestPlanFWMarkCarriesTheConfiguredMasqueradeBit(t *testing.T) {
 func newWarnedNode(t *testing.T, withMessage bool) (*fakeNode, *[]string) {
 	f := newFakeNode(t)
 	var warned []string
-	f.p = New(Config{PlanConfig: f.p.cfg.PlanConfig, Now: f.p.cfg.Now,
+	f.p = New(Config{PlanConfig: f.p.cfg.PlanConfig, Clock: f.p.cfg.Clock,
 		Warn: func(n types.NamespacedName, reason, msg string) {
 			w := n.String() + " " + reason
 			if withMessage {

@@ -11,6 +11,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
 
 	"github.com/nftvs/nftvs/conntrack"
 	"github.com/nftvs/nftvs/ipvs"
@@ -52,8 +53,10 @@ type Config struct {
 	// BindAddress is a --bind-address other than 0.0.0.0 or :: (invalid
 	// otherwise): one of the node's IPs (NodeIPs) on every Node update.
 	BindAddress netip.Addr
-	// Now is the clock (tests replace it).
-	Now func() time.Time
+	// Clock decides every time in the proxier: the sync loop's tickers
+	// and timers (Run), sync durations, drain deadlines (nil: the real
+	// clock; tests use a fake one).
+	Clock clock.WithTicker
 }
 
 // Defaults, as kube-proxy's.
@@ -218,8 +221,8 @@ func New(cfg Config, k Kernel) *Proxier {
 	if cfg.IPVSResyncPeriod <= 0 {
 		cfg.IPVSResyncPeriod = DefaultIPVSResyncPeriod
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
 	}
 	return &Proxier{
 		cfg: cfg, k: k,
@@ -228,7 +231,7 @@ func New(cfg Config, k Kernel) *Proxier {
 		sliceOwner:        map[types.NamespacedName]types.NamespacedName{},
 		dirty:             map[types.NamespacedName]bool{},
 		triggers:          map[types.NamespacedName][]TriggerTime{},
-		started:           cfg.Now(),
+		started:           cfg.Clock.Now(),
 		node:              cfg.Node,
 		trigger:           make(chan struct{}, 1),
 		applied:           map[types.NamespacedName][]PortPlan{},
@@ -370,26 +373,35 @@ func (p *Proxier) ready() bool {
 // Every DrainCheckPeriod it counts the connections of draining real
 // servers. onSync, if set, sees every sync's outcome.
 func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
-	full := time.NewTicker(p.cfg.SyncPeriod)
+	c := p.cfg.Clock
+	full := c.NewTicker(p.cfg.SyncPeriod)
 	defer full.Stop()
-	check := time.NewTicker(p.cfg.DrainCheckPeriod)
+	check := c.NewTicker(p.cfg.DrainCheckPeriod)
 	defer check.Stop()
 	var last time.Time
 	backoff := time.Duration(0)
 	for {
 		wantFull := false
-		var drainTimer <-chan time.Time
+		var drain clock.Timer
+		var drainC <-chan time.Time
 		if d, ok := p.nextDrainDeadline(); ok {
-			drainTimer = time.After(max(time.Until(d), 0))
+			drain = c.NewTimer(max(d.Sub(c.Now()), 0))
+			drainC = drain.C()
 		}
+		checkOnly := false
 		select {
 		case <-ctx.Done():
+			stopTimer(drain)
 			return
 		case <-p.trigger:
-		case <-full.C:
+		case <-full.C():
 			wantFull = true
-		case <-drainTimer:
-		case <-check.C:
+		case <-drainC:
+		case <-check.C():
+			checkOnly = true
+		}
+		stopTimer(drain)
+		if checkOnly {
 			if p.hasDrains() {
 				p.checkDrains() // kicks a sync if one went idle
 			}
@@ -398,14 +410,16 @@ func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
 		if !p.ready() {
 			continue
 		}
-		if wait := p.cfg.MinSyncPeriod - time.Since(last) + backoff; wait > 0 {
+		if wait := p.cfg.MinSyncPeriod - c.Since(last) + backoff; wait > 0 {
+			t := c.NewTimer(wait)
 			select {
 			case <-ctx.Done():
+				t.Stop()
 				return
-			case <-time.After(wait):
+			case <-t.C():
 			}
 		}
-		last = time.Now()
+		last = c.Now()
 		res, err := p.Sync(wantFull)
 		if onSync != nil {
 			onSync(res, err)
@@ -417,6 +431,13 @@ func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
 			continue
 		}
 		backoff = 0
+	}
+}
+
+// stopTimer stops t, if there is one.
+func stopTimer(t clock.Timer) {
+	if t != nil {
+		t.Stop()
 	}
 }
 

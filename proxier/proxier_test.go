@@ -20,6 +20,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/nftvs/nftvs/ipvs"
 	"github.com/nftvs/nftvs/nft"
@@ -33,7 +35,7 @@ type fakeNode struct {
 	addrs *ipvs.FakeAddresses
 	nft   *nft.Fake
 	table *nft.Table
-	now   time.Time
+	clock *clocktesting.FakeClock
 }
 
 func newFakeNode(t testing.TB) *fakeNode {
@@ -51,8 +53,8 @@ func newFakeNodeWith(t testing.TB, tweak func(*Config)) *fakeNode {
 	kern := ipvs.NewFake()
 	counting := ipvs.NewCounting(kern)
 	f := &fakeNode{ipvs: counting, kern: kern, addrs: ipvs.NewFakeAddresses(), nft: nf, table: table,
-		now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	cfg := Config{PlanConfig: *testConfig(), Now: func() time.Time { return f.now }}
+		clock: clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}
+	cfg := Config{PlanConfig: *testConfig(), Clock: f.clock}
 	tweak(&cfg)
 	f.p = New(cfg, Kernel{IPVS: ipvs.NewReconciler(counting, nil), Addresses: f.addrs, NFT: table})
 	f.p.SetSynced()
@@ -202,7 +204,7 @@ func TestProxierFullSyncRepairsDrift(t *testing.T) {
 	if got := f.ipvsText(); !strings.Contains(got, "10.96.0.10:80 rr\n  "+w1("10.244.2.1:8080")) {
 		t.Fatalf("the deleted virtual server is not back after one full sync:\n%s", got)
 	}
-	f.now = f.now.Add(DefaultIPVSResyncPeriod)
+	f.clock.Step(DefaultIPVSResyncPeriod)
 	if res := f.sync(t, true); !res.IPVSResync {
 		t.Fatal("no IPVS resync after the resync period")
 	}
@@ -216,7 +218,9 @@ func TestProxierFullSyncRepairsDrift(t *testing.T) {
 // a fake clientset, with kube-proxy's ignore rules.
 func TestProxierWatchesTheAPI(t *testing.T) {
 	f := newFakeNode(t)
-	f.p = New(f.p.cfg, f.p.k)
+	cfg := f.p.cfg
+	cfg.Clock = clock.RealClock{} // the loop runs on its own here (TestRunLoop steps a fake one)
+	f.p = New(cfg, f.p.k)
 	web := makeService("ns", "web")
 	other := makeService("ns", "other", clusterIPs("10.96.0.99"), func(s *v1.Service) {
 		s.Labels = map[string]string{labelServiceProxyName: "someone-else"}
@@ -352,7 +356,7 @@ func TestWatchFailsLoudlyWithoutPermission(t *testing.T) {
 // that programs them, and a sync with no change reports none.
 func TestTriggerTimes(t *testing.T) {
 	f := newFakeNode(t)
-	t0 := f.now
+	t0 := f.clock.Now()
 	at := func(s *discovery.EndpointSlice, tm time.Time) *discovery.EndpointSlice {
 		s.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: tm.Format(time.RFC3339Nano)}
 		return s

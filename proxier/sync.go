@@ -44,7 +44,7 @@ type serviceInput struct {
 func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
-	start := p.cfg.Now()
+	start := p.cfg.Clock.Now()
 	w := p.collectWork(full || p.needFull, start)
 	res := SyncResult{Full: w.full}
 	if w.full || w.addressesChanged {
@@ -56,7 +56,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 		p.setNodePortAddresses()
 	}
 	step := func(d *time.Duration) {
-		now := p.cfg.Now()
+		now := p.cfg.Clock.Now()
 		*d, start = now.Sub(start), now
 	}
 	begin := start
@@ -104,7 +104,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 	res.Refused = uniqueRefusals(res.Refused)
 	p.reportRefused(res.Refused, w.full)
 	res.Problems = maps.Clone(p.problemCounts)
-	res.Duration = p.cfg.Now().Sub(start)
+	res.Duration = p.cfg.Clock.Now().Sub(start)
 	return res, err
 }
 
