@@ -30,7 +30,7 @@ import (
 // fakeNode is a proxier over in-memory kernels, with a settable clock.
 type fakeNode struct {
 	p     *Proxier
-	ipvs  *ipvs.Counting
+	ipvs  *counting
 	kern  *ipvs.Fake
 	addrs *ipvs.FakeAddresses
 	nft   *nft.Fake
@@ -51,7 +51,7 @@ func newFakeNodeWith(t testing.TB, tweak func(*Config)) *fakeNode {
 		t.Fatal(err)
 	}
 	kern := ipvs.NewFake()
-	counting := ipvs.NewCounting(kern)
+	counting := newCounting(kern)
 	f := &fakeNode{ipvs: counting, kern: kern, addrs: ipvs.NewFakeAddresses(), nft: nf, table: table,
 		clock: clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}
 	cfg := Config{PlanConfig: *testConfig(), Clock: f.clock}
@@ -230,7 +230,7 @@ func TestProxierWatchesTheAPI(t *testing.T) {
 	client := fake.NewClientset(web, other, slice, node)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := f.p.Watch(ctx, client, thisNode, 0); err != nil {
+	if err := f.p.Watch(ctx, client, WatchOptions{Node: NewNodeInformer(client, thisNode, 0)}); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
@@ -335,7 +335,7 @@ func TestWatchFailsLoudlyWithoutPermission(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := f.p.Watch(ctx, client, thisNode, 0)
+	err := f.p.Watch(ctx, client, WatchOptions{Node: NewNodeInformer(client, thisNode, 0)})
 	if err == nil {
 		t.Fatal("Watch succeeded without permission to list EndpointSlices")
 	}
@@ -436,8 +436,8 @@ func TestWatchWithARunningNodeInformer(t *testing.T) {
 	if err := StartAndSync(ctx, map[string]cache.SharedIndexInformer{"nodes": ni}, nil, func() { ni.Start(ctx.Done()) }); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.p.WatchWith(ctx, client, WatchOptions{Node: ni}); err != nil {
-		t.Fatalf("WatchWith a running Node informer: %v", err)
+	if err := f.p.Watch(ctx, client, WatchOptions{Node: ni}); err != nil {
+		t.Fatalf("Watch with a running Node informer: %v", err)
 	}
 }
 

@@ -30,24 +30,14 @@ const (
 	labelHeadless         = "service.kubernetes.io/headless"
 )
 
-// Watch starts informers for Services, EndpointSlices and this Node, feeds
-// the proxier, and returns once the caches have synced (or ctx ends).
-// Like kube-proxy, it ignores objects labelled with another proxy's name
-// and EndpointSlices of headless Services. A command that watches this
-// Node itself hands its informer to WatchWith instead, so that the Node
-// is watched once.
-func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, nodeName string, resync time.Duration) error {
-	return p.WatchWith(ctx, client, WatchOptions{Resync: resync, Node: NewNodeInformer(client, nodeName, resync)})
-}
-
-// WatchOptions are what WatchWith watches besides Services and
+// WatchOptions are what Watch watches besides Services and
 // EndpointSlices.
 type WatchOptions struct {
 	// Resync is the informers' resync period (--config-sync-period).
 	Resync time.Duration
 	// Node is the informer on this Node: its topology zone and addresses
 	// feed the proxier (OnNodeUpdate). It may already be running (the
-	// command starts it first, to wait for the Node's IPs); WatchWith
+	// command starts it first, to wait for the Node's IPs); Watch
 	// then only adds the proxier's handler to it.
 	Node *NodeInformer
 	// OnChange, when set, is called after each Service and EndpointSlice
@@ -91,8 +81,13 @@ func (n *NodeInformer) Start(stop <-chan struct{}) {
 	n.factory.Start(stop)
 }
 
-// WatchWith is Watch with the Node's informer given (see WatchOptions).
-func (p *Proxier) WatchWith(ctx context.Context, client kubernetes.Interface, o WatchOptions) error {
+// Watch starts informers for Services and EndpointSlices, adds the
+// proxier's handler to the Node's informer (o.Node), feeds the proxier,
+// and returns once the caches have synced (or ctx ends). Like
+// kube-proxy, it ignores objects labelled with another proxy's name and
+// EndpointSlices of headless Services. The Node's informer is the
+// command's, so that the Node is watched once.
+func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, o WatchOptions) error {
 	if o.Node == nil {
 		return errors.New("watch: no Node informer")
 	}

@@ -195,7 +195,7 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	watched := make(chan error, 1)
-	go func() { watched <- c.p.Watch(ctx, c.client, nodeName, 0) }()
+	go func() { watched <- c.p.Watch(ctx, c.client, proxier.WatchOptions{Node: proxier.NewNodeInformer(c.client, nodeName, 0)}) }()
 	select {
 	case err := <-watched:
 		if err != nil {

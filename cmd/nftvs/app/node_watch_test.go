@@ -34,7 +34,7 @@ func TestNodeWatchedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := newFakeNode(t)
-	if err := f.p.WatchWith(ctx, client, proxier.WatchOptions{Node: nw.informer}); err != nil {
+	if err := f.p.Watch(ctx, client, proxier.WatchOptions{Node: nw.informer}); err != nil {
 		t.Fatal(err)
 	}
 	counts := map[string]int{}

@@ -105,7 +105,7 @@ func run(parent context.Context, cfg *config.Config) error {
 	// syncs for /healthz once the informers have synced (changeTracker).
 	changes := newChangeTracker(m, health, node.Families, clock.RealClock{})
 	changes.start()
-	err = p.WatchWith(ctx, client, proxier.WatchOptions{Resync: resync, Node: nw.informer, OnChange: changes.observe})
+	err = p.Watch(ctx, client, proxier.WatchOptions{Resync: resync, Node: nw.informer, OnChange: changes.observe})
 	if err != nil {
 		if ctx.Err() != nil {
 			return stopped(ctx)
