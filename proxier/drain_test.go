@@ -180,7 +180,7 @@ func TestDrainSurvivesRestart(t *testing.T) {
 	f.wantIPVS(t, "before the restart", []string{w0("10.244.2.2:8080"), w0("10.244.2.3:8080")}, nil)
 
 	// A new process over the same kernel.
-	restarted := New(f.p.cfg, Kernel{IPVS: ipvs.NewReconciler(f.ipvs, nil), Addresses: f.addrs, NFT: f.table})
+	restarted := New(f.p.cfg, Dataplane{IPVS: ipvs.NewReconciler(f.ipvs, nil), Addresses: f.addrs, NFT: f.table})
 	restarted.SetSynced()
 	f.p = restarted
 	f.addService(svc, namedSlice("web-1", httpSlice(svc, ready("10.244.2.1", "node-b"),

@@ -58,7 +58,7 @@ func TestNodeUpdateKeepsTheStartIPs(t *testing.T) {
 	}}}
 	bind := netip.MustParseAddr("10.0.0.9")
 	cfg := Config{PlanConfig: PlanConfig{Node: Node{Name: "n", IPs: NodeIPs(n, bind)}}, BindAddress: bind}
-	p := New(cfg, Kernel{})
+	p := New(cfg, Dataplane{})
 	p.nodeHandler(nil, n, false)
 	p.mu.Lock()
 	defer p.mu.Unlock()

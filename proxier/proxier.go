@@ -70,8 +70,11 @@ const (
 	DefaultIPVSResyncPeriod = 5 * time.Minute
 )
 
-// Kernel is what the proxier programs: the kernel adapters.
-type Kernel struct {
+// Dataplane is what the proxier programs: the adapters of the kernel
+// subsystems (IPVS, kube-ipvs0's addresses, the nftables table,
+// conntrack). The name is not Kernel: ipvs.Kernel is the IPVS netlink
+// handle.
+type Dataplane struct {
 	IPVS      *ipvs.Reconciler
 	Addresses ipvs.Addresses
 	NFT       nft.Interface
@@ -136,7 +139,7 @@ type SyncSteps struct {
 // are planned again; only what their plans changed is sent to the kernel.
 type Proxier struct {
 	cfg Config // as New completed it; never changed after
-	k   Kernel
+	k   Dataplane
 
 	// mu guards what the watch records. The informer callbacks hold it
 	// only to record a change, never while the kernel is programmed, so a
@@ -205,7 +208,7 @@ type Proxier struct {
 }
 
 // New returns a proxier programming k.
-func New(cfg Config, k Kernel) *Proxier {
+func New(cfg Config, k Dataplane) *Proxier {
 	if cfg.MinSyncPeriod <= 0 {
 		cfg.MinSyncPeriod = DefaultMinSyncPeriod
 	}

@@ -56,7 +56,7 @@ func newFakeNodeWith(t testing.TB, tweak func(*Config)) *fakeNode {
 		clock: clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}
 	cfg := Config{PlanConfig: *testConfig(), Clock: f.clock}
 	tweak(&cfg)
-	f.p = New(cfg, Kernel{IPVS: ipvs.NewReconciler(counting, nil), Addresses: f.addrs, NFT: table})
+	f.p = New(cfg, Dataplane{IPVS: ipvs.NewReconciler(counting, nil), Addresses: f.addrs, NFT: table})
 	f.p.SetSynced()
 	return f
 }
@@ -527,7 +527,7 @@ func TestRestartWritesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.table = table
-		f.p = New(f.p.cfg, Kernel{IPVS: ipvs.NewReconciler(f.ipvs, nil), Addresses: f.addrs, NFT: table})
+		f.p = New(f.p.cfg, Dataplane{IPVS: ipvs.NewReconciler(f.ipvs, nil), Addresses: f.addrs, NFT: table})
 		f.p.SetSynced()
 		f.ipvs.Reset()
 		services(n)

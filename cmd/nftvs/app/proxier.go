@@ -39,7 +39,7 @@ func newProxier(ctx context.Context, cfg *config.Config, node *config.Resolved, 
 		kernel.Close()
 	}
 	rec := ipvs.NewReconciler(kernel, cfg.ExcludeCIDRs).OwnFWMarks(proxier.OwnsFWMark(cfg.MasqueradeMark)).Yielding(yieldCPU)
-	k, err := proxierKernel(cfg, rec, addrs, table, m, func() (conntrack.Interface, error) {
+	k, err := newDataplane(cfg, rec, addrs, table, m, func() (conntrack.Interface, error) {
 		return conntrack.New()
 	})
 	if err != nil {
@@ -65,13 +65,13 @@ func newProxier(ctx context.Context, cfg *config.Config, node *config.Resolved, 
 	return p, closeKernel, nil
 }
 
-// proxierKernel assembles the proxier's kernel adapters. The conntrack
+// newDataplane assembles the proxier's kernel adapters. The conntrack
 // cleaner is there only with --conntrack-cleaner (the default); the
 // proxier then hands it, after each sync, the flows of the real servers
 // the sync removed (SyncResult.Removed turned into conntrack.Stale, one
 // Clean per sync), and its work is counted in m.
-func proxierKernel(cfg *config.Config, rec *ipvs.Reconciler, addrs ipvs.Addresses, table nft.Interface, m *metrics.Metrics, newCleaner func() (conntrack.Interface, error)) (proxier.Kernel, error) {
-	k := proxier.Kernel{IPVS: rec, Addresses: addrs, NFT: table}
+func newDataplane(cfg *config.Config, rec *ipvs.Reconciler, addrs ipvs.Addresses, table nft.Interface, m *metrics.Metrics, newCleaner func() (conntrack.Interface, error)) (proxier.Dataplane, error) {
+	k := proxier.Dataplane{IPVS: rec, Addresses: addrs, NFT: table}
 	if !cfg.ConntrackCleaner {
 		klog.InfoS("Conntrack cleaner disabled (--conntrack-cleaner=false): flows to removed endpoints expire on their own")
 		return k, nil

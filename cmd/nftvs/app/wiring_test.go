@@ -43,7 +43,7 @@ func newFakeNode(t *testing.T, args ...string) *fakeNode {
 		t.Fatal(err)
 	}
 	f := &fakeNode{ipvs: ipvs.NewFake(), ct: conntrack.NewFake(), metrics: metrics.New([]v1.IPFamily{v1.IPv4Protocol})}
-	k, err := proxierKernel(cfg, ipvs.NewReconciler(f.ipvs, nil), ipvs.NewFakeAddresses(), table, f.metrics,
+	k, err := newDataplane(cfg, ipvs.NewReconciler(f.ipvs, nil), ipvs.NewFakeAddresses(), table, f.metrics,
 		func() (conntrack.Interface, error) { return f.ct, nil })
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +156,7 @@ func TestConntrackCleanerDisabled(t *testing.T) {
 	if len(res.Removed) != 2 {
 		t.Errorf("removed %v", res.Removed)
 	}
-	_, err := proxierKernel(mustParse(t), nil, nil, nil, nil, func() (conntrack.Interface, error) { return nil, errors.New("no netlink") })
+	_, err := newDataplane(mustParse(t), nil, nil, nil, nil, func() (conntrack.Interface, error) { return nil, errors.New("no netlink") })
 	if err == nil {
 		t.Error("a cleaner that cannot start is not an error")
 	}
