@@ -36,7 +36,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
-	"github.com/nftvs/nftvs/cmd/nftvs/app"
+	"github.com/nftvs/nftvs/config"
 	"github.com/nftvs/nftvs/e2e/controlplane"
 )
 
@@ -246,7 +246,7 @@ func TestConfigMapLoads(t *testing.T) {
 		}
 	}
 	conf := filepath.Join(dir, "config.conf")
-	cfg, raw, warnings, err := app.LoadConfigFile(conf)
+	cfg, raw, warnings, err := config.LoadConfigFile(conf)
 	if err != nil || len(warnings) > 0 {
 		t.Fatalf("LoadConfigFile: err %v, warnings %q", err, warnings)
 	}
@@ -254,7 +254,7 @@ func TestConfigMapLoads(t *testing.T) {
 		t.Errorf("mode %q scheduler %q healthz %q", raw.Mode, cfg.IPVS.Scheduler, cfg.HealthzBindAddress)
 	}
 
-	o := app.NewOptions()
+	o := config.NewOptions()
 	if err := o.NewFlagSet().Parse([]string{"--config=" + conf, "--hostname-override=Node-1"}); err != nil {
 		t.Fatal(err)
 	}

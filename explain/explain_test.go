@@ -81,7 +81,7 @@ func node(t *testing.T) (*proxier.Proxier, *fakeKernel) {
 	p := proxier.New(proxier.Config{PlanConfig: proxier.PlanConfig{
 		Node:      proxier.Node{Name: "node-a", NodePortAddresses: []netip.Addr{netip.MustParseAddr("192.168.0.10")}},
 		Scheduler: "rr", IPv4: true,
-	}}, proxier.Kernel{IPVS: ipvs.NewReconciler(fk.ipvs, nil), Addresses: fk.addrs, NFT: table})
+	}}, proxier.Dataplane{IPVS: ipvs.NewReconciler(fk.ipvs, nil), Addresses: fk.addrs, NFT: table})
 	p.SetSynced()
 	svc := &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "e2e", Name: "web", Annotations: map[string]string{proxier.AnnotationScheduler: "sh"}},

@@ -20,8 +20,7 @@
 // Result.Removed).
 //
 // Layers, each with a real implementation and an in-memory fake:
-//   - Interface: one netlink round trip per call (Kernel, Fake, and
-//     Counting to count calls);
+//   - Interface: one netlink round trip per call (Kernel, Fake);
 //   - Reconciler: desired Services against a cache of what was applied,
 //     so a sync with nothing changed costs no round trip, and Resync
 //     repairs drift from a dump;

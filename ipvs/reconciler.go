@@ -21,11 +21,8 @@ import (
 // and leaves it once the kernel dropped it, so after a failed write the
 // next Apply of the same Service redoes exactly what failed.
 type Reconciler struct {
-	// Yield, if set, is called between two batches of YieldBatch virtual
-	// servers in Apply, Resync and Repair: a full sync at 10k Services
-	// writes IPVS for tens of seconds on a slow node, and gives way in
-	// between to whatever else waits for the CPU.
-	Yield func()
+	// yield, if set, is called between two batches (Yielding).
+	yield func()
 
 	mu      sync.Mutex
 	h       Interface
@@ -36,15 +33,15 @@ type Reconciler struct {
 }
 
 // YieldBatch is how many virtual servers Apply, Resync and Repair go
-// through between two calls of Yield: about 1,000 netlink writes with 10
+// through between two calls of the Yielding function: about 1,000 netlink writes with 10
 // real servers each, well under a second even under emulation.
 const YieldBatch = 100
 
-// pace calls Yield before the i-th virtual server of a batch loop, once
+// pace calls the Yielding function before the i-th virtual server of a batch loop, once
 // every YieldBatch.
 func (r *Reconciler) pace(i int) {
-	if r.Yield != nil && i > 0 && i%YieldBatch == 0 {
-		r.Yield()
+	if r.yield != nil && i > 0 && i%YieldBatch == 0 {
+		r.yield()
 	}
 }
 
@@ -123,6 +120,15 @@ func NewReconciler(h Interface, excludeCIDRs []netip.Prefix) *Reconciler {
 // servers of its own). It returns r.
 func (r *Reconciler) OwnFWMarks(own func(mark uint32) bool) *Reconciler {
 	r.ownFWMark = own
+	return r
+}
+
+// Yielding makes the Reconciler call yield between two batches of
+// YieldBatch virtual servers in Apply, Resync and Repair: a full sync at
+// 10k Services writes IPVS for tens of seconds on a slow node, and gives
+// way in between to whatever else waits for the CPU. It returns r.
+func (r *Reconciler) Yielding(yield func()) *Reconciler {
+	r.yield = yield
 	return r
 }
 

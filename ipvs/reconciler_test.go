@@ -714,7 +714,7 @@ func TestReconcilerKeepsForeignFWMarks(t *testing.T) {
 }
 
 // A large sync gives way between batches of YieldBatch virtual servers,
-// and only between them: the Yield hook sees how many virtual servers the
+// and only between them: the Yielding hook sees how many virtual servers the
 // kernel had been written for when it ran.
 func TestReconcilerYieldsBetweenBatches(t *testing.T) {
 	const n = 2*YieldBatch + 50
@@ -725,10 +725,10 @@ func TestReconcilerYieldsBetweenBatches(t *testing.T) {
 	f := NewFake()
 	r := NewReconciler(f, nil)
 	var seen []int
-	r.Yield = func() {
+	r.Yielding(func() {
 		vss, _ := f.GetVirtualServers()
 		seen = append(seen, len(vss))
-	}
+	})
 	if _, err := r.Apply(all, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -85,7 +85,7 @@ func TestDrainLastsWhileConnectionsDo(t *testing.T) {
 			// An hour of syncs and checks: the connection lives on, so
 			// does the real server (the old 30 s bound cut it).
 			for range 12 {
-				f.now = f.now.Add(5 * time.Minute)
+				f.clock.Step(5 * time.Minute)
 				f.p.checkDrains()
 				f.sync(t, true)
 			}
@@ -95,7 +95,7 @@ func TestDrainLastsWhileConnectionsDo(t *testing.T) {
 			// check finds it idle and a sync removes it.
 			f.setConns(t, webVS, "10.244.2.2:8080", ipvs.Connections{})
 			f.p.checkDrains()
-			if d, ok := f.p.nextDrainDeadline(); !ok || d.After(f.now) {
+			if d, ok := f.p.nextDrainDeadline(); !ok || d.After(f.clock.Now()) {
 				t.Fatalf("an idle drain asks for a sync now; next %v %v", d, ok)
 			}
 			res := f.sync(t, false)
@@ -180,7 +180,7 @@ func TestDrainSurvivesRestart(t *testing.T) {
 	f.wantIPVS(t, "before the restart", []string{w0("10.244.2.2:8080"), w0("10.244.2.3:8080")}, nil)
 
 	// A new process over the same kernel.
-	restarted := New(f.p.cfg, Kernel{IPVS: ipvs.NewReconciler(f.ipvs, nil), Addresses: f.addrs, NFT: f.table})
+	restarted := New(f.p.cfg, Dataplane{IPVS: ipvs.NewReconciler(f.ipvs, nil), Addresses: f.addrs, NFT: f.table})
 	restarted.SetSynced()
 	f.p = restarted
 	f.addService(svc, namedSlice("web-1", httpSlice(svc, ready("10.244.2.1", "node-b"),
@@ -198,14 +198,14 @@ func TestDrainTimeoutBounds(t *testing.T) {
 	f := newFakeNodeWith(t, func(c *Config) { c.DrainTimeout = time.Minute })
 	svc := f.busyWeb(t, ipvs.Connections{Active: 1})
 	f.setSecond(t, svc, servingTerminating("10.244.2.2", "node-b"))
-	if d, ok := f.p.nextDrainDeadline(); !ok || !d.Equal(f.now.Add(time.Minute)) {
-		t.Fatalf("drain deadline %v %v, want %v", d, ok, f.now.Add(time.Minute))
+	if d, ok := f.p.nextDrainDeadline(); !ok || !d.Equal(f.clock.Now().Add(time.Minute)) {
+		t.Fatalf("drain deadline %v %v, want %v", d, ok, f.clock.Now().Add(time.Minute))
 	}
-	f.now = f.now.Add(30 * time.Second)
+	f.clock.Step(30 * time.Second)
 	f.p.checkDrains()
 	f.sync(t, false)
 	f.wantIPVS(t, "30 s in", []string{w0("10.244.2.2:8080")}, nil)
-	f.now = f.now.Add(31 * time.Second)
+	f.clock.Step(31 * time.Second)
 	res := f.sync(t, false)
 	f.wantIPVS(t, "past the bound", nil, []string{"10.244.2.2"})
 	if len(res.Removed) != 1 {

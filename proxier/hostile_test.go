@@ -391,7 +391,7 @@ func TestPlanFWMarkCarriesTheConfiguredMasqueradeBit(t *testing.T) {
 func newWarnedNode(t *testing.T, withMessage bool) (*fakeNode, *[]string) {
 	f := newFakeNode(t)
 	var warned []string
-	f.p = New(Config{PlanConfig: f.p.cfg.PlanConfig, Now: f.p.cfg.Now,
+	f.p = New(Config{PlanConfig: f.p.cfg.PlanConfig, Clock: f.p.cfg.Clock,
 		Warn: func(n types.NamespacedName, reason, msg string) {
 			w := n.String() + " " + reason
 			if withMessage {
@@ -552,5 +552,35 @@ func TestProxierRefusesKubernetesEndpoints(t *testing.T) {
 	}
 	if !slices.Contains(*warned, "evil/lb RefusedAddress") {
 		t.Errorf("warnings %v", *warned)
+	}
+}
+
+// TestProxierTableRefusalIsAKernelRefusal: elements the table refuses
+// before the kernel sees them (SetElements: here, fwmarks without the
+// table's masquerade bit) go the way of the kernel's refusals: in
+// SyncResult.Refused once per sync (which the metric counts), logged and
+// warned once per Service, the other Services programmed. Before, they
+// were only logged, at every sync, and neither counted nor warned.
+func TestProxierTableRefusalIsAKernelRefusal(t *testing.T) {
+	f, warned := newWarnedNode(t, false)
+	cfg := f.p.cfg
+	cfg.MasqueradeMark = 1 << 3 // the table's is 1 << 14
+	f.p = New(cfg, f.p.k)
+	f.p.SetSynced()
+	f.addService(makeService("ns", "local", clusterIPs("10.96.0.66"), nodePort(30080), etpLocal(0)))
+	f.addService(makeService("ns", "good", clusterIPs("10.96.0.11")))
+	for i, full := range []bool{false, true} {
+		res := f.sync(t, full)
+		if len(res.Refused) != 1 || res.Refused[0].Service.Name != "local" ||
+			!strings.Contains(res.Refused[0].Err.Error(), "nftables refused the elements of ns/local:http/tcp: ") ||
+			!strings.Contains(res.Refused[0].Err.Error(), "lacks the masquerade bit") {
+			t.Errorf("sync %d: refused %v, want ns/local's fwmark elements once", i, res.Refused)
+		}
+	}
+	if len(*warned) != 1 || (*warned)[0] != "ns/local FailedToProgram" {
+		t.Errorf("warnings %v, want one FailedToProgram for ns/local", *warned)
+	}
+	if dump := f.nft.Dump(); !strings.Contains(dump, `10.96.0.11 . tcp . 80 comment "ns/good:http/tcp"`) {
+		t.Errorf("the good Service's elements are not programmed:\n%s", dump)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
 
 	"github.com/nftvs/nftvs/conntrack"
 	"github.com/nftvs/nftvs/ipvs"
@@ -49,8 +50,13 @@ type Config struct {
 	// time the Service's problems change: kube-proxy's way is a Warning
 	// Event on the Service.
 	Warn func(service types.NamespacedName, reason, message string)
-	// Now is the clock (tests replace it).
-	Now func() time.Time
+	// BindAddress is a --bind-address other than 0.0.0.0 or :: (invalid
+	// otherwise): one of the node's IPs (NodeIPs) on every Node update.
+	BindAddress netip.Addr
+	// Clock decides every time in the proxier: the sync loop's tickers
+	// and timers (Run), sync durations, drain deadlines (nil: the real
+	// clock; tests use a fake one).
+	Clock clock.WithTicker
 }
 
 // Defaults, as kube-proxy's.
@@ -64,8 +70,11 @@ const (
 	DefaultIPVSResyncPeriod = 5 * time.Minute
 )
 
-// Kernel is what the proxier programs: the kernel adapters.
-type Kernel struct {
+// Dataplane is what the proxier programs: the adapters of the kernel
+// subsystems (IPVS, kube-ipvs0's addresses, the nftables table,
+// conntrack). The name is not Kernel: ipvs.Kernel is the IPVS netlink
+// handle.
+type Dataplane struct {
 	IPVS      *ipvs.Reconciler
 	Addresses ipvs.Addresses
 	NFT       nft.Interface
@@ -91,8 +100,10 @@ type SyncResult struct {
 	// Stale is what the sync queued for the conntrack cleaner to delete
 	// (cleanqueue.go: the deletion happens after the sync returns).
 	Stale []conntrack.Stale
-	// Refused are the virtual servers IPVS refused: the sync went on
-	// without them.
+	// Refused are what was refused, each once: virtual servers IPVS
+	// refused, and Service ports' nft elements the kernel or the table
+	// (SetElements, before the kernel) refused. The sync went on without
+	// them.
 	Refused []Refusal
 	// Problems counts, by Event reason, the fields of every Service that
 	// are not programmed as asked (after this sync): each Service gets
@@ -132,7 +143,7 @@ type SyncSteps struct {
 // are planned again; only what their plans changed is sent to the kernel.
 type Proxier struct {
 	cfg Config // as New completed it; never changed after
-	k   Kernel
+	k   Dataplane
 
 	// mu guards what the watch records. The informer callbacks hold it
 	// only to record a change, never while the kernel is programmed, so a
@@ -209,7 +220,7 @@ type Proxier struct {
 }
 
 // New returns a proxier programming k.
-func New(cfg Config, k Kernel) *Proxier {
+func New(cfg Config, k Dataplane) *Proxier {
 	if cfg.MinSyncPeriod <= 0 {
 		cfg.MinSyncPeriod = DefaultMinSyncPeriod
 	}
@@ -225,8 +236,8 @@ func New(cfg Config, k Kernel) *Proxier {
 	if cfg.IPVSResyncPeriod <= 0 {
 		cfg.IPVSResyncPeriod = DefaultIPVSResyncPeriod
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
 	}
 	return &Proxier{
 		cfg: cfg, k: k,
@@ -235,7 +246,7 @@ func New(cfg Config, k Kernel) *Proxier {
 		sliceOwner:        map[types.NamespacedName]types.NamespacedName{},
 		dirty:             map[types.NamespacedName]bool{},
 		triggers:          map[types.NamespacedName][]TriggerTime{},
-		started:           cfg.Now(),
+		started:           cfg.Clock.Now(),
 		node:              cfg.Node,
 		trigger:           make(chan struct{}, 1),
 		applied:           map[types.NamespacedName][]PortPlan{},
@@ -378,26 +389,35 @@ func (p *Proxier) ready() bool {
 // Every DrainCheckPeriod it counts the connections of draining real
 // servers. onSync, if set, sees every sync's outcome.
 func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
-	full := time.NewTicker(p.cfg.SyncPeriod)
+	c := p.cfg.Clock
+	full := c.NewTicker(p.cfg.SyncPeriod)
 	defer full.Stop()
-	check := time.NewTicker(p.cfg.DrainCheckPeriod)
+	check := c.NewTicker(p.cfg.DrainCheckPeriod)
 	defer check.Stop()
 	var last time.Time
 	backoff := time.Duration(0)
 	for {
 		wantFull := false
-		var drainTimer <-chan time.Time
+		var drain clock.Timer
+		var drainC <-chan time.Time
 		if d, ok := p.nextDrainDeadline(); ok {
-			drainTimer = time.After(max(time.Until(d), 0))
+			drain = c.NewTimer(max(d.Sub(c.Now()), 0))
+			drainC = drain.C()
 		}
+		checkOnly := false
 		select {
 		case <-ctx.Done():
+			stopTimer(drain)
 			return
 		case <-p.trigger:
-		case <-full.C:
+		case <-full.C():
 			wantFull = true
-		case <-drainTimer:
-		case <-check.C:
+		case <-drainC:
+		case <-check.C():
+			checkOnly = true
+		}
+		stopTimer(drain)
+		if checkOnly {
 			if p.hasDrains() {
 				p.checkDrains() // kicks a sync if one went idle
 			}
@@ -406,14 +426,16 @@ func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
 		if !p.ready() {
 			continue
 		}
-		if wait := p.cfg.MinSyncPeriod - time.Since(last) + backoff; wait > 0 {
+		if wait := p.cfg.MinSyncPeriod - c.Since(last) + backoff; wait > 0 {
+			t := c.NewTimer(wait)
 			select {
 			case <-ctx.Done():
+				t.Stop()
 				return
-			case <-time.After(wait):
+			case <-t.C():
 			}
 		}
-		last = time.Now()
+		last = c.Now()
 		// The SyncPeriod tick repairs (Repair); a change syncs what changed.
 		var res SyncResult
 		var err error
@@ -432,6 +454,13 @@ func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
 			continue
 		}
 		backoff = 0
+	}
+}
+
+// stopTimer stops t, if there is one.
+func stopTimer(t clock.Timer) {
+	if t != nil {
+		t.Stop()
 	}
 }
 

@@ -21,6 +21,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/nftvs/nftvs/ipvs"
 	"github.com/nftvs/nftvs/nft"
@@ -29,12 +31,12 @@ import (
 // fakeNode is a proxier over in-memory kernels, with a settable clock.
 type fakeNode struct {
 	p     *Proxier
-	ipvs  *ipvs.Counting
+	ipvs  *counting
 	kern  *ipvs.Fake
 	addrs *ipvs.FakeAddresses
 	nft   *nft.Fake
 	table *nft.Table
-	now   time.Time
+	clock *clocktesting.FakeClock
 }
 
 func newFakeNode(t testing.TB) *fakeNode {
@@ -50,12 +52,12 @@ func newFakeNodeWith(t testing.TB, tweak func(*Config)) *fakeNode {
 		t.Fatal(err)
 	}
 	kern := ipvs.NewFake()
-	counting := ipvs.NewCounting(kern)
+	counting := newCounting(kern)
 	f := &fakeNode{ipvs: counting, kern: kern, addrs: ipvs.NewFakeAddresses(), nft: nf, table: table,
-		now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	cfg := Config{PlanConfig: *testConfig(), Now: func() time.Time { return f.now }}
+		clock: clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}
+	cfg := Config{PlanConfig: *testConfig(), Clock: f.clock}
 	tweak(&cfg)
-	f.p = New(cfg, Kernel{IPVS: ipvs.NewReconciler(counting, nil), Addresses: f.addrs, NFT: table})
+	f.p = New(cfg, Dataplane{IPVS: ipvs.NewReconciler(counting, nil), Addresses: f.addrs, NFT: table})
 	f.p.SetSynced()
 	return f
 }
@@ -208,7 +210,7 @@ func TestProxierFullSyncRepairsDrift(t *testing.T) {
 	if got := f.ipvsText(); !strings.Contains(got, "10.96.0.10:80 rr\n  "+w1("10.244.2.1:8080")) {
 		t.Fatalf("the deleted virtual server is not back after one full sync:\n%s", got)
 	}
-	f.now = f.now.Add(DefaultIPVSResyncPeriod)
+	f.clock.Step(DefaultIPVSResyncPeriod)
 	if res := f.sync(t, true); !res.IPVSResync {
 		t.Fatal("no IPVS resync after the resync period")
 	}
@@ -247,7 +249,7 @@ func TestProxierRepairReplansOnlyWhatChanged(t *testing.T) {
 	if _, _, err := f.addrs.SyncAddresses(ipvs.DummyName, []netip.Addr{netip.MustParseAddr("10.96.0.11")}); err != nil {
 		t.Fatal(err)
 	}
-	f.now = f.now.Add(30 * time.Second)
+	f.clock.Step(30 * time.Second)
 	res, err := f.p.Repair()
 	if err != nil {
 		t.Fatal(err)
@@ -266,7 +268,7 @@ func TestProxierRepairReplansOnlyWhatChanged(t *testing.T) {
 	}
 
 	// Nothing changed, nothing refused: nothing replanned.
-	f.now = f.now.Add(30 * time.Second)
+	f.clock.Step(30 * time.Second)
 	if res, err := f.p.Repair(); err != nil || res.ServicesReplanned != 0 {
 		t.Fatalf("repair with nothing changed replanned %d (err %v)", res.ServicesReplanned, err)
 	}
@@ -276,7 +278,7 @@ func TestProxierRepairReplansOnlyWhatChanged(t *testing.T) {
 		t.Fatalf("repair after one change replanned %d (err %v), want 1", res.ServicesReplanned, err)
 	}
 	// The hourly safety net.
-	f.now = f.now.Add(FullReplanPeriod)
+	f.clock.Step(FullReplanPeriod)
 	if res, err := f.p.Repair(); err != nil || !res.Full || res.ServicesReplanned != 3 {
 		t.Fatalf("repair after FullReplanPeriod: full %v, replanned %d (err %v), want all 3", res.Full, res.ServicesReplanned, err)
 	}
@@ -286,7 +288,9 @@ func TestProxierRepairReplansOnlyWhatChanged(t *testing.T) {
 // a fake clientset, with kube-proxy's ignore rules.
 func TestProxierWatchesTheAPI(t *testing.T) {
 	f := newFakeNode(t)
-	f.p = New(f.p.cfg, f.p.k)
+	cfg := f.p.cfg
+	cfg.Clock = clock.RealClock{} // the loop runs on its own here (TestRunLoop steps a fake one)
+	f.p = New(cfg, f.p.k)
 	web := makeService("ns", "web")
 	other := makeService("ns", "other", clusterIPs("10.96.0.99"), func(s *v1.Service) {
 		s.Labels = map[string]string{labelServiceProxyName: "someone-else"}
@@ -296,7 +300,7 @@ func TestProxierWatchesTheAPI(t *testing.T) {
 	client := fake.NewClientset(web, other, slice, node)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := f.p.Watch(ctx, client, thisNode, 0); err != nil {
+	if err := f.p.Watch(ctx, client, WatchOptions{Node: NewNodeInformer(client, thisNode, 0)}); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
@@ -454,7 +458,7 @@ func TestWatchFailsLoudlyWithoutPermission(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := f.p.Watch(ctx, client, thisNode, 0)
+	err := f.p.Watch(ctx, client, WatchOptions{Node: NewNodeInformer(client, thisNode, 0)})
 	if err == nil {
 		t.Fatal("Watch succeeded without permission to list EndpointSlices")
 	}
@@ -475,7 +479,7 @@ func TestWatchFailsLoudlyWithoutPermission(t *testing.T) {
 // that programs them, and a sync with no change reports none.
 func TestTriggerTimes(t *testing.T) {
 	f := newFakeNode(t)
-	t0 := f.now
+	t0 := f.clock.Now()
 	at := func(s *discovery.EndpointSlice, tm time.Time) *discovery.EndpointSlice {
 		s.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: tm.Format(time.RFC3339Nano)}
 		return s
@@ -555,8 +559,8 @@ func TestWatchWithARunningNodeInformer(t *testing.T) {
 	if err := StartAndSync(ctx, map[string]cache.SharedIndexInformer{"nodes": ni}, nil, func() { ni.Start(ctx.Done()) }); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.p.WatchWith(ctx, client, WatchOptions{Node: ni}); err != nil {
-		t.Fatalf("WatchWith a running Node informer: %v", err)
+	if err := f.p.Watch(ctx, client, WatchOptions{Node: ni}); err != nil {
+		t.Fatalf("Watch with a running Node informer: %v", err)
 	}
 }
 
@@ -646,7 +650,7 @@ func TestRestartWritesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.table = table
-		f.p = New(f.p.cfg, Kernel{IPVS: ipvs.NewReconciler(f.ipvs, nil), Addresses: f.addrs, NFT: table})
+		f.p = New(f.p.cfg, Dataplane{IPVS: ipvs.NewReconciler(f.ipvs, nil), Addresses: f.addrs, NFT: table})
 		f.p.SetSynced()
 		f.ipvs.Reset()
 		services(n)

@@ -58,7 +58,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 // full sync, as kube-proxy's nftables mode does one every hour.
 func (p *Proxier) Repair() (SyncResult, error) {
 	p.syncMu.Lock()
-	full := p.cfg.Now().Sub(p.lastFull) >= FullReplanPeriod
+	full := p.cfg.Clock.Now().Sub(p.lastFull) >= FullReplanPeriod
 	p.syncMu.Unlock()
 	return p.sync(full, true)
 }
@@ -70,7 +70,7 @@ const FullReplanPeriod = time.Hour
 func (p *Proxier) sync(full, repair bool) (SyncResult, error) {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
-	start := p.cfg.Now()
+	start := p.cfg.Clock.Now()
 	w := p.collectWork(full || p.needFull, repair, start)
 	res := SyncResult{Full: w.full, Repair: w.repair}
 	if w.repair || w.addressesChanged {
@@ -82,7 +82,7 @@ func (p *Proxier) sync(full, repair bool) (SyncResult, error) {
 		p.setNodePortAddresses()
 	}
 	step := func(d *time.Duration) {
-		now := p.cfg.Now()
+		now := p.cfg.Clock.Now()
 		*d, start = now.Sub(start), now
 	}
 	begin := start
@@ -131,6 +131,7 @@ func (p *Proxier) sync(full, repair bool) (SyncResult, error) {
 			res.TriggerTimes = append(res.TriggerTimes, ts...)
 		}
 	}
+	res.Refused = uniqueRefusals(res.Refused)
 	p.reportRefused(res.Refused, w.repair)
 	// Services the kernel refused part of are retried by every repair.
 	for n := range w.inputs {
@@ -142,7 +143,7 @@ func (p *Proxier) sync(full, repair bool) (SyncResult, error) {
 		}
 	}
 	res.Problems = maps.Clone(p.problemCounts)
-	res.Duration = p.cfg.Now().Sub(start)
+	res.Duration = p.cfg.Clock.Now().Sub(start)
 	return res, err
 }
 
@@ -507,9 +508,9 @@ func (p *Proxier) addElements(planned map[types.NamespacedName][]PortPlan, full 
 		for _, pl := range plans {
 			els := pl.Elements
 			if o, ok := old[pl.Name]; ok {
-				els = append(slices.Clone(o.Elements), els...)
+				els = union(o.Elements, els)
 			}
-			p.setElements(pl.Name, els)
+			p.setElements(pl.Name, els, res)
 		}
 	}
 	r, err := p.k.NFT.Sync(full)
@@ -535,10 +536,15 @@ func (p *Proxier) isolateElements(err error, res *SyncResult) error {
 		return nil
 	}
 	for _, owner := range refused.Owners {
-		res.Refused = append(res.Refused, Refusal{Service: serviceOfOwner(owner),
-			Err: fmt.Errorf("nftables refused the elements of %s: %w", owner, refused.Errs[owner])})
+		res.Refused = append(res.Refused, elementsRefused(owner, refused.Errs[owner]))
 	}
 	return nil
+}
+
+// elementsRefused is the refusal of owner's nft elements, by the kernel
+// or by the table before the kernel saw them: the same words either way.
+func elementsRefused(owner string, err error) Refusal {
+	return Refusal{Service: serviceOfOwner(owner), Err: fmt.Errorf("nftables refused the elements of %s: %w", owner, err)}
 }
 
 // serviceOfOwner is the Service of an nft owner name,
@@ -554,13 +560,36 @@ func serviceOfOwner(owner string) types.NamespacedName {
 	return types.NamespacedName{Namespace: ns, Name: name}
 }
 
-// setElements declares a port's elements. Elements the table refuses (an
-// overlap with another owner's, say) are left out and logged; the port's
-// other elements are kept, and the sync goes on.
-func (p *Proxier) setElements(name ServicePortName, els []nft.Element) {
+// setElements declares a port's elements. Elements the table refuses
+// before the kernel sees them (an overlap with another owner's, say) are
+// left out and go into res.Refused, as the kernel's refusals do
+// (isolateElements): logged once, counted, and a Warning Event on the
+// Service (reportRefused). The port's other elements are kept, and the
+// sync goes on.
+func (p *Proxier) setElements(name ServicePortName, els []nft.Element, res *SyncResult) {
 	if err := p.k.NFT.SetElements(name.Owner(), els); err != nil {
-		klog.ErrorS(err, "Some nftables elements refused", "servicePort", name)
+		// The error names the owner; elementsRefused does too.
+		if inner := errors.Unwrap(err); inner != nil {
+			err = inner
+		}
+		res.Refused = append(res.Refused, elementsRefused(name.Owner(), err))
 	}
+}
+
+// union is a's elements, then those of b that a lacks.
+func union(a, b []nft.Element) []nft.Element {
+	out := slices.Clone(a)
+	have := make(map[nft.Element]bool, len(a))
+	for _, e := range a {
+		have[e] = true
+	}
+	for _, e := range b {
+		if !have[e] {
+			have[e] = true
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // upsertVirtualServers is step 2: new and changed virtual servers with
@@ -729,11 +758,11 @@ func (p *Proxier) trimElements(planned, old map[types.NamespacedName][]PortPlan,
 	for n, plans := range planned {
 		now := portsByName(plans)
 		for _, pl := range plans {
-			p.setElements(pl.Name, pl.Elements)
+			p.setElements(pl.Name, pl.Elements, res)
 		}
 		for name := range portsByName(old[n]) {
 			if _, ok := now[name]; !ok {
-				p.setElements(name, nil)
+				p.setElements(name, nil, res)
 			}
 		}
 	}
@@ -824,6 +853,22 @@ func (p *Proxier) isolate(err error, res *SyncResult) error {
 		return nil
 	}
 	return &StepError{Step: StepIPVS, Prefix: "ipvs", Err: errors.Join(rest...)}
+}
+
+// uniqueRefusals keeps each refusal once: a port's elements meet the
+// table twice in a sync (addElements, trimElements), and a refusal is
+// one however often it is met.
+func uniqueRefusals(refused []Refusal) []Refusal {
+	seen := map[string]bool{}
+	out := refused[:0]
+	for _, r := range refused {
+		k := r.Service.String() + "\x00" + r.Err.Error()
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // reportRefused logs each refusal once and warns each Service once per

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -31,24 +30,14 @@ const (
 	labelHeadless         = "service.kubernetes.io/headless"
 )
 
-// Watch starts informers for Services, EndpointSlices and this Node, feeds
-// the proxier, and returns once the caches have synced (or ctx ends).
-// Like kube-proxy, it ignores objects labelled with another proxy's name
-// and EndpointSlices of headless Services. A command that watches this
-// Node itself hands its informer to WatchWith instead, so that the Node
-// is watched once.
-func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, nodeName string, resync time.Duration) error {
-	return p.WatchWith(ctx, client, WatchOptions{Resync: resync, Node: NewNodeInformer(client, nodeName, resync)})
-}
-
-// WatchOptions are what WatchWith watches besides Services and
+// WatchOptions are what Watch watches besides Services and
 // EndpointSlices.
 type WatchOptions struct {
 	// Resync is the informers' resync period (--config-sync-period).
 	Resync time.Duration
 	// Node is the informer on this Node: its topology zone and addresses
 	// feed the proxier (OnNodeUpdate). It may already be running (the
-	// command starts it first, to wait for the Node's IPs); WatchWith
+	// command starts it first, to wait for the Node's IPs); Watch
 	// then only adds the proxier's handler to it.
 	Node *NodeInformer
 	// OnChange, when set, is called after each Service and EndpointSlice
@@ -92,8 +81,13 @@ func (n *NodeInformer) Start(stop <-chan struct{}) {
 	n.factory.Start(stop)
 }
 
-// WatchWith is Watch with the Node's informer given (see WatchOptions).
-func (p *Proxier) WatchWith(ctx context.Context, client kubernetes.Interface, o WatchOptions) error {
+// Watch starts informers for Services and EndpointSlices, adds the
+// proxier's handler to the Node's informer (o.Node), feeds the proxier,
+// and returns once the caches have synced (or ctx ends). Like
+// kube-proxy, it ignores objects labelled with another proxy's name and
+// EndpointSlices of headless Services. The Node's informer is the
+// command's, so that the Node is watched once.
+func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, o WatchOptions) error {
 	if o.Node == nil {
 		return errors.New("watch: no Node informer")
 	}
@@ -250,16 +244,7 @@ func (p *Proxier) nodeHandler(_, obj any, deleted bool) {
 	if !ok || deleted {
 		return
 	}
-	var ips []netip.Addr
-	for _, a := range n.Status.Addresses {
-		if a.Type != v1.NodeInternalIP && a.Type != v1.NodeExternalIP {
-			continue
-		}
-		if ip, err := netip.ParseAddr(a.Address); err == nil {
-			ips = append(ips, ip.Unmap())
-		}
-	}
-	p.OnNodeUpdate(n.Labels[v1.LabelTopologyZone], ips)
+	p.OnNodeUpdate(n.Labels[v1.LabelTopologyZone], NodeIPs(n, p.cfg.BindAddress))
 }
 
 // changed says whether an event changes the object: an add or delete

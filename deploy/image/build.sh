@@ -15,7 +15,7 @@ mkdir -p "$bindir"
 : "${SOURCE_DATE_EPOCH:=$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 0)}"
 export SOURCE_DATE_EPOCH
 (cd "$root" && CGO_ENABLED=0 go build -trimpath \
-	-ldflags "-s -w -X github.com/nftvs/nftvs/cmd/nftvs/app.version=$version" \
+	-ldflags "-s -w -X github.com/nftvs/nftvs/internal/version.version=$version" \
 	-o "$bindir/nftvs" ./cmd/nftvs)
 (cd "$root/deploy/image" && GOWORK=off go run . \
 	-binary "$bindir/nftvs" -out "$bindir/nftvs-image.tar" -name "$name" -version "$version")

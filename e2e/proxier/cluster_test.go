@@ -173,7 +173,7 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 	if o.warn != nil {
 		cfg.Warn = func(n types.NamespacedName, reason, msg string) { o.warn(n.String(), reason, msg) }
 	}
-	kern := proxier.Kernel{IPVS: ipvs.NewReconciler(k, o.exclude).OwnFWMarks(proxier.OwnsFWMark(0)), Addresses: addrs, NFT: table}
+	kern := proxier.Dataplane{IPVS: ipvs.NewReconciler(k, o.exclude).OwnFWMarks(proxier.OwnsFWMark(0)), Addresses: addrs, NFT: table}
 	if ct != nil { // a nil interface, not a typed nil
 		kern.Conntrack = ct
 	}
@@ -195,7 +195,9 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	watched := make(chan error, 1)
-	go func() { watched <- c.p.Watch(ctx, c.client, nodeName, 0) }()
+	go func() {
+		watched <- c.p.Watch(ctx, c.client, proxier.WatchOptions{Node: proxier.NewNodeInformer(c.client, nodeName, 0)})
+	}()
 	select {
 	case err := <-watched:
 		if err != nil {

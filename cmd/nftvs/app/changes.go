@@ -9,6 +9,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 
+	"github.com/nftvs/nftvs/healthcheck"
+	"github.com/nftvs/nftvs/metrics"
 	"github.com/nftvs/nftvs/proxier"
 )
 
@@ -31,8 +33,8 @@ import (
 //     a first sync that takes minutes on a loaded node at 10k Services
 //     is start-up making progress, not a stalled proxy for /livez.
 type changeTracker struct {
-	metrics  *Metrics
-	health   *HealthServer
+	metrics  *metrics.Metrics
+	health   *healthcheck.HealthServer
 	families []v1.IPFamily
 	clock    clock.PassiveClock
 	// initialized is set once the informers' caches have synced.
@@ -46,7 +48,7 @@ type changeTracker struct {
 	endpoints []time.Time
 }
 
-func newChangeTracker(m *Metrics, h *HealthServer, families []v1.IPFamily, c clock.PassiveClock) *changeTracker {
+func newChangeTracker(m *metrics.Metrics, h *healthcheck.HealthServer, families []v1.IPFamily, c clock.PassiveClock) *changeTracker {
 	return &changeTracker{metrics: m, health: h, families: families, clock: c,
 		services: map[types.NamespacedName]time.Time{}}
 }

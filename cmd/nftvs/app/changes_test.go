@@ -4,11 +4,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/nftvs/nftvs/healthcheck"
+	"github.com/nftvs/nftvs/metrics"
 	"github.com/nftvs/nftvs/proxier"
 )
 
@@ -21,9 +22,9 @@ import (
 // but not pending and does not queue a sync.
 func TestChangeMetricsAsKubeProxy(t *testing.T) {
 	families := []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
-	m := NewMetrics(families)
+	m := metrics.New(families)
 	clock := clocktesting.NewFakePassiveClock(time.Unix(1700000000, 0))
-	h := NewHealthServer(time.Minute, clock)
+	h := healthcheck.NewHealthServer(time.Minute, clock)
 	c := newChangeTracker(m, h, families, clock)
 	c.initialize()
 	web := types.NamespacedName{Namespace: "ns", Name: "web"}
@@ -38,10 +39,10 @@ func TestChangeMetricsAsKubeProxy(t *testing.T) {
 	check := func(when string, svcPending, epPending, svcTotal, epTotal float64) {
 		t.Helper()
 		for name, got := range map[string][2]float64{
-			"service_changes_pending":  {testutil.ToFloat64(m.serviceChangesPending), svcPending},
-			"endpoint_changes_pending": {testutil.ToFloat64(m.endpointChangesPending), epPending},
-			"service_changes_total":    {testutil.ToFloat64(m.serviceChangesTotal), svcTotal},
-			"endpoint_changes_total":   {testutil.ToFloat64(m.endpointChangesTotal), epTotal},
+			"service_changes_pending":  {value(t, m, "kubeproxy_sync_proxy_rules_service_changes_pending", ""), svcPending},
+			"endpoint_changes_pending": {value(t, m, "kubeproxy_sync_proxy_rules_endpoint_changes_pending", ""), epPending},
+			"service_changes_total":    {value(t, m, "kubeproxy_sync_proxy_rules_service_changes_total", ""), svcTotal},
+			"endpoint_changes_total":   {value(t, m, "kubeproxy_sync_proxy_rules_endpoint_changes_total", ""), epTotal},
 		} {
 			if got[0] != got[1] {
 				t.Errorf("%s: kubeproxy_sync_proxy_rules_%s = %v, want %v", when, name, got[0], got[1])
@@ -49,7 +50,7 @@ func TestChangeMetricsAsKubeProxy(t *testing.T) {
 		}
 	}
 	check("after the events", 1, 2, 3*2, 3)
-	if got := testutil.ToFloat64(m.lastQueued.WithLabelValues("IPv6")); got != 1700000000 {
+	if got := value(t, m, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", "IPv6"); got != 1700000000 {
 		t.Errorf("last queued timestamp %v", got)
 	}
 
@@ -86,9 +87,9 @@ func TestChangeMetricsAsKubeProxy(t *testing.T) {
 // makes the proxy unhealthy again.
 func TestChangesQueueOnlyOnceInitialized(t *testing.T) {
 	families := []v1.IPFamily{v1.IPv4Protocol}
-	m := NewMetrics(families)
+	m := metrics.New(families)
 	clock := clocktesting.NewFakePassiveClock(time.Unix(1700000000, 0))
-	h := NewHealthServer(time.Minute, clock)
+	h := healthcheck.NewHealthServer(time.Minute, clock)
 	c := newChangeTracker(m, h, families, clock)
 	h.Updated(v1.IPv4Protocol) // the sync loop starts
 	web := types.NamespacedName{Namespace: "ns", Name: "web"}
@@ -98,7 +99,7 @@ func TestChangesQueueOnlyOnceInitialized(t *testing.T) {
 	if !h.Health().Healthy {
 		t.Error("unhealthy 10 min into start-up, with only the initial list seen")
 	}
-	if got := testutil.ToFloat64(m.lastQueued.WithLabelValues("IPv4")); got != 0 {
+	if got := value(t, m, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", "IPv4"); got != 0 {
 		t.Errorf("last queued timestamp %v before initialization, want unset", got)
 	}
 
@@ -120,12 +121,12 @@ func TestChangesQueueOnlyOnceInitialized(t *testing.T) {
 // with kube-proxy 1.36.3 in e2e/takeover found it missing).
 func TestSyncLoopStartSetsLastQueued(t *testing.T) {
 	families := []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
-	m := NewMetrics(families)
+	m := metrics.New(families)
 	clock := clocktesting.NewFakePassiveClock(time.Unix(1700000000, 0))
-	h := NewHealthServer(time.Minute, clock)
+	h := healthcheck.NewHealthServer(time.Minute, clock)
 	newChangeTracker(m, h, families, clock).start()
 	for _, f := range families {
-		if got := testutil.ToFloat64(m.lastQueued.WithLabelValues(string(f))); got != 1700000000 {
+		if got := value(t, m, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", string(f)); got != 1700000000 {
 			t.Errorf("last queued timestamp of %s: %v, want the start", f, got)
 		}
 	}

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nftvs/nftvs/config"
+	"github.com/nftvs/nftvs/metrics"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/component-base/metrics/prometheus/slis"
 	"k8s.io/klog/v2"
@@ -77,7 +79,7 @@ func serveOnce(ctx context.Context, addr string, handler http.Handler) error {
 // /proxyMode, /configz, and /debug/pprof with --profiling. /flagz and
 // /statusz are not served (the feature gates ComponentFlagz and
 // ComponentStatusz are refused): they need k8s.io/apiserver.
-func metricsHandler(m *Metrics, cfg *Config) http.Handler {
+func metricsHandler(m *metrics.Metrics, cfg *config.Config) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Gatherer(), promhttp.HandlerOpts{}))
 	slis.SLIMetricsWithReset{}.Install(mux)
@@ -107,7 +109,7 @@ func metricsHandler(m *Metrics, cfg *Config) http.Handler {
 // /configz does: {"kubeproxy.config.k8s.io": {...}}.
 func configzHandler(c *v1alpha1.KubeProxyConfiguration) http.Handler {
 	c = c.DeepCopy()
-	c.APIVersion, c.Kind = configAPIVersion, configKind
+	c.APIVersion, c.Kind = config.APIVersion, config.Kind
 	body, err := json.Marshal(map[string]any{v1alpha1.GroupName: c})
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		if err != nil {

@@ -3,7 +3,6 @@ package app
 import (
 	"cmp"
 	"errors"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -64,32 +63,6 @@ func mustAtoi(t *testing.T, s string) int {
 		t.Fatal(err)
 	}
 	return v
-}
-
-// The cluster uses IPv6 when the node, --bind-address, --cluster-cidr or
-// a podCIDR is IPv6: then IPv6 forwarding is checked.
-func TestUsesIPv6(t *testing.T) {
-	v4 := []netip.Addr{netip.MustParseAddr("192.168.0.10")}
-	dual := append(v4, netip.MustParseAddr("fd00::10"))
-	for _, c := range []struct {
-		name     string
-		args     []string
-		nodeIPs  []netip.Addr
-		podCIDRs []string
-		want     bool
-	}{
-		{"IPv4 node, no CIDRs", nil, v4, nil, false},
-		{"IPv4 node and cluster CIDR", []string{"--cluster-cidr=10.244.0.0/16"}, v4, []string{"10.244.1.0/24"}, false},
-		{"unknown node", nil, nil, nil, false},
-		{"dual-stack node", nil, dual, nil, true},
-		{"IPv6 cluster CIDR", []string{"--cluster-cidr=10.244.0.0/16,fd00:244::/56"}, v4, nil, true},
-		{"IPv6 podCIDR", nil, v4, []string{"10.244.1.0/24", "fd00:244:0:1::/64"}, true},
-		{"IPv6 bind address", []string{"--bind-address=fd00::10"}, nil, nil, true},
-	} {
-		if got := usesIPv6(mustParse(t, c.args...), c.nodeIPs, c.podCIDRs); got != c.want {
-			t.Errorf("%s: usesIPv6 = %v, want %v", c.name, got, c.want)
-		}
-	}
 }
 
 type timeoutSetter struct {

@@ -20,6 +20,8 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/nftvs/nftvs/conntrack"
+	"github.com/nftvs/nftvs/healthcheck"
+	"github.com/nftvs/nftvs/metrics"
 	"github.com/nftvs/nftvs/proxier"
 )
 
@@ -94,19 +96,19 @@ func scrape(t *testing.T, h http.Handler) map[string]*dto.MetricFamily {
 // value, and compares the names and labels with kube-proxy's source.
 func TestMetricsAsUpstream(t *testing.T) {
 	families := []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
-	m := NewMetrics(families)
+	m := metrics.New(families)
 	now := time.Now()
 	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond, TriggerTimes: []proxier.TriggerTime{{At: now.Add(-time.Second), Family: v1.IPv4Protocol}}}, nil, now)
 	m.ObserveSync(proxier.SyncResult{Full: true, Duration: time.Millisecond}, nil, now)
-	h := NewHealthServer(time.Minute, clock.RealClock{})
+	h := healthcheck.NewHealthServer(time.Minute, clock.RealClock{})
 	h.SetMetrics(m)
 	c := newChangeTracker(m, h, families, clock.RealClock{})
 	c.initialize()
 	c.observe(proxier.Change{Service: types.NamespacedName{Namespace: "ns", Name: "web"}, Changed: true})
 	c.observe(proxier.Change{EndpointSlice: true, Service: types.NamespacedName{Namespace: "ns", Name: "web"}, Changed: true})
-	m.observeHealth("healthz", 200)
-	m.observeHealth("livez", 200)
-	_, _ = instrumentedConntrack{inner: failingCleaner{}, metrics: m}.Clean([]conntrack.Stale{{}})
+	m.ObserveHealth("healthz", 200)
+	m.ObserveHealth("livez", 200)
+	_, _ = metrics.NewInstrumentedConntrack(failingCleaner{}, m).Clean([]conntrack.Stale{{}})
 	// A request through client-go, for rest_client_*.
 	api := httptest.NewServer(http.NotFoundHandler())
 	defer api.Close()
@@ -114,7 +116,7 @@ func TestMetricsAsUpstream(t *testing.T) {
 	_, _ = client.CoreV1().Nodes().Get(context.Background(), "n", metav1.GetOptions{})
 
 	cfg := mustParse(t)
-	cfg.featureGate.AddMetrics() // as run does
+	cfg.FeatureGate.AddMetrics() // as run does
 	got := scrape(t, metricsHandler(m, cfg))
 
 	want := map[string][]string{}

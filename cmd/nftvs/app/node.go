@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -15,8 +14,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
-	netutils "k8s.io/utils/net"
 
+	"github.com/nftvs/nftvs/config"
 	"github.com/nftvs/nftvs/proxier"
 )
 
@@ -134,7 +133,7 @@ func (w *nodeWatcher) update(obj any) {
 // they are needed, its podCIDRs; it returns the node as last seen (nil:
 // not found).
 func (w *nodeWatcher) waitForStart(ctx context.Context) (*v1.Node, error) {
-	n := w.waitFor(ctx, nodeIPsTimeout, func(n *v1.Node) bool { return len(NodeHostIPs(n)) > 0 })
+	n := w.waitFor(ctx, nodeIPsTimeout, func(n *v1.Node) bool { return len(config.NodeHostIPs(n)) > 0 })
 	if w.needPodCIDRs {
 		n = w.waitFor(ctx, podCIDRsTimeout, func(n *v1.Node) bool { return len(n.Spec.PodCIDRs) > 0 })
 		if n == nil {
@@ -147,7 +146,7 @@ func (w *nodeWatcher) waitForStart(ctx context.Context) (*v1.Node, error) {
 	switch {
 	case n == nil:
 		klog.ErrorS(nil, "Timed out waiting for node to exist", "node", klog.KRef("", w.name))
-	case len(NodeHostIPs(n)) == 0:
+	case len(config.NodeHostIPs(n)) == 0:
 		klog.ErrorS(nil, "Timed out waiting for node to be assigned IPs", "node", klog.KRef("", w.name))
 	}
 	return n, nil
@@ -195,67 +194,6 @@ func (w *nodeWatcher) Node() *v1.Node {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.node
-}
-
-// NodeHostIPs is kube-proxy's GetNodeHostIPs: the first InternalIP (or,
-// without any, ExternalIP), and the first of the other family after it.
-func NodeHostIPs(n *v1.Node) []netip.Addr {
-	if n == nil {
-		return nil
-	}
-	var all []netip.Addr
-	for _, t := range []v1.NodeAddressType{v1.NodeInternalIP, v1.NodeExternalIP} {
-		for _, a := range n.Status.Addresses {
-			if a.Type != t {
-				continue
-			}
-			if ip := netutils.ParseIPSloppy(a.Address); ip != nil {
-				if addr, ok := netip.AddrFromSlice(ip); ok {
-					all = append(all, addr.Unmap())
-				}
-			}
-		}
-	}
-	if len(all) == 0 {
-		return nil
-	}
-	out := []netip.Addr{all[0]}
-	for _, ip := range all[1:] {
-		if ip.Is6() != out[0].Is6() {
-			out = append(out, ip)
-			break
-		}
-	}
-	return out
-}
-
-// NodeIPs is kube-proxy's detectNodeIPs: the node's IP of each family and
-// which family is primary. A --bind-address that is not 0.0.0.0 or ::
-// overrides the primary IP; without any, the IPs are 127.0.0.1 and ::1.
-func NodeIPs(raw []netip.Addr, bindAddress string) (primaryIPv6 bool, v4, v6 netip.Addr) {
-	v4, v6 = netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()
-	if len(raw) > 0 {
-		primaryIPv6 = raw[0].Is6()
-		for _, ip := range raw[:min(len(raw), 2)] {
-			if ip.Is6() {
-				v6 = ip
-			} else {
-				v4 = ip
-			}
-		}
-	}
-	if ip := netutils.ParseIPSloppy(bindAddress); ip != nil && !ip.IsUnspecified() {
-		if a, ok := netip.AddrFromSlice(ip); ok {
-			a = a.Unmap()
-			primaryIPv6 = a.Is6()
-			if a.Is6() {
-				v6 = a
-			} else {
-				v4 = a
-			}
-		}
-	}
-	return primaryIPv6, v4, v6
 }
 
 // ipv6Supported is kube-proxy's check: the kernel has IPv6 and it is not

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/util/flowcontrol"
 
+	"github.com/nftvs/nftvs/config"
 	"github.com/nftvs/nftvs/proxier"
 )
 
@@ -33,7 +34,7 @@ func TestNodeWatchedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := newFakeNode(t)
-	if err := f.p.WatchWith(ctx, client, proxier.WatchOptions{Node: nw.informer}); err != nil {
+	if err := f.p.Watch(ctx, client, proxier.WatchOptions{Node: nw.informer}); err != nil {
 		t.Fatal(err)
 	}
 	counts := map[string]int{}
@@ -45,7 +46,7 @@ func TestNodeWatchedOnce(t *testing.T) {
 	if counts["list"] != 1 || counts["watch"] != 1 {
 		t.Errorf("nodes listed %d and watched %d times, want once each", counts["list"], counts["watch"])
 	}
-	if n := nw.Node(); n == nil || len(NodeHostIPs(n)) != 1 {
+	if n := nw.Node(); n == nil || len(config.NodeHostIPs(n)) != 1 {
 		t.Errorf("the command's view of the node: %v", n)
 	}
 }

@@ -5,7 +5,9 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/nftvs/nftvs/config"
 	"github.com/nftvs/nftvs/ipvs"
+	"github.com/nftvs/nftvs/metrics"
 	"github.com/nftvs/nftvs/servicemetrics"
 )
 
@@ -15,7 +17,7 @@ import (
 // kernel through a netlink socket of its own: the proxier's handle is
 // serialised, and a scrape must neither wait for a sync's writes nor hold
 // them up.
-func registerServiceMetrics(cfg *Config, m *Metrics, owners servicemetrics.Owners) (func(), error) {
+func registerServiceMetrics(cfg *config.Config, m *metrics.Metrics, owners servicemetrics.Owners) (func(), error) {
 	if !cfg.ServiceMetrics {
 		if cfg.ServiceMetricsRealServers {
 			klog.InfoS("--ipvs-service-metrics-real-servers has no effect without --ipvs-service-metrics")

@@ -13,6 +13,7 @@ import (
 	"k8s.io/kube-proxy/config/v1alpha1"
 	"k8s.io/utils/ptr"
 
+	"github.com/nftvs/nftvs/config"
 	"github.com/nftvs/nftvs/ipvs"
 )
 
@@ -47,7 +48,7 @@ func deref(p *int32) any {
 
 func TestConntrackSysctls(t *testing.T) {
 	c := v1alpha1.KubeProxyConfiguration{}
-	SetDefaults(&c)
+	config.SetDefaults(&c)
 	got := ConntrackSysctls(c.Conntrack, 2)
 	want := []ipvs.SysctlSetting{
 		{Name: "net/netfilter/nf_conntrack_max", Value: 131072},
@@ -97,7 +98,7 @@ func TestSetConntrackSysctls(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := v1alpha1.KubeProxyConfiguration{}
-	SetDefaults(&c)
+	config.SetDefaults(&c)
 	c.Conntrack.Min = ptr.To[int32](1 << 20) // whatever the CPU count
 	s := ipvs.Sysctl{Root: root}
 	if err := setConntrackSysctls(s, c.Conntrack, hashsize); err != nil {

@@ -7,63 +7,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 
+	"github.com/nftvs/nftvs/config"
 	"github.com/nftvs/nftvs/conntrack"
 	"github.com/nftvs/nftvs/ipvs"
+	"github.com/nftvs/nftvs/metrics"
 	"github.com/nftvs/nftvs/nft"
 	"github.com/nftvs/nftvs/proxier"
 )
-
-func TestNFTConfigFromFlags(t *testing.T) {
-	cases := []struct {
-		args     []string
-		podCIDRs []string
-		want     nft.Config
-	}{
-		{nil, nil, nft.Config{MasqueradeMark: 1 << 14, DropInvalid: true}},
-		{[]string{"--masquerade-all", "--iptables-masquerade-bit=3", "--conntrack-tcp-be-liberal", "--ipvs-exclude-cidrs=10.1.2.3/16,fd00::/8"}, nil,
-			nft.Config{MasqueradeMark: 1 << 3, MasqueradeAll: true, ExcludeCIDRs: prefixes("10.1.0.0/16", "fd00::/8")}},
-		{[]string{"--cluster-cidr=10.244.0.0/16,fd01::/48"}, nil,
-			nft.Config{MasqueradeMark: 1 << 14, DropInvalid: true, LocalTraffic: nft.LocalTraffic{PodCIDRs: prefixes("10.244.0.0/16", "fd01::/48")}}},
-		{[]string{"--detect-local-mode=NodeCIDR", "--cluster-cidr=10.244.0.0/16"}, []string{"10.244.1.0/24", "10.244.2.0/24", "fd01:0:0:1::/64"},
-			nft.Config{MasqueradeMark: 1 << 14, DropInvalid: true, LocalTraffic: nft.LocalTraffic{PodCIDRs: prefixes("10.244.1.0/24", "fd01:0:0:1::/64")}}},
-		{[]string{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface=cbr0"}, nil,
-			nft.Config{MasqueradeMark: 1 << 14, DropInvalid: true, LocalTraffic: nft.LocalTraffic{Interface: "cbr0"}}},
-		{[]string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefix=veth"}, nil,
-			nft.Config{MasqueradeMark: 1 << 14, DropInvalid: true, LocalTraffic: nft.LocalTraffic{Interface: "veth*"}}},
-	}
-	for _, c := range cases {
-		cfg := mustParse(t, c.args...)
-		got, err := cfg.nftConfig(c.podCIDRs)
-		if err != nil {
-			t.Fatalf("%q: %v", c.args, err)
-		}
-		if got.MasqueradeMark != c.want.MasqueradeMark || got.MasqueradeAll != c.want.MasqueradeAll || got.DropInvalid != c.want.DropInvalid ||
-			!slices.Equal(got.ExcludeCIDRs, c.want.ExcludeCIDRs) || !slices.Equal(got.LocalTraffic.PodCIDRs, c.want.LocalTraffic.PodCIDRs) ||
-			got.LocalTraffic.Interface != c.want.LocalTraffic.Interface {
-			t.Errorf("%q: %+v, want %+v", c.args, got, c.want)
-		}
-		// The table accepts it.
-		if _, _, err := nft.NewFake(got); err != nil {
-			t.Errorf("%q: nft refuses %+v: %v", c.args, got, err)
-		}
-	}
-}
-
-func TestProxierConfigFromFlags(t *testing.T) {
-	cfg := mustParse(t, "--ipvs-scheduler=lc", "--ipvs-sync-period=45s", "--ipvs-min-sync-period=2s", "--ipvs-graceful-termination-period=1m")
-	p := cfg.proxierConfig("node-a", true, false)
-	if p.Node.Name != "node-a" || p.Scheduler != "lc" || p.SyncPeriod != 45*time.Second || p.MinSyncPeriod != 2*time.Second ||
-		p.DrainTimeout != time.Minute || !p.IPv4 || p.IPv6 {
-		t.Errorf("%+v", p)
-	}
-}
 
 // fakeNode is a proxier programming in-memory kernel adapters, wired as
 // the command wires the real ones.
@@ -71,30 +27,30 @@ type fakeNode struct {
 	p       *proxier.Proxier
 	ipvs    *ipvs.Fake
 	ct      *conntrack.Fake
-	metrics *Metrics
+	metrics *metrics.Metrics
 }
 
 func newFakeNode(t *testing.T, args ...string) *fakeNode {
 	t.Helper()
 	cfg := mustParse(t, args...)
-	nftCfg, err := cfg.nftConfig(nil)
+	node := &v1.Node{Status: v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.168.0.10"}}}}
+	res, err := cfg.Resolve(config.NodeFacts{Name: "node-a", Node: node})
 	if err != nil {
 		t.Fatal(err)
 	}
-	table, _, err := nft.NewFake(nftCfg)
+	table, _, err := nft.NewFake(res.NFT)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeNode{ipvs: ipvs.NewFake(), ct: conntrack.NewFake(), metrics: NewMetrics([]v1.IPFamily{v1.IPv4Protocol})}
-	k, err := proxierKernel(cfg, ipvs.NewReconciler(f.ipvs, nil), ipvs.NewFakeAddresses(), table, f.metrics,
+	f := &fakeNode{ipvs: ipvs.NewFake(), ct: conntrack.NewFake(), metrics: metrics.New([]v1.IPFamily{v1.IPv4Protocol})}
+	k, err := newDataplane(cfg, ipvs.NewReconciler(f.ipvs, nil), ipvs.NewFakeAddresses(), table, f.metrics,
 		func() (conntrack.Interface, error) { return f.ct, nil })
 	if err != nil {
 		t.Fatal(err)
 	}
-	pcfg := cfg.proxierConfig("node-a", true, false)
-	pcfg.Node.IPs = addrs("192.168.0.10")
-	pcfg.NodePortAddresses = func() ([]netip.Addr, error) { return addrs("192.168.0.10"), nil }
-	f.p = proxier.New(pcfg, k)
+	f.p = proxier.New(res.Proxier(config.Runtime{HostAddresses: func() ([]config.InterfaceAddress, error) {
+		return []config.InterfaceAddress{{Link: "eth0", Addr: netip.MustParseAddr("192.168.0.10")}}, nil
+	}}), k)
 	f.p.SetSynced()
 	return f
 }
@@ -157,8 +113,10 @@ func TestConntrackCleanerWiring(t *testing.T) {
 	res := f.sync(t)
 	// The clean runs after the sync, on its own (proxier/cleanqueue.go):
 	// wait for its metric, observed once the clean returned.
-	deleted := f.metrics.conntrackDeleted.WithLabelValues("IPv4")
-	for deadline := time.Now().Add(10 * time.Second); testutil.ToFloat64(deleted) == 0 && time.Now().Before(deadline); {
+	deleted := func() float64 {
+		return value(t, f.metrics, "kubeproxy_conntrack_reconciler_deleted_entries_total", "IPv4")
+	}
+	for deadline := time.Now().Add(10 * time.Second); deleted() == 0 && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 	calls := f.ct.Calls()
@@ -181,13 +139,13 @@ func TestConntrackCleanerWiring(t *testing.T) {
 	if len(res.Removed) != 2 || len(f.ct.Flows()) != 1 {
 		t.Errorf("removed %v, flows left %v", res.Removed, f.ct.Flows())
 	}
-	if got := testutil.ToFloat64(deleted); got != 2 {
+	if got := deleted(); got != 2 {
 		t.Errorf("kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=IPv4} = %v, want 2", got)
 	}
-	if got := testutil.ToFloat64(f.metrics.realServersRemoved); got != 2 {
+	if got := value(t, f.metrics, "nftvs_ipvs_real_servers_removed_total", ""); got != 2 {
 		t.Errorf("nftvs_ipvs_real_servers_removed_total = %v, want 2", got)
 	}
-	if got := testutil.ToFloat64(f.metrics.ipvsWrites.WithLabelValues("delete_real_server")); got != 2 {
+	if got := value(t, f.metrics, "nftvs_ipvs_netlink_writes_total", "delete_real_server"); got != 2 {
 		t.Errorf("nftvs_ipvs_netlink_writes_total{op=delete_real_server} = %v, want 2", got)
 	}
 }
@@ -207,7 +165,7 @@ func TestConntrackCleanerDisabled(t *testing.T) {
 	if len(res.Removed) != 2 {
 		t.Errorf("removed %v", res.Removed)
 	}
-	_, err := proxierKernel(mustParse(t), nil, nil, nil, nil, func() (conntrack.Interface, error) { return nil, errors.New("no netlink") })
+	_, err := newDataplane(mustParse(t), nil, nil, nil, nil, func() (conntrack.Interface, error) { return nil, errors.New("no netlink") })
 	if err == nil {
 		t.Error("a cleaner that cannot start is not an error")
 	}

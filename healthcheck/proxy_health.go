@@ -1,4 +1,4 @@
-package app
+package healthcheck
 
 import (
 	"encoding/json"
@@ -9,6 +9,8 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/utils/clock"
+
+	"github.com/nftvs/nftvs/metrics"
 )
 
 // toBeDeletedTaint is set by the cluster autoscaler on a node it is about
@@ -49,7 +51,7 @@ type HealthServer struct {
 	timeout time.Duration
 	clock   clock.PassiveClock
 	node    atomic.Pointer[func() *v1.Node]
-	metrics atomic.Pointer[Metrics]
+	metrics atomic.Pointer[metrics.Metrics]
 
 	mu            sync.RWMutex
 	lastUpdated   map[v1.IPFamily]time.Time
@@ -72,7 +74,7 @@ func (h *HealthServer) SetNode(node func() *v1.Node) { h.node.Store(&node) }
 
 // SetMetrics makes the server count its answers in m
 // (kubeproxy_proxy_healthz_total, kubeproxy_proxy_livez_total).
-func (h *HealthServer) SetMetrics(m *Metrics) { h.metrics.Store(m) }
+func (h *HealthServer) SetMetrics(m *metrics.Metrics) { h.metrics.Store(m) }
 
 // Updated records a successful sync of family.
 func (h *HealthServer) Updated(family v1.IPFamily) {
@@ -168,7 +170,7 @@ func (h *HealthServer) respond(w http.ResponseWriter, health ProxyHealth, health
 		// here, so a healthy answer says "now".
 		health.LastUpdated = h.clock.Now()
 	}
-	h.metrics.Load().observeHealth(endpoint, code)
+	h.metrics.Load().ObserveHealth(endpoint, code)
 	w.WriteHeader(code)
 	out, _ := json.Marshal(health)
 	_, _ = w.Write(out)

@@ -1,4 +1,4 @@
-package app
+package config
 
 import (
 	"fmt"
@@ -102,8 +102,13 @@ func (errs ConfigFieldErrors) render(file string) error {
 // schedulerName is what an IPVS scheduler module name can be (ip_vs_<name>).
 var schedulerName = regexp.MustCompile(`^[a-z0-9_]+$`)
 
-// fieldErrors collects ConfigFieldErrors.
-type fieldErrors struct{ errs ConfigFieldErrors }
+// fieldErrors collects ConfigFieldErrors, and the addresses parsed on
+// the way: validation parses each of them, and what it parsed is used
+// (Complete), not parsed again.
+type fieldErrors struct {
+	errs   ConfigFieldErrors
+	parsed Addresses
+}
 
 func (e *fieldErrors) add(field string, value any, detail string) {
 	e.errs = append(e.errs, ConfigFieldError{Field: field, Value: value, Detail: detail})
@@ -115,6 +120,12 @@ func (e *fieldErrors) add(field string, value any, detail string) {
 // logging is the feature gate the logging configuration is checked
 // against (nil: the gates' defaults).
 func Validate(c *v1alpha1.KubeProxyConfiguration, logging featuregate.FeatureGate) ConfigFieldErrors {
+	_, errs := validate(c, logging)
+	return errs
+}
+
+// validate is Validate, and returns the addresses it parsed.
+func validate(c *v1alpha1.KubeProxyConfiguration, logging featuregate.FeatureGate) (Addresses, ConfigFieldErrors) {
 	var e fieldErrors
 	if c.Mode != "ipvs" && c.Mode != "" {
 		e.add("mode", c.Mode, `nftvs implements IPVS mode only: must be "ipvs" or empty`)
@@ -131,7 +142,7 @@ func Validate(c *v1alpha1.KubeProxyConfiguration, logging featuregate.FeatureGat
 	for _, fe := range logsapi.Validate(&c.Logging, logging, nil) {
 		e.errs = append(e.errs, ConfigFieldError{Field: "logging." + fe.Field, Detail: fe.Detail})
 	}
-	return e.errs
+	return e.parsed, e.errs
 }
 
 // validateIPVS checks the ipvs section.
@@ -149,9 +160,12 @@ func validateIPVS(e *fieldErrors, c v1alpha1.KubeProxyIPVSConfiguration) {
 		e.add("ipvs.scheduler", s, "must be the name of an IPVS scheduler (rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh)")
 	}
 	for i, cidr := range c.ExcludeCIDRs {
-		if _, _, err := netutils.ParseCIDRSloppy(cidr); err != nil {
+		p, err := parseCIDR(cidr)
+		if err != nil {
 			e.add(fmt.Sprintf("ipvs.excludeCIDRs[%d]", i), cidr, "must be a valid CIDR")
+			continue
 		}
+		e.parsed.ExcludeCIDRs = append(e.parsed.ExcludeCIDRs, p)
 	}
 	for _, t := range []struct {
 		field string
@@ -217,16 +231,30 @@ func validateClientAndServers(e *fieldErrors, c *v1alpha1.KubeProxyConfiguration
 			if i != 0 || len(c.NodePortAddresses) != 1 {
 				e.add(fmt.Sprintf("nodePortAddresses[%d]", i), a, "can't use both 'primary' and CIDRs")
 			}
+			e.parsed.NodePortPrimary = true
 			break
 		}
-		if _, _, err := netutils.ParseCIDRSloppy(a); err != nil {
+		p, err := parseCIDR(a)
+		if err != nil {
 			e.add(fmt.Sprintf("nodePortAddresses[%d]", i), a, "must be a valid CIDR")
+			continue
 		}
+		e.parsed.NodePortCIDRs = append(e.parsed.NodePortCIDRs, p)
+	}
+	if ip := netutils.ParseIPSloppy(c.BindAddress); ip != nil && !ip.IsUnspecified() {
+		e.parsed.BindAddress = addrFromIP(ip)
 	}
 }
 
 // validateDetectLocal checks local traffic detection.
 func validateDetectLocal(e *fieldErrors, c *v1alpha1.KubeProxyConfiguration) {
+	// --cluster-cidr also says whether the cluster uses IPv6
+	// (UsesIPv6), whatever the mode: what parses is kept.
+	for _, s := range strings.Split(c.ClusterCIDR, ",") {
+		if p, err := parseCIDR(strings.TrimSpace(s)); err == nil && strings.TrimSpace(s) != "" {
+			e.parsed.ClusterCIDRs = append(e.parsed.ClusterCIDRs, p)
+		}
+	}
 	switch c.DetectLocalMode {
 	case "ClusterCIDR":
 		if c.ClusterCIDR != "" {

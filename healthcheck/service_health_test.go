@@ -1,4 +1,4 @@
-package app
+package healthcheck
 
 import (
 	"errors"

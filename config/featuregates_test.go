@@ -1,4 +1,4 @@
-package app
+package config
 
 import (
 	"regexp"
@@ -46,12 +46,12 @@ func TestFeatureGatesAsKubeProxy(t *testing.T) {
 			t.Errorf("%s: warnings %q", c.gates, cfg.Warnings)
 		}
 	}
-	// Honoured: client-go's gates are nftvs's (useClientGoFeatureGates).
+	// Honoured: client-go's gates are nftvs's (UseClientGoFeatureGates).
 	cfg := mustParse(t, "--feature-gates=WatchListClient=false")
-	if cfg.featureGate.Enabled(featuregate.Feature("WatchListClient")) {
+	if cfg.FeatureGate.Enabled(featuregate.Feature("WatchListClient")) {
 		t.Error("WatchListClient=false not set")
 	}
-	if !mustParse(t).featureGate.Enabled(featuregate.Feature("WatchListClient")) {
+	if !mustParse(t).FeatureGate.Enabled(featuregate.Feature("WatchListClient")) {
 		t.Error("WatchListClient is not on by default, as in 1.36")
 	}
 }
@@ -71,7 +71,7 @@ func TestFeatureGatesMatchKubeProxyBinary(t *testing.T) {
 	if len(upstream) < 50 {
 		t.Fatalf("could not read the feature gates of %s --help:\n%s", bin, out)
 	}
-	ours := mustParse(t).featureGate.KnownFeatures()
+	ours := mustParse(t).FeatureGate.KnownFeatures()
 	slices.Sort(upstream)
 	slices.Sort(ours)
 	for _, g := range upstream {

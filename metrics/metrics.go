@@ -1,4 +1,4 @@
-package app
+package metrics
 
 import (
 	"errors"
@@ -12,7 +12,7 @@ import (
 	"k8s.io/component-base/metrics/legacyregistry"
 	_ "k8s.io/component-base/metrics/prometheus/clientgo" // rest_client_* and informer metrics, as kube-proxy registers them
 
-	"github.com/nftvs/nftvs/conntrack"
+	"github.com/nftvs/nftvs/internal/version"
 	"github.com/nftvs/nftvs/proxier"
 )
 
@@ -79,11 +79,11 @@ var ipvsWriteOps = []string{"add_virtual_server", "update_virtual_server", "dele
 // Subsystems, the subsystem label of nftvs_sync_errors_total.
 var syncSubsystems = []string{"nftables", "ipvs", "addresses", "conntrack", "other"}
 
-// NewMetrics registers kube-proxy's and nftvs's metrics on a new
+// New registers kube-proxy's and nftvs's metrics on a new
 // registry. families are the IP families proxied, primary first. The Go,
 // process, client-go and build metrics are in component-base's global
 // registry, as in kube-proxy: Gatherer serves both.
-func NewMetrics(families []v1.IPFamily) *Metrics {
+func New(families []v1.IPFamily) *Metrics {
 	m := &Metrics{Registry: prometheus.NewRegistry(), families: families}
 	if len(families) > 0 {
 		m.primary = families[0]
@@ -205,7 +205,7 @@ func buildInfo() prometheus.Collector {
 			}
 		}
 	}
-	g.WithLabelValues(strconv.Itoa(int(kubeVersion.Major())), strconv.Itoa(int(kubeVersion.Minor())), Version(), commit, tree, date,
+	g.WithLabelValues(strconv.Itoa(int(version.Kube.Major())), strconv.Itoa(int(version.Kube.Minor())), version.Get(), commit, tree, date,
 		runtime.Version(), runtime.Compiler, runtime.GOOS+"/"+runtime.GOARCH).Set(1)
 	return g
 }
@@ -319,7 +319,9 @@ func (m *Metrics) SetLastQueued(now time.Time) {
 	}
 }
 
-func (m *Metrics) observeHealth(endpoint string, code int) {
+// ObserveHealth counts one answer of the health server: endpoint is
+// "healthz" or "livez", code its HTTP status.
+func (m *Metrics) ObserveHealth(endpoint string, code int) {
 	if m == nil {
 		return
 	}
@@ -364,76 +366,4 @@ func syncErrorSubsystems(err error) []string {
 		}
 	}
 	return out
-}
-
-// instrumentedConntrack runs the conntrack cleaner once per IP family,
-// as kube-proxy runs its reconciler in each family's proxier, and counts
-// what it does under that family. The proxier logs and swallows cleanup
-// errors (entries expire on their own), so this is where they are
-// counted.
-type instrumentedConntrack struct {
-	inner   conntrack.Interface
-	metrics *Metrics
-}
-
-func (c instrumentedConntrack) Clean(stale []conntrack.Stale) (conntrack.Result, error) {
-	var total conntrack.Result
-	var errs []error
-	for _, f := range staleByFamily(stale) {
-		r, err := c.inner.Clean(f.stale)
-		total = addResults(total, r)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		if m := c.metrics; m != nil {
-			// Every run, as kube-proxy's reconciler observes every run,
-			// whether it found flows to delete or not.
-			m.conntrackDuration.WithLabelValues(string(f.family)).Observe(r.Duration.Seconds())
-			m.conntrackDeleted.WithLabelValues(string(f.family)).Add(float64(r.Deleted))
-			if err != nil {
-				m.syncErrors.WithLabelValues("conntrack").Inc()
-			}
-		}
-	}
-	return total, errors.Join(errs...)
-}
-
-type familyStale struct {
-	family v1.IPFamily
-	stale  []conntrack.Stale
-}
-
-// staleByFamily splits stale by the family of its frontends (or of its
-// endpoint), IPv4 first; an entry with neither goes with IPv4.
-func staleByFamily(stale []conntrack.Stale) []familyStale {
-	var v4, v6 []conntrack.Stale
-	for _, s := range stale {
-		is6 := s.Endpoint.Addr().Is6()
-		if len(s.Frontends) > 0 {
-			is6 = s.Frontends[0].Addr().Is6()
-		}
-		if is6 {
-			v6 = append(v6, s)
-		} else {
-			v4 = append(v4, s)
-		}
-	}
-	var out []familyStale
-	if len(v4) > 0 || len(v6) == 0 {
-		out = append(out, familyStale{v1.IPv4Protocol, v4})
-	}
-	if len(v6) > 0 {
-		out = append(out, familyStale{v1.IPv6Protocol, v6})
-	}
-	return out
-}
-
-// addResults sums two cleanups' results.
-func addResults(a, b conntrack.Result) conntrack.Result {
-	filtered := b.Filtered && (a.Walks == 0 || a.Filtered)
-	return conntrack.Result{
-		Walks: a.Walks + b.Walks, Scanned: a.Scanned + b.Scanned, Filtered: filtered,
-		Deleted: a.Deleted + b.Deleted, Vanished: a.Vanished + b.Vanished,
-		Duration: a.Duration + b.Duration, DumpDuration: a.DumpDuration + b.DumpDuration,
-	}
 }

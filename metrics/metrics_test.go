@@ -1,4 +1,4 @@
-package app
+package metrics
 
 import (
 	"errors"
@@ -22,13 +22,13 @@ import (
 // Every metric is registered under kube-proxy's name (or nftvs_*), with
 // its type.
 func TestMetricNames(t *testing.T) {
-	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
+	m := New([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
 	m.ObserveSync(proxier.SyncResult{Duration: time.Millisecond, TriggerTimes: []proxier.TriggerTime{{At: time.Now().Add(-time.Second), Family: v1.IPv4Protocol}}}, nil, time.Now())
 	m.ObserveSync(proxier.SyncResult{Full: true, Duration: time.Millisecond}, nil, time.Now())
 	m.SetPending(1, 1)
 	m.SetLastQueued(time.Now())
-	m.observeHealth("healthz", 200)
-	m.observeHealth("livez", 200)
+	m.ObserveHealth("healthz", 200)
+	m.ObserveHealth("livez", 200)
 	m.conntrackDuration.WithLabelValues("IPv4").Observe(0.01)
 
 	families, err := m.Gatherer().Gather()
@@ -74,7 +74,7 @@ func TestMetricNames(t *testing.T) {
 }
 
 func TestObserveSync(t *testing.T) {
-	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol})
+	m := New([]v1.IPFamily{v1.IPv4Protocol})
 	res := proxier.SyncResult{
 		Duration:       20 * time.Millisecond,
 		IPVS:           ipvs.Result{Writes: ipvs.WriteCounts{AddVirtualServer: 2, AddRealServer: 5, DeleteRealServer: 1}},
@@ -163,7 +163,7 @@ func (failingCleaner) Clean([]conntrack.Stale) (conntrack.Result, error) {
 }
 
 func TestInstrumentedConntrack(t *testing.T) {
-	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol})
+	m := New([]v1.IPFamily{v1.IPv4Protocol})
 	c := instrumentedConntrack{inner: failingCleaner{}, metrics: m}
 	if _, err := c.Clean([]conntrack.Stale{{}}); err == nil {
 		t.Fatal("error swallowed")
@@ -184,7 +184,7 @@ func (idleCleaner) Clean([]conntrack.Stale) (conntrack.Result, error) { return c
 // kube-proxy's, also one that walked nothing and deleted nothing.
 // Before, only runs that walked the table were observed.
 func TestConntrackReconcilerObservedEveryRun(t *testing.T) {
-	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol})
+	m := New([]v1.IPFamily{v1.IPv4Protocol})
 	c := instrumentedConntrack{inner: idleCleaner{}, metrics: m}
 	for range 3 {
 		if _, err := c.Clean([]conntrack.Stale{{}}); err != nil {
@@ -200,10 +200,10 @@ func TestConntrackReconcilerObservedEveryRun(t *testing.T) {
 // every kubeproxy_ metric (all ALPHA upstream), [BETA] for
 // kubernetes_build_info. Before, none had it.
 func TestMetricHelpStability(t *testing.T) {
-	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol})
+	m := New([]v1.IPFamily{v1.IPv4Protocol})
 	m.ObserveSync(proxier.SyncResult{}, nil, time.Now())
-	m.observeHealth("healthz", 200)
-	m.observeHealth("livez", 200)
+	m.ObserveHealth("healthz", 200)
+	m.ObserveHealth("livez", 200)
 	fams, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -234,7 +234,7 @@ func TestMetricHelpStability(t *testing.T) {
 // family observes it. Before, a dual-stack node counted each change twice,
 // once per family.
 func TestNetworkProgrammingOncePerChange(t *testing.T) {
-	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
+	m := New([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
 	now := time.Unix(1700000000, 0)
 	m.ObserveSync(proxier.SyncResult{TriggerTimes: []proxier.TriggerTime{{At: now.Add(-time.Second), Family: v1.IPv4Protocol}}}, nil, now)
 	for f, want := range map[v1.IPFamily]uint64{v1.IPv4Protocol: 1, v1.IPv6Protocol: 0} {

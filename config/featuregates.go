@@ -1,4 +1,4 @@
-package app
+package config
 
 import (
 	"errors"
@@ -14,11 +14,9 @@ import (
 	_ "k8s.io/component-base/logs/json/register" // --logging-format=json, as kube-proxy's main registers it
 	metricsfeatures "k8s.io/component-base/metrics/features"
 	zpagesfeatures "k8s.io/component-base/zpages/features"
-)
 
-// kubeVersion is the Kubernetes release whose kube-proxy nftvs stands in
-// for: feature gate defaults are that release's.
-var kubeVersion = utilversion.MustParse("1.36")
+	"github.com/nftvs/nftvs/internal/version"
+)
 
 // notImplementedGates are the gates kube-proxy reads that change what it
 // does, with the only value nftvs implements and why. Setting one to the
@@ -54,7 +52,7 @@ var windowsGates = map[string]bool{"WinDSR": true, "WinOverlay": true}
 // error; gates kube-proxy does not read (other components', Windows') are
 // accepted with a warning, as kube-proxy accepts them without effect.
 func newFeatureGate(featureGates map[string]bool) (featuregate.MutableVersionedFeatureGate, []string, error) {
-	fg := featuregate.NewVersionedFeatureGate(kubeVersion)
+	fg := featuregate.NewVersionedFeatureGate(version.Kube)
 	if err := addKubeProxyFeatureGates(fg); err != nil {
 		return nil, nil, fmt.Errorf("feature gates: %w", err)
 	}
@@ -118,7 +116,7 @@ func addKubeProxyFeatureGates(fg featuregate.MutableVersionedFeatureGate) error 
 
 // gateNames are the names of the gates add registers.
 func gateNames(add func(featuregate.MutableVersionedFeatureGate) error) map[string]bool {
-	g := featuregate.NewVersionedFeatureGate(kubeVersion)
+	g := featuregate.NewVersionedFeatureGate(version.Kube)
 	if err := add(g); err != nil {
 		panic(err) // the gates of a module nftvs builds with
 	}
@@ -162,10 +160,10 @@ func (a clientGoGates) AddVersioned(in map[clientfeatures.Feature]clientfeatures
 	return a.fg.AddVersioned(out)
 }
 
-// useClientGoFeatureGates makes client-go read its gates from fg, as
+// UseClientGoFeatureGates makes client-go read its gates from fg, as
 // kube-proxy's does from its --feature-gates. Call it before any client
 // is made.
-func useClientGoFeatureGates(fg featuregate.FeatureGate) {
+func UseClientGoFeatureGates(fg featuregate.FeatureGate) {
 	clientfeatures.ReplaceFeatureGates(clientGoReader{fg})
 }
 

@@ -1,21 +1,19 @@
-package app
+package healthcheck
 
 import (
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clocktesting "k8s.io/utils/clock/testing"
-)
 
-func metav1Duration(d time.Duration) metav1.Duration { return metav1.Duration{Duration: d} }
+	"github.com/nftvs/nftvs/metrics"
+)
 
 func get(t *testing.T, h http.Handler, path string) (int, map[string]any) {
 	t.Helper()
@@ -36,7 +34,7 @@ func get(t *testing.T, h http.Handler, path string) (int, map[string]any) {
 func TestHealthServer(t *testing.T) {
 	clock := clocktesting.NewFakePassiveClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}}
-	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
+	m := metrics.New([]v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol})
 	hs := NewHealthServer(60*time.Second, clock)
 	hs.SetNode(func() *v1.Node { return node })
 	hs.SetMetrics(m)
@@ -106,10 +104,10 @@ func TestHealthServer(t *testing.T) {
 		}
 	}
 
-	if got := testutil.ToFloat64(m.healthzTotal.WithLabelValues("503")); got != 4 {
+	if got := value(t, m, "kubeproxy_proxy_healthz_total", "503"); got != 4 {
 		t.Errorf("kubeproxy_proxy_healthz_total{code=503} = %v, want 4", got)
 	}
-	if got := testutil.ToFloat64(m.livezTotal.WithLabelValues("200")); got != 3 {
+	if got := value(t, m, "kubeproxy_proxy_livez_total", "200"); got != 3 {
 		t.Errorf("kubeproxy_proxy_livez_total{code=200} = %v, want 3", got)
 	}
 }
@@ -138,65 +136,41 @@ func TestHealthServerBeforeStart(t *testing.T) {
 	}
 
 	hs.SetNode(func() *v1.Node { return &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}} })
-	m := NewMetrics([]v1.IPFamily{v1.IPv4Protocol})
+	m := metrics.New([]v1.IPFamily{v1.IPv4Protocol})
 	hs.SetMetrics(m)
 	if code, body := get(t, h, "/healthz"); code != 200 || body["nodeEligible"] != true {
 		t.Errorf("healthz with the Node: %d %v", code, body)
 	}
-	if got := testutil.ToFloat64(m.healthzTotal.WithLabelValues("200")); got != 1 {
+	if got := value(t, m, "kubeproxy_proxy_healthz_total", "200"); got != 1 {
 		t.Errorf("kubeproxy_proxy_healthz_total{code=200} = %v, want 1", got)
 	}
-	if got := testutil.ToFloat64(m.livezTotal.WithLabelValues("200")); got != 0 {
+	if got := value(t, m, "kubeproxy_proxy_livez_total", "200"); got != 0 {
 		t.Errorf("kubeproxy_proxy_livez_total{code=200} = %v, want 0 (answers before SetMetrics are not counted)", got)
 	}
 }
 
-func TestMetricsServerEndpoints(t *testing.T) {
-	cfg := mustParse(t, "--profiling")
-	h := metricsHandler(NewMetrics([]v1.IPFamily{v1.IPv4Protocol}), cfg)
-	for path, want := range map[string]string{
-		"/healthz":            "ok",
-		"/proxyMode":          "ipvs",
-		"/configz":            `{"kubeproxy.config.k8s.io":{"kind":"KubeProxyConfiguration","apiVersion":"kubeproxy.config.k8s.io/v1alpha1"`,
-		"/metrics":            "kubeproxy_sync_proxy_rules_endpoint_changes_pending 0",
-		"/debug/pprof/":       "goroutine",
-		"/configz?x=ipvs.sch": `"scheduler":""`,
-	} {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-		if rec.Code != 200 || !strings.Contains(rec.Body.String(), want) {
-			t.Errorf("%s: %d %.300q, want %q", path, rec.Code, rec.Body.String(), want)
+// value is the value of the counter or gauge name in m whose labels
+// include labelValue (or of the one sample without labels), 0 when there
+// is none.
+func value(t *testing.T, m *metrics.Metrics, name, labelValue string) float64 {
+	t.Helper()
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+		for _, s := range f.Metric {
+			match := labelValue == "" && len(s.Label) == 0
+			for _, l := range s.Label {
+				match = match || l.GetValue() == labelValue
+			}
+			if match {
+				return s.GetCounter().GetValue() + s.GetGauge().GetValue()
+			}
 		}
 	}
-}
-
-// /metrics/slis is served as kube-proxy serves it: the /healthz check's
-// results (component-base's kubernetes_healthcheck{name="ping",
-// type="healthz"}), reset by a DELETE. Before, it answered 404.
-func TestMetricsSLIs(t *testing.T) {
-	h := metricsHandler(NewMetrics([]v1.IPFamily{v1.IPv4Protocol}), mustParse(t))
-	do := func(method, path string) (int, string) {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
-		return rec.Code, rec.Body.String()
-	}
-	get := func(path string) (int, string) { return do(http.MethodGet, path) }
-	if code, body := do(http.MethodDelete, "/metrics/slis"); code != 200 || body != "metrics reset\n" { // what other tests left
-		t.Fatalf("DELETE /metrics/slis: %d %q", code, body)
-	}
-	get("/healthz")
-	code, body := get("/metrics/slis")
-	for _, want := range []string{
-		"# HELP kubernetes_healthcheck [STABLE] This metric records the result of a single healthcheck.",
-		`kubernetes_healthcheck{name="ping",type="healthz"} 1`,
-		`kubernetes_healthchecks_total{name="ping",status="success",type="healthz"} 1`,
-	} {
-		if code != 200 || !strings.Contains(body, want) {
-			t.Errorf("/metrics/slis: %d, no %q in\n%s", code, want, body)
-		}
-	}
-	do(http.MethodDelete, "/metrics/slis")
-	if _, body = get("/metrics/slis"); strings.Contains(body, `kubernetes_healthchecks_total{`) {
-		t.Errorf("/metrics/slis is not reset by a DELETE:\n%s", body)
-	}
+	return 0
 }

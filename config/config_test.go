@@ -1,4 +1,4 @@
-package app
+package config
 
 import (
 	"os"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/kube-proxy/config/v1alpha1"
 )
 
@@ -318,7 +319,7 @@ func TestConfigFileModesAndOtherModeFields(t *testing.T) {
 	}
 	// ipvs.minSyncPeriod is not defaulted in a file: 0 syncs on every
 	// change, which the proxier gets as its smallest period.
-	if _, minSync := cfg.syncPeriods(); minSync != time.Nanosecond {
+	if minSync := resolve(t, cfg, NodeFacts{}).Proxier(Runtime{}).MinSyncPeriod; minSync != time.Nanosecond {
 		t.Errorf("min sync period %v, want 1ns", minSync)
 	}
 	// JSON logging, as kube-proxy.
@@ -333,7 +334,7 @@ func TestConfigFileModesAndOtherModeFields(t *testing.T) {
 func TestWriteConfigRoundTrip(t *testing.T) {
 	cfg := mustParse(t, "--ipvs-scheduler=sh", "--cluster-cidr=10.244.0.0/16", "--nodeport-addresses=10.0.0.0/8")
 	path := filepath.Join(t.TempDir(), "out.yaml")
-	if err := writeConfig(cfg.KubeProxy, path); err != nil {
+	if err := Write(cfg.KubeProxy, path); err != nil {
 		t.Fatal(err)
 	}
 	back, _, warnings, err := LoadConfigFile(path)
@@ -342,7 +343,7 @@ func TestWriteConfigRoundTrip(t *testing.T) {
 	}
 	platformDefaults(back)
 	want := cfg.KubeProxy.DeepCopy()
-	want.APIVersion, want.Kind = configAPIVersion, configKind
+	want.APIVersion, want.Kind = APIVersion, Kind
 	if !reflect.DeepEqual(back, want) {
 		t.Errorf("round trip differs:\n got %+v\nwant %+v", back, want)
 	}
@@ -362,4 +363,15 @@ func TestMasqueradeBitOutsideFWMarks(t *testing.T) {
 			t.Errorf("bit %d: accepted %v, want %v (%v)", bit, got, ok, errs)
 		}
 	}
+}
+
+func metav1Duration(d time.Duration) metav1.Duration { return metav1.Duration{Duration: d} }
+
+func resolve(t *testing.T, cfg *Config, n NodeFacts) *Resolved {
+	t.Helper()
+	r, err := cfg.Resolve(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

@@ -1,4 +1,4 @@
-package app
+package config
 
 import "k8s.io/component-base/featuregate"
 

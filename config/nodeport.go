@@ -1,12 +1,8 @@
-package app
+package config
 
 import (
-	"errors"
-	"fmt"
 	"net/netip"
 	"slices"
-
-	"github.com/vishvananda/netlink"
 )
 
 // InterfaceAddress is a local address and the link that holds it.
@@ -65,36 +61,4 @@ func primaryNodePortCIDRs(nodeIPs []netip.Addr) []netip.Prefix {
 		}
 	}
 	return out
-}
-
-// hostAddresses lists the addresses of every link of this network
-// namespace over rtnetlink.
-func hostAddresses() ([]InterfaceAddress, error) {
-	links, err := netlink.LinkList()
-	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
-	}
-	names := make(map[int]string, len(links))
-	for _, l := range links {
-		names[l.Attrs().Index] = l.Attrs().Name
-	}
-	var addrs []netlink.Addr
-	for range 5 { // a dump interrupted by a concurrent change is retried
-		addrs, err = netlink.AddrList(nil, netlink.FAMILY_ALL)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("list addresses: %w", err)
-	}
-	out := make([]InterfaceAddress, 0, len(addrs))
-	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok {
-			continue
-		}
-		out = append(out, InterfaceAddress{Link: names[a.LinkIndex], Addr: ip.Unmap()})
-	}
-	return out, nil
 }

@@ -1,0 +1,126 @@
+package proxier
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nftvs/nftvs/ipvs"
+)
+
+type outcome struct {
+	res SyncResult
+	err error
+}
+
+// runLoop runs f's proxier's sync loop until the test ends, and hands
+// every sync's outcome to the returned channel.
+func runLoop(t *testing.T, f *fakeNode) <-chan outcome {
+	t.Helper()
+	results := make(chan outcome, 16)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.p.Run(ctx, func(res SyncResult, err error) { results <- outcome{res, err} })
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return results
+}
+
+// nextSync waits (in real time) for the loop's next sync.
+func nextSync(t *testing.T, results <-chan outcome, what string) outcome {
+	t.Helper()
+	select {
+	case o := <-results:
+		return o
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no sync: %s", what)
+		return outcome{}
+	}
+}
+
+// noSync checks that the loop does not sync while its clock stands still.
+func noSync(t *testing.T, results <-chan outcome, what string) {
+	t.Helper()
+	select {
+	case o := <-results:
+		t.Fatalf("a sync (full %v, err %v) %s", o.res.Full, o.err, what)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// TestRunLoop drives the sync loop by a fake clock: the first change
+// syncs at once (a full sync: the first), the next waits MinSyncPeriod
+// after the last sync, and SyncPeriod brings a Repair with no change at
+// all (nothing replanned), and FullReplanPeriod a full one.
+func TestRunLoop(t *testing.T) {
+	f := newFakeNodeWith(t, func(c *Config) {
+		c.SyncPeriod = 30 * time.Second
+		c.MinSyncPeriod = 5 * time.Second
+		c.DrainCheckPeriod = time.Hour
+	})
+	f.addService(makeService("ns", "web", clusterIPs("10.96.0.10")))
+	results := runLoop(t, f)
+
+	if o := nextSync(t, results, "for the first change"); o.err != nil || !o.res.Full {
+		t.Errorf("first sync: full %v, err %v; want a full one", o.res.Full, o.err)
+	}
+	f.addService(makeService("ns", "api", clusterIPs("10.96.0.11")))
+	noSync(t, results, "within MinSyncPeriod of the last one")
+	f.clock.Step(5 * time.Second)
+	if o := nextSync(t, results, "MinSyncPeriod after the last one"); o.err != nil || o.res.Full || o.res.ServicesReplanned != 1 {
+		t.Errorf("second sync: full %v, %d Services replanned, err %v; want a partial one of ns/api", o.res.Full, o.res.ServicesReplanned, o.err)
+	}
+	noSync(t, results, "with nothing changed")
+	f.clock.Step(25 * time.Second)
+	if o := nextSync(t, results, "SyncPeriod after the start"); o.err != nil || o.res.Full || !o.res.Repair || o.res.ServicesReplanned != 0 {
+		t.Errorf("periodic sync: full %v, repair %v, %d Services replanned, err %v; want a repair replanning nothing",
+			o.res.Full, o.res.Repair, o.res.ServicesReplanned, o.err)
+	}
+	for range FullReplanPeriod / (30 * time.Second) {
+		f.clock.Step(30 * time.Second)
+		if o := nextSync(t, results, "every SyncPeriod"); o.res.Full {
+			return // the hourly full replan
+		}
+	}
+	t.Error("no full sync within FullReplanPeriod of periodic syncs")
+}
+
+// TestRunLoopBacksOff: a failed sync is retried after a backoff that
+// doubles (1s, then 2s), on the loop's clock, and a success ends it.
+func TestRunLoopBacksOff(t *testing.T) {
+	f := newFakeNodeWith(t, func(c *Config) {
+		c.SyncPeriod = time.Hour
+		c.MinSyncPeriod = time.Nanosecond
+		c.DrainCheckPeriod = time.Hour
+	})
+	f.kern.Inject = func(op ipvs.Op, key ipvs.VSKey, _ *ipvs.RealServer) error {
+		if op == ipvs.OpAddVirtualServer {
+			return fmt.Errorf("add virtual server %s: %w", key, syscall.ENOMEM)
+		}
+		return nil
+	}
+	f.addService(makeService("ns", "web", clusterIPs("10.96.0.10")))
+	results := runLoop(t, f)
+	if o := nextSync(t, results, "at start"); o.err == nil {
+		t.Fatal("IPVS out of memory did not fail the sync")
+	}
+	// Each wait is the backoff and MinSyncPeriod (1ns): a millisecond
+	// more than the backoff ends it.
+	noSync(t, results, "before the first backoff")
+	f.clock.Step(time.Second + time.Millisecond)
+	if o := nextSync(t, results, "after 1s"); o.err == nil {
+		t.Fatal("the retry did not fail")
+	}
+	f.clock.Step(time.Second)
+	noSync(t, results, "1s into a 2s backoff")
+	f.kern.Inject = nil
+	f.clock.Step(time.Second + time.Millisecond)
+	if o := nextSync(t, results, "after 2s more"); o.err != nil {
+		t.Fatalf("the second retry failed: %v", o.err)
+	}
+	noSync(t, results, "after a success")
+}
