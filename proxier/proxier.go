@@ -509,11 +509,3 @@ func (p *Proxier) NoLocalEndpoints() (internal, external int) {
 	defer p.syncMu.Unlock()
 	return p.noLocalInternal, p.noLocalExternal
 }
-
-// Pending counts Services changed but not yet synced (for the
-// sync_proxy_rules_*_changes_pending gauges).
-func (p *Proxier) Pending() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.dirty)
-}

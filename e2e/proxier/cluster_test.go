@@ -319,7 +319,7 @@ func (c *cluster) settle() {
 	}
 	n := c.syncs.Load()
 	deadline := time.Now().Add(time.Second)
-	for c.p.Pending() > 0 || c.syncs.Load() == n {
+	for c.syncs.Load() == n {
 		if time.Now().After(deadline) {
 			return
 		}
