@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/nftvs/nftvs/internal/metricstest"
 	"github.com/nftvs/nftvs/metrics"
 )
 
@@ -150,27 +151,7 @@ func TestHealthServerBeforeStart(t *testing.T) {
 }
 
 // value is the value of the counter or gauge name in m whose labels
-// include labelValue (or of the one sample without labels), 0 when there
-// is none.
+// include labelValue (metricstest.Value).
 func value(t *testing.T, m *metrics.Metrics, name, labelValue string) float64 {
-	t.Helper()
-	fams, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range fams {
-		if f.GetName() != name {
-			continue
-		}
-		for _, s := range f.Metric {
-			match := labelValue == "" && len(s.Label) == 0
-			for _, l := range s.Label {
-				match = match || l.GetValue() == labelValue
-			}
-			if match {
-				return s.GetCounter().GetValue() + s.GetGauge().GetValue()
-			}
-		}
-	}
-	return 0
+	return metricstest.Value(t, m.Registry, name, labelValue)
 }

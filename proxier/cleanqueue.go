@@ -77,19 +77,13 @@ func (q *cleanQueue) flush() {
 	for q.busy {
 		q.idle.Wait()
 	}
-	batch := q.pending
-	q.pending = nil
-	if len(batch) == 0 {
+	if len(q.pending) == 0 {
 		q.mu.Unlock()
 		return
 	}
-	q.busy, q.running = true, batch
+	q.busy = true
 	q.mu.Unlock()
-	q.clean(batch)
-	q.mu.Lock()
-	q.busy, q.running = false, nil
-	q.idle.Broadcast()
-	q.mu.Unlock()
+	q.work()
 }
 
 func (q *cleanQueue) clean(batch []conntrack.Stale) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nftvs/nftvs/config"
 	"github.com/nftvs/nftvs/conntrack"
+	"github.com/nftvs/nftvs/internal/metricstest"
 	"github.com/nftvs/nftvs/metrics"
 	"strings"
 )
@@ -26,29 +27,9 @@ func (failingCleaner) Clean([]conntrack.Stale) (conntrack.Result, error) {
 }
 
 // value is the value of the counter or gauge name in m whose labels
-// include labelValue (or of the one sample without labels), 0 when there
-// is none.
+// include labelValue (metricstest.Value).
 func value(t *testing.T, m *metrics.Metrics, name, labelValue string) float64 {
-	t.Helper()
-	fams, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range fams {
-		if f.GetName() != name {
-			continue
-		}
-		for _, s := range f.Metric {
-			match := labelValue == "" && len(s.Label) == 0
-			for _, l := range s.Label {
-				match = match || l.GetValue() == labelValue
-			}
-			if match {
-				return s.GetCounter().GetValue() + s.GetGauge().GetValue()
-			}
-		}
-	}
-	return 0
+	return metricstest.Value(t, m.Registry, name, labelValue)
 }
 
 func mustParse(t *testing.T, args ...string) *config.Config {
