@@ -190,9 +190,9 @@ func TestHostile(t *testing.T) {
 			if s.res.IPVSResync {
 				t.Errorf("a sync at %s dumped IPVS whole", s.at.Format("15:04:05.000"))
 			}
-			if s.res.Full {
+			if s.res.Repair {
 				if s.res.IPVS.Writes.AddVirtualServer == 0 {
-					t.Errorf("the first full sync after ipvsadm -C added no virtual server: %s", s.res.IPVS)
+					t.Errorf("the first periodic sync (a repair) after ipvsadm -C added no virtual server: %s", s.res.IPVS)
 				}
 				break
 			}
@@ -229,9 +229,9 @@ func TestHostile(t *testing.T) {
 		// Right after a periodic sync, so that the next one is a sync
 		// period away: a rebuild before it is the drift watch's doing.
 		t0 := time.Now()
-		c.eventually(t, "a periodic full sync", func() error {
+		c.eventually(t, "a periodic sync (a repair)", func() error {
 			for _, s := range syncsSince(t0) {
-				if s.res.Full {
+				if s.res.Repair {
 					return nil
 				}
 			}
@@ -256,12 +256,12 @@ func TestHostile(t *testing.T) {
 		for _, s := range syncsSince(start) {
 			for _, r := range s.res.NFT {
 				if r.Rebuilt && rebuiltBy == "" {
-					rebuiltBy = fmt.Sprintf("full=%v", s.res.Full)
+					rebuiltBy = fmt.Sprintf("repair=%v", s.res.Repair)
 				}
 			}
 		}
-		if rebuiltBy != "full=false" {
-			t.Errorf("the table was rebuilt by %q, want a sync the drift watch asked for (full=false)", rebuiltBy)
+		if rebuiltBy != "repair=false" {
+			t.Errorf("the table was rebuilt by %q, want a sync the drift watch asked for (repair=false)", rebuiltBy)
 		}
 		check(t, "out1 → node:30090 after the rebuild", out1.askN("tcp", netip.AddrPortFrom(tb.ext0IP4, 30090), 2), expect{only: []*pod{b2}, src: nodeSources(t, tb.ext0IP4, tb.ext1IP4)})
 	})
