@@ -321,16 +321,23 @@ func TestKernelAllRealServersAtScale(t *testing.T) {
 			}
 		}
 	}
-	if missing+wrong > 0 {
+	// 6.1's proc reader skips a few records now and then (seen: 2 fwmark
+	// virtual servers of 2,000, the same ones on every read of one table,
+	// none on another run: the hash order is per namespace). Resync dumps
+	// those alone, so a few are allowed; a listing wrong is not.
+	if wrong > 0 || missing > len(services)/100 {
 		t.Errorf("%d of %d virtual servers not listed, %d listed wrong", missing, len(services), wrong)
+	} else if missing > 0 {
+		t.Logf("%d of %d virtual servers not listed by /proc/net/ip_vs (the kernel's reader; dumped alone by Resync)", missing, len(services))
 	}
-	// A restarted proxier's Resync: two reads, no write.
+	// A restarted proxier's Resync: two reads (and one dump per virtual
+	// server the proc file missed), no write.
 	c := NewCounting(k)
 	res, err := NewReconciler(c, nil).Resync(services)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Reads() != 2 || res.Writes.Total() != 0 {
+	if c.Reads() != 2+missing || res.Writes.Total() != 0 {
 		vss, _ := k.GetVirtualServers()
 		n := 0
 		for _, v := range vss {
@@ -340,6 +347,6 @@ func TestKernelAllRealServersAtScale(t *testing.T) {
 				}
 			}
 		}
-		t.Errorf("resync of an unchanged table: %d reads, writes %s; want 2 reads and none", c.Reads(), res)
+		t.Errorf("resync of an unchanged table: %d reads, writes %s; want %d reads and none", c.Reads(), res, 2+missing)
 	}
 }
