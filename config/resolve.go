@@ -205,28 +205,47 @@ func (c *Config) UsesIPv6(nodeIPs []netip.Addr, podCIDRs []string) bool {
 	})
 }
 
-// localTraffic is how the nft table recognises traffic from this node's
-// pods (--detect-local-mode), as kube-proxy's getLocalDetectors: the first
+// localTraffic is how the nft table recognises traffic from pods
+// (--detect-local-mode), as kube-proxy's getLocalDetectors: the first
 // CIDR of each family of --cluster-cidr (ClusterCIDR) or of the Node's
 // podCIDRs (NodeCIDR), or an input interface. ClusterCIDR without a CIDR
-// detects nothing, as in kube-proxy.
+// detects nothing, as in kube-proxy. In both CIDR modes the Node's
+// podCIDRs also say which pods are this node's own, the only ones
+// internal to externalTrafficPolicy Local frontends: --cluster-cidr covers
+// other nodes' pods too. In ClusterCIDR mode a node without podCIDRs (or
+// with ones that do not parse) has no such short-cut, as in kube-proxy's
+// IPVS mode: restricting more, never less.
 func (c *Config) localTraffic(nodePodCIDRs []string) (nft.LocalTraffic, error) {
+	var node []netip.Prefix
+	var nodeErr error
+	for _, s := range nodePodCIDRs {
+		if strings.TrimSpace(s) == "" {
+			continue
+		}
+		cidr, err := parseCIDR(strings.TrimSpace(s))
+		if err != nil {
+			nodeErr = err
+			node = nil
+			break
+		}
+		node = append(node, cidr)
+	}
+	node = firstPerFamily(node)
 	switch c.KubeProxy.DetectLocalMode {
 	case "ClusterCIDR":
-		return nft.LocalTraffic{PodCIDRs: firstPerFamily(c.ClusterCIDRs)}, nil
-	case "NodeCIDR":
-		var p []netip.Prefix
-		for _, s := range nodePodCIDRs {
-			if strings.TrimSpace(s) == "" {
-				continue
-			}
-			cidr, err := parseCIDR(strings.TrimSpace(s))
-			if err != nil {
-				return nft.LocalTraffic{}, err
-			}
-			p = append(p, cidr)
+		if nodeErr != nil {
+			klog.ErrorS(nodeErr, "The node's podCIDRs do not parse: traffic from its pods to externalTrafficPolicy Local frontends is external", "podCIDRs", nodePodCIDRs)
 		}
-		return nft.LocalTraffic{PodCIDRs: firstPerFamily(p)}, nil
+		cluster := firstPerFamily(c.ClusterCIDRs)
+		if len(cluster) == 0 {
+			return nft.LocalTraffic{}, nil
+		}
+		return nft.LocalTraffic{PodCIDRs: cluster, NodePodCIDRs: node}, nil
+	case "NodeCIDR":
+		if nodeErr != nil {
+			return nft.LocalTraffic{}, nodeErr
+		}
+		return nft.LocalTraffic{PodCIDRs: node, NodePodCIDRs: node}, nil
 	case "BridgeInterface":
 		return nft.LocalTraffic{Interface: c.KubeProxy.DetectLocal.BridgeInterface}, nil
 	case "InterfaceNamePrefix":

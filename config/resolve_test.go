@@ -23,8 +23,15 @@ func TestNFTConfigFromFlags(t *testing.T) {
 			nft.Config{MasqueradeMark: 1 << 3, MasqueradeAll: true, ExcludeCIDRs: prefixes("10.1.0.0/16", "fd00::/8")}},
 		{[]string{"--cluster-cidr=10.244.0.0/16,fd01::/48"}, nil,
 			nft.Config{MasqueradeMark: 1 << 14, DropInvalid: true, LocalTraffic: nft.LocalTraffic{PodCIDRs: prefixes("10.244.0.0/16", "fd01::/48")}}},
+		// ClusterCIDR: every pod is spared masquerade to ClusterIPs, only
+		// this node's are internal to externalTrafficPolicy Local.
+		{[]string{"--cluster-cidr=10.244.0.0/16,fd01::/48"}, []string{"10.244.1.0/24", "fd01:0:0:1::/64"},
+			nft.Config{MasqueradeMark: 1 << 14, DropInvalid: true, LocalTraffic: nft.LocalTraffic{PodCIDRs: prefixes("10.244.0.0/16", "fd01::/48"), NodePodCIDRs: prefixes("10.244.1.0/24", "fd01:0:0:1::/64")}}},
+		// A podCIDR that does not parse: no short-cut at all.
+		{[]string{"--cluster-cidr=10.244.0.0/16"}, []string{"10.244.1.0/24", "10.244.999.0/24"},
+			nft.Config{MasqueradeMark: 1 << 14, DropInvalid: true, LocalTraffic: nft.LocalTraffic{PodCIDRs: prefixes("10.244.0.0/16")}}},
 		{[]string{"--detect-local-mode=NodeCIDR", "--cluster-cidr=10.244.0.0/16"}, []string{"10.244.1.0/24", "10.244.2.0/24", "fd01:0:0:1::/64"},
-			nft.Config{MasqueradeMark: 1 << 14, DropInvalid: true, LocalTraffic: nft.LocalTraffic{PodCIDRs: prefixes("10.244.1.0/24", "fd01:0:0:1::/64")}}},
+			nft.Config{MasqueradeMark: 1 << 14, DropInvalid: true, LocalTraffic: nft.LocalTraffic{PodCIDRs: prefixes("10.244.1.0/24", "fd01:0:0:1::/64"), NodePodCIDRs: prefixes("10.244.1.0/24", "fd01:0:0:1::/64")}}},
 		{[]string{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface=cbr0"}, nil,
 			nft.Config{MasqueradeMark: 1 << 14, DropInvalid: true, LocalTraffic: nft.LocalTraffic{Interface: "cbr0"}}},
 		{[]string{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefix=veth"}, nil,
@@ -39,6 +46,7 @@ func TestNFTConfigFromFlags(t *testing.T) {
 		got := res.NFT
 		if got.MasqueradeMark != c.want.MasqueradeMark || got.MasqueradeAll != c.want.MasqueradeAll || got.DropInvalid != c.want.DropInvalid ||
 			!slices.Equal(got.ExcludeCIDRs, c.want.ExcludeCIDRs) || !slices.Equal(got.LocalTraffic.PodCIDRs, c.want.LocalTraffic.PodCIDRs) ||
+			!slices.Equal(got.LocalTraffic.NodePodCIDRs, c.want.LocalTraffic.NodePodCIDRs) ||
 			got.LocalTraffic.Interface != c.want.LocalTraffic.Interface {
 			t.Errorf("%q: %+v, want %+v", c.args, got, c.want)
 		}

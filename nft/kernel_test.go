@@ -71,7 +71,7 @@ func kernelElements(t testing.TB, ns *netnstest.NS, table string) []string {
 	}
 	var out []string
 	for _, s := range sets {
-		if strings.HasPrefix(s.Name, string(setExcludeCIDRs)) || strings.HasPrefix(s.Name, string(setPodCIDRs)) {
+		if configSets[s.Name] { // filled from Config, not in the mirror
 			continue
 		}
 		es, err := c.GetSetElements(s)
@@ -85,6 +85,17 @@ func kernelElements(t testing.TB, ns *netnstest.NS, table string) []string {
 	sort.Strings(out)
 	return out
 }
+
+// configSets are the kernel names of the configuration sets.
+var configSets = func() map[string]bool {
+	m := map[string]bool{}
+	for _, ks := range kernelSets() {
+		if ks.fromConfig != nil {
+			m[ks.kernelName()] = true
+		}
+	}
+	return m
+}()
 
 func elementString(set string, key, keyEnd, val []byte) string {
 	s := fmt.Sprintf("%s %x", set, key)
@@ -144,7 +155,7 @@ var counterRE = regexp.MustCompile(`counter packets \d+ bytes \d+`)
 func TestKernelReadsBackWhatWasRendered(t *testing.T) {
 	ns := netnstest.New(t)
 	cfg := Config{
-		LocalTraffic: LocalTraffic{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}},
+		LocalTraffic: LocalTraffic{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}, NodePodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:244:0:1::/64")}},
 		ExcludeCIDRs: []netip.Prefix{netip.MustParsePrefix("10.50.0.0/16"), netip.MustParsePrefix("10.51.0.0/17"), netip.MustParsePrefix("fd00:50::/64")},
 		DropInvalid:  true,
 	}
@@ -460,7 +471,7 @@ func TestKernelRefusedOwnerIsIsolated(t *testing.T) {
 func TestKernelRestartAdoptsTable(t *testing.T) {
 	ns := netnstest.New(t)
 	cfg := Config{
-		LocalTraffic:  LocalTraffic{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}},
+		LocalTraffic:  LocalTraffic{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}, NodePodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:244:0:1::/64")}},
 		ExcludeCIDRs:  []netip.Prefix{netip.MustParsePrefix("10.50.0.0/16"), netip.MustParsePrefix("fd00:50::/64")},
 		DropInvalid:   true,
 		MasqueradeAll: true,

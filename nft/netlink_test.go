@@ -23,7 +23,7 @@ import (
 // of testdata/rules.golden (rewrite with -update after checking).
 func TestNetlinkRulesGolden(t *testing.T) {
 	cfg := Config{
-		LocalTraffic: LocalTraffic{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}},
+		LocalTraffic: LocalTraffic{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}, NodePodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:244:0:1::/64")}},
 		ExcludeCIDRs: []netip.Prefix{netip.MustParsePrefix("10.50.0.0/16")},
 		DropInvalid:  true,
 	}

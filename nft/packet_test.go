@@ -44,12 +44,13 @@ type pktFamily struct {
 	name string
 	ip   string // nft payload keyword: "ip" or "ip6"
 
-	pod, ext, backend             netip.Addr // clients and backend, on their eth0
-	nodePod, nodeExt, nodeBackend netip.Addr // the node's ends of those links
-	podCIDR                       netip.Prefix
-	clusterIP                     netip.Addr // on the backend's lo, routed from the node
-	vip                           netip.Addr // on the node's lo: a kube-ipvs0 address
-	lb                            netip.Addr // on the node's lo: a load-balancer IP
+	pod, ext, backend             netip.Addr   // clients and backend, on their eth0
+	nodePod, nodeExt, nodeBackend netip.Addr   // the node's ends of those links
+	podCIDR                       netip.Prefix // this node's pods
+	clusterCIDR                   netip.Prefix // every node's: covers pod and ext
+	clusterIP                     netip.Addr   // on the backend's lo, routed from the node
+	vip                           netip.Addr   // on the node's lo: a kube-ipvs0 address
+	lb                            netip.Addr   // on the node's lo: a load-balancer IP
 	hostBits                      int
 }
 
@@ -58,7 +59,7 @@ var pktFamilies = []pktFamily{
 		name: "ipv4", ip: "ip",
 		pod: pktAddr("10.200.1.2"), ext: pktAddr("10.200.3.2"), backend: pktAddr("10.200.2.2"),
 		nodePod: pktAddr("10.200.1.1"), nodeExt: pktAddr("10.200.3.1"), nodeBackend: pktAddr("10.200.2.1"),
-		podCIDR:   netip.MustParsePrefix("10.200.1.0/24"),
+		podCIDR: netip.MustParsePrefix("10.200.1.0/24"), clusterCIDR: netip.MustParsePrefix("10.200.0.0/16"),
 		clusterIP: pktAddr("10.96.0.10"), vip: pktAddr("10.96.0.20"), lb: pktAddr("192.0.2.10"),
 		hostBits: 32,
 	},
@@ -66,7 +67,7 @@ var pktFamilies = []pktFamily{
 		name: "ipv6", ip: "ip6",
 		pod: pktAddr("fd00:200:1::2"), ext: pktAddr("fd00:200:3::2"), backend: pktAddr("fd00:200:2::2"),
 		nodePod: pktAddr("fd00:200:1::1"), nodeExt: pktAddr("fd00:200:3::1"), nodeBackend: pktAddr("fd00:200:2::1"),
-		podCIDR:   netip.MustParsePrefix("fd00:200:1::/64"),
+		podCIDR: netip.MustParsePrefix("fd00:200:1::/64"), clusterCIDR: netip.MustParsePrefix("fd00:200::/32"),
 		clusterIP: pktAddr("fd00:96::10"), vip: pktAddr("fd00:96::20"), lb: pktAddr("2001:db8::10"),
 		hostBits: 128,
 	},
@@ -685,13 +686,18 @@ func testPacketNodePortMark(t *testing.T) {
 // testPacketETPLocalFWMarks: the fwmark maps of externalTrafficPolicy
 // Local frontends set the exact mark (right byte order) on the node's own
 // traffic (output) and on traffic from its pods (prerouting), never on
-// traffic from outside.
+// traffic from outside, even from inside the cluster CIDR (detect-local-mode
+// ClusterCIDR): a pod on another node reaching this node's node port
+// unmasqueraded, as the outside client here, is external to it. A node
+// port without a local endpoint drops it and still serves this node's pods
+// (upstream's e2e "should fallback to local terminating endpoints … Local"
+// failed on three nodes when every cluster pod was internal).
 func testPacketETPLocalFWMarks(t *testing.T) {
-	const lbMark, npMark = 0x12344000, 0x56784000
+	const lbMark, npMark, noLocalMark = 0x12344000, 0x56784000, 0x9abc4000
 	for _, f := range pktFamilies {
 		t.Run(f.name, func(t *testing.T) {
 			tp := newPktTopo(t)
-			pktServeTCP(t, tp.node, 80, 30090)
+			pktServeTCP(t, tp.node, 80, 30090, 30091)
 			pktNft(t, tp.node, fmt.Sprintf(`table inet observer {
 	chain out {
 		type filter hook output priority -90; policy accept;
@@ -702,19 +708,24 @@ func testPacketETPLocalFWMarks(t *testing.T) {
 		type filter hook input priority filter + 10; policy accept;
 		%[1]s saddr %[6]v tcp dport 80 meta mark 0x%08[3]x counter comment "pod-lb"
 		%[1]s saddr %[6]v tcp dport 30090 meta mark 0x%08[5]x counter comment "pod-np"
-		%[1]s saddr %[7]v tcp dport { 80, 30090 } counter comment "ext-all"
-		%[1]s saddr %[7]v tcp dport { 80, 30090 } meta mark != 0 counter comment "ext-marked"
+		%[1]s saddr %[6]v tcp dport 30091 meta mark 0x%08[8]x counter comment "pod-np-no-local"
+		%[1]s saddr %[7]v tcp dport { 80, 30090, 30091 } counter comment "ext-all"
+		%[1]s saddr %[7]v tcp dport { 80, 30090, 30091 } meta mark != 0 counter comment "ext-marked"
 		%[1]s daddr %[2]v tcp dport 30090 meta mark != 0 counter comment "lb-np-marked"
 		%[1]s daddr %[2]v tcp dport 30090 counter comment "lb-np-all"
 	}
 }
-`, f.ip, f.lb, lbMark, f.nodeExt, npMark, f.pod, f.ext))
-			cfg := Config{LocalTraffic: LocalTraffic{PodCIDRs: []netip.Prefix{f.podCIDR}}}
+`, f.ip, f.lb, lbMark, f.nodeExt, npMark, f.pod, f.ext, noLocalMark))
+			cfg := Config{LocalTraffic: LocalTraffic{PodCIDRs: []netip.Prefix{f.clusterCIDR}, NodePodCIDRs: []netip.Prefix{f.podCIDR}}}
 			tbl := pktProgram(t, tp.node, cfg, "default/local:http",
 				Element{Set: LoadBalancerIPsLocal, Addr: f.lb, Protocol: TCP, Port: 80},
 				Element{Set: LocalPolicyFWMarks, Addr: f.lb, Protocol: TCP, Port: 80, Mark: lbMark},
 				Element{Set: NodePortsLocal, Protocol: TCP, Port: 30090},
 				Element{Set: NodePortFWMarks, Protocol: TCP, Port: 30090, Mark: npMark})
+			pktSync(t, tbl, "default/no-local:http",
+				Element{Set: NodePortsLocal, Protocol: TCP, Port: 30091},
+				Element{Set: NodePortsNoLocalEndpoints, Protocol: TCP, Port: 30091},
+				Element{Set: NodePortFWMarks, Protocol: TCP, Port: 30091, Mark: noLocalMark})
 			pktSync(t, tbl, "node", Element{Set: NodePortAddresses, Addr: f.nodeExt})
 
 			pktExpectConnect(t, "node → LB", tp.node, netip.Addr{}, pktPort(f.lb, 80))
@@ -723,6 +734,8 @@ func testPacketETPLocalFWMarks(t *testing.T) {
 			pktExpectPeer(t, "pod → node port", tp.pod, netip.Addr{}, pktPort(f.nodeExt, 30090), f.pod)
 			pktExpectPeer(t, "outside → LB", tp.ext, netip.Addr{}, pktPort(f.lb, 80), f.ext)
 			pktExpectPeer(t, "outside → node port", tp.ext, netip.Addr{}, pktPort(f.nodeExt, 30090), f.ext)
+			pktExpectPeer(t, "pod → node port without local endpoint", tp.pod, netip.Addr{}, pktPort(f.nodeExt, 30091), f.pod)
+			pktExpectDropped(t, "outside (another node's pod) → node port without local endpoint", tp.ext, netip.Addr{}, pktPort(f.nodeExt, 30091))
 			// The node port's number on another local address (the LB
 			// IP, as a ClusterIP on kube-ipvs0 would be) is not a node
 			// port: never steered to the node port's fwmark (issue 26).
@@ -731,7 +744,7 @@ func testPacketETPLocalFWMarks(t *testing.T) {
 
 			got := pktCounters(t, tp.node, "inet", "observer")
 			for name, wantSome := range map[string]bool{
-				"node-lb": true, "node-np": true, "pod-lb": true, "pod-np": true, "ext-all": true, "ext-marked": false,
+				"node-lb": true, "node-np": true, "pod-lb": true, "pod-np": true, "pod-np-no-local": true, "ext-all": true, "ext-marked": false,
 				"lb-np-all": true, "lb-np-marked": false,
 			} {
 				if (got[name] > 0) != wantSome {
@@ -776,7 +789,7 @@ func testPacketForeignMarkBits(t *testing.T) {
 	}
 }
 `, foreign, foreign|masq, f.ip, f.clusterIP, f.pod, lbMark))
-			cfg := Config{MasqueradeMark: masq, LocalTraffic: LocalTraffic{PodCIDRs: []netip.Prefix{f.podCIDR}}}
+			cfg := Config{MasqueradeMark: masq, LocalTraffic: LocalTraffic{PodCIDRs: []netip.Prefix{f.podCIDR}, NodePodCIDRs: []netip.Prefix{f.podCIDR}}}
 			tbl := pktProgram(t, tp.node, cfg, "default/web:http",
 				Element{Set: ClusterIPs, Addr: f.clusterIP, Protocol: TCP, Port: 80},
 				Element{Set: LoadBalancerIPsLocal, Addr: f.lb, Protocol: TCP, Port: 80},

@@ -25,21 +25,39 @@ const DefaultTableName = "nftvs"
 // DefaultMasqueradeBit is kube-proxy's --iptables-masquerade-bit default.
 const DefaultMasqueradeBit = 14
 
-// LocalTraffic says how traffic from this node's pods is recognised
+// LocalTraffic says how traffic from pods is recognised
 // (kube-proxy's --detect-local-mode): by source CIDR (ClusterCIDR and
 // NodeCIDR modes) or by input interface (BridgeInterface and
 // InterfaceNamePrefix modes). The zero value detects nothing.
 type LocalTraffic struct {
-	PodCIDRs []netip.Prefix // ClusterCIDR / NodeCIDR modes
-	// Interface is a bridge name, or an interface name prefix ending in "*".
+	// PodCIDRs (ClusterCIDR / NodeCIDR modes) are the sources that are not
+	// masqueraded to ClusterIPs: in ClusterCIDR mode every node's pods.
+	PodCIDRs []netip.Prefix
+	// NodePodCIDRs (ClusterCIDR / NodeCIDR modes) are this node's own pod
+	// CIDRs (Node.Spec.PodCIDRs), the only sources whose traffic to an
+	// externalTrafficPolicy Local frontend is internal (all endpoints). A
+	// pod on another node that reaches this node's node port unmasqueraded
+	// is external here, as in kube-proxy's IPVS mode: it must not get
+	// endpoints a Local policy keeps from it. None: no short-cut.
+	NodePodCIDRs []netip.Prefix
+	// Interface is a bridge name, or an interface name prefix ending in "*":
+	// only this node's pods are behind it.
 	Interface string
 }
 
+// implemented reports whether family f detects pods at all (masquerade).
 func (l LocalTraffic) implemented(f Family) bool {
-	if l.Interface != "" {
-		return true
-	}
-	for _, p := range l.PodCIDRs {
+	return l.Interface != "" || hasFamily(l.PodCIDRs, f)
+}
+
+// nodeImplemented reports whether family f detects this node's pods
+// (the externalTrafficPolicy Local short-cut).
+func (l LocalTraffic) nodeImplemented(f Family) bool {
+	return l.Interface != "" || hasFamily(l.NodePodCIDRs, f)
+}
+
+func hasFamily(ps []netip.Prefix, f Family) bool {
+	for _, p := range ps {
 		if p.Addr().Is4() == (f == IPv4) {
 			return true
 		}
@@ -192,10 +210,10 @@ func (cfg Config) preroutingChain() chainSpec {
 	c.rules = append(c.rules, rules([]part{jump(chainFirewall)})...)
 	// From the network, only this node's pods are internal.
 	c.rules = append(c.rules, eachFamily(func(f Family) []rule {
-		if !cfg.LocalTraffic.implemented(f) {
+		if !cfg.LocalTraffic.nodeImplemented(f) {
 			return nil
 		}
-		return rules(append(cfg.localMatch(f, false), jump(chainLocalPolicy)))
+		return rules(append(cfg.nodeLocalMatch(f, false), jump(chainLocalPolicy)))
 	})...)
 	c.rules = append(c.rules, cfg.noLocalEndpoints()...)
 	// Like kube-proxy: masquerade ClusterIP traffic that does not come
@@ -240,8 +258,8 @@ func excludeCIDRs() []rule {
 func (cfg Config) noLocalEndpoints() []rule {
 	const comment = "externalTrafficPolicy Local, no local endpoint"
 	notLocal := func(f Family) []part {
-		if cfg.LocalTraffic.implemented(f) {
-			return cfg.localMatch(f, true)
+		if cfg.LocalTraffic.nodeImplemented(f) {
+			return cfg.nodeLocalMatch(f, true)
 		}
 		return nil
 	}
@@ -384,13 +402,23 @@ func (c chainSpec) append(rs ...rule) chainSpec {
 	return c
 }
 
-// localMatch matches traffic from this node's pods (or, inverted, traffic
-// that is not).
+// localMatch matches traffic from pods (or, inverted, traffic that is
+// not): the sources not masqueraded to ClusterIPs.
 func (cfg Config) localMatch(f Family, invert bool) []part {
 	if cfg.LocalTraffic.Interface != "" {
 		return []part{iifname(cfg.LocalTraffic.Interface, invert)}
 	}
 	return []part{inSet(f, kernelSetName(setPodCIDRs, f), invert, saddrField(f))}
+}
+
+// nodeLocalMatch matches traffic from this node's own pods (or, inverted,
+// traffic that is not): the sources internal to externalTrafficPolicy
+// Local frontends.
+func (cfg Config) nodeLocalMatch(f Family, invert bool) []part {
+	if cfg.LocalTraffic.Interface != "" {
+		return []part{iifname(cfg.LocalTraffic.Interface, invert)}
+	}
+	return []part{inSet(f, kernelSetName(setNodePodCIDRs, f), invert, saddrField(f))}
 }
 
 // kernel is the kernel name of a family-less set.
@@ -401,7 +429,7 @@ func (cfg Config) Validate() error {
 	if cfg.MasqueradeMark == 0 || cfg.MasqueradeMark&(cfg.MasqueradeMark-1) != 0 {
 		return fmt.Errorf("masquerade mark %#x must be a single bit", cfg.MasqueradeMark)
 	}
-	for _, p := range append(append([]netip.Prefix{}, cfg.ExcludeCIDRs...), cfg.LocalTraffic.PodCIDRs...) {
+	for _, p := range slices.Concat(cfg.ExcludeCIDRs, cfg.LocalTraffic.PodCIDRs, cfg.LocalTraffic.NodePodCIDRs) {
 		if !p.IsValid() {
 			return fmt.Errorf("invalid CIDR %v", p)
 		}

@@ -64,12 +64,15 @@ var tableSets = []setSpec{
 		fromConfig: func(c Config) []netip.Prefix { return c.ExcludeCIDRs }},
 	{name: setPodCIDRs, fields: addrKey, perFamily: true, interval: true, comment: "local traffic (--detect-local-mode)",
 		fromConfig: func(c Config) []netip.Prefix { return c.LocalTraffic.PodCIDRs }},
+	{name: setNodePodCIDRs, fields: addrKey, perFamily: true, interval: true, comment: "this node's pods: internal to externalTrafficPolicy Local",
+		fromConfig: func(c Config) []netip.Prefix { return c.LocalTraffic.NodePodCIDRs }},
 }
 
 // Configuration sets: interval sets filled from Config, not by owners.
 const (
 	setExcludeCIDRs SetName = "exclude-cidrs"
 	setPodCIDRs     SetName = "pod-cidrs"
+	setNodePodCIDRs SetName = "node-pod-cidrs"
 )
 
 // setSpecs indexes the per-Service sets, the only ones elements may name.

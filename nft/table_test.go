@@ -319,10 +319,15 @@ func TestConfigChangesRules(t *testing.T) {
 	count := func(cfg Config) int { cfg.defaults(); return cfg.ruleCount() }
 	pod := LocalTraffic{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
 	base := count(Config{})
-	// Local detection adds, per implemented family, the local-policy jump
-	// and the ClusterIP masquerade rule; masquerade-all adds one per family.
+	// Local detection adds, per implemented family, the ClusterIP
+	// masquerade rule, and with this node's pod CIDRs the local-policy
+	// jump; masquerade-all adds one per family.
+	if got := count(Config{LocalTraffic: pod}); got != base+1 {
+		t.Fatalf("with an IPv4 cluster CIDR: %d rules, want %d", got, base+1)
+	}
+	pod.NodePodCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}
 	if got := count(Config{LocalTraffic: pod}); got != base+2 {
-		t.Fatalf("with an IPv4 pod CIDR: %d rules, want %d", got, base+2)
+		t.Fatalf("with an IPv4 cluster CIDR and node pod CIDR: %d rules, want %d", got, base+2)
 	}
 	if got := count(Config{MasqueradeAll: true}); got != base+2 {
 		t.Fatalf("masquerade-all: %d rules, want %d", got, base+2)
@@ -393,7 +398,7 @@ func TestMergePrefixes(t *testing.T) {
 // -update to rewrite testdata/table.golden.
 func TestRenderGolden(t *testing.T) {
 	cfg := Config{
-		LocalTraffic: LocalTraffic{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}},
+		LocalTraffic: LocalTraffic{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}, NodePodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:244:0:1::/64")}},
 		ExcludeCIDRs: []netip.Prefix{netip.MustParsePrefix("10.50.0.0/16")},
 		DropInvalid:  true,
 	}

@@ -341,7 +341,8 @@ func TestNftvsAgainstAPIServer(t *testing.T) {
 	echoServer(t, a1.ns, a1.name, echoPort)
 
 	// This node, as the kubelet would register it.
-	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, Labels: map[string]string{"kubernetes.io/hostname": nodeName}}}
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, Labels: map[string]string{"kubernetes.io/hostname": nodeName}},
+		Spec: v1.NodeSpec{PodCIDRs: []string{podCIDR4.String(), podCIDR6.String()}}}
 	created, err := admin.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("create Node: %v", err)

@@ -46,9 +46,14 @@ const (
 	waitTimeout = 30 * time.Second
 )
 
+// detect-local-mode ClusterCIDR, as kube-proxy's default: the cluster
+// CIDR holds every node's pods (spared masquerade to ClusterIPs), the
+// Node's podCIDRs this node's (internal to externalTrafficPolicy Local).
 var (
-	podCIDR4 = netip.MustParsePrefix("10.244.1.0/24")
-	podCIDR6 = netip.MustParsePrefix("fd00:244:1::/64")
+	clusterCIDR4 = netip.MustParsePrefix("10.244.0.0/16")
+	clusterCIDR6 = netip.MustParsePrefix("fd00:244::/32")
+	podCIDR4     = netip.MustParsePrefix("10.244.1.0/24")
+	podCIDR6     = netip.MustParsePrefix("fd00:244:1::/64")
 )
 
 // cluster is the API (a fake clientset, or a real API server) and the
@@ -141,7 +146,7 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 	}
 	t.Cleanup(addrs.Close)
 	table, err := nft.New(nft.Config{
-		LocalTraffic: nft.LocalTraffic{PodCIDRs: []netip.Prefix{podCIDR4, podCIDR6}},
+		LocalTraffic: nft.LocalTraffic{PodCIDRs: []netip.Prefix{clusterCIDR4, clusterCIDR6}, NodePodCIDRs: []netip.Prefix{podCIDR4, podCIDR6}},
 		ExcludeCIDRs: o.exclude,
 		DropInvalid:  true,
 	})

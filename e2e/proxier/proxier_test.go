@@ -412,9 +412,15 @@ func TestProxier(t *testing.T) {
 		// "No answer": upstream's iptables and nftables modes DROP
 		// external traffic to an ETP=Local port without local endpoints
 		// ("has no local endpoints"), and the mission says drop.
+		// Another node's pod (b1: in the cluster CIDR, not in this node's
+		// podCIDR) reaching this node unmasqueraded is external here too,
+		// as in kube-proxy's IPVS mode: upstream's e2e "should fallback to
+		// local terminating endpoints … externalTrafficPolicy=Local"
+		// wants pod-on-node0 → node1's node port to fail.
 		for _, dst := range []netip.AddrPort{ap("192.0.2.13", 80), netip.AddrPortFrom(tb.ext0IP4, 30083)} {
-			expectSilentDrop(t, "no local endpoint: out1 → "+dst.String(), out1, node, dst,
-				ipvs.VSKey{Address: dst.Addr(), Protocol: ipvs.TCP, Port: dst.Port()})
+			vs := ipvs.VSKey{Address: dst.Addr(), Protocol: ipvs.TCP, Port: dst.Port()}
+			expectSilentDrop(t, "no local endpoint: out1 → "+dst.String(), out1, node, dst, vs)
+			expectSilentDrop(t, "no local endpoint: b1 (another node's pod) → "+dst.String(), b1.ns, node, dst, vs)
 		}
 	})
 

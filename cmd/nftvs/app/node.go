@@ -48,8 +48,8 @@ type nodeWatcher struct {
 
 	mu   sync.Mutex
 	node *v1.Node // as last seen, or as found at start
-	// podCIDRs are the podCIDRs found at start (needPodCIDRs only);
-	// started is set once they are known.
+	// podCIDRs are the podCIDRs found at start; started is set once they
+	// are known.
 	podCIDRs         []string
 	started          bool
 	needPodCIDRs     bool
@@ -69,8 +69,10 @@ const (
 // watchNode starts the informer and waits for the node's IPs (at most
 // nodeIPsTimeout: without them the node is assumed to be loopback, as in
 // kube-proxy) and, with needPodCIDRs, for its podCIDRs (an error after
-// podCIDRsTimeout). onPodCIDRsChange is called when the podCIDRs change
-// later: nftvs then exits, as kube-proxy does, to be restarted with them.
+// podCIDRsTimeout). onPodCIDRsChange, when not nil, is called when the
+// podCIDRs change later (also from none to some: a node whose IPAM came
+// after nftvs): nftvs then exits, as kube-proxy does in NodeCIDR mode,
+// to be restarted with them.
 func watchNode(ctx context.Context, client kubernetes.Interface, name string, resync time.Duration, needPodCIDRs bool, onPodCIDRsChange func()) (*nodeWatcher, error) {
 	w := &nodeWatcher{
 		informer: proxier.NewNodeInformer(client, name, resync), name: name,
@@ -116,7 +118,7 @@ func (w *nodeWatcher) update(obj any) {
 	}
 	w.mu.Lock()
 	w.node = n
-	changed := w.started && w.needPodCIDRs && !slices.Equal(w.podCIDRs, n.Spec.PodCIDRs)
+	changed := w.started && w.onPodCIDRsChange != nil && !slices.Equal(w.podCIDRs, n.Spec.PodCIDRs)
 	old := w.podCIDRs
 	w.mu.Unlock()
 	select {

@@ -51,6 +51,52 @@ func TestNodeWatchedOnce(t *testing.T) {
 	}
 }
 
+// A node whose podCIDRs come after nftvs started (IPAM later than the
+// DaemonSet) makes it exit, to be restarted with them: both CIDR modes
+// program them. Other changes to the node do not.
+func TestPodCIDRsChangeRestarts(t *testing.T) {
+	node := &v1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "node-a"},
+		Status:     v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.168.0.10"}}},
+	}
+	client := fake.NewClientset(node)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	changed := make(chan struct{}, 10)
+	nw, err := watchNode(ctx, client, "node-a", 0, false, func() { changed <- struct{}{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	update := func(edit func(*v1.Node), seen func(*v1.Node) bool) {
+		t.Helper()
+		n := node.DeepCopy()
+		edit(n)
+		if _, err := client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		node = n
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if n := nw.Node(); n != nil && seen(n) {
+				return
+			}
+		}
+		t.Fatal("the informer did not see the update")
+	}
+	// The informer's handler runs the updates in order: a wrong call for
+	// the label change would come before the podCIDRs' one.
+	update(func(n *v1.Node) { n.Labels = map[string]string{"a": "b"} }, func(n *v1.Node) bool { return n.Labels["a"] == "b" })
+	update(func(n *v1.Node) { n.Spec.PodCIDRs = []string{"10.244.1.0/24"} }, func(n *v1.Node) bool { return len(n.Spec.PodCIDRs) == 1 })
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("podCIDRs set after the start: no restart")
+	}
+	time.Sleep(200 * time.Millisecond)
+	if len(changed) != 0 {
+		t.Fatal("two restarts for one podCIDR change (a label change was taken for one)")
+	}
+}
+
 // /livez and /healthz answer from the first moment of a run, while nftvs
 // still waits for its Node (here an API server that never answers a
 // list): a liveness probe on a loaded node sees a starting proxy as

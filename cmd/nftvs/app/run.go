@@ -21,7 +21,7 @@ import (
 	"github.com/nftvs/nftvs/proxier"
 )
 
-var errPodCIDRsChanged = errors.New("the node's podCIDRs changed (detect-local-mode NodeCIDR): exiting to be restarted with them")
+var errPodCIDRsChanged = errors.New("the node's podCIDRs changed: exiting to be restarted with them")
 
 // run is the proxy: it programs the kernel until ctx ends (SIGTERM), then
 // stops, leaving IPVS, kube-ipvs0 and the nftables table in place so that
@@ -60,7 +60,14 @@ func run(parent context.Context, cfg *config.Config) error {
 	}
 
 	resync := cfg.KubeProxy.ConfigSyncPeriod.Duration
-	nw, err := watchNode(ctx, client, name, resync, cfg.KubeProxy.DetectLocalMode == "NodeCIDR", func() { cancel(errPodCIDRsChanged) })
+	// Both CIDR modes program the node's podCIDRs (NodeCIDR: all local
+	// traffic; ClusterCIDR: the externalTrafficPolicy Local short-cut), so
+	// both restart when they change; only NodeCIDR waits for them.
+	var onPodCIDRsChange func()
+	if mode := cfg.KubeProxy.DetectLocalMode; mode == "NodeCIDR" || mode == "ClusterCIDR" {
+		onPodCIDRsChange = func() { cancel(errPodCIDRsChanged) }
+	}
+	nw, err := watchNode(ctx, client, name, resync, cfg.KubeProxy.DetectLocalMode == "NodeCIDR", onPodCIDRsChange)
 	if ctx.Err() != nil {
 		return stopped(ctx) // stopped while waiting for the node
 	}
