@@ -373,7 +373,7 @@ func TestNftvsAgainstAPIServer(t *testing.T) {
 	// flags this node needs.
 	args := []string{
 		"--kubeconfig=" + kubeconfig, "--hostname-override=" + nodeName,
-		"--proxy-mode=ipvs", "--cluster-cidr=10.244.0.0/16,fd00:244::/48",
+		"--proxy-mode=ipvs", "--cluster-cidr=10.244.0.0/16,fd00:244::/32",
 		"--ipvs-min-sync-period=100ms", "--ipvs-sync-period=30s", "--ipvs-scheduler=rr",
 		"--conntrack-tcp-be-liberal", "--ipvs-service-metrics", "-v=2",
 	}
