@@ -216,21 +216,7 @@ func (c *Config) UsesIPv6(nodeIPs []netip.Addr, podCIDRs []string) bool {
 // with ones that do not parse) has no such short-cut, as in kube-proxy's
 // IPVS mode: restricting more, never less.
 func (c *Config) localTraffic(nodePodCIDRs []string) (nft.LocalTraffic, error) {
-	var node []netip.Prefix
-	var nodeErr error
-	for _, s := range nodePodCIDRs {
-		if strings.TrimSpace(s) == "" {
-			continue
-		}
-		cidr, err := parseCIDR(strings.TrimSpace(s))
-		if err != nil {
-			nodeErr = err
-			node = nil
-			break
-		}
-		node = append(node, cidr)
-	}
-	node = firstPerFamily(node)
+	node, nodeErr := parsePodCIDRs(nodePodCIDRs)
 	switch c.KubeProxy.DetectLocalMode {
 	case "ClusterCIDR":
 		if nodeErr != nil {
@@ -252,6 +238,23 @@ func (c *Config) localTraffic(nodePodCIDRs []string) (nft.LocalTraffic, error) {
 		return nft.LocalTraffic{Interface: c.KubeProxy.DetectLocal.InterfaceNamePrefix + "*"}, nil
 	}
 	return nft.LocalTraffic{}, nil
+}
+
+// parsePodCIDRs parses a Node's podCIDRs (blanks skipped): the first of
+// each family, or an error for the first that does not parse.
+func parsePodCIDRs(ss []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range ss {
+		if strings.TrimSpace(s) == "" {
+			continue
+		}
+		p, err := parseCIDR(strings.TrimSpace(s))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return firstPerFamily(out), nil
 }
 
 // parseCIDR parses a CIDR as kube-proxy does (leading zeros allowed),

@@ -405,20 +405,22 @@ func (c chainSpec) append(rs ...rule) chainSpec {
 // localMatch matches traffic from pods (or, inverted, traffic that is
 // not): the sources not masqueraded to ClusterIPs.
 func (cfg Config) localMatch(f Family, invert bool) []part {
-	if cfg.LocalTraffic.Interface != "" {
-		return []part{iifname(cfg.LocalTraffic.Interface, invert)}
-	}
-	return []part{inSet(f, kernelSetName(setPodCIDRs, f), invert, saddrField(f))}
+	return cfg.podMatch(f, setPodCIDRs, invert)
 }
 
 // nodeLocalMatch matches traffic from this node's own pods (or, inverted,
 // traffic that is not): the sources internal to externalTrafficPolicy
 // Local frontends.
 func (cfg Config) nodeLocalMatch(f Family, invert bool) []part {
+	return cfg.podMatch(f, setNodePodCIDRs, invert)
+}
+
+// podMatch is the pod interface, or else the source in the CIDR set cidrs.
+func (cfg Config) podMatch(f Family, cidrs SetName, invert bool) []part {
 	if cfg.LocalTraffic.Interface != "" {
 		return []part{iifname(cfg.LocalTraffic.Interface, invert)}
 	}
-	return []part{inSet(f, kernelSetName(setNodePodCIDRs, f), invert, saddrField(f))}
+	return []part{inSet(f, kernelSetName(cidrs, f), invert, saddrField(f))}
 }
 
 // kernel is the kernel name of a family-less set.
