@@ -15,12 +15,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Kernel is the kernel's IPVS table over one generic netlink socket
-// (github.com/moby/ipvs). The socket answers one request at a time, so
-// calls are serialised.
+// Kernel is the kernel's IPVS table over two generic netlink sockets
+// (github.com/moby/ipvs): one for writes, one for dumps. A socket answers
+// one request at a time, so the calls on each are serialised; with two, a
+// dump of 10k virtual servers (a periodic repair reading the kernel) does
+// not hold up the writes of a change meanwhile.
 type Kernel struct {
 	mu sync.Mutex
 	h  *mobyipvs.Handle
+	// readMu serialises the dumps on read.
+	readMu sync.Mutex
+	read   *mobyipvs.Handle
 	// netns is the namespace's path ("" for the caller's), for the proc
 	// file GetAllRealServers reads.
 	netns string
@@ -41,7 +46,12 @@ func NewKernel(netnsPath string) (*Kernel, error) {
 		h.Close()
 		return nil, fmt.Errorf("IPVS does not answer (is the ip_vs module available?): %w", err)
 	}
-	return &Kernel{h: h, netns: netnsPath}, nil
+	read, err := mobyipvs.New(netnsPath)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("open IPVS netlink socket: %w", err)
+	}
+	return &Kernel{h: h, read: read, netns: netnsPath}, nil
 }
 
 // getConfig is h.GetConfig, which panics (index out of range) when the
@@ -62,12 +72,15 @@ func (k *Kernel) Close() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.h.Close()
+	k.readMu.Lock()
+	defer k.readMu.Unlock()
+	k.read.Close()
 }
 
 func (k *Kernel) GetVirtualServers() ([]VirtualServer, error) {
-	k.mu.Lock()
-	svcs, err := k.h.GetServices()
-	k.mu.Unlock()
+	k.readMu.Lock()
+	svcs, err := k.read.GetServices()
+	k.readMu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("list virtual servers: %w", err)
 	}
@@ -193,9 +206,9 @@ type destination struct {
 
 // destinations dumps the real servers of key with their counters.
 func (k *Kernel) destinations(key VSKey) ([]destination, error) {
-	k.mu.Lock()
-	dests, err := k.h.GetDestinations(toService(VirtualServer{VSKey: key}))
-	k.mu.Unlock()
+	k.readMu.Lock()
+	dests, err := k.read.GetDestinations(toService(VirtualServer{VSKey: key}))
+	k.readMu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("list real servers of %s: %w", key, err)
 	}

@@ -35,6 +35,14 @@ type Addresses interface {
 	// those are reported in an *AddressInUseError (errors.As), which
 	// alone means everything else was synced.
 	SyncAddresses(name string, want []netip.Addr) (added, removed []netip.Addr, err error)
+	// ReadAddresses reads what SyncAddresses diffs against: the
+	// namespace's addresses, the link's and the others'.
+	ReadAddresses(name string) (*AddressSnapshot, error)
+	// SyncAddressesFrom is SyncAddresses diffing against an earlier
+	// read: a periodic repair reads off the sync path. An address the
+	// read saw wrongly is harmless: adding one held, or deleting one
+	// gone, is not an error.
+	SyncAddressesFrom(name string, want []netip.Addr, have *AddressSnapshot) (added, removed []netip.Addr, err error)
 	// ListAddresses returns the link's addresses, sorted.
 	ListAddresses(name string) ([]netip.Addr, error)
 	// DeleteDummy deletes the link, if it exists, with its addresses.
@@ -63,6 +71,16 @@ func (e *AddressInUseError) Error() string {
 	}
 	return fmt.Sprintf("not bound to %s, already on another interface: %s", e.Link, strings.Join(parts, ", "))
 }
+
+// AddressSnapshot is one read of a network namespace's addresses: those of
+// one link (the dummy), and which link holds each other one.
+type AddressSnapshot struct {
+	own       map[netip.Addr]*netlink.Addr
+	elsewhere map[netip.Addr]int // link index
+}
+
+// Has reports whether the link held a at the read.
+func (s *AddressSnapshot) Has(a netip.Addr) bool { return s.own[a.Unmap()] != nil }
 
 // NetlinkAddresses is Addresses over rtnetlink.
 type NetlinkAddresses struct {
@@ -185,16 +203,32 @@ func (n *NetlinkAddresses) ListAddresses(name string) ([]netip.Addr, error) {
 }
 
 func (n *NetlinkAddresses) SyncAddresses(name string, want []netip.Addr) (added, removed []netip.Addr, err error) {
+	have, err := n.ReadAddresses(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	return n.SyncAddressesFrom(name, want, have)
+}
+
+func (n *NetlinkAddresses) ReadAddresses(name string) (*AddressSnapshot, error) {
+	l, err := n.h.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("look up link %s: %w", name, err)
+	}
+	ours, elsewhere, err := n.addressesOf(l.Attrs().Index)
+	if err != nil {
+		return nil, err
+	}
+	return &AddressSnapshot{own: ours, elsewhere: elsewhere}, nil
+}
+
+func (n *NetlinkAddresses) SyncAddressesFrom(name string, want []netip.Addr, have *AddressSnapshot) (added, removed []netip.Addr, err error) {
 	l, err := n.h.LinkByName(name)
 	if err != nil {
 		return nil, nil, fmt.Errorf("look up link %s: %w", name, err)
 	}
-	ours, elsewhere, err := n.addressesOf(l.Attrs().Index)
-	if err != nil {
-		return nil, nil, err
-	}
-	wanted, toAdd, inUse := diffAddresses(want, func(a netip.Addr) bool { return ours[a] != nil }, func(a netip.Addr) string {
-		if idx, ok := elsewhere[a]; ok {
+	wanted, toAdd, inUse := diffAddresses(want, have.Has, func(a netip.Addr) string {
+		if idx, ok := have.elsewhere[a]; ok {
 			return n.linkName(idx)
 		}
 		return ""
@@ -206,25 +240,25 @@ func (n *NetlinkAddresses) SyncAddresses(name string, want []netip.Addr) (added,
 		case err == nil:
 			added = append(added, a)
 		case errors.Is(err, unix.EEXIST):
-			// Added since the dump: it is there, which is what we want.
+			// Added since the read: it is there, which is what we want.
 		default:
 			errs = append(errs, fmt.Errorf("add address %s to %s: %w", a, name, err))
 		}
 	}
 	var toDel []netip.Addr
-	for a := range ours {
+	for a := range have.own {
 		if !wanted[a] {
 			toDel = append(toDel, a)
 		}
 	}
 	slices.SortFunc(toDel, netip.Addr.Compare)
 	for _, a := range toDel {
-		err := n.h.AddrDel(l, ours[a])
+		err := n.h.AddrDel(l, have.own[a])
 		switch {
 		case err == nil:
 			removed = append(removed, a)
 		case errors.Is(err, unix.EADDRNOTAVAIL), errors.Is(err, unix.ENOENT):
-			// Gone since the dump.
+			// Gone since the read.
 		default:
 			errs = append(errs, fmt.Errorf("delete address %s from %s: %w", a, name, err))
 		}
@@ -330,11 +364,13 @@ func hostNet(a netip.Addr) *net.IPNet {
 // FakeAddresses is an in-memory Addresses. Links other than dummies are
 // made with AddLink, to hold addresses SyncAddresses must not bind again.
 type FakeAddresses struct {
-	mu    sync.Mutex
-	links map[string]*fakeLink
+	mu        sync.Mutex
+	links     map[string]*fakeLink
+	lastIndex int
 }
 
 type fakeLink struct {
+	index int
 	dummy bool
 	up    bool
 	addrs map[netip.Addr]bool
@@ -351,7 +387,7 @@ func NewFakeAddresses() *FakeAddresses {
 func (f *FakeAddresses) AddLink(name string, addrs ...netip.Addr) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	l := &fakeLink{up: true, addrs: map[netip.Addr]bool{}}
+	l := &fakeLink{index: f.nextIndex(), up: true, addrs: map[netip.Addr]bool{}}
 	for _, a := range addrs {
 		l.addrs[a.Unmap()] = true
 	}
@@ -387,7 +423,7 @@ func (f *FakeAddresses) EnsureDummy(name string) error {
 	defer f.mu.Unlock()
 	l := f.links[name]
 	if l == nil {
-		f.links[name] = &fakeLink{dummy: true, addrs: map[netip.Addr]bool{}}
+		f.links[name] = &fakeLink{index: f.nextIndex(), dummy: true, addrs: map[netip.Addr]bool{}}
 		return nil
 	}
 	if !l.dummy {
@@ -434,20 +470,56 @@ func (f *FakeAddresses) ListAddresses(name string) ([]netip.Addr, error) {
 }
 
 func (f *FakeAddresses) SyncAddresses(name string, want []netip.Addr) (added, removed []netip.Addr, err error) {
+	have, err := f.ReadAddresses(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f.SyncAddressesFrom(name, want, have)
+}
+
+func (f *FakeAddresses) ReadAddresses(name string) (*AddressSnapshot, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.links[name] == nil {
+		return nil, fmt.Errorf("look up link %s: %w", name, netlink.LinkNotFoundError{})
+	}
+	s := &AddressSnapshot{own: map[netip.Addr]*netlink.Addr{}, elsewhere: map[netip.Addr]int{}}
+	for n, l := range f.links {
+		for a := range l.addrs {
+			if n == name {
+				s.own[a] = &netlink.Addr{IPNet: hostNet(a)}
+			} else if i, ok := s.elsewhere[a]; !ok || l.index < i {
+				s.elsewhere[a] = l.index
+			}
+		}
+	}
+	return s, nil
+}
+
+// SyncAddressesFrom diffs against have and writes as the kernel takes
+// writes: adding an address held, or deleting one gone, changes nothing
+// and is not reported.
+func (f *FakeAddresses) SyncAddressesFrom(name string, want []netip.Addr, have *AddressSnapshot) (added, removed []netip.Addr, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	l := f.links[name]
 	if l == nil {
 		return nil, nil, fmt.Errorf("look up link %s: %w", name, netlink.LinkNotFoundError{})
 	}
-	wanted, toAdd, inUse := diffAddresses(want, func(a netip.Addr) bool { return l.addrs[a] },
-		func(a netip.Addr) string { return f.holder(a, name) })
+	wanted, toAdd, inUse := diffAddresses(want, have.Has, func(a netip.Addr) string {
+		if i, ok := have.elsewhere[a]; ok {
+			return f.linkName(i)
+		}
+		return ""
+	})
 	for _, a := range toAdd {
-		l.addrs[a] = true
+		if !l.addrs[a] {
+			l.addrs[a] = true
+			added = append(added, a)
+		}
 	}
-	added = toAdd
-	for a := range l.addrs {
-		if !wanted[a] {
+	for a := range have.own {
+		if !wanted[a] && l.addrs[a] {
 			delete(l.addrs, a)
 			removed = append(removed, a)
 		}
@@ -459,16 +531,18 @@ func (f *FakeAddresses) SyncAddresses(name string, want []netip.Addr) (added, re
 	return added, removed, nil
 }
 
-func (f *FakeAddresses) holder(a netip.Addr, except string) string {
-	names := make([]string, 0, len(f.links))
-	for name := range f.links {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		if name != except && f.links[name].addrs[a] {
+// nextIndex is a new link's index; f.mu is held.
+func (f *FakeAddresses) nextIndex() int {
+	f.lastIndex++
+	return f.lastIndex
+}
+
+// linkName is the name of the link with index i; f.mu is held.
+func (f *FakeAddresses) linkName(i int) string {
+	for name, l := range f.links {
+		if l.index == i {
 			return name
 		}
 	}
-	return ""
+	return fmt.Sprintf("ifindex %d", i)
 }

@@ -52,3 +52,47 @@ func TestFakeAddresses(t *testing.T) {
 		t.Errorf("DeleteDummy of a missing link: %v", err)
 	}
 }
+
+// checkSyncFromAStaleRead: SyncAddressesFrom on a read older than the
+// link — an address added since and one deleted since — converges to
+// want without an error, and reports only what it really wrote. The
+// contract for FakeAddresses and NetlinkAddresses alike.
+func checkSyncFromAStaleRead(t *testing.T, a Addresses, behind func(add, del netip.Addr)) {
+	t.Helper()
+	ip := netip.MustParseAddr
+	if _, _, err := a.SyncAddresses(DummyName, []netip.Addr{ip("10.96.1.1"), ip("10.96.1.2")}); err != nil {
+		t.Fatal(err)
+	}
+	have, err := a.ReadAddresses(DummyName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	behind(ip("10.96.1.3"), ip("10.96.1.2")) // a sync since the read
+	added, removed, err := a.SyncAddressesFrom(DummyName, []netip.Addr{ip("10.96.1.1"), ip("10.96.1.3"), ip("10.96.1.4")}, have)
+	if err != nil {
+		t.Fatalf("sync from a stale read: %v", err)
+	}
+	if len(added) != 1 || added[0] != ip("10.96.1.4") || len(removed) != 0 {
+		t.Errorf("sync from a stale read: added %v removed %v, want 10.96.1.4 added alone", added, removed)
+	}
+	// The read saw 10.96.1.2, since deleted: deleting it again is a no-op.
+	if _, removed, err := a.SyncAddressesFrom(DummyName, []netip.Addr{ip("10.96.1.1"), ip("10.96.1.3"), ip("10.96.1.4")}, have); err != nil || len(removed) != 0 {
+		t.Errorf("deleting what is gone: removed %v, err %v", removed, err)
+	}
+	if got, _ := a.ListAddresses(DummyName); len(got) != 3 || got[0] != ip("10.96.1.1") || got[1] != ip("10.96.1.3") || got[2] != ip("10.96.1.4") {
+		t.Errorf("after syncs from a stale read: %v, want 10.96.1.1 10.96.1.3 10.96.1.4", got)
+	}
+}
+
+func TestFakeAddressesSyncFromAStaleRead(t *testing.T) {
+	f := NewFakeAddresses()
+	if err := f.EnsureDummy(DummyName); err != nil {
+		t.Fatal(err)
+	}
+	checkSyncFromAStaleRead(t, f, func(add, del netip.Addr) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.links[DummyName].addrs[add] = true
+		delete(f.links[DummyName].addrs, del)
+	})
+}

@@ -119,6 +119,15 @@ func TestKernelDummyAddresses(t *testing.T) {
 		t.Errorf("addresses %v", got)
 	}
 
+	checkSyncFromAStaleRead(t, a, func(add, del netip.Addr) {
+		if err := nl.AddrAdd(l, &netlink.Addr{IPNet: hostNet(add)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := nl.AddrDel(l, &netlink.Addr{IPNet: hostNet(del)}); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	// Not a dummy: never touched.
 	if err := nl.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br-test"}}); err != nil {
 		t.Fatal(err)

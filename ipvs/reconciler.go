@@ -30,6 +30,11 @@ type Reconciler struct {
 	// ownFWMark says which fwmarks are the proxier's (nil: all).
 	ownFWMark func(mark uint32) bool
 	cache     map[VSKey]*applied
+	// snapshot numbers the last Read; touched are the virtual servers
+	// written since it (nil: no Read outstanding). A read taken outside
+	// the lock is stale for those, and only for those.
+	snapshot uint64
+	touched  map[VSKey]bool
 }
 
 // YieldBatch is how many virtual servers Apply, Resync and Repair go
@@ -221,41 +226,112 @@ func (r *Reconciler) Apply(upserts []Service, deletes []VSKey) (Result, error) {
 	return res, errors.Join(errs...)
 }
 
+// Snapshot is the kernel's IPVS table as one Read saw it, taken without
+// the Reconciler's lock: a periodic repair reads 10k virtual servers
+// while changes keep being applied, and compares under the lock after.
+// The virtual servers written in between are judged by the cache, not by
+// the snapshot (RepairFrom, ResyncFrom).
+type Snapshot struct {
+	id      uint64
+	virtual []VirtualServer // sorted by key
+	// real is every virtual server's real servers, read in bulk (nil when
+	// not asked for, or when the bulk read failed).
+	real map[VSKey][]RealServerConnections
+}
+
+// ErrSnapshotSuperseded is returned for a Snapshot older than the last
+// Read: the writes since it are no longer known.
+var ErrSnapshotSuperseded = errors.New("IPVS snapshot superseded by a newer read")
+
+// Read dumps the kernel's virtual servers, and with realServers every real
+// server too (GetAllRealServers), for RepairFrom or ResyncFrom. It holds
+// no lock of the Reconciler while it reads: Apply goes on meanwhile. One
+// Read is outstanding at a time; a newer one supersedes it.
+func (r *Reconciler) Read(realServers bool) (*Snapshot, error) {
+	r.mu.Lock()
+	r.snapshot++
+	s := &Snapshot{id: r.snapshot}
+	r.touched = map[VSKey]bool{}
+	r.mu.Unlock()
+	kernel, err := r.h.GetVirtualServers()
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(kernel, func(a, b VirtualServer) int { return a.VSKey.Compare(b.VSKey) })
+	s.virtual = kernel
+	if realServers {
+		// Every real server in one read; a virtual server the read missed
+		// (created since, or one it cannot tell) is dumped alone. If the
+		// read fails, every one is.
+		if s.real, err = r.h.GetAllRealServers(); err != nil {
+			klog.V(2).InfoS("Reading every IPVS real server at once failed; dumping each virtual server's", "err", err)
+			s.real = nil
+		}
+	}
+	return s, nil
+}
+
+// touch records a write to k for the outstanding Snapshot; r.mu is held.
+func (r *Reconciler) touch(k VSKey) {
+	if r.touched != nil {
+		r.touched[k] = true
+	}
+}
+
+// takeSnapshot checks that s is the outstanding Snapshot and returns the
+// virtual servers written since it was read, ending it; r.mu is held.
+func (r *Reconciler) takeSnapshot(s *Snapshot) (map[VSKey]bool, error) {
+	if s == nil || s.id != r.snapshot || r.touched == nil {
+		return nil, ErrSnapshotSuperseded
+	}
+	touched := r.touched
+	r.touched = nil
+	return touched, nil
+}
+
 // Resync dumps the kernel's virtual and real servers, rebuilds the cache
 // from them and makes the kernel hold exactly all: it repairs drift,
 // and deletes every other virtual server except those inside the exclude
 // CIDRs. Use it at start and now and then; Apply for everything else.
 func (r *Reconciler) Resync(all []Service) (Result, error) {
+	s, err := r.Read(true)
+	if err != nil {
+		// Without the dump nothing is known: keep the cache as it was.
+		_, errs := sortedServices(all)
+		return Result{}, errors.Join(append(errs, fmt.Errorf("resync: %w", err))...)
+	}
+	return r.ResyncFrom(all, s)
+}
+
+// ResyncFrom is Resync on a Snapshot read earlier (Read(true)): a
+// virtual server written since is taken as the cache has it, every other
+// one as the snapshot saw it.
+func (r *Reconciler) ResyncFrom(all []Service, s *Snapshot) (Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var res Result
 	ups, errs := sortedServices(all)
 	wanted := wantedKeys(all)
-
-	kernel, err := r.h.GetVirtualServers()
+	touched, err := r.takeSnapshot(s)
 	if err != nil {
-		// Without the dump nothing is known: keep the cache as it was.
 		return res, errors.Join(append(errs, fmt.Errorf("resync: %w", err))...)
 	}
-	slices.SortFunc(kernel, func(a, b VirtualServer) int { return a.VSKey.Compare(b.VSKey) })
-	// Every real server in one read; a virtual server the read missed
-	// (created since, or one it cannot tell) is dumped alone. If the
-	// read fails, every one is.
-	bulk, err := r.h.GetAllRealServers()
-	if err != nil {
-		klog.V(2).InfoS("Reading every IPVS real server at once failed; dumping each virtual server's", "err", err)
-		bulk = nil
+	cache := make(map[VSKey]*applied, len(s.virtual))
+	for k := range touched {
+		if a, ok := r.cache[k]; ok {
+			cache[k] = a
+		}
 	}
-	cache := make(map[VSKey]*applied, len(kernel))
 	var unreadable []VSKey
-	for i, v := range kernel {
+	for i, v := range s.virtual {
 		r.pace(i)
 		k := v.Key()
-		if !wanted[k] && r.Excluded(k) {
-			continue // someone else's: never read, never written
+		if touched[k] || (!wanted[k] && r.Excluded(k)) {
+			continue // written since the read; or someone else's: never read, never written
 		}
 		var rss []RealServer
-		if all, ok := bulk[k]; ok {
+		var err error
+		if all, ok := s.real[k]; ok {
 			for _, x := range all {
 				rss = append(rss, RealServer{Address: x.AddrPort.Addr(), Port: x.AddrPort.Port(), Weight: x.Weight})
 			}
@@ -275,9 +351,9 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 	}
 	r.cache = cache
 
-	for i, s := range ups {
-		r.pace(len(kernel) + i)
-		errs = append(errs, r.sync(s, &res)...)
+	for i, svc := range ups {
+		r.pace(len(s.virtual) + i)
+		errs = append(errs, r.sync(svc, &res)...)
 	}
 	var stale []VSKey
 	for k := range r.cache {
@@ -291,7 +367,7 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 	}
 	slices.SortFunc(stale, VSKey.Compare)
 	for i, k := range stale {
-		r.pace(len(kernel) + len(ups) + i)
+		r.pace(len(s.virtual) + len(ups) + i)
 		if err := r.delete(k, &res); err != nil {
 			errs = append(errs, err)
 		}
@@ -306,20 +382,32 @@ func (r *Reconciler) Resync(all []Service) (Result, error) {
 // cached. It never deletes: strangers wait for Resync, and so do real
 // servers changed behind our back. Cheap enough for every full sync.
 func (r *Reconciler) Repair() (Result, error) {
+	s, err := r.Read(false)
+	if err != nil {
+		return Result{}, fmt.Errorf("repair: %w", err)
+	}
+	return r.RepairFrom(s)
+}
+
+// RepairFrom is Repair on a Snapshot read earlier (Read): virtual servers
+// written since the read are left as they are, the cache being newer.
+func (r *Reconciler) RepairFrom(s *Snapshot) (Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var res Result
-	kernel, err := r.h.GetVirtualServers()
+	touched, err := r.takeSnapshot(s)
 	if err != nil {
 		return res, fmt.Errorf("repair: %w", err)
 	}
-	have := make(map[VSKey]VirtualServer, len(kernel))
-	for _, v := range kernel {
+	have := make(map[VSKey]VirtualServer, len(s.virtual))
+	for _, v := range s.virtual {
 		have[v.Key()] = v.normalized()
 	}
 	keys := make([]VSKey, 0, len(r.cache))
 	for k := range r.cache {
-		keys = append(keys, k)
+		if !touched[k] {
+			keys = append(keys, k)
+		}
 	}
 	slices.SortFunc(keys, VSKey.Compare)
 	var errs []error
@@ -419,6 +507,7 @@ func (r *Reconciler) syncOnce(s Service, res *Result) (gone bool, errs []error) 
 		vs.desired[rs.AddrPort()] = rs
 	}
 	if cur.vs != want {
+		r.touch(want.VSKey)
 		res.Writes.UpdateVirtualServer++
 		switch err := r.h.UpdateVirtualServer(want); {
 		case err == nil:
@@ -452,6 +541,7 @@ func (r *Reconciler) ensureVirtualServer(want VirtualServer, res *Result) (*appl
 	if cur, ok := r.cache[want.VSKey]; ok {
 		return cur, nil
 	}
+	r.touch(want.VSKey)
 	res.Writes.AddVirtualServer++
 	err := r.h.AddVirtualServer(want)
 	var cur *applied
@@ -523,6 +613,7 @@ func (v *vsSync) done(rs RealServer, removed bool, err error) error {
 }
 
 func (v *vsSync) add(rs RealServer) error {
+	v.r.touch(v.key)
 	v.res.Writes.AddRealServer++
 	err := v.r.h.AddRealServer(v.key, rs)
 	if errors.Is(err, syscall.EEXIST) {
@@ -534,6 +625,7 @@ func (v *vsSync) add(rs RealServer) error {
 }
 
 func (v *vsSync) update(rs RealServer) error {
+	v.r.touch(v.key)
 	v.res.Writes.UpdateRealServer++
 	err := v.r.h.UpdateRealServer(v.key, rs)
 	if errors.Is(err, syscall.ENOENT) {
@@ -546,6 +638,7 @@ func (v *vsSync) update(rs RealServer) error {
 }
 
 func (v *vsSync) delete(rs RealServer) error {
+	v.r.touch(v.key)
 	v.res.Writes.DeleteRealServer++
 	err := v.r.h.DeleteRealServer(v.key, rs)
 	if errors.Is(err, syscall.ENOENT) {
@@ -574,6 +667,7 @@ func (r *Reconciler) delete(k VSKey, res *Result) error {
 	if !ok {
 		return nil
 	}
+	r.touch(k)
 	res.Writes.DeleteVirtualServer++
 	if err := r.h.DeleteVirtualServer(k); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return &VirtualServerError{Key: k, Err: err}

@@ -778,3 +778,101 @@ func cached(r *Reconciler) []Service {
 	slices.SortFunc(out, func(a, b Service) int { return a.VSKey.Compare(b.VSKey) })
 	return out
 }
+
+// TestReconcilerRepairFromAnEarlierRead: a periodic repair reads the
+// kernel without the lock (Read) while Apply goes on, and compares after
+// (RepairFrom). Drift the read saw is repaired; the virtual servers Apply
+// wrote in between are judged by the cache, which is newer: one created
+// since is not taken for lost (no second add), one deleted since is not
+// brought back.
+func TestReconcilerRepairFromAnEarlierRead(t *testing.T) {
+	f := NewFake()
+	c := NewCounting(f)
+	r := NewReconciler(c, nil)
+	a := svc(key(TCP, "10.96.0.10:80"), "rr", rs("10.244.1.1:8080", 1))
+	b := svc(key(TCP, "10.96.0.11:80"), "rr", rs("10.244.1.2:8080", 1))
+	if _, err := r.Apply([]Service{a, b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.DeleteVirtualServer(b.VSKey) // drift, before the read
+	snap, err := r.Read(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Changes applied between the read and the compare.
+	n := svc(key(TCP, "10.96.0.12:80"), "rr", rs("10.244.1.3:8080", 1))
+	if _, err := r.Apply([]Service{n}, []VSKey{a.VSKey}); err != nil {
+		t.Fatal(err)
+	}
+	c.Reset()
+	res, err := r.RepairFrom(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := WriteCounts{AddVirtualServer: 1, AddRealServer: 1} // b, back with its real server
+	if res.Writes != want || c.Writes() != want {
+		t.Errorf("repair from the earlier read wrote %+v (counted %+v), want only b back: %+v", res.Writes, c.Writes(), want)
+	}
+	got := f.String()
+	for _, s := range []string{"10.96.0.11:80", "10.244.1.2:8080", "10.96.0.12:80"} {
+		if !strings.Contains(got, s) {
+			t.Errorf("after the repair IPVS lacks %s:\n%s", s, got)
+		}
+	}
+	if strings.Contains(got, "10.96.0.10:80") {
+		t.Errorf("the virtual server deleted after the read came back:\n%s", got)
+	}
+	checkCacheTruthful(t, r, f)
+
+	// A newer read supersedes an older one: its writes since are unknown.
+	old, _ := r.Read(false)
+	if _, err := r.Read(false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.RepairFrom(old); !errors.Is(err, ErrSnapshotSuperseded) {
+		t.Errorf("repair from a superseded read: %v, want ErrSnapshotSuperseded", err)
+	}
+}
+
+// TestReconcilerResyncFromAnEarlierRead: the same for the resync, which
+// also reads every real server and deletes what nobody wants. A stranger
+// the read saw is deleted; a real server Apply removed since the read is
+// not removed again (nor reported removed twice, which would clean its
+// flows twice), and a virtual server Apply deleted since is not deleted
+// again.
+func TestReconcilerResyncFromAnEarlierRead(t *testing.T) {
+	f := NewFake()
+	c := NewCounting(f)
+	r := NewReconciler(c, nil)
+	a := svc(key(TCP, "10.96.0.10:80"), "rr", rs("10.244.1.1:8080", 1), rs("10.244.1.2:8080", 1))
+	d := svc(key(TCP, "10.96.0.13:80"), "rr", rs("10.244.1.4:8080", 1))
+	if _, err := r.Apply([]Service{a, d}, nil); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.AddVirtualServer(VirtualServer{VSKey: key(TCP, "10.99.0.1:1"), Scheduler: "rr"}) // a stranger
+	snap, err := r.Read(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2 := svc(a.VSKey, "rr", rs("10.244.1.1:8080", 1))
+	if _, err := r.Apply([]Service{a2}, []VSKey{d.VSKey}); err != nil {
+		t.Fatal(err)
+	}
+	c.Reset()
+	res, err := r.ResyncFrom([]Service{a2}, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := WriteCounts{DeleteVirtualServer: 1} // the stranger
+	if res.Writes != want || c.Writes() != want {
+		t.Errorf("resync from the earlier read wrote %+v (counted %+v), want only the stranger deleted: %+v", res.Writes, c.Writes(), want)
+	}
+	if len(res.Removed) != 0 {
+		t.Errorf("resync reported removed real servers %v; they were removed (and reported) by Apply", removedStrings(res.Removed))
+	}
+	if got := f.String(); strings.Contains(got, "10.99.0.1:1") || strings.Contains(got, "10.96.0.13:80") || strings.Contains(got, "10.244.1.2:8080") ||
+		!strings.Contains(got, "10.244.1.1:8080") {
+		t.Errorf("after the resync:\n%s\nwant only 10.96.0.10:80 -> 10.244.1.1:8080", got)
+	}
+	checkCacheTruthful(t, r, f)
+}

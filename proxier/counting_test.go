@@ -16,6 +16,9 @@ type counting struct {
 	mu     sync.Mutex
 	writes ipvs.WriteCounts
 	reads  int
+	// beforeDump, if set, is called before each dump of the virtual
+	// servers, without the lock: a test holds a repair's read there.
+	beforeDump func()
 }
 
 // newCounting counts the calls made to h.
@@ -51,7 +54,11 @@ func (c *counting) count(f func(*ipvs.WriteCounts)) {
 func (c *counting) GetVirtualServers() ([]ipvs.VirtualServer, error) {
 	c.mu.Lock()
 	c.reads++
+	before := c.beforeDump
 	c.mu.Unlock()
+	if before != nil {
+		before()
+	}
 	return c.Interface.GetVirtualServers()
 }
 

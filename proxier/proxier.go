@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -188,6 +189,8 @@ type Proxier struct {
 	syncConnsRead bool
 	// nodePortAddresses and localAddresses are refreshed by full syncs.
 	nodePortAddresses, localAddresses []netip.Addr
+	// hostGen counts their refreshes: a kernelRead listed them at one.
+	hostGen atomic.Uint64
 	// healthChecks and noLocalInternal/External are what applied holds of
 	// health check node ports and ports without local endpoints.
 	healthChecks                     map[ServicePortName]ServiceHealth
@@ -388,16 +391,28 @@ func (p *Proxier) ready() bool {
 // least every SyncPeriod (a Repair), retrying failures with backoff.
 // Every DrainCheckPeriod it counts the connections of draining real
 // servers. onSync, if set, sees every sync's outcome.
+//
+// A Repair reads the kernel on a goroutine of its own (readRepairs): the
+// loop stays free to sync changes while the reading goes on, and a change
+// never waits for it. MinSyncPeriod spaces change syncs: a repair does
+// not make the next change wait.
 func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
 	c := p.cfg.Clock
 	full := c.NewTicker(p.cfg.SyncPeriod)
 	defer full.Stop()
+	reads := make(chan *kernelRead)
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		p.readRepairs(ctx, full.C(), reads)
+	}()
+	defer func() { <-readerDone }()
 	check := c.NewTicker(p.cfg.DrainCheckPeriod)
 	defer check.Stop()
 	var last time.Time
 	backoff := time.Duration(0)
 	for {
-		wantFull := false
+		var read *kernelRead
 		var drain clock.Timer
 		var drainC <-chan time.Time
 		if d, ok := p.nextDrainDeadline(); ok {
@@ -410,8 +425,7 @@ func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
 			stopTimer(drain)
 			return
 		case <-p.trigger:
-		case <-full.C():
-			wantFull = true
+		case read = <-reads:
 		case <-drainC:
 		case <-check.C():
 			checkOnly = true
@@ -435,13 +449,13 @@ func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
 			case <-t.C():
 			}
 		}
-		last = c.Now()
 		// The SyncPeriod tick repairs (Repair); a change syncs what changed.
 		var res SyncResult
 		var err error
-		if wantFull {
-			res, err = p.Repair()
+		if read != nil {
+			res, err = p.repair(read)
 		} else {
+			last = c.Now()
 			res, err = p.Sync(false)
 		}
 		if onSync != nil {
@@ -454,6 +468,24 @@ func (p *Proxier) Run(ctx context.Context, onSync func(SyncResult, error)) {
 			continue
 		}
 		backoff = 0
+	}
+}
+
+// readRepairs reads the kernel for a Repair at every tick, and hands the
+// read to the sync loop, until ctx ends.
+func (p *Proxier) readRepairs(ctx context.Context, ticks <-chan time.Time, reads chan<- *kernelRead) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticks:
+		}
+		r := p.readKernel()
+		select {
+		case <-ctx.Done():
+			return
+		case reads <- r:
+		}
 	}
 }
 

@@ -3,9 +3,14 @@ package proxier
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/nftvs/nftvs/ipvs"
 )
@@ -123,4 +128,101 @@ func TestRunLoopBacksOff(t *testing.T) {
 		t.Fatalf("the second retry failed: %v", o.err)
 	}
 	noSync(t, results, "after a success")
+}
+
+// TestRunLoopChangeDoesNotWaitForARepairsRead: the periodic repair reads
+// the kernel (10k virtual servers, most of a second under emulation) off
+// the sync loop, so a change that comes meanwhile is synced at once; the
+// repair follows when its read is done (MinSyncPeriod after the change),
+// and the next change does not wait MinSyncPeriod after the repair.
+func TestRunLoopChangeDoesNotWaitForARepairsRead(t *testing.T) {
+	f := newFakeNodeWith(t, func(c *Config) {
+		c.SyncPeriod = 30 * time.Second
+		c.MinSyncPeriod = 5 * time.Second
+		c.DrainCheckPeriod = time.Hour
+	})
+	f.addService(makeService("ns", "web", clusterIPs("10.96.0.10")))
+	results := runLoop(t, f)
+	if o := nextSync(t, results, "for the first change"); o.err != nil || !o.res.Full {
+		t.Fatalf("first sync: full %v, err %v; want a full one", o.res.Full, o.err)
+	}
+
+	reading, release := make(chan struct{}), make(chan struct{})
+	f.ipvs.mu.Lock()
+	f.ipvs.beforeDump = func() {
+		close(reading)
+		<-release
+	}
+	f.ipvs.mu.Unlock()
+	f.clock.Step(30 * time.Second)
+	select {
+	case <-reading:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the repair did not read IPVS at SyncPeriod")
+	}
+	f.ipvs.mu.Lock()
+	f.ipvs.beforeDump = nil
+	f.ipvs.mu.Unlock()
+
+	f.addService(makeService("ns", "api", clusterIPs("10.96.0.11")))
+	if o := nextSync(t, results, "for a change while the repair reads"); o.err != nil || o.res.Repair || o.res.ServicesReplanned != 1 {
+		t.Fatalf("sync while the repair reads: repair %v, %d Services replanned, err %v; want the change alone", o.res.Repair, o.res.ServicesReplanned, o.err)
+	}
+	close(release)
+	noSync(t, results, "within MinSyncPeriod of the change")
+	f.clock.Step(5 * time.Second)
+	if o := nextSync(t, results, "the repair, once read"); o.err != nil || !o.res.Repair {
+		t.Fatalf("after the read: repair %v, err %v; want the repair", o.res.Repair, o.err)
+	}
+	f.addService(makeService("ns", "db", clusterIPs("10.96.0.12")))
+	if o := nextSync(t, results, "a change right after the repair"); o.err != nil || o.res.Repair || o.res.ServicesReplanned != 1 {
+		t.Fatalf("change after the repair: repair %v, %d replanned, err %v", o.res.Repair, o.res.ServicesReplanned, o.err)
+	}
+}
+
+// TestRepairFromAnEarlierRead: what a repair read before the changes
+// synced since does not undo them. The drift it saw (a virtual server and
+// an address taken behind nftvs's back) is repaired; a Service deleted
+// since the read does not come back, and one created since is not taken
+// for lost.
+func TestRepairFromAnEarlierRead(t *testing.T) {
+	f := newFakeNode(t)
+	a := makeService("ns", "a", clusterIPs("10.96.0.10"))
+	b := makeService("ns", "b", clusterIPs("10.96.0.11"))
+	f.addService(a, httpSlice(a, ready("10.244.2.1", "node-b")))
+	f.addService(b, httpSlice(b, ready("10.244.2.2", "node-b")))
+	f.sync(t, false)
+
+	_ = f.kern.DeleteVirtualServer(ipvs.VSKey{Address: netip.MustParseAddr("10.96.0.11"), Protocol: ipvs.TCP, Port: 80})
+	if _, _, err := f.addrs.SyncAddresses(ipvs.DummyName, []netip.Addr{netip.MustParseAddr("10.96.0.10")}); err != nil {
+		t.Fatal(err)
+	}
+	read := f.p.readKernel()
+
+	f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: "a"}, nil)
+	c := makeService("ns", "c", clusterIPs("10.96.0.12"))
+	f.addService(c, httpSlice(c, ready("10.244.2.3", "node-b")))
+	f.sync(t, false)
+
+	f.ipvs.Reset()
+	res, err := f.p.repair(read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ipvs.WriteCounts{AddVirtualServer: 1, AddRealServer: 1}
+	if w := f.ipvs.Writes(); w != want || res.IPVS.Writes != want {
+		t.Errorf("the repair wrote %+v to IPVS (it says %+v), want ns/b's virtual server back alone: %+v", w, res.IPVS.Writes, want)
+	}
+	got := f.ipvsText()
+	for _, s := range []string{"10.96.0.11:80", "10.244.2.2:8080", "10.96.0.12:80", "10.244.2.3:8080"} {
+		if !strings.Contains(got, s) {
+			t.Errorf("after the repair IPVS lacks %s:\n%s", s, got)
+		}
+	}
+	if strings.Contains(got, "10.96.0.10:80") {
+		t.Errorf("ns/a, deleted after the read, came back:\n%s", got)
+	}
+	if got, want := f.addresses(t), []netip.Addr{netip.MustParseAddr("10.96.0.11"), netip.MustParseAddr("10.96.0.12")}; !slices.Equal(got, want) {
+		t.Errorf("kube-ipvs0 holds %v after the repair, want %v", got, want)
+	}
 }

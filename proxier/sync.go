@@ -47,7 +47,7 @@ type serviceInput struct {
 // virtual servers, then addresses; on removal the reverse. A full sync
 // also repairs the kernel's drift.
 func (p *Proxier) Sync(full bool) (SyncResult, error) {
-	return p.sync(full, full)
+	return p.sync(full, full, nil)
 }
 
 // Repair is the periodic sync (every SyncPeriod): the changed Services,
@@ -56,18 +56,28 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 // Services (about a second of CPU, several under emulation) is time a
 // change arriving meanwhile would wait. Every FullReplanPeriod it is a
 // full sync, as kube-proxy's nftables mode does one every hour.
+//
+// The kernel is read first, without syncMu (readKernel), so that a change
+// syncs meanwhile; Run reads off its loop and calls repair.
 func (p *Proxier) Repair() (SyncResult, error) {
+	return p.repair(p.readKernel())
+}
+
+// repair is Repair on what readKernel read.
+func (p *Proxier) repair(r *kernelRead) (SyncResult, error) {
 	p.syncMu.Lock()
 	full := p.cfg.Clock.Now().Sub(p.lastFull) >= FullReplanPeriod
 	p.syncMu.Unlock()
-	return p.sync(full, true)
+	return p.sync(full, true, r)
 }
 
 // FullReplanPeriod is how often the periodic sync replans every Service
 // anyway: a safety net, as kube-proxy's nftables mode's hourly full sync.
 const FullReplanPeriod = time.Hour
 
-func (p *Proxier) sync(full, repair bool) (SyncResult, error) {
+// sync syncs; read, if not nil, is the kernel as read before (a periodic
+// repair), else what a repair compares is read now.
+func (p *Proxier) sync(full, repair bool, read *kernelRead) (SyncResult, error) {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
 	start := p.cfg.Clock.Now()
@@ -76,7 +86,11 @@ func (p *Proxier) sync(full, repair bool) (SyncResult, error) {
 	if w.repair || w.addressesChanged {
 		// A full sync replans every Service anyway; otherwise only an
 		// address that really came or went does.
-		if p.refreshLocalAddresses() && !w.full {
+		r := read
+		if w.addressesChanged {
+			r = nil // an address just came or went: list them now
+		}
+		if p.refreshHostAddresses(r) && !w.full {
 			p.collectAll(&w)
 		}
 		p.setNodePortAddresses()
@@ -99,10 +113,10 @@ func (p *Proxier) sync(full, repair bool) (SyncResult, error) {
 	}
 	step(&res.Steps.AddElements)
 	p.waitForCleans(planned)
-	deletes, err := p.upsertVirtualServers(planned, w.repair, begin, &res)
+	deletes, err := p.upsertVirtualServers(planned, w.repair, begin, read, &res)
 	errs := []error{p.isolate(err, &res)}
 	step(&res.Steps.VirtualServers)
-	errs = append(errs, p.syncAddresses(planned, w.repair, &res))
+	errs = append(errs, p.syncAddresses(planned, w.repair, read, &res))
 	step(&res.Steps.Addresses)
 	errs = append(errs, p.isolate(p.deleteVirtualServers(deletes, &res), &res))
 	old := p.commit(planned)
@@ -262,33 +276,6 @@ func (p *Proxier) requeue(w work) {
 	for n, ts := range w.triggers {
 		p.triggers[n] = append(ts, p.triggers[n]...)
 	}
-}
-
-// refreshLocalAddresses lists the node's addresses again and reports
-// whether they changed.
-func (p *Proxier) refreshLocalAddresses() bool {
-	changed := false
-	for _, a := range []struct {
-		list func() ([]netip.Addr, error)
-		into *[]netip.Addr
-		what string
-	}{{p.cfg.NodePortAddresses, &p.nodePortAddresses, "node port"}, {p.cfg.LocalAddresses, &p.localAddresses, "local"}} {
-		if a.list == nil {
-			continue
-		}
-		addrs, err := a.list()
-		if err != nil {
-			klog.ErrorS(err, "Listing addresses; keeping the previous ones", "addresses", a.what)
-			continue
-		}
-		addrs = uniqueAddrs(addrs)
-		if !slices.Equal(addrs, *a.into) {
-			klog.V(2).InfoS("The node's addresses changed", "addresses", a.what, "now", addrs)
-			changed = true
-		}
-		*a.into = addrs
-	}
-	return changed
 }
 
 // NodeOwner owns the nft elements that belong to the node, not to a
@@ -596,7 +583,7 @@ func union(a, b []nft.Element) []nft.Element {
 // their real servers. A full sync dumps and repairs IPVS now and then
 // (IPVSResyncPeriod). It returns the virtual servers replanned Services
 // no longer want, to delete once their addresses are gone.
-func (p *Proxier) upsertVirtualServers(planned map[types.NamespacedName][]PortPlan, full bool, now time.Time, res *SyncResult) ([]ipvs.VSKey, error) {
+func (p *Proxier) upsertVirtualServers(planned map[types.NamespacedName][]PortPlan, full bool, now time.Time, read *kernelRead, res *SyncResult) ([]ipvs.VSKey, error) {
 	var upserts []ipvs.Service
 	var deletes []ipvs.VSKey
 	for n, plans := range planned {
@@ -617,13 +604,17 @@ func (p *Proxier) upsertVirtualServers(planned map[types.NamespacedName][]PortPl
 			}
 		}
 	}
-	if !full || (!p.lastIPVSResync.IsZero() && now.Sub(p.lastIPVSResync) < p.cfg.IPVSResyncPeriod) {
+	resync := full && (p.lastIPVSResync.IsZero() || now.Sub(p.lastIPVSResync) >= p.cfg.IPVSResyncPeriod)
+	if read != nil && read.ipvsErr == nil && !read.resync {
+		resync = false // read without real servers: a resync next period
+	}
+	if !resync {
 		var errs []error
 		if full {
 			// Virtual servers deleted or changed behind our back come back
 			// within one sync period, for one dump of the virtual
 			// servers (no real server read).
-			r, err := p.k.IPVS.Repair()
+			r, err := p.repairIPVS(read)
 			res.IPVS, errs = r, append(errs, err)
 			res.Removed = append(res.Removed, r.Removed...)
 		}
@@ -641,7 +632,7 @@ func (p *Proxier) upsertVirtualServers(planned map[types.NamespacedName][]PortPl
 			all = append(all, pl.VirtualServers...)
 		}
 	}
-	r, err := p.k.IPVS.Resync(all)
+	r, err := p.resyncIPVS(all, read)
 	res.IPVS = r
 	res.IPVSResync = true
 	res.Removed = append(res.Removed, r.Removed...)
@@ -657,7 +648,11 @@ func (p *Proxier) upsertVirtualServers(planned map[types.NamespacedName][]PortPl
 // its addresses (an endpoint change) never takes a count through zero: no
 // address changes, and the link's addresses are not listed and diffed
 // (an O(Services) netlink dump) for a sync that changes none.
-func (p *Proxier) syncAddresses(planned map[types.NamespacedName][]PortPlan, full bool, res *SyncResult) error {
+func (p *Proxier) syncAddresses(planned map[types.NamespacedName][]PortPlan, full bool, read *kernelRead, res *SyncResult) error {
+	var have *ipvs.AddressSnapshot
+	if full {
+		have = addressesRead(read)
+	}
 	changed := full
 	for n, plans := range planned {
 		for _, pl := range plans {
@@ -688,7 +683,13 @@ func (p *Proxier) syncAddresses(planned map[types.NamespacedName][]PortPlan, ful
 		want = append(want, a)
 	}
 	slices.SortFunc(want, netip.Addr.Compare)
-	added, removed, err := p.k.Addresses.SyncAddresses(p.cfg.DummyName, want)
+	var added, removed []netip.Addr
+	var err error
+	if have != nil {
+		added, removed, err = p.k.Addresses.SyncAddressesFrom(p.cfg.DummyName, want, have)
+	} else {
+		added, removed, err = p.k.Addresses.SyncAddresses(p.cfg.DummyName, want)
+	}
 	res.AddressesAdded, res.AddressesRemoved = len(added), len(removed)
 	var inUse *ipvs.AddressInUseError
 	if errors.As(err, &inUse) {

@@ -1017,7 +1017,9 @@ func runChanges(r *bench.Run, check *checker) error {
 				ch.TimedOut = true
 				break
 			}
-			time.Sleep(100 * time.Millisecond)
+			// 20 ms: a one-change sync takes tens of milliseconds, and a
+			// coarser poll would round every change up to it.
+			time.Sleep(changePoll)
 		}
 		if !ch.TimedOut {
 			// nftvs observes network programming up to a poll (1 s) late.
@@ -1042,6 +1044,10 @@ func runChanges(r *bench.Run, check *checker) error {
 	}
 	return nil
 }
+
+// changePoll is how often a change's outside check looks: the sync
+// metric, then (once it moved) the kernel.
+const changePoll = 20 * time.Millisecond
 
 // --- the kernel's tables ---
 

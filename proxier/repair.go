@@ -1,0 +1,150 @@
+package proxier
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+
+	"k8s.io/klog/v2"
+
+	"github.com/nftvs/nftvs/ipvs"
+)
+
+// kernelRead is what a periodic repair reads of the kernel before it
+// takes syncMu (readKernel): at 10k Services, the IPVS dump and the
+// address lists take most of a second under emulation, and a change
+// arriving meanwhile must not wait for them. The repair then compares
+// under syncMu. The virtual servers written between the read and the
+// compare are judged by what nftvs applied, not by the read: the IPVS
+// Reconciler keeps track (ipvs.Snapshot). Addresses need no such record
+// (addressesRead). A part that could not be read is read again under the
+// lock, as a sync without a kernelRead does.
+type kernelRead struct {
+	ipvs    *ipvs.Snapshot
+	ipvsErr error
+	// resync: an IPVS resync was due, and ipvs holds every real server.
+	resync   bool
+	addrs    *ipvs.AddressSnapshot
+	addrsErr error
+	// host are the node's addresses, listed while hostGen was current.
+	host    hostAddresses
+	hostGen uint64
+}
+
+// hostAddresses are the node's addresses as listed: node port addresses
+// and local ones (nil list and an error: not listed).
+type hostAddresses struct {
+	nodePort, local       []netip.Addr
+	nodePortErr, localErr error
+}
+
+// readKernel reads what a repair compares, without syncMu but for a
+// moment to see whether an IPVS resync is due.
+func (p *Proxier) readKernel() *kernelRead {
+	p.syncMu.Lock()
+	now := p.cfg.Clock.Now()
+	resync := p.lastIPVSResync.IsZero() || now.Sub(p.lastIPVSResync) >= p.cfg.IPVSResyncPeriod
+	p.syncMu.Unlock()
+
+	r := &kernelRead{resync: resync, hostGen: p.hostGen.Load()}
+	r.host = p.listHostAddresses()
+	r.ipvs, r.ipvsErr = p.k.IPVS.Read(resync)
+	if p.k.Addresses != nil {
+		r.addrs, r.addrsErr = p.k.Addresses.ReadAddresses(p.cfg.DummyName)
+	}
+	return r
+}
+
+// listHostAddresses lists the node's addresses (no lock needed).
+func (p *Proxier) listHostAddresses() hostAddresses {
+	var h hostAddresses
+	if p.cfg.NodePortAddresses != nil {
+		h.nodePort, h.nodePortErr = p.cfg.NodePortAddresses()
+	}
+	if p.cfg.LocalAddresses != nil {
+		h.local, h.localErr = p.cfg.LocalAddresses()
+	}
+	return h
+}
+
+// setHostAddresses takes listed addresses as the node's, and reports
+// whether they changed; syncMu is held. A list that failed keeps the
+// previous one.
+func (p *Proxier) setHostAddresses(h hostAddresses) bool {
+	changed := false
+	for _, a := range []struct {
+		list []netip.Addr
+		err  error
+		set  bool
+		into *[]netip.Addr
+		what string
+	}{{h.nodePort, h.nodePortErr, p.cfg.NodePortAddresses != nil, &p.nodePortAddresses, "node port"},
+		{h.local, h.localErr, p.cfg.LocalAddresses != nil, &p.localAddresses, "local"}} {
+		if !a.set {
+			continue
+		}
+		if a.err != nil {
+			klog.ErrorS(a.err, "Listing addresses; keeping the previous ones", "addresses", a.what)
+			continue
+		}
+		addrs := uniqueAddrs(a.list)
+		if !slices.Equal(addrs, *a.into) {
+			klog.V(2).InfoS("The node's addresses changed", "addresses", a.what, "now", addrs)
+			changed = true
+		}
+		*a.into = addrs
+	}
+	p.hostGen.Add(1)
+	return changed
+}
+
+// refreshHostAddresses lists the node's addresses again and reports
+// whether they changed. A read taken earlier (r) is used unless a sync
+// has listed them since, which makes r's list older than what is held.
+func (p *Proxier) refreshHostAddresses(r *kernelRead) bool {
+	if r != nil && r.hostGen == p.hostGen.Load() {
+		return p.setHostAddresses(r.host)
+	}
+	return p.setHostAddresses(p.listHostAddresses())
+}
+
+// addressesRead is r's read of kube-ipvs0's addresses, if it has one.
+// Unlike IPVS's, it needs no record of the writes since: the diff is
+// against the addresses wanted now, and writing what a sync wrote since
+// (adding an address held, deleting one gone) is a no-op, not an error.
+func addressesRead(r *kernelRead) *ipvs.AddressSnapshot {
+	if r == nil {
+		return nil
+	}
+	if r.addrsErr != nil {
+		klog.V(2).InfoS("Reading kube-ipvs0's addresses off the sync path failed; reading them again", "err", r.addrsErr)
+	}
+	return r.addrs
+}
+
+// repairIPVS repairs IPVS from r (Repair, without r), before Apply.
+func (p *Proxier) repairIPVS(r *kernelRead) (ipvs.Result, error) {
+	if r == nil || r.ipvsErr != nil {
+		return p.k.IPVS.Repair()
+	}
+	res, err := p.k.IPVS.RepairFrom(r.ipvs)
+	if errors.Is(err, ipvs.ErrSnapshotSuperseded) {
+		klog.V(2).InfoS("IPVS read again: a newer read superseded the periodic one")
+		return p.k.IPVS.Repair()
+	}
+	return res, err
+}
+
+// resyncIPVS resyncs IPVS from r (Resync, without r or when r has no
+// real servers).
+func (p *Proxier) resyncIPVS(all []ipvs.Service, r *kernelRead) (ipvs.Result, error) {
+	if r == nil || r.ipvsErr != nil || !r.resync {
+		return p.k.IPVS.Resync(all)
+	}
+	res, err := p.k.IPVS.ResyncFrom(all, r.ipvs)
+	if errors.Is(err, ipvs.ErrSnapshotSuperseded) {
+		klog.V(2).InfoS("IPVS read again: a newer read superseded the periodic one")
+		return p.k.IPVS.Resync(all)
+	}
+	return res, err
+}
