@@ -167,15 +167,7 @@ func (r *Reconciler) AllConnections() (map[VSKey]map[netip.AddrPort]Connections,
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[VSKey]map[netip.AddrPort]Connections, len(all))
-	for k, rss := range all {
-		m := make(map[netip.AddrPort]Connections, len(rss))
-		for _, x := range rss {
-			m[x.AddrPort] = x.Connections
-		}
-		out[k] = m
-	}
-	return out, nil
+	return connectionsOf(all), nil
 }
 
 // service is what the cache holds for k. An adopted virtual server whose
@@ -237,6 +229,27 @@ type Snapshot struct {
 	// real is every virtual server's real servers, read in bulk (nil when
 	// not asked for, or when the bulk read failed).
 	real map[VSKey][]RealServerConnections
+}
+
+// Connections are the connection counts of every real server the
+// Snapshot read (as AllConnections), and whether it read them.
+func (s *Snapshot) Connections() (map[VSKey]map[netip.AddrPort]Connections, bool) {
+	if s == nil || s.real == nil {
+		return nil, false
+	}
+	return connectionsOf(s.real), true
+}
+
+func connectionsOf(all map[VSKey][]RealServerConnections) map[VSKey]map[netip.AddrPort]Connections {
+	out := make(map[VSKey]map[netip.AddrPort]Connections, len(all))
+	for k, rss := range all {
+		m := make(map[netip.AddrPort]Connections, len(rss))
+		for _, x := range rss {
+			m[x.AddrPort] = x.Connections
+		}
+		out[k] = m
+	}
+	return out
 }
 
 // ErrSnapshotSuperseded is returned for a Snapshot older than the last

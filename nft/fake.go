@@ -23,6 +23,8 @@ type Fake struct {
 	// adds and deletes sent.
 	Transactions int
 	Writes       int
+	// Reads counts reads of the whole table (adopt, ReadAhead).
+	Reads int
 	// FailNext, when set, fails the next transaction (and is cleared).
 	FailNext error
 	// Refuse, when set, is asked about every element a transaction adds:
@@ -47,6 +49,7 @@ func (f *Fake) TamperRules() {
 func (f *Fake) read(cfg Config) (tableRead, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.Reads++
 	switch {
 	case !f.exists:
 		return tableRead{why: "no table yet"}, nil

@@ -32,6 +32,9 @@ type Interface interface {
 	// WatchDrift calls onDrift soon after someone else changes the
 	// table; the next Sync then rebuilds it. See Table.WatchDrift.
 	WatchDrift(ctx context.Context, onDrift func()) error
+	// ReadAhead reads the kernel's table for the first Sync ahead of
+	// time (at start, while the informers list). See Table.ReadAhead.
+	ReadAhead()
 }
 
 // SyncResult says what a Sync did.
@@ -111,6 +114,8 @@ type Table struct {
 	watching bool
 	// readKernel: the first sync has read the kernel's table (adopt).
 	readKernel bool
+	// ahead is the table as ReadAhead read it, for adopt.
+	ahead *tableRead
 }
 
 func newTable(cfg Config, b backend) (*Table, error) {

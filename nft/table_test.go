@@ -573,3 +573,37 @@ func TestRestartAdoptsTheTable(t *testing.T) {
 		t.Fatalf("restart after a rule changed: %+v, want a rebuild", res)
 	}
 }
+
+// TestReadAhead: a restarted Table reads the kernel's table ahead of its
+// first Sync (while the informers list), and the Sync adopts that read
+// without reading again; if someone committed to the ruleset in between,
+// the read is stale and the Sync reads again (here: finds a rule changed,
+// and rebuilds).
+func TestReadAhead(t *testing.T) {
+	tbl, f := mustFake(t, Config{})
+	for i := range 10 {
+		_ = tbl.SetElements(fmt.Sprintf("ns/svc-%d:http", i), svc(i, fmt.Sprintf("10.244.0.%d", i)))
+	}
+	mustSync(t, tbl, true)
+	restart := func(between func()) SyncResult {
+		t.Helper()
+		tbl, err := f.NewTable(Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tbl.ReadAhead()
+		between()
+		for i := range 10 {
+			_ = tbl.SetElements(fmt.Sprintf("ns/svc-%d:http", i), svc(i, fmt.Sprintf("10.244.0.%d", i)))
+		}
+		return mustSync(t, tbl, true)
+	}
+	reads, writes := f.Reads, f.Writes
+	if res := restart(func() {}); !res.Adopted || f.Reads != reads+1 || f.Writes != writes {
+		t.Fatalf("restart after a read ahead: %+v, %d reads, %d writes; want the table adopted from the one read, nothing written", res, f.Reads-reads, f.Writes-writes)
+	}
+	reads = f.Reads
+	if res := restart(f.TamperRules); res.Adopted || !res.Rebuilt || f.Reads != reads+2 {
+		t.Fatalf("restart with a commit after the read ahead: %+v, %d reads; want a second read, and a rebuild", res, f.Reads-reads)
+	}
+}

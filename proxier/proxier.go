@@ -191,6 +191,8 @@ type Proxier struct {
 	nodePortAddresses, localAddresses []netip.Addr
 	// hostGen counts their refreshes: a kernelRead listed them at one.
 	hostGen atomic.Uint64
+	// ahead is ReadAhead's read, for the first sync (nil: none).
+	ahead chan *kernelRead
 	// healthChecks and noLocalInternal/External are what applied holds of
 	// health check node ports and ports without local endpoints.
 	healthChecks                     map[ServicePortName]ServiceHealth
@@ -480,7 +482,7 @@ func (p *Proxier) readRepairs(ctx context.Context, ticks <-chan time.Time, reads
 			return
 		case <-ticks:
 		}
-		r := p.readKernel()
+		r := p.readForRepair()
 		select {
 		case <-ctx.Done():
 			return

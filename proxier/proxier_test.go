@@ -677,10 +677,29 @@ func TestRestartWritesNothing(t *testing.T) {
 		t.Errorf("restart changed the kernel")
 	}
 
+	// As the app starts: the kernel read ahead (ReadAhead, while the
+	// informers list), and the first sync reads nothing more. Two IPVS
+	// reads: the virtual servers, and every real server with its
+	// connections (which the drains use too); the nft table once.
+	restart(20)
+	nftReads := f.nft.Reads
+	f.p.ReadAhead()
+	res = f.sync(t, true)
+	if r := f.ipvs.Reads(); r != 2 || f.nft.Reads != nftReads+1 {
+		t.Errorf("restart after ReadAhead read IPVS %d times and nft %d, want 2 and 1", r, f.nft.Reads-nftReads)
+	}
+	if w := f.ipvs.Writes(); w.Total() != 0 || res.AddressesAdded+res.AddressesRemoved != 0 || f.nft.Writes != nftWrites || !res.NFT[0].Adopted {
+		t.Errorf("restart after ReadAhead wrote IPVS %+v, addresses +%d -%d, nft %d (%+v)", w, res.AddressesAdded, res.AddressesRemoved, f.nft.Writes-nftWrites, res.NFT)
+	}
+	if f.ipvsText() != ipvsBefore || f.nft.Dump() != nftBefore || !slices.Equal(f.addresses(t), addrsBefore) {
+		t.Errorf("restart after ReadAhead changed the kernel")
+	}
+
 	// Down, one Service deleted (its ClusterIP and external IP: two
 	// virtual servers, two addresses, its nft elements), then up again.
 	nftWrites = f.nft.Writes
 	restart(19) // s19 is gone
+	f.p.ReadAhead()
 	res = f.sync(t, true)
 	if w := f.ipvs.Writes(); w != (ipvs.WriteCounts{DeleteVirtualServer: 2}) {
 		t.Errorf("restart with one Service gone wrote IPVS %+v, want two virtual servers deleted", w)

@@ -38,14 +38,47 @@ type hostAddresses struct {
 	nodePortErr, localErr error
 }
 
-// readKernel reads what a repair compares, without syncMu but for a
-// moment to see whether an IPVS resync is due.
-func (p *Proxier) readKernel() *kernelRead {
+// readForRepair reads what a periodic repair compares, without syncMu
+// but for a moment to see whether an IPVS resync is due.
+func (p *Proxier) readForRepair() *kernelRead {
 	p.syncMu.Lock()
 	now := p.cfg.Clock.Now()
 	resync := p.lastIPVSResync.IsZero() || now.Sub(p.lastIPVSResync) >= p.cfg.IPVSResyncPeriod
 	p.syncMu.Unlock()
+	return p.readKernel(resync)
+}
 
+// ReadAhead reads the kernel for the first sync on a goroutine of its
+// own, to be called before the informers list: on a restart at 10k
+// Services, reading back IPVS (a resync: every real server), the nft
+// table and the addresses takes several seconds under emulation, which
+// are then spent while the Services and EndpointSlices are listed
+// instead of after. Nothing writes the kernel before the first sync,
+// which waits for the read to end and compares against it.
+func (p *Proxier) ReadAhead() {
+	ahead := make(chan *kernelRead, 1)
+	p.syncMu.Lock()
+	p.ahead = ahead
+	p.syncMu.Unlock()
+	go func() {
+		p.k.NFT.ReadAhead()
+		ahead <- p.readKernel(true)
+	}()
+}
+
+// readAhead is ReadAhead's read, waited for, once; syncMu is held.
+func (p *Proxier) readAhead() *kernelRead {
+	if p.ahead == nil {
+		return nil
+	}
+	r := <-p.ahead
+	p.ahead = nil
+	return r
+}
+
+// readKernel reads what a repair compares, with every real server if
+// resync; it takes no lock of the proxier's.
+func (p *Proxier) readKernel(resync bool) *kernelRead {
 	r := &kernelRead{resync: resync, hostGen: p.hostGen.Load()}
 	r.host = p.listHostAddresses()
 	r.ipvs, r.ipvsErr = p.k.IPVS.Read(resync)

@@ -197,7 +197,7 @@ func TestRepairFromAnEarlierRead(t *testing.T) {
 	if _, _, err := f.addrs.SyncAddresses(ipvs.DummyName, []netip.Addr{netip.MustParseAddr("10.96.0.10")}); err != nil {
 		t.Fatal(err)
 	}
-	read := f.p.readKernel()
+	read := f.p.readForRepair()
 
 	f.p.OnServiceUpdate(types.NamespacedName{Namespace: "ns", Name: "a"}, nil)
 	c := makeService("ns", "c", clusterIPs("10.96.0.12"))

@@ -60,7 +60,7 @@ func (p *Proxier) Sync(full bool) (SyncResult, error) {
 // The kernel is read first, without syncMu (readKernel), so that a change
 // syncs meanwhile; Run reads off its loop and calls repair.
 func (p *Proxier) Repair() (SyncResult, error) {
-	return p.repair(p.readKernel())
+	return p.repair(p.readForRepair())
 }
 
 // repair is Repair on what readKernel read.
@@ -83,6 +83,9 @@ func (p *Proxier) sync(full, repair bool, read *kernelRead) (SyncResult, error) 
 	start := p.cfg.Clock.Now()
 	w := p.collectWork(full || p.needFull, repair, start)
 	res := SyncResult{Full: w.full, Repair: w.repair}
+	if ahead := p.readAhead(); read == nil && w.repair {
+		read = ahead // the first sync
+	}
 	if w.repair || w.addressesChanged {
 		// A full sync replans every Service anyway; otherwise only an
 		// address that really came or went does.
@@ -100,6 +103,11 @@ func (p *Proxier) sync(full, repair bool, read *kernelRead) (SyncResult, error) 
 		*d, start = now.Sub(start), now
 	}
 	begin := start
+	if read != nil && read.ipvsErr == nil {
+		// Drains at a restart ask for every real server's connections:
+		// the read has them (a few seconds old at most).
+		p.syncConns, p.syncConnsRead = read.ipvs.Connections()
+	}
 	planned := p.plan(&w, start)
 	p.syncConns, p.syncConnsRead = nil, false
 	res.ServicesReplanned = len(planned)

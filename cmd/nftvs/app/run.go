@@ -112,6 +112,8 @@ func run(parent context.Context, cfg *config.Config) error {
 	// syncs for /healthz once the informers have synced (changeTracker).
 	changes := newChangeTracker(m, health, node.Families, clock.RealClock{})
 	changes.start()
+	// The kernel is read back while the informers list, not after.
+	p.ReadAhead()
 	err = p.Watch(ctx, client, proxier.WatchOptions{Resync: resync, Node: nw.informer, OnChange: changes.observe})
 	if err != nil {
 		if ctx.Err() != nil {
