@@ -200,6 +200,7 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	watched := make(chan error, 1)
+	c.p.ReadAhead() // as the app does: the kernel read back while the informers list
 	go func() {
 		watched <- c.p.Watch(ctx, c.client, proxier.WatchOptions{Node: proxier.NewNodeInformer(c.client, nodeName, 0)})
 	}()
