@@ -77,6 +77,35 @@ func (w weights) get(ap netip.AddrPort) (RealServer, bool) {
 	return RealServer{Address: ap.Addr(), Port: ap.Port(), Weight: weight}, ok
 }
 
+// sameAs reports whether w holds exactly the real servers read (nil:
+// none were read, which is not the same as none held).
+func (w weights) sameAs(read []RealServerConnections) bool {
+	if read == nil || len(read) != len(w) {
+		return false
+	}
+	for _, x := range read {
+		if weight, ok := w[x.AddrPort]; !ok || weight != x.Weight {
+			return false
+		}
+	}
+	return true
+}
+
+// holds reports whether the cache entry is s already (s normalized, as
+// sortedServices makes it): the same scheduling and exactly its real
+// servers with their weights.
+func (a *applied) holds(s Service) bool {
+	if a.vs != s.VirtualServer || len(a.rs) != len(s.RealServers) {
+		return false
+	}
+	for _, rs := range s.RealServers {
+		if weight, ok := a.rs[rs.AddrPort()]; !ok || weight != rs.Weight {
+			return false
+		}
+	}
+	return true
+}
+
 // all are the real servers held, unsorted.
 func (w weights) all() []RealServer {
 	out := make([]RealServer, 0, len(w))
@@ -342,6 +371,10 @@ func (r *Reconciler) ResyncFrom(all []Service, s *Snapshot) (Result, error) {
 		if touched[k] || (!wanted[k] && r.Excluded(k)) {
 			continue // written since the read; or someone else's: never read, never written
 		}
+		if a, ok := r.cache[k]; ok && a.vs == v.normalized() && a.rs.sameAs(s.real[k]) {
+			cache[k] = a // as the kernel holds it: no new entry (most of them)
+			continue
+		}
 		var rss []RealServer
 		var err error
 		if all, ok := s.real[k]; ok {
@@ -366,6 +399,9 @@ func (r *Reconciler) ResyncFrom(all []Service, s *Snapshot) (Result, error) {
 
 	for i, svc := range ups {
 		r.pace(len(s.virtual) + i)
+		if a, ok := r.cache[svc.Key()]; ok && a.holds(svc) {
+			continue // already as desired: nothing to diff
+		}
 		errs = append(errs, r.sync(svc, &res)...)
 	}
 	var stale []VSKey
