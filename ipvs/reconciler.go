@@ -260,6 +260,14 @@ type Snapshot struct {
 	real map[VSKey][]RealServerConnections
 }
 
+// Len is the number of virtual servers read (0 for a nil Snapshot).
+func (s *Snapshot) Len() int {
+	if s == nil {
+		return 0
+	}
+	return len(s.virtual)
+}
+
 // Connections are the connection counts of every real server the
 // Snapshot read (as AllConnections), and whether it read them.
 func (s *Snapshot) Connections() (map[VSKey]map[netip.AddrPort]Connections, bool) {

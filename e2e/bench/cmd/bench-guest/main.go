@@ -283,8 +283,10 @@ func restart(p *proxyProc, check *checker) *bench.Restart {
 		res.InformersSyncedSeconds = t.Sub(q.started).Seconds()
 	}
 	for _, l := range []string{*proxyLog, logPath} {
-		if line, ok := logLine(l, `"Full sync"`); ok {
-			logf("%s: %s", l, line)
+		for _, what := range []string{`"Read the kernel ahead`, `"Full sync"`} {
+			if line, ok := logLine(l, what); ok {
+				logf("%s: %s", l, line)
+			}
 		}
 	}
 	logf("restart: programmed after %.2f s (informers synced after %.2f s, first sync %.3f s), writes: IPVS %d, addresses %d, nft elements %d",
