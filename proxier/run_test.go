@@ -57,11 +57,10 @@ func noSync(t *testing.T, results <-chan outcome, what string) {
 	}
 }
 
-// TestRunLoop drives the sync loop by a fake clock: the first change
-// syncs at once (a full sync: the first), the next waits MinSyncPeriod
-// after the last sync, and SyncPeriod brings a Repair with no change at
-// all (nothing replanned), and FullReplanPeriod a full one.
-func TestRunLoop(t *testing.T) {
+// startedLoop runs the sync loop of a node with one Service (SyncPeriod
+// 30 s, MinSyncPeriod 5 s) until its first sync, a full one.
+func startedLoop(t *testing.T) (*fakeNode, <-chan outcome) {
+	t.Helper()
 	f := newFakeNodeWith(t, func(c *Config) {
 		c.SyncPeriod = 30 * time.Second
 		c.MinSyncPeriod = 5 * time.Second
@@ -69,10 +68,18 @@ func TestRunLoop(t *testing.T) {
 	})
 	f.addService(makeService("ns", "web", clusterIPs("10.96.0.10")))
 	results := runLoop(t, f)
-
 	if o := nextSync(t, results, "for the first change"); o.err != nil || !o.res.Full {
-		t.Errorf("first sync: full %v, err %v; want a full one", o.res.Full, o.err)
+		t.Fatalf("first sync: full %v, err %v; want a full one", o.res.Full, o.err)
 	}
+	return f, results
+}
+
+// TestRunLoop drives the sync loop by a fake clock: the first change
+// syncs at once (a full sync: the first), the next waits MinSyncPeriod
+// after the last sync, and SyncPeriod brings a Repair with no change at
+// all (nothing replanned), and FullReplanPeriod a full one.
+func TestRunLoop(t *testing.T) {
+	f, results := startedLoop(t)
 	f.addService(makeService("ns", "api", clusterIPs("10.96.0.11")))
 	noSync(t, results, "within MinSyncPeriod of the last one")
 	f.clock.Step(5 * time.Second)
@@ -136,17 +143,7 @@ func TestRunLoopBacksOff(t *testing.T) {
 // repair follows when its read is done (MinSyncPeriod after the change),
 // and the next change does not wait MinSyncPeriod after the repair.
 func TestRunLoopChangeDoesNotWaitForARepairsRead(t *testing.T) {
-	f := newFakeNodeWith(t, func(c *Config) {
-		c.SyncPeriod = 30 * time.Second
-		c.MinSyncPeriod = 5 * time.Second
-		c.DrainCheckPeriod = time.Hour
-	})
-	f.addService(makeService("ns", "web", clusterIPs("10.96.0.10")))
-	results := runLoop(t, f)
-	if o := nextSync(t, results, "for the first change"); o.err != nil || !o.res.Full {
-		t.Fatalf("first sync: full %v, err %v; want a full one", o.res.Full, o.err)
-	}
-
+	f, results := startedLoop(t)
 	reading, release := make(chan struct{}), make(chan struct{})
 	f.ipvs.mu.Lock()
 	f.ipvs.beforeDump = func() {
