@@ -16,7 +16,8 @@ declare -A want=(
   # the real node in the VM (e2e/node): the OCI runtime under containerd,
   # and nc and wget for the agnhost image the e2e tests exec into
   [runc]=runc [nc]=netcat-openbsd [wget]=wget
-  # dig for the image the DNS e2e tests query with (e2e/cluster/images.sh)
+  # dig (and nslookup, host) for the images the DNS e2e tests query with
+  # (agnhost in e2e/node/images.sh, glibc-dns-testing in e2e/cluster/images.sh)
   [dig]=bind9-dnsutils
 )
 missing=()
