@@ -2,16 +2,8 @@
 # images.sh: the node's container images as OCI tarballs in
 # $NFTVS_CACHE/images (printed), built here, never pulled:
 #   registry.k8s.io/pause:3.10.2                   the pod sandbox (a Go pause)
-#   registry.k8s.io/e2e-test-images/agnhost:2.63.0 upstream agnhost at the
-#     version k8s.io/kubernetes v1.36.3's e2e tests name, with what the
-#     tests exec in it, as upstream's Alpine-based image has it: nc
-#     (netcat-openbsd), curl, wget, ss and ip (iproute2), bash, and
-#     busybox for the rest. /bin/sh is bash, not busybox: Debian's static
-#     busybox sh runs its own applets before PATH (FEATURE_SH_STANDALONE),
-#     so `sh -c 'nc -v ...'` would get busybox nc, which has no -v. wget
-#     is GNU wget: bookworm's static busybox wget dies of SIGSEGV when
-#     given -T (a timeout), which every "service is up" check of the
-#     Services tests passes (`wget -q -O - -T 1 http://IP:PORT`)
+#   registry.k8s.io/e2e-test-images/agnhost:2.63.0 upstream agnhost with what
+#     the tests exec in it (e2e/node/agnhost.sh)
 #   registry.k8s.io/coredns/coredns:v1.14.2        cluster DNS: CoreDNS at the
 #     version kubeadm 1.36 deploys, built by e2e/tools/coredns
 #   docker.io/nftvs/nftvs:dev                      deploy/image, the tree's nftvs
@@ -52,13 +44,8 @@ if newer "$out/pause.tar" "$cache/image-work/pause" "$tool"; then
   "$tool" -name registry.k8s.io/pause:3.10.2 -out "$out/pause.tar" \
     -add "$cache/image-work/pause:/pause" -entrypoint /pause
 fi
-agnhost=(-name registry.k8s.io/e2e-test-images/agnhost:2.63.0
-  -add "$bin/agnhost:/agnhost" -add "$(command -v nc.openbsd):/usr/bin/nc"
-  -add "$(command -v curl):/usr/bin/curl" -add "$(command -v wget):/usr/bin/wget"
-  -add "$(command -v ss):/usr/bin/ss"
-  -add "$(command -v ip):/sbin/ip" -add /bin/bash:/bin/bash -add /bin/bash:/bin/sh
-  -busybox /bin/busybox -dir /tmp
-  -entrypoint /agnhost -cmd pause)
+. "$root/e2e/node/agnhost.sh"
+agnhost_recipe "$bin"
 # Rebuilt also when what goes into it changed (a cache from before wget).
 if newer "$out/agnhost.tar" "$bin/agnhost" "$tool" ||
   [ "$(cat "$out/agnhost.recipe" 2>/dev/null)" != "${agnhost[*]}" ]; then

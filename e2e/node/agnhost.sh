@@ -1,0 +1,25 @@
+# agnhost.sh, sourced by e2e/node/images.sh and e2e/cluster/images.sh:
+# agnhost_recipe BIN sets the array agnhost to the recipe (arguments of
+# e2e/tools/images) of registry.k8s.io/e2e-test-images/agnhost:2.63.0:
+# upstream agnhost (BIN/agnhost) at the version k8s.io/kubernetes
+# v1.36.3's e2e tests name, with what the tests exec in it, as upstream's
+# Alpine-based image has it: nc (netcat-openbsd), curl, wget, ss and ip
+# (iproute2), dig, nslookup and host (bind-tools), getent (the DNS
+# tests' agnhost prober runs `getent hosts`; Alpine has it in
+# musl-utils), bash, and busybox for the rest. /bin/sh is bash, not
+# busybox: Debian's static busybox sh runs its own applets before PATH
+# (FEATURE_SH_STANDALONE), so `sh -c 'nc -v ...'` would get busybox nc,
+# which has no -v. wget is GNU wget: bookworm's static busybox wget dies
+# of SIGSEGV when given -T (a timeout), which every "service is up" check
+# of the Services tests passes (`wget -q -O - -T 1 http://IP:PORT`).
+agnhost_recipe() {
+  agnhost=(-name registry.k8s.io/e2e-test-images/agnhost:2.63.0
+    -add "$1/agnhost:/agnhost" -add "$(command -v nc.openbsd):/usr/bin/nc"
+    -add "$(command -v curl):/usr/bin/curl" -add "$(command -v wget):/usr/bin/wget"
+    -add "$(command -v ss):/usr/bin/ss"
+    -add "$(command -v dig):/usr/bin/dig" -add "$(command -v nslookup):/usr/bin/nslookup"
+    -add "$(command -v host):/usr/bin/host" -add "$(command -v getent):/usr/bin/getent"
+    -add "$(command -v ip):/sbin/ip" -add /bin/bash:/bin/bash -add /bin/bash:/bin/sh
+    -busybox /bin/busybox -dir /tmp
+    -entrypoint /agnhost -cmd pause)
+}
