@@ -6,7 +6,10 @@
 # Alpine-based image has it: nc (netcat-openbsd), curl, wget, ss and ip
 # (iproute2), dig, nslookup and host (bind-tools), getent (the DNS
 # tests' agnhost prober runs `getent hosts`; Alpine has it in
-# musl-utils), bash, and busybox for the rest. /bin/sh is bash, not
+# musl-utils), bash, busybox for the rest, and in / (the working
+# directory) the key pair of test/images/agnhost/porter, as upstream's
+# Dockerfile adds it: porter serves TLS with it (the Proxy [Conformance]
+# test's https ports failed without). /bin/sh is bash, not
 # busybox: Debian's static busybox sh runs its own applets before PATH
 # (FEATURE_SH_STANDALONE), so `sh -c 'nc -v ...'` would get busybox nc,
 # which has no -v. wget is GNU wget: bookworm's static busybox wget dies
@@ -20,6 +23,7 @@ agnhost_recipe() {
     -add "$(command -v dig):/usr/bin/dig" -add "$(command -v nslookup):/usr/bin/nslookup"
     -add "$(command -v host):/usr/bin/host" -add "$(command -v getent):/usr/bin/getent"
     -add "$(command -v ip):/sbin/ip" -add /bin/bash:/bin/bash -add /bin/bash:/bin/sh
+    -add "$1/localhost.crt:/localhost.crt" -add "$1/localhost.key:/localhost.key"
     -busybox /bin/busybox -dir /tmp
     -entrypoint /agnhost -cmd pause)
 }

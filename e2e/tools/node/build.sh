@@ -24,7 +24,13 @@ for cmd in "${want[@]}"; do
   case $cmd in
     # With cgo like the rest (CGO_ENABLED=0 would recompile every package):
     # e2e/node/images.sh puts the libraries ldd names into its image.
-    agnhost) go build -trimpath -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost ;;
+    # With the TLS key pair its image carries (porter serves TLS with
+    # them: the Proxy [Conformance] test's https ports).
+    agnhost)
+      go build -trimpath -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost
+      src=$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost/porter
+      cp "$src/localhost.crt" "$src/localhost.key" "$out/" && chmod 0644 "$out/localhost.crt" "$out/localhost.key"
+      ;;
     # The Conntrack test's sender of invalid packets; static, its image
     # has nothing else.
     regression-issue-74839) CGO_ENABLED=0 go build -trimpath -o "$out/$cmd" k8s.io/kubernetes/test/images/regression-issue-74839 ;;
