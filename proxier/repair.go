@@ -168,27 +168,28 @@ func addressesRead(r *kernelRead) *ipvs.AddressSnapshot {
 
 // repairIPVS repairs IPVS from r (Repair, without r), before Apply.
 func (p *Proxier) repairIPVS(r *kernelRead) (ipvs.Result, error) {
-	if r == nil || r.ipvsErr != nil {
-		return p.k.IPVS.Repair()
-	}
-	res, err := p.k.IPVS.RepairFrom(r.ipvs)
-	if errors.Is(err, ipvs.ErrSnapshotSuperseded) {
-		klog.V(2).InfoS("IPVS read again: a newer read superseded the periodic one")
-		return p.k.IPVS.Repair()
-	}
-	return res, err
+	return fromRead(r, r != nil, p.k.IPVS.Repair, p.k.IPVS.RepairFrom)
 }
 
 // resyncIPVS resyncs IPVS from r (Resync, without r or when r has no
 // real servers).
 func (p *Proxier) resyncIPVS(all []ipvs.Service, r *kernelRead) (ipvs.Result, error) {
-	if r == nil || r.ipvsErr != nil || !r.resync {
-		return p.k.IPVS.Resync(all)
+	return fromRead(r, r != nil && r.resync,
+		func() (ipvs.Result, error) { return p.k.IPVS.Resync(all) },
+		func(s *ipvs.Snapshot) (ipvs.Result, error) { return p.k.IPVS.ResyncFrom(all, s) })
+}
+
+// fromRead runs from on r's IPVS read when usable (r has what is needed
+// and read it), else now, which reads under the lock; also when a newer
+// read superseded r's.
+func fromRead(r *kernelRead, usable bool, now func() (ipvs.Result, error), from func(*ipvs.Snapshot) (ipvs.Result, error)) (ipvs.Result, error) {
+	if !usable || r.ipvsErr != nil {
+		return now()
 	}
-	res, err := p.k.IPVS.ResyncFrom(all, r.ipvs)
+	res, err := from(r.ipvs)
 	if errors.Is(err, ipvs.ErrSnapshotSuperseded) {
 		klog.V(2).InfoS("IPVS read again: a newer read superseded the periodic one")
-		return p.k.IPVS.Resync(all)
+		return now()
 	}
 	return res, err
 }
