@@ -107,6 +107,26 @@ func (r rollResult) failures() []attempt {
 	return out
 }
 
+// synLossDelay: a client SYN that is dropped (#81775's symptom) is sent
+// again after the initial RTO of 1 s, so its connect takes at least that.
+const synLossDelay = 900 * time.Millisecond
+
+// synDelayed are the connects that a lost SYN delayed. The bar is on
+// these, not on the TcpExtTCPSynRetrans counter (reported beside them):
+// the counter is per network namespace and also counts the SYN-ACKs
+// that the client pod's own listener sends again, which say nothing
+// about the proxy. Any client SYN retransmit shows up here as a connect
+// of 1 s or more, or as a failure.
+func (r rollResult) synDelayed() []attempt {
+	var out []attempt
+	for _, a := range r.attempts {
+		if a.err == nil && a.took >= synLossDelay {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // localBusy counts the connects the client's kernel refused with
 // EADDRNOTAVAIL; the client tries that port again at the next pace.
 // Seen only under heavy host load (2 cores shared with other emulated
@@ -374,12 +394,12 @@ func TestRollout81775(t *testing.T) {
 	var rows []rolloutRow
 	t.Cleanup(func() {
 		var b strings.Builder
-		fmt.Fprintf(&b, "%-22s %-5s %-9s %-7s %-3s %-5s %8s %6s %8s %12s %14s %12s %10s %8s\n",
-			"kernel", "reuse", "variant", "cleaner", "try", "proto", "attempts", "failed", "synRetr", "failedAfter", "oldAfterTerm", "syncAfterRm", "localBusy", "stall")
+		fmt.Fprintf(&b, "%-22s %-5s %-9s %-7s %-3s %-5s %8s %6s %8s %8s %12s %14s %12s %10s %8s\n",
+			"kernel", "reuse", "variant", "cleaner", "try", "proto", "attempts", "failed", "synLost", "synRetr", "failedAfter", "oldAfterTerm", "syncAfterRm", "localBusy", "stall")
 		for _, r := range rows {
-			syn := strconv.Itoa(r.res.synRetr)
+			syn, lost := strconv.Itoa(r.res.synRetr), strconv.Itoa(len(r.res.synDelayed()))
 			if r.proto == "udp" {
-				syn = "-"
+				syn, lost = "-", "-"
 			}
 			sync := "never"
 			if !r.res.syncAt.IsZero() {
@@ -389,12 +409,12 @@ func TestRollout81775(t *testing.T) {
 			if r.proto == "tcp" {
 				stall = r.res.maxStall.Round(time.Millisecond).String()
 			}
-			fmt.Fprintf(&b, "%-22s %-5d %-9s %-7s %-3d %-5s %8d %6d %8s %12d %14d %12s %10d %8s\n",
+			fmt.Fprintf(&b, "%-22s %-5d %-9s %-7s %-3d %-5s %8d %6d %8s %8s %12d %14d %12s %10d %8s\n",
 				r.kernel, r.rc.reuseMode, r.rc.variant(), r.rc.cleanerName(), r.try+1, r.proto, r.attempts,
-				len(r.res.failures()), syn, r.res.failuresAfter(), r.oldAfterTerm, sync, r.res.localBusy(), stall)
+				len(r.res.failures()), lost, syn, r.res.failuresAfter(), r.oldAfterTerm, sync, r.res.localBusy(), stall)
 		}
 		fmt.Fprintf(&b, "suite ran %v", time.Since(begin).Round(time.Second))
-		t.Logf("#81775 rollout table (failedAfter: failures that started after nftvs synced the removal; "+
+		t.Logf("#81775 rollout table (synLost: connects a lost SYN delayed by 1 s, the bar; synRetr: the client netns's TcpExtTCPSynRetrans, which also counts its listener's SYN-ACKs; failedAfter: failures that started after nftvs synced the removal; "+
 			"oldAfterTerm: answers by the old pod after it stopped being ready; localBusy: connects the client's own kernel refused with EADDRNOTAVAIL, not counted as failed; stall: the VM's longest stall, a case stalled over 300ms that missed the bar runs again as try 2):\n%s", b.String())
 	})
 	t.Cleanup(func() { tb.node.sysctls(t, "net/ipv4/vs/conn_reuse_mode=1") })
@@ -458,8 +478,9 @@ func rolloutProblems(rc rollCase, tcp, udp rollResult) []string {
 		if n := len(tcp.failures()); n > 0 {
 			out = append(out, fmt.Sprintf("%s: %d TCP connections failed, want 0", rc, n))
 		}
-		if tcp.synRetr != 0 {
-			out = append(out, fmt.Sprintf("%s: %d SYN retransmits, want 0", rc, tcp.synRetr))
+		if n := len(tcp.synDelayed()); n > 0 {
+			out = append(out, fmt.Sprintf("%s: %d TCP connects delayed by a lost SYN (took over %v), want 0 (TcpExtTCPSynRetrans +%d)",
+				rc, n, synLossDelay, tcp.synRetr))
 		}
 		if n := udp.failuresAfter(); n > 0 {
 			out = append(out, fmt.Sprintf("%s: %d UDP requests failed after nftvs synced the removal, want 0", rc, n))
@@ -659,7 +680,7 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 			byPhase[phase][who]++
 			// A SYN retransmit costs a connect at least 1 s: which
 			// phase, port and pod it hit says where the SYN was lost.
-			if a.err == nil && a.took >= 900*time.Millisecond {
+			if a.err == nil && a.took >= synLossDelay {
 				slow = append(slow, fmt.Sprintf("    slow %s connect started %s (%s), port %d, took %v, answered by %s",
 					pr.name, rel(a.start), phase, a.port, a.took.Round(time.Millisecond), a.pod))
 			}
