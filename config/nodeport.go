@@ -50,6 +50,30 @@ func (n NodePortAddresses) Select(addrs []InterfaceAddress) []netip.Addr {
 	return slices.Compact(out)
 }
 
+// SelectAddrs is Select of addresses none of which is on the Dummy link.
+func (n NodePortAddresses) SelectAddrs(addrs []netip.Addr) []netip.Addr {
+	ias := make([]InterfaceAddress, len(addrs))
+	for i, a := range addrs {
+		ias[i].Addr = a
+	}
+	return n.Select(ias)
+}
+
+// LocalAddresses are the node's own among the addresses of its links but
+// kube-ipvs0's: an external or load-balancer IP among them is the
+// node's. Loopback and link-local ones are left out: such Service
+// addresses are refused anyway, and pods' veths come and go with
+// link-local addresses.
+func LocalAddresses(host []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range host {
+		if a = a.Unmap(); a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // primaryNodePortCIDRs is kube-proxy's "primary": the node's IP of each
 // family as a /32 or /128, loopback ones (node IP unknown) left out, so
 // that no IP at all means every address.

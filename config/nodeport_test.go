@@ -86,3 +86,16 @@ func TestPrimaryNodePortCIDRs(t *testing.T) {
 		t.Errorf("got %v", got)
 	}
 }
+
+// The node's own addresses: what an external or load-balancer IP must
+// not be. Loopback, link-local (pods' veths) and unset ones are left out.
+func TestLocalAddresses(t *testing.T) {
+	got := LocalAddresses(addrs("127.0.0.1", "::1", "169.254.1.1", "fe80::1", "192.168.0.10", "::ffff:10.0.0.5", "2001:db8::10"))
+	if want := addrs("192.168.0.10", "10.0.0.5", "2001:db8::10"); !slices.Equal(got, want) {
+		t.Errorf("LocalAddresses = %v, want %v", got, want)
+	}
+	np := NodePortAddresses{Dummy: "kube-ipvs0", IPv4: true, IPv6: true}
+	if got, want := np.SelectAddrs(addrs("127.0.0.1", "192.168.0.10", "fe80::1", "2001:db8::10")), addrs("192.168.0.10", "2001:db8::10"); !slices.Equal(got, want) {
+		t.Errorf("SelectAddrs = %v, want %v", got, want)
+	}
+}

@@ -74,8 +74,6 @@ type Runtime struct {
 	Schedulers []string
 	// HostAddresses lists the addresses of the node's links.
 	HostAddresses func() ([]InterfaceAddress, error)
-	// LocalAddresses lists the node's own addresses but kube-ipvs0's.
-	LocalAddresses func() ([]netip.Addr, error)
 	// Warn reports a part of a Service not programmed as asked.
 	Warn func(service types.NamespacedName, reason, message string)
 }
@@ -154,14 +152,20 @@ func (r *Resolved) Proxier(rt Runtime) proxier.Config {
 	if minSyncPeriod == 0 {
 		minSyncPeriod = time.Nanosecond
 	}
-	var nodePortAddresses func() ([]netip.Addr, error)
+	var hostAddresses func() ([]netip.Addr, error)
 	if rt.HostAddresses != nil {
-		nodePortAddresses = func() ([]netip.Addr, error) {
+		hostAddresses = func() ([]netip.Addr, error) {
 			all, err := rt.HostAddresses()
 			if err != nil {
 				return nil, err
 			}
-			return r.NodePorts.Select(all), nil
+			out := make([]netip.Addr, 0, len(all))
+			for _, ia := range all {
+				if ia.Link != r.NodePorts.Dummy {
+					out = append(out, ia.Addr)
+				}
+			}
+			return out, nil
 		}
 	}
 	return proxier.Config{
@@ -182,8 +186,9 @@ func (r *Resolved) Proxier(rt Runtime) proxier.Config {
 		SyncPeriod:        c.KubeProxy.IPVS.SyncPeriod.Duration,
 		MinSyncPeriod:     minSyncPeriod,
 		DrainTimeout:      c.DrainTimeout,
-		NodePortAddresses: nodePortAddresses,
-		LocalAddresses:    rt.LocalAddresses,
+		HostAddresses:     hostAddresses,
+		NodePortAddresses: r.NodePorts.SelectAddrs,
+		LocalAddresses:    LocalAddresses,
 		Warn:              rt.Warn,
 		BindAddress:       c.BindAddress,
 	}

@@ -82,6 +82,17 @@ type AddressSnapshot struct {
 // Has reports whether the link held a at the read.
 func (s *AddressSnapshot) Has(a netip.Addr) bool { return s.own[a.Unmap()] != nil }
 
+// Elsewhere are the addresses the other links held at the read (the
+// node's own addresses, when the link is kube-ipvs0), sorted.
+func (s *AddressSnapshot) Elsewhere() []netip.Addr {
+	out := make([]netip.Addr, 0, len(s.elsewhere))
+	for a := range s.elsewhere {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
 // NetlinkAddresses is Addresses over rtnetlink.
 type NetlinkAddresses struct {
 	h *netlink.Handle

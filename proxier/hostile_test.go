@@ -497,7 +497,8 @@ func TestProxierPortProtocolRenamed(t *testing.T) {
 func TestProxierAddressChange(t *testing.T) {
 	addrs := []netip.Addr{netip.MustParseAddr("192.168.0.10")}
 	f := newFakeNodeWith(t, func(c *Config) {
-		c.NodePortAddresses = func() ([]netip.Addr, error) { return slices.Clone(addrs), nil }
+		c.HostAddresses = func() ([]netip.Addr, error) { return slices.Clone(addrs), nil }
+		c.NodePortAddresses = func(host []netip.Addr) []netip.Addr { return host }
 	})
 	svc := makeService("ns", "np", clusterIPs("10.96.0.11"), nodePort(30080))
 	f.addService(svc, httpSlice(svc, ready("10.244.2.11", "node-b")))

@@ -42,10 +42,18 @@ type Config struct {
 	// kept off the SyncPeriod path; other full syncs diff against the
 	// cache. Default 5 minutes; the first sync always dumps.
 	IPVSResyncPeriod time.Duration
-	// NodePortAddresses and LocalAddresses, when set, are called on
-	// every full sync to refresh Node.NodePortAddresses and
-	// Node.LocalAddresses (local addresses change without a Node update).
-	NodePortAddresses, LocalAddresses func() ([]netip.Addr, error)
+	// HostAddresses, when set, lists the node's addresses on every full
+	// sync, to refresh Node.NodePortAddresses and Node.LocalAddresses
+	// (local addresses change without a Node update): every address of
+	// every link but DummyName, in one dump. A kernel read (a periodic
+	// repair's, a restart's read ahead) takes them from its dump of
+	// DummyName's addresses instead, which lists every link's: at 10k
+	// Services each dump walks 10k Service addresses, and one is enough.
+	HostAddresses func() ([]netip.Addr, error)
+	// NodePortAddresses and LocalAddresses choose Node.NodePortAddresses
+	// and Node.LocalAddresses among the HostAddresses (nil: that list is
+	// not refreshed).
+	NodePortAddresses, LocalAddresses func(host []netip.Addr) []netip.Addr
 	// Warn, when set, is told of every part of a Service that is not
 	// programmed as asked (a FieldError's reason and message), once each
 	// time the Service's problems change: kube-proxy's way is a Warning

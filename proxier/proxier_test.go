@@ -714,3 +714,51 @@ func TestRestartWritesNothing(t *testing.T) {
 		t.Errorf("s19 left behind")
 	}
 }
+
+// TestKernelReadListsTheNodesAddressesOnce: a kernel read (ReadAhead, a
+// periodic repair's) takes the node's addresses from its dump of
+// kube-ipvs0's, which lists every link's, instead of dumping them again:
+// at 10k Services each dump walks the 10k Service addresses. A sync
+// without a read lists them with HostAddresses, once for both lists.
+func TestKernelReadListsTheNodesAddressesOnce(t *testing.T) {
+	lists := 0
+	f := newFakeNodeWith(t, func(c *Config) {
+		c.DummyName = ipvs.DummyName
+		c.HostAddresses = func() ([]netip.Addr, error) {
+			lists++
+			return []netip.Addr{netip.MustParseAddr("192.168.0.10"), netip.MustParseAddr("192.168.0.99")}, nil
+		}
+		c.NodePortAddresses = func(host []netip.Addr) []netip.Addr { return host }
+		c.LocalAddresses = func(host []netip.Addr) []netip.Addr { return host }
+	})
+	f.addrs.AddLink("eth0", netip.MustParseAddr("192.168.0.10"), netip.MustParseAddr("192.168.0.77"))
+	// A restart: kube-ipvs0 is there (on a fresh node the read of its
+	// addresses fails, and the sync lists the node's).
+	if err := f.addrs.EnsureDummy(ipvs.DummyName); err != nil {
+		t.Fatal(err)
+	}
+	svc := makeService("ns", "np", clusterIPs("10.96.0.11"), nodePort(30080))
+	f.addService(svc, httpSlice(svc, ready("10.244.2.11", "node-b")))
+
+	f.p.ReadAhead()
+	f.sync(t, true)
+	if lists != 0 {
+		t.Errorf("the first sync after ReadAhead listed the node's addresses %d times, want 0: the read has them", lists)
+	}
+	got := f.ipvsText()
+	if !strings.Contains(got, "TCP  192.168.0.77:30080 rr") || strings.Contains(got, "192.168.0.99") {
+		t.Errorf("node ports are not served on eth0's addresses as the read saw them (192.168.0.10, .77):\n%s", got)
+	}
+	if addrs := f.addresses(t); slices.Contains(addrs, netip.MustParseAddr("192.168.0.77")) {
+		t.Errorf("a node address became a Service address on %s: %v", ipvs.DummyName, addrs)
+	}
+
+	f.p.OnLocalAddressChange()
+	f.sync(t, false)
+	if lists != 1 {
+		t.Errorf("a sync after an address change listed the node's addresses %d times, want 1", lists)
+	}
+	if got := f.ipvsText(); !strings.Contains(got, "TCP  192.168.0.99:30080 rr") || strings.Contains(got, "192.168.0.77") {
+		t.Errorf("node ports are not served on HostAddresses' list (192.168.0.10, .99):\n%s", got)
+	}
+}

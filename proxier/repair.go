@@ -34,11 +34,11 @@ type kernelRead struct {
 	hostGen uint64
 }
 
-// hostAddresses are the node's addresses as listed: node port addresses
-// and local ones (nil list and an error: not listed).
+// hostAddresses are the node's addresses as listed (err: not listed),
+// chosen as node port addresses and local ones.
 type hostAddresses struct {
-	nodePort, local       []netip.Addr
-	nodePortErr, localErr error
+	nodePort, local []netip.Addr
+	err             error
 }
 
 // readForRepair reads what a periodic repair compares, without syncMu
@@ -89,24 +89,39 @@ func (p *Proxier) readAhead() *kernelRead {
 // resync; it takes no lock of the proxier's.
 func (p *Proxier) readKernel(resync bool) *kernelRead {
 	r := &kernelRead{resync: resync, hostGen: p.hostGen.Load()}
-	r.host = p.listHostAddresses()
-	start := time.Now()
-	r.ipvs, r.ipvsErr = p.k.IPVS.Read(resync)
-	r.ipvsTook = time.Since(start)
 	if p.k.Addresses != nil {
 		r.addrs, r.addrsErr = p.k.Addresses.ReadAddresses(p.cfg.DummyName)
 	}
+	if r.addrs != nil {
+		r.host = p.chooseHostAddresses(r.addrs.Elsewhere(), nil)
+	} else {
+		r.host = p.listHostAddresses()
+	}
+	start := time.Now()
+	r.ipvs, r.ipvsErr = p.k.IPVS.Read(resync)
+	r.ipvsTook = time.Since(start)
 	return r
 }
 
 // listHostAddresses lists the node's addresses (no lock needed).
 func (p *Proxier) listHostAddresses() hostAddresses {
+	if p.cfg.HostAddresses == nil {
+		return hostAddresses{}
+	}
+	return p.chooseHostAddresses(p.cfg.HostAddresses())
+}
+
+// chooseHostAddresses chooses node port and local addresses among host.
+func (p *Proxier) chooseHostAddresses(host []netip.Addr, err error) hostAddresses {
+	if err != nil {
+		return hostAddresses{err: err}
+	}
 	var h hostAddresses
 	if p.cfg.NodePortAddresses != nil {
-		h.nodePort, h.nodePortErr = p.cfg.NodePortAddresses()
+		h.nodePort = p.cfg.NodePortAddresses(host)
 	}
 	if p.cfg.LocalAddresses != nil {
-		h.local, h.localErr = p.cfg.LocalAddresses()
+		h.local = p.cfg.LocalAddresses(host)
 	}
 	return h
 }
@@ -115,20 +130,23 @@ func (p *Proxier) listHostAddresses() hostAddresses {
 // whether they changed; syncMu is held. A list that failed keeps the
 // previous one.
 func (p *Proxier) setHostAddresses(h hostAddresses) bool {
+	if p.cfg.HostAddresses == nil {
+		return false
+	}
+	defer p.hostGen.Add(1)
+	if h.err != nil {
+		klog.ErrorS(h.err, "Listing the node's addresses; keeping the previous ones")
+		return false
+	}
 	changed := false
 	for _, a := range []struct {
 		list []netip.Addr
-		err  error
 		set  bool
 		into *[]netip.Addr
 		what string
-	}{{h.nodePort, h.nodePortErr, p.cfg.NodePortAddresses != nil, &p.nodePortAddresses, "node port"},
-		{h.local, h.localErr, p.cfg.LocalAddresses != nil, &p.localAddresses, "local"}} {
+	}{{h.nodePort, p.cfg.NodePortAddresses != nil, &p.nodePortAddresses, "node port"},
+		{h.local, p.cfg.LocalAddresses != nil, &p.localAddresses, "local"}} {
 		if !a.set {
-			continue
-		}
-		if a.err != nil {
-			klog.ErrorS(a.err, "Listing addresses; keeping the previous ones", "addresses", a.what)
 			continue
 		}
 		addrs := uniqueAddrs(a.list)
@@ -138,7 +156,6 @@ func (p *Proxier) setHostAddresses(h hostAddresses) bool {
 		}
 		*a.into = addrs
 	}
-	p.hostGen.Add(1)
 	return changed
 }
 

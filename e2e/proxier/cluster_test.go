@@ -31,6 +31,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/nftvs/nftvs/config"
 	"github.com/nftvs/nftvs/conntrack"
 	"github.com/nftvs/nftvs/internal/k8stest"
 	"github.com/nftvs/nftvs/ipvs"
@@ -168,12 +169,16 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 			MaxVirtualServers: o.maxVirtualServers,
 			Schedulers:        o.schedulers,
 		},
-		MinSyncPeriod:     250 * time.Millisecond,
-		SyncPeriod:        o.syncPeriod,
-		DrainCheckPeriod:  o.drainCheck, // drains last until idle: --ipvs-graceful-termination-period 0
-		IPVSResyncPeriod:  o.ipvsResync,
-		NodePortAddresses: nodePortAddresses,
-		LocalAddresses:    nodePortAddresses, // every address of the node but kube-ipvs0's, as nftvs lists them
+		MinSyncPeriod:    250 * time.Millisecond,
+		SyncPeriod:       o.syncPeriod,
+		DrainCheckPeriod: o.drainCheck, // drains last until idle: --ipvs-graceful-termination-period 0
+		IPVSResyncPeriod: o.ipvsResync,
+		HostAddresses:    hostAddresses,
+		// Every address of the node but kube-ipvs0's, loopback and
+		// link-local ones, as nftvs chooses them without
+		// --nodeport-addresses.
+		NodePortAddresses: config.LocalAddresses,
+		LocalAddresses:    config.LocalAddresses,
 	}
 	if o.warn != nil {
 		cfg.Warn = func(n types.NamespacedName, reason, msg string) { o.warn(n.String(), reason, msg) }
@@ -256,11 +261,10 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 	return c
 }
 
-// nodePortAddresses lists the node's addresses as nftvs does without
-// --nodeport-addresses: every local address but kube-ipvs0's, loopback
-// and IPv6 link-local ones. It runs in the proxier's goroutine, in the
-// root namespace.
-func nodePortAddresses() ([]netip.Addr, error) {
+// hostAddresses lists the node's addresses as nftvs does: every link's
+// but kube-ipvs0's. It runs in the proxier's goroutine, in the root
+// namespace.
+func hostAddresses() ([]netip.Addr, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return nil, err
@@ -275,18 +279,11 @@ func nodePortAddresses() ([]netip.Addr, error) {
 	}
 	var out []netip.Addr
 	for _, a := range as {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok {
-			continue
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && names[a.LinkIndex] != ipvs.DummyName {
+			out = append(out, ip.Unmap())
 		}
-		ip = ip.Unmap()
-		if names[a.LinkIndex] == ipvs.DummyName || ip.IsLoopback() || ip.IsLinkLocalUnicast() {
-			continue
-		}
-		out = append(out, ip)
 	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return slices.Compact(out), nil
+	return out, nil
 }
 
 // eventually polls check every 100 ms until it succeeds or waitTimeout

@@ -8,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/nftvs/nftvs/config"
+	"github.com/nftvs/nftvs/ipvs"
 )
 
 // hostAddresses lists the addresses of every link of this network
@@ -40,4 +41,20 @@ func hostAddresses() ([]config.InterfaceAddress, error) {
 		out = append(out, config.InterfaceAddress{Link: names[a.LinkIndex], Addr: ip.Unmap()})
 	}
 	return out, nil
+}
+
+// localAddresses are the node's own addresses (config.LocalAddresses)
+// among every link's but kube-ipvs0's.
+func localAddresses() ([]netip.Addr, error) {
+	all, err := hostAddresses()
+	if err != nil {
+		return nil, err
+	}
+	host := make([]netip.Addr, 0, len(all))
+	for _, ia := range all {
+		if ia.Link != ipvs.DummyName {
+			host = append(host, ia.Addr)
+		}
+	}
+	return config.LocalAddresses(host), nil
 }

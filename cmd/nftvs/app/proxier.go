@@ -47,10 +47,9 @@ func newProxier(ctx context.Context, cfg *config.Config, node *config.Resolved, 
 		return nil, nil, err
 	}
 	p := proxier.New(node.Proxier(config.Runtime{
-		Schedulers:     offeredSchedulers(kernel, cfg.KubeProxy.IPVS.Scheduler),
-		HostAddresses:  hostAddresses,
-		LocalAddresses: localAddresses,
-		Warn:           warn,
+		Schedulers:    offeredSchedulers(kernel, cfg.KubeProxy.IPVS.Scheduler),
+		HostAddresses: hostAddresses,
+		Warn:          warn,
 	}), k)
 	// An address that comes or goes (a VIP failover) is served or let go
 	// within a second, not at the next full sync.
@@ -82,25 +81,6 @@ func newDataplane(cfg *config.Config, rec *ipvs.Reconciler, addrs ipvs.Addresses
 	}
 	k.Conntrack = metrics.NewInstrumentedConntrack(c, m)
 	return k, nil
-}
-
-// localAddresses are the addresses of this node's links but kube-ipvs0's:
-// an external or load-balancer IP among them is the node's own. Loopback
-// and link-local ones are left out: such Service addresses are refused
-// anyway, and pods' veths come and go with link-local addresses.
-func localAddresses() ([]netip.Addr, error) {
-	all, err := hostAddresses()
-	if err != nil {
-		return nil, err
-	}
-	var out []netip.Addr
-	for _, ia := range all {
-		a := ia.Addr.Unmap()
-		if ia.Link != ipvs.DummyName && a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() {
-			out = append(out, a)
-		}
-	}
-	return out, nil
 }
 
 // nodePortSelection chooses node port and health check addresses.
