@@ -289,9 +289,50 @@ func restart(p *proxyProc, check *checker) *bench.Restart {
 			}
 		}
 	}
+	for _, l := range []string{*proxyLog, logPath} {
+		if sum, ok := gcSummary(l); ok {
+			logf("%s: %s", l, sum)
+		}
+	}
 	logf("restart: programmed after %.2f s (informers synced after %.2f s, first sync %.3f s), writes: IPVS %d, addresses %d, nft elements %d",
 		res.ProgrammedSeconds, res.InformersSyncedSeconds, res.FirstSyncSeconds, res.IPVSWrites, res.AddressWrites, res.NFTElementWrites)
 	return res
+}
+
+// gcLine is one line of GODEBUG=gctrace=1: "gc 12 @3.456s 2%: ...,
+// 120->130->60 MB, 125 MB goal, ...".
+var gcLine = regexp.MustCompile(`^gc \d+ @([\d.]+)s .* (\d+)->(\d+)->(\d+) MB, (\d+) MB goal`)
+
+// gcSummary sums up the GC trace in path: how many cycles, the largest
+// heap a cycle found (before it ran) and the largest live heap it left,
+// with when (seconds since the process started).
+func gcSummary(path string) (string, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", false
+	}
+	var cycles, maxHeap, maxLive int
+	var atHeap, atLive string
+	for _, line := range strings.Split(string(b), "\n") {
+		m := gcLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		cycles++
+		heap, _ := strconv.Atoi(m[2])
+		live, _ := strconv.Atoi(m[4])
+		if heap > maxHeap {
+			maxHeap, atHeap = heap, m[1]
+		}
+		if live > maxLive {
+			maxLive, atLive = live, m[1]
+		}
+	}
+	if cycles == 0 {
+		return "", false
+	}
+	return fmt.Sprintf("GC: %d cycles; largest heap at a cycle's start %d MB (@%ss), largest live heap after one %d MB (@%ss)",
+		cycles, maxHeap, atHeap, maxLive, atLive), true
 }
 
 // logLine is the first line of path containing s.
@@ -583,6 +624,11 @@ func startProxyLog(logPath string) (*proxyProc, error) {
 	}
 	cmd := exec.Command(*proxyBin, "--config="+cfg)
 	cmd.Stdout, cmd.Stderr = f, f
+	if *proxy == "nftvs" {
+		// The Go GC's line per cycle (heap before, after, live; goal):
+		// where nftvs's peak RSS comes from (gcSummary).
+		cmd.Env = append(os.Environ(), "GODEBUG=gctrace=1")
+	}
 	p := &proxyProc{cmd: cmd, done: make(chan struct{})}
 	p.started = time.Now()
 	if err := cmd.Start(); err != nil {
