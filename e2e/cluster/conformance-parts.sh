@@ -39,6 +39,9 @@ for part in "$@"; do
       cat "$here/conformance-part-$p.txt" >>"$out/$part/skip.txt"
     done
   fi
+  # A resumed part (conformance.sh, NFTVS_CONFORMANCE_RESUME=1): the
+  # tests earlier runs gave a verdict are skipped too.
+  [ ! -f "$out/resume-skip-$part.txt" ] || cat "$out/resume-skip-$part.txt" >>"$out/$part/skip.txt"
   focus=$here/conformance-part-$part.txt
   [ "$part" != other ] || focus=$here/conformance-focus.txt
   if [ "$part" = disruptive ] && [ "$NFTVS_NODE_PROXY" = nftvs ]; then

@@ -23,7 +23,10 @@
 # NFTVS_CONFORMANCE_PARALLEL=1 (both clusters at once, each in its own
 # network namespace and VM), NFTVS_CONFORMANCE_BUDGET (minutes of
 # e2e.test per proxy, default 600: what is not reached in time is not in
-# that part's JUnit).
+# that part's JUnit), NFTVS_CONFORMANCE_RESUME=1 (each part runs only the
+# tests its earlier runs for that proxy gave no verdict, e.g. those a
+# budget did not reach; its JUnit is kept beside theirs as
+# junit-PROXY-PART-resumeN.xml, later files winning in the table).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -69,10 +72,29 @@ if [ "${NFTVS_CONFORMANCE_PARALLEL:-0}" = 1 ] && [ "${NFTVS_NODE_NOBUILD:-0}" !=
     nice -n 15 "$here/images.sh" >/dev/null || exit 1
   export NFTVS_NODE_NOBUILD=1
 fi
+# The JUnit files of PROXY's PART in $out, in the order they ran.
+part_files() {
+  local f n=1
+  [ -f "$out/junit-$1-$2.xml" ] || return 0
+  echo "$out/junit-$1-$2.xml"
+  while f=$out/junit-$1-$2-resume$n.xml && [ -f "$f" ]; do
+    echo "$f"
+    n=$((n + 1))
+  done
+}
 rc=0
 declare -A pid
 for proxy in $proxies; do
   mkdir -p "$work/$proxy"
+  if [ "${NFTVS_CONFORMANCE_RESUME:-0}" = 1 ]; then
+    # What earlier runs decided is skipped (conformance-parts.sh).
+    for part in $parts; do
+      mapfile -t files < <(part_files "$proxy" "$part")
+      [ ${#files[@]} -gt 0 ] || continue
+      (cd "$root" && go run ./e2e/node/report -verdicts "${files[@]}") >"$work/$proxy/resume-skip-$part.txt" || exit 1
+      echo "conformance: $proxy, part $part resumes: $(wc -l <"$work/$proxy/resume-skip-$part.txt") tests already have a verdict"
+    done
+  fi
   echo "=== $proxy (log: $work/$proxy.log)"
   if [ "${NFTVS_CONFORMANCE_PARALLEL:-0}" = 1 ]; then
     run "$proxy" &
@@ -102,16 +124,22 @@ for proxy in $proxies; do
       rc=1
       continue
     fi
-    cp "$d/junit_01.xml" "$out/junit-$proxy-$part.xml"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%RZ)" "$commit" "$image" "$proxy" "$part" \
+    # A resumed part's JUnit goes beside the earlier ones.
+    name=$part label=$part
+    if [ -f "$work/$proxy/resume-skip-$part.txt" ]; then
+      n=$(part_files "$proxy" "$part" | wc -l)
+      name=$part-resume$n label="$part (resume $n)"
+    fi
+    cp "$d/junit_01.xml" "$out/junit-$proxy-$name.xml"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%RZ)" "$commit" "$image" "$proxy" "$label" \
       "${NFTVS_NODES:-3}" "$kernel" "$(cat "$d/secs" 2>/dev/null)" "$(counts "$d/junit_01.xml")" >>"$out/manifest.tsv"
     # The e2e.test output of each failed test: ginkgo -v prints a spec
     # between two lines of dashes; keep the blocks that failed. (No
     # interval expressions: Debian's awk is mawk.)
     awk '/^-+$/ && length($0) >= 20 { if (b ~ /\[(FAILED|PANICKED|TIMEDOUT|INTERRUPTED)\]/) printf "%s", b; b = ""; next }
          { b = b $0 "\n" }
-         END { if (b ~ /\[(FAILED|PANICKED|TIMEDOUT|INTERRUPTED)\]/) printf "%s", b }' "$d/e2e.log" >"$out/logs/$proxy-$part.log"
-    [ -s "$out/logs/$proxy-$part.log" ] || rm -f "$out/logs/$proxy-$part.log"
+         END { if (b ~ /\[(FAILED|PANICKED|TIMEDOUT|INTERRUPTED)\]/) printf "%s", b }' "$d/e2e.log" >"$out/logs/$proxy-$name.log"
+    [ -s "$out/logs/$proxy-$name.log" ] || rm -f "$out/logs/$proxy-$name.log"
   done
 done
 
@@ -119,7 +147,7 @@ args=()
 for proxy in kube-proxy nftvs; do
   files=()
   for part in $all_parts; do
-    [ -f "$out/junit-$proxy-$part.xml" ] && files+=("$out/junit-$proxy-$part.xml")
+    mapfile -t -O ${#files[@]} files < <(part_files "$proxy" "$part")
   done
   [ ${#files[@]} -gt 0 ] || continue
   label=$proxy

@@ -8,6 +8,13 @@
 // A proxy's run may come in several JUnit files (NAME=A,B: one e2e.test
 // run per part of the selection); they are merged, a later file's result
 // for a test winning over an earlier one's.
+//
+//	go run ./e2e/node/report -verdicts a/junit_01.xml b/junit_01.xml
+//
+// prints instead, one per line as a regular expression, the tests these
+// files (merged) gave a verdict (passed, failed, skipped by the test
+// itself; not a run stopped while the test ran): the skip list of a run
+// that resumes a part where its budget stopped it.
 package main
 
 import (
@@ -15,6 +22,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 )
@@ -136,7 +144,12 @@ func cell(r result, ok bool) string {
 
 func main() {
 	title := flag.String("title", "", "heading")
+	verdicts := flag.Bool("verdicts", false, "print the tests the JUnit files given gave a verdict, as regular expressions")
 	flag.Parse()
+	if *verdicts {
+		printVerdicts(flag.Args())
+		return
+	}
 	var names []string
 	var runs []map[string]result
 	for _, a := range flag.Args() {
@@ -191,4 +204,39 @@ func main() {
 		}
 		fmt.Printf("| %s |\n", strings.Join(row, " | "))
 	}
+}
+
+// printVerdicts prints verdicts(paths), one per line.
+func printVerdicts(paths []string) {
+	out, err := verdicts(paths)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(1)
+	}
+	for _, t := range out {
+		fmt.Println(t)
+	}
+}
+
+// verdicts are the tests that the JUnit files (merged, a later one
+// winning) gave a verdict, quoted as regular expressions and sorted.
+func verdicts(paths []string) ([]string, error) {
+	merged := map[string]result{}
+	for _, p := range paths {
+		part, err := load(p)
+		if err != nil {
+			return nil, err
+		}
+		for t, x := range part {
+			merged[t] = x
+		}
+	}
+	var out []string
+	for t, x := range merged {
+		if x.status != "interrupted" {
+			out = append(out, regexp.QuoteMeta(t))
+		}
+	}
+	sort.Strings(out)
+	return out, nil
 }
