@@ -102,3 +102,40 @@ func (c *Counting) DeleteRealServer(k VSKey, r RealServer) error {
 	c.count(func(w *WriteCounts) { w.DeleteRealServer++ })
 	return c.Interface.DeleteRealServer(k, r)
 }
+
+// WriteBatch counts each write and passes the batch on (write by write
+// if the wrapped Interface takes no batches).
+func (c *Counting) WriteBatch(writes []Write) []error {
+	c.count(func(w *WriteCounts) {
+		for _, x := range writes {
+			switch x.Op {
+			case OpAddVirtualServer:
+				w.AddVirtualServer++
+			case OpAddRealServer:
+				w.AddRealServer++
+			}
+		}
+	})
+	if b, ok := c.Interface.(Batcher); ok {
+		return b.WriteBatch(writes)
+	}
+	return oneByOne(c.Interface, writes)
+}
+
+// oneByOne makes writes through h's Interface calls.
+func oneByOne(h Interface, writes []Write) []error {
+	errs := make([]error, len(writes))
+	for i, w := range writes {
+		switch w.Op {
+		case OpAddVirtualServer:
+			errs[i] = h.AddVirtualServer(w.VirtualServer)
+		case OpAddRealServer:
+			errs[i] = h.AddRealServer(w.VirtualServer.VSKey, w.RealServer)
+		}
+	}
+	return errs
+}
+
+// unbatched hides an Interface's WriteBatch: the Reconciler then writes
+// one round trip at a time, as before batches.
+type unbatched struct{ Interface }

@@ -40,6 +40,8 @@ type Fake struct {
 	services map[VSKey]*fakeService
 	// Writes counts write calls, failed ones included.
 	Writes WriteCounts
+	// Batches counts WriteBatch calls (their writes are in Writes).
+	Batches int
 	// Reads counts dumps: GetVirtualServers, GetRealServers,
 	// GetAllRealServers and GetConnections calls.
 	Reads int
@@ -63,7 +65,30 @@ type fakeService struct {
 	counters Stats
 }
 
-var _ Interface = (*Fake)(nil)
+var (
+	_ Interface = (*Fake)(nil)
+	_ Batcher   = (*Fake)(nil)
+)
+
+// WriteBatch makes each write as its Interface call would (Inject
+// included), in order.
+func (f *Fake) WriteBatch(writes []Write) []error {
+	f.mu.Lock()
+	f.Batches++
+	f.mu.Unlock()
+	errs := make([]error, len(writes))
+	for i, w := range writes {
+		switch w.Op {
+		case OpAddVirtualServer:
+			errs[i] = f.AddVirtualServer(w.VirtualServer)
+		case OpAddRealServer:
+			errs[i] = f.AddRealServer(w.VirtualServer.VSKey, w.RealServer)
+		default:
+			errs[i] = fmt.Errorf("%s cannot be batched", w.Op)
+		}
+	}
+	return errs
+}
 
 // NewFake returns an empty in-memory IPVS table.
 func NewFake() *Fake { return &Fake{services: map[VSKey]*fakeService{}} }

@@ -34,7 +34,8 @@ type Interface interface {
 }
 
 // WriteCounts counts netlink write requests by kind, whether or not the
-// kernel accepted them: each is one round trip.
+// kernel accepted them: each is one round trip, but in a batch
+// (Batcher), where many go out per system call.
 type WriteCounts struct {
 	AddVirtualServer    int
 	UpdateVirtualServer int
@@ -44,7 +45,7 @@ type WriteCounts struct {
 	DeleteRealServer    int
 }
 
-// Total is the number of write round trips.
+// Total is the number of write requests.
 func (w WriteCounts) Total() int {
 	return w.AddVirtualServer + w.UpdateVirtualServer + w.DeleteVirtualServer +
 		w.AddRealServer + w.UpdateRealServer + w.DeleteRealServer

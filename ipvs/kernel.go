@@ -27,9 +27,13 @@ type Kernel struct {
 	readMu sync.Mutex
 	read   *mobyipvs.Handle
 	// netns is the namespace's path ("" for the caller's), for the proc
-	// file GetAllRealServers reads.
+	// file GetAllRealServers reads and the batch socket.
 	netns string
+	// batch is WriteBatch's socket, opened at its first call; mu guards it.
+	batch *batchSocket
 }
+
+var _ Batcher = (*Kernel)(nil)
 
 var _ Interface = (*Kernel)(nil)
 
@@ -72,6 +76,9 @@ func (k *Kernel) Close() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.h.Close()
+	if k.batch != nil {
+		k.batch.close()
+	}
 	k.readMu.Lock()
 	defer k.readMu.Unlock()
 	k.read.Close()

@@ -225,10 +225,7 @@ func (r *Reconciler) Apply(upserts []Service, deletes []VSKey) (Result, error) {
 	var res Result
 	ups, errs := sortedServices(upserts)
 	wanted := wantedKeys(upserts)
-	for i, s := range ups {
-		r.pace(i)
-		errs = append(errs, r.sync(s, &res)...)
-	}
+	errs = append(errs, r.syncAll(ups, 0, nil, &res)...)
 	dels := make([]VSKey, 0, len(deletes))
 	for _, k := range deletes {
 		if !wanted[k.Key()] {
@@ -405,13 +402,11 @@ func (r *Reconciler) ResyncFrom(all []Service, s *Snapshot) (Result, error) {
 	}
 	r.cache = cache
 
-	for i, svc := range ups {
-		r.pace(len(s.virtual) + i)
-		if a, ok := r.cache[svc.Key()]; ok && a.holds(svc) {
-			continue // already as desired: nothing to diff
-		}
-		errs = append(errs, r.sync(svc, &res)...)
+	held := func(svc Service) bool {
+		a, ok := r.cache[svc.Key()]
+		return ok && a.holds(svc) // already as desired: nothing to diff (most of them)
 	}
+	errs = append(errs, r.syncAll(ups, len(s.virtual), held, &res)...)
 	var stale []VSKey
 	for k := range r.cache {
 		if !wanted[k] {
@@ -533,6 +528,112 @@ func sortRemoved(rs []RemovedRealServer) {
 		}
 		return a.RealServer.AddrPort().Compare(b.RealServer.AddrPort())
 	})
+}
+
+// syncAll syncs services (sorted, valid) in order, but those skip says
+// are as desired already, pacing from the pace-th virtual server. Those
+// the cache lacks are created in batches when the kernel takes them
+// (Batcher): a first sync at 10k Services creates them all, and one
+// round trip per write was most of its time. A batch is sent before each
+// yield, so that what a pace says was written has been.
+func (r *Reconciler) syncAll(services []Service, pace int, skip func(Service) bool, res *Result) []error {
+	var errs []error
+	b, batching := r.h.(Batcher)
+	var create []Service
+	flush := func() {
+		if len(create) > 0 {
+			errs = append(errs, r.create(b, create, res)...)
+			create = create[:0]
+		}
+	}
+	for i, s := range services {
+		if n := pace + i; n > 0 && n%YieldBatch == 0 {
+			flush()
+		}
+		r.pace(pace + i)
+		if skip != nil && skip(s) {
+			continue
+		}
+		if _, cached := r.cache[s.Key()]; batching && !cached {
+			create = append(create, s)
+			continue
+		}
+		errs = append(errs, r.sync(s, res)...)
+	}
+	flush()
+	return errs
+}
+
+// create adds services the cache lacks, as sync would, in two batches:
+// every virtual server, then the real servers of those the kernel took.
+// The writes and errors are sync's, one for one: a virtual server
+// refused has no real server sent; one the kernel had already (EEXIST)
+// is adopted and synced on its own, as are the services whose real
+// servers met the rare answers sync handles with more writes (EEXIST,
+// ESRCH).
+func (r *Reconciler) create(b Batcher, services []Service, res *Result) []error {
+	var errs []error
+	writes := make([]Write, 0, len(services))
+	for _, s := range services {
+		r.touch(s.Key())
+		writes = append(writes, Write{Op: OpAddVirtualServer, VirtualServer: s.VirtualServer})
+	}
+	res.Writes.AddVirtualServer += len(services)
+	var added []Service
+	for i, err := range b.WriteBatch(writes) {
+		s := services[i]
+		switch {
+		case err == nil:
+			r.cache[s.Key()] = &applied{vs: s.VirtualServer, rs: make(weights, len(s.RealServers))}
+			added = append(added, s)
+		case errors.Is(err, syscall.EEXIST):
+			// As ensureVirtualServer: adopt what the kernel holds.
+			rss, gerr := r.h.GetRealServers(s.Key())
+			if gerr != nil {
+				errs = append(errs, &VirtualServerError{Key: s.Key(), Err: gerr})
+				continue
+			}
+			r.cache[s.Key()] = &applied{rs: newWeights(rss)}
+			errs = append(errs, r.sync(s, res)...)
+		default:
+			errs = append(errs, &VirtualServerError{Key: s.Key(), Err: err})
+		}
+	}
+	writes = writes[:0]
+	for _, s := range added {
+		for _, rs := range s.RealServers {
+			rs.Address = rs.Address.Unmap()
+			writes = append(writes, Write{Op: OpAddRealServer, VirtualServer: s.VirtualServer, RealServer: rs})
+		}
+	}
+	if len(writes) == 0 {
+		return errs
+	}
+	res.Writes.AddRealServer += len(writes)
+	werrs := b.WriteBatch(writes)
+	i := 0
+	for _, s := range added {
+		cur := r.cache[s.Key()]
+		var failed []error
+		again := false
+		for range s.RealServers {
+			switch err := werrs[i]; {
+			case err == nil:
+				cur.rs.put(writes[i].RealServer)
+			case errors.Is(err, syscall.EEXIST), errors.Is(err, syscall.ESRCH):
+				again = true
+			default:
+				failed = append(failed, &VirtualServerError{Key: s.Key(), Err: err})
+			}
+			i++
+		}
+		if again {
+			errs = append(errs, r.sync(s, res)...)
+		} else {
+			errs = append(errs, failed...)
+		}
+	}
+	return errs
 }
 
 // sync makes one virtual server and its real servers as desired. If the

@@ -909,3 +909,60 @@ func BenchmarkReconcilerResyncFromUnchanged(b *testing.B) {
 		}
 	}
 }
+
+// TestReconcilerCreatesInBatches: a first sync's new virtual servers go
+// out in batches, two per YieldBatch (virtual servers, then their real
+// servers), with the writes and the table of a sync without batches.
+func TestReconcilerCreatesInBatches(t *testing.T) {
+	services := manyServices(250, 3)
+	batched, plain := NewFake(), NewFake()
+	rb, rp := NewReconciler(batched, nil), NewReconciler(unbatched{plain}, nil)
+	resB, errB := rb.Apply(services, nil)
+	resP, errP := rp.Apply(services, nil)
+	if errB != nil || errP != nil {
+		t.Fatalf("apply: batched %v, one by one %v", errB, errP)
+	}
+	if batched.Batches != 6 || plain.Batches != 0 {
+		t.Errorf("batches: %d and %d, want 6 (2 per 100 virtual servers) and 0", batched.Batches, plain.Batches)
+	}
+	if resB.Writes != resP.Writes || resB.Writes != (WriteCounts{AddVirtualServer: 250, AddRealServer: 750}) {
+		t.Errorf("writes: batched %+v, one by one %+v", resB.Writes, resP.Writes)
+	}
+	if batched.String() != plain.String() {
+		t.Errorf("tables differ:\n%s\n---\n%s", batched, plain)
+	}
+	// Nothing to create: no batch.
+	batched.Batches = 0
+	if res, err := rb.Apply(services, nil); err != nil || res.Writes.Total() != 0 || batched.Batches != 0 {
+		t.Errorf("second apply: %+v, %v, %d batches", res.Writes, err, batched.Batches)
+	}
+}
+
+// manyServices builds n Services of r real servers each, cycling through
+// families and protocols, with a fwmark one every 10.
+func manyServices(n, r int) []Service {
+	out := make([]Service, 0, n)
+	for i := range n {
+		var k VSKey
+		switch {
+		case i%10 == 9:
+			k = VSKey{FWMark: uint32(0x4000 + i), IPv6: i%20 == 19}
+		case i%2 == 0:
+			k = VSKey{Address: netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}), Protocol: []Protocol{TCP, UDP, SCTP}[i%3], Port: uint16(80 + i%7)}
+		default:
+			k = VSKey{Address: netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x96, 14: byte(i >> 8), 15: byte(i)}), Protocol: []Protocol{TCP, UDP, SCTP}[i%3], Port: uint16(80 + i%7)}
+		}
+		s := Service{VirtualServer: VirtualServer{VSKey: k, Scheduler: "rr"}}
+		for j := range r {
+			var a netip.Addr
+			if k.Key().IPv6 {
+				a = netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 12: byte(j), 14: byte(i >> 8), 15: byte(i)})
+			} else {
+				a = netip.AddrFrom4([4]byte{10, byte(j), byte(i >> 8), byte(i)})
+			}
+			s.RealServers = append(s.RealServers, RealServer{Address: a, Port: 8080, Weight: 1})
+		}
+		out = append(out, s)
+	}
+	return out
+}

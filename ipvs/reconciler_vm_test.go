@@ -9,35 +9,6 @@ import (
 	"testing"
 )
 
-// manyServices builds n Services of r real servers each, cycling through
-// families and protocols, with a fwmark one every 10.
-func manyServices(n, r int) []Service {
-	out := make([]Service, 0, n)
-	for i := range n {
-		var k VSKey
-		switch {
-		case i%10 == 9:
-			k = VSKey{FWMark: uint32(0x4000 + i), IPv6: i%20 == 19}
-		case i%2 == 0:
-			k = VSKey{Address: netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}), Protocol: []Protocol{TCP, UDP, SCTP}[i%3], Port: uint16(80 + i%7)}
-		default:
-			k = VSKey{Address: netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x96, 14: byte(i >> 8), 15: byte(i)}), Protocol: []Protocol{TCP, UDP, SCTP}[i%3], Port: uint16(80 + i%7)}
-		}
-		s := Service{VirtualServer: VirtualServer{VSKey: k, Scheduler: "rr"}}
-		for j := range r {
-			var a netip.Addr
-			if k.Key().IPv6 {
-				a = netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 12: byte(j), 14: byte(i >> 8), 15: byte(i)})
-			} else {
-				a = netip.AddrFrom4([4]byte{10, byte(j), byte(i >> 8), byte(i)})
-			}
-			s.RealServers = append(s.RealServers, RealServer{Address: a, Port: 8080, Weight: 1})
-		}
-		out = append(out, s)
-	}
-	return out
-}
-
 func checkKernelHolds(t *testing.T, k Interface, want []Service) {
 	t.Helper()
 	if got, want := Format(dump(t, k)), Format(normalizedServices(want)); got != want {
@@ -181,23 +152,32 @@ func TestKernelReconciler(t *testing.T) {
 }
 
 // BenchmarkKernelReconcilerCreate: from an empty table to 5,000 virtual
-// servers × 10 real servers, in one Apply.
+// servers × 10 real servers, in one Apply: in batches (WriteBatch) and
+// one write per round trip, side by side.
 func BenchmarkKernelReconcilerCreate(b *testing.B) {
 	services := manyServices(5000, 10)
-	var writes int
-	for range b.N {
-		b.StopTimer()
-		k, _ := newKernel(b) // a fresh namespace: an empty table
-		c := NewCounting(k)
-		r := NewReconciler(c, nil)
-		b.StartTimer()
-		if _, err := r.Apply(services, nil); err != nil {
-			b.Fatal(err)
-		}
-		writes += c.Writes().Total()
+	for _, mode := range []string{"batched", "one-by-one"} {
+		b.Run(mode, func(b *testing.B) {
+			var writes int
+			for range b.N {
+				b.StopTimer()
+				k, _ := newKernel(b) // a fresh namespace: an empty table
+				c := NewCounting(k)
+				var h Interface = c
+				if mode == "one-by-one" {
+					h = unbatched{c}
+				}
+				r := NewReconciler(h, nil)
+				b.StartTimer()
+				if _, err := r.Apply(services, nil); err != nil {
+					b.Fatal(err)
+				}
+				writes += c.Writes().Total()
+			}
+			b.ReportMetric(float64(writes)/float64(b.N), "writes/op")
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(writes), "ns/write")
+		})
 	}
-	b.ReportMetric(float64(writes)/float64(b.N), "writes/op")
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(writes), "ns/write")
 }
 
 // BenchmarkKernelReconcilerOneChange: with 5,000 × 10 in place, one
