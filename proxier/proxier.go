@@ -141,7 +141,10 @@ type TriggerTime struct {
 // SyncSteps are the durations of a sync's steps (Sync), for logs and
 // benchmarks: what a sync spends where.
 type SyncSteps struct {
-	Plan, AddElements, VirtualServers, Addresses, TrimElements time.Duration
+	Plan, AddElements, VirtualServers, TrimElements time.Duration
+	// Addresses is kube-ipvs0's step; on a full sync, which writes the
+	// addresses beside IPVS, only the time it outlasted VirtualServers.
+	Addresses time.Duration
 	// Conntrack is the time spent working out stale flows and queueing
 	// them (the clean itself runs off the sync path).
 	Conntrack time.Duration
