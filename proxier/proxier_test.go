@@ -762,3 +762,43 @@ func TestKernelReadListsTheNodesAddressesOnce(t *testing.T) {
 		t.Errorf("node ports are not served on HostAddresses' list (192.168.0.10, .99):\n%s", got)
 	}
 }
+
+// TestFullSyncWritesAddressesBesideIPVS: a full sync (the first one)
+// adds kube-ipvs0's addresses while IPVS is being written, not after it;
+// a change keeps the order, its address added once its virtual server is.
+func TestFullSyncWritesAddressesBesideIPVS(t *testing.T) {
+	f := newFakeNode(t)
+	has := func(a string) bool {
+		as, _ := f.addrs.ListAddresses(ipvs.DummyName)
+		return slices.Contains(as, netip.MustParseAddr(a))
+	}
+	seen := map[string]bool{} // ClusterIP → its address was there when its virtual server was added
+	f.kern.Inject = func(op ipvs.Op, key ipvs.VSKey, rs *ipvs.RealServer) error {
+		if op != ipvs.OpAddVirtualServer {
+			return nil
+		}
+		a := key.Address.String()
+		if a == "10.96.0.11" { // the full sync's: wait for the address, bounded
+			for deadline := time.Now().Add(10 * time.Second); !has(a) && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		seen[a] = has(a)
+		return nil
+	}
+	first := makeService("ns", "first", clusterIPs("10.96.0.11"))
+	f.addService(first, httpSlice(first, ready("10.244.2.11", "node-b")))
+	f.sync(t, true)
+	if !seen["10.96.0.11"] {
+		t.Error("the full sync added no address until IPVS was written")
+	}
+	second := makeService("ns", "second", clusterIPs("10.96.0.12"))
+	f.addService(second, httpSlice(second, ready("10.244.2.12", "node-b")))
+	f.sync(t, false)
+	if s, ok := seen["10.96.0.12"]; !ok || s {
+		t.Errorf("a change's address was on %s before its virtual server was added (seen %v, %v)", ipvs.DummyName, s, ok)
+	}
+	if !has("10.96.0.12") {
+		t.Errorf("the change's address is not on %s", ipvs.DummyName)
+	}
+}
