@@ -26,7 +26,8 @@
 # that part's JUnit), NFTVS_CONFORMANCE_RESUME=1 (each part runs only the
 # tests its earlier runs for that proxy gave no verdict, e.g. those a
 # budget did not reach; its JUnit is kept beside theirs as
-# junit-PROXY-PART-resumeN.xml, later files winning in the table).
+# junit-PROXY-PART-resumeN.xml, later files winning in the table;
+# NFTVS_CONFORMANCE_RESUME=failed runs the failed ones again too).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -86,12 +87,14 @@ rc=0
 declare -A pid
 for proxy in $proxies; do
   mkdir -p "$work/$proxy"
-  if [ "${NFTVS_CONFORMANCE_RESUME:-0}" = 1 ]; then
+  if [ "${NFTVS_CONFORMANCE_RESUME:-0}" != 0 ]; then
     # What earlier runs decided is skipped (conformance-parts.sh).
     for part in $parts; do
       mapfile -t files < <(part_files "$proxy" "$part")
       [ ${#files[@]} -gt 0 ] || continue
-      (cd "$root" && go run ./e2e/node/report -verdicts "${files[@]}") >"$work/$proxy/resume-skip-$part.txt" || exit 1
+      but=()
+      [ "$NFTVS_CONFORMANCE_RESUME" != failed ] || but=(-but-failed)
+      (cd "$root" && go run ./e2e/node/report -verdicts "${but[@]}" "${files[@]}") >"$work/$proxy/resume-skip-$part.txt" || exit 1
       echo "conformance: $proxy, part $part resumes: $(wc -l <"$work/$proxy/resume-skip-$part.txt") tests already have a verdict"
     done
   fi

@@ -1,5 +1,5 @@
 # agnhost.sh, sourced by e2e/node/images.sh and e2e/cluster/images.sh:
-# agnhost_recipe BIN sets the array agnhost to the recipe (arguments of
+# agnhost_recipe BIN COREDNS sets the array agnhost to the recipe (arguments of
 # e2e/tools/images) of registry.k8s.io/e2e-test-images/agnhost:2.63.0:
 # upstream agnhost (BIN/agnhost) at the version k8s.io/kubernetes
 # v1.36.3's e2e tests name, with what the tests exec in it, as upstream's
@@ -9,7 +9,10 @@
 # musl-utils), bash, busybox for the rest, and in / (the working
 # directory) the key pair of test/images/agnhost/porter, as upstream's
 # Dockerfile adds it: porter serves TLS with it (the Proxy [Conformance]
-# test's https ports failed without). /bin/sh is bash, not
+# test's https ports failed without), and /coredns (COREDNS, the cluster
+# DNS's build; upstream's Dockerfile adds CoreDNS 1.6.2): the DNS
+# configMap tests run their stub-domain and upstream servers as
+# `/coredns -conf ...` in this image. /bin/sh is bash, not
 # busybox: Debian's static busybox sh runs its own applets before PATH
 # (FEATURE_SH_STANDALONE), so `sh -c 'nc -v ...'` would get busybox nc,
 # which has no -v. wget is GNU wget: bookworm's static busybox wget dies
@@ -24,6 +27,7 @@ agnhost_recipe() {
     -add "$(command -v host):/usr/bin/host" -add "$(command -v getent):/usr/bin/getent"
     -add "$(command -v ip):/sbin/ip" -add /bin/bash:/bin/bash -add /bin/bash:/bin/sh
     -add "$1/localhost.crt:/localhost.crt" -add "$1/localhost.key:/localhost.key"
+    -add "$2:/coredns"
     -busybox /bin/busybox -dir /tmp
     -entrypoint /agnhost -cmd pause)
 }

@@ -30,9 +30,9 @@ if newer "$out/pause.tar" "$cache/image-work/pause" "$tool"; then
     -add "$cache/image-work/pause:/pause" -entrypoint /pause
 fi
 . "$root/e2e/node/agnhost.sh"
-agnhost_recipe "$bin"
+agnhost_recipe "$bin" "$coredns"
 # Rebuilt also when what goes into it changed (a cache from before wget).
-if newer "$out/agnhost.tar" "$bin/agnhost" "$tool" ||
+if newer "$out/agnhost.tar" "$bin/agnhost" "$coredns" "$tool" ||
   [ "$(cat "$out/agnhost.recipe" 2>/dev/null)" != "${agnhost[*]}" ]; then
   "$tool" "${agnhost[@]}" -out "$out/agnhost.tar.new" && mv "$out/agnhost.tar.new" "$out/agnhost.tar"
   echo "${agnhost[*]}" >"$out/agnhost.recipe"

@@ -145,9 +145,10 @@ func cell(r result, ok bool) string {
 func main() {
 	title := flag.String("title", "", "heading")
 	verdicts := flag.Bool("verdicts", false, "print the tests the JUnit files given gave a verdict, as regular expressions")
+	butFailed := flag.Bool("but-failed", false, "with -verdicts: leave out the failed tests (to run them again)")
 	flag.Parse()
 	if *verdicts {
-		printVerdicts(flag.Args())
+		printVerdicts(flag.Args(), *butFailed)
 		return
 	}
 	var names []string
@@ -206,9 +207,9 @@ func main() {
 	}
 }
 
-// printVerdicts prints verdicts(paths), one per line.
-func printVerdicts(paths []string) {
-	out, err := verdicts(paths)
+// printVerdicts prints verdicts(paths, butFailed), one per line.
+func printVerdicts(paths []string, butFailed bool) {
+	out, err := verdicts(paths, butFailed)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "report:", err)
 		os.Exit(1)
@@ -219,8 +220,9 @@ func printVerdicts(paths []string) {
 }
 
 // verdicts are the tests that the JUnit files (merged, a later one
-// winning) gave a verdict, quoted as regular expressions and sorted.
-func verdicts(paths []string) ([]string, error) {
+// winning) gave a verdict (but a failure, with butFailed), quoted as
+// regular expressions and sorted.
+func verdicts(paths []string, butFailed bool) ([]string, error) {
 	merged := map[string]result{}
 	for _, p := range paths {
 		part, err := load(p)
@@ -233,7 +235,7 @@ func verdicts(paths []string) ([]string, error) {
 	}
 	var out []string
 	for t, x := range merged {
-		if x.status != "interrupted" {
+		if x.status != "interrupted" && (!butFailed || x.status != "failed") {
 			out = append(out, regexp.QuoteMeta(t))
 		}
 	}

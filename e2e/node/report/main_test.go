@@ -26,7 +26,7 @@ func TestVerdicts(t *testing.T) {
 <testcase name="[It] [sig-network] D not selected" status="skipped"><skipped message="skipped"></skipped></testcase>
 <testcase name="[It] [sig-network] E stopped" status="interrupted"></testcase>
 <testcase name="[SynchronizedBeforeSuite]" status="passed"></testcase>`)
-	got, err := verdicts([]string{first})
+	got, err := verdicts([]string{first}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,9 +41,15 @@ func TestVerdicts(t *testing.T) {
 	second := write("second.xml", `
 <testcase name="[It] [sig-network] E stopped" status="passed" time="9"></testcase>
 <testcase name="[It] [sig-network] A passes [Conformance]" status="interrupted"></testcase>`)
-	got, _ = verdicts([]string{first, second})
+	got, _ = verdicts([]string{first, second}, false)
 	want = []string{`\[sig-network\] B fails \(x\)`, `\[sig-network\] C skips itself`, `\[sig-network\] E stopped`}
 	if !slices.Equal(got, want) {
 		t.Errorf("verdicts after a resume = %q, want %q", got, want)
+	}
+	// Failures to run again (a harness fault fixed since).
+	got, _ = verdicts([]string{first, second}, true)
+	want = []string{`\[sig-network\] C skips itself`, `\[sig-network\] E stopped`}
+	if !slices.Equal(got, want) {
+		t.Errorf("verdicts but failed = %q, want %q", got, want)
 	}
 }
