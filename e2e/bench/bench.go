@@ -167,6 +167,10 @@ type Run struct {
 	// started again on the node it programmed (nftvs only).
 	Restart *Restart `json:"restart,omitempty"`
 
+	// Floor is the kernel floor of the first sync, measured in the same
+	// VM after the proxy's run (nftvs only; RunFloor).
+	Floor *Floor `json:"floor,omitempty"`
+
 	// IPVS is the normalised IPVS table right after the first sync
 	// (NormalizeIPVS), for the differential check.
 	IPVS []string `json:"ipvs,omitempty"`

@@ -296,6 +296,30 @@ func (r *Report) Markdown() string {
 		}
 	}
 
+	floors := false
+	for _, x := range r.Runs {
+		floors = floors || x.Floor != nil
+	}
+	if floors {
+		p("\n## The kernel floor (nftvs)\n\n")
+		p("After nftvs's run, in the same VM, the same kernel objects as its first sync — a virtual server per ClusterIP with its real servers, the ClusterIPs on kube-ipvs0, an nft element per ClusterIP and port — written as fast as netlink takes them in a network namespace of their own (`e2e/bench/floor.go`): no API, no planning, no reading back; IPVS in batches of 256 requests per sendmsg, the addresses likewise, the nft elements in one transaction, the three at once. nftvs's first sync (its own metric) divided by the floor is the goal's ratio (≤ 1.3× at 10k).\n\n")
+		p("| N | floor | IPVS (writes) | addresses | nft elements | nftvs first sync | ÷ floor | exec → programmed ÷ floor |\n|---|---|---|---|---|---|---|---|\n")
+		for _, n := range r.Sizes() {
+			x := r.Get(ProxyNftvs, n)
+			if x == nil || x.Floor == nil {
+				continue
+			}
+			f := x.Floor
+			if f.Error != "" || f.Seconds == 0 {
+				p("| %d | %s | | | | | | |\n", n, strings.ReplaceAll(f.Error, "|", "\\|"))
+				continue
+			}
+			p("| %d | %s | %s (%d) | %s (%d) | %s (%d) | %s | %.2f× | %.2f× |\n", n, fmtSec(f.Seconds), fmtSec(f.IPVSSeconds), f.IPVSWrites,
+				fmtSec(f.AddressSeconds), f.AddressWrites, fmtSec(f.NFTSeconds), f.NFTElements, fmtSec(x.FirstSyncMetricSeconds),
+				x.FirstSyncMetricSeconds/f.Seconds, x.FirstSyncWallSeconds/f.Seconds)
+		}
+	}
+
 	p("\n## Data plane: new TCP connections per second through one ClusterIP\n\n")
 	p("Short connections (connect, read a 3-byte answer, close), one at a time, from a client pod namespace to a backend pod namespace holding the Service's %d endpoints, inside the VM; bounded in count and time. Reported, not asserted (emulated CPU, shared machine).\n\n", r.eps())
 	p("Direct: the same loop straight to one endpoint's pod address right after, past no Service — the VM's own rate at that moment; via Service ÷ direct is what the Service path costs with the emulator's swings divided out.\n\n")

@@ -242,6 +242,11 @@ func run(r *bench.Run) error {
 	finish(r, p)
 	if *proxy == bench.ProxyNftvs {
 		r.Restart = restart(p, check)
+		r.Floor = bench.RunFloor(*nServices, *eps)
+		fl := r.Floor
+		logf("kernel floor: %.2f s (IPVS %.2f s for %d writes, addresses %.2f s for %d, nft %.2f s for %d elements, at once) %s; nftvs's first sync %.2f s = %.2f× the floor",
+			fl.Seconds, fl.IPVSSeconds, fl.IPVSWrites, fl.AddressSeconds, fl.AddressWrites, fl.NFTSeconds, fl.NFTElements, fl.Error,
+			r.FirstSyncMetricSeconds, r.FirstSyncMetricSeconds/fl.Seconds)
 	}
 	return nil
 }
