@@ -19,6 +19,8 @@ declare -A want=(
   # dig (and nslookup, host) for the images the DNS e2e tests query with
   # (agnhost in e2e/node/images.sh, glibc-dns-testing in e2e/cluster/images.sh)
   [dig]=bind9-dnsutils
+  # iperf 2 for the agnhost image (the IPerf2 e2e test runs `iperf` in it)
+  [iperf]=iperf
 )
 missing=()
 for cmd in "${!want[@]}"; do

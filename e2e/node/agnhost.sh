@@ -12,7 +12,8 @@
 # test's https ports failed without), and /coredns (COREDNS, the cluster
 # DNS's build; upstream's Dockerfile adds CoreDNS 1.6.2): the DNS
 # configMap tests run their stub-domain and upstream servers as
-# `/coredns -conf ...` in this image. /bin/sh is bash, not
+# `/coredns -conf ...` in this image, and iperf (iperf 2, as upstream's
+# apk adds it: the IPerf2 test's server and clients run `iperf`). /bin/sh is bash, not
 # busybox: Debian's static busybox sh runs its own applets before PATH
 # (FEATURE_SH_STANDALONE), so `sh -c 'nc -v ...'` would get busybox nc,
 # which has no -v. wget is GNU wget: bookworm's static busybox wget dies
@@ -27,7 +28,7 @@ agnhost_recipe() {
     -add "$(command -v host):/usr/bin/host" -add "$(command -v getent):/usr/bin/getent"
     -add "$(command -v ip):/sbin/ip" -add /bin/bash:/bin/bash -add /bin/bash:/bin/sh
     -add "$1/localhost.crt:/localhost.crt" -add "$1/localhost.key:/localhost.key"
-    -add "$2:/coredns"
+    -add "$2:/coredns" -add "$(command -v iperf):/usr/bin/iperf"
     -busybox /bin/busybox -dir /tmp
     -entrypoint /agnhost -cmd pause)
 }
