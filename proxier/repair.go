@@ -64,12 +64,22 @@ func (p *Proxier) ReadAhead() {
 	p.ahead = ahead
 	p.syncMu.Unlock()
 	go func() {
+		// The nft table and IPVS are read at once, on two sockets: at 10k
+		// Services under emulation 1.9 s and 3.5 s, which one after the
+		// other outlasted the informers' LIST.
 		start := time.Now()
-		p.k.NFT.ReadAhead()
-		nftDone := time.Now()
+		var nftTook time.Duration
+		nftDone := make(chan struct{})
+		go func() {
+			defer close(nftDone)
+			p.k.NFT.ReadAhead()
+			nftTook = time.Since(start)
+		}()
 		r := p.readKernel(true)
+		kernelTook := time.Since(start)
+		<-nftDone
 		// Where a restart's time goes, with the first sync's "Full sync".
-		klog.InfoS("Read the kernel ahead of the first sync", "nft", nftDone.Sub(start), "ipvsAndAddresses", time.Since(nftDone),
+		klog.InfoS("Read the kernel ahead of the first sync", "took", time.Since(start), "nft", nftTook, "ipvsAndAddresses", kernelTook,
 			"ipvs", r.ipvsTook, "virtualServers", r.ipvs.Len())
 		ahead <- r
 	}()
