@@ -119,24 +119,37 @@ func (b *batchSocket) close() { b.s.Close() }
 var errNoAnswer = errors.New("no answer from the kernel")
 
 // write sends writes (at most BatchWrites, every one of a batchable Op)
-// in one sendmsg; errs[i] is writes[i]'s. Only the last write asks for an
-// ACK: the kernel runs the requests of one sendmsg in order before it
-// returns, answering only the failed ones (NLMSG_ERROR) and the last, so
-// that ACK says every answer is in.
+// in one sendmsg; errs[i] is writes[i]'s.
 func (b *batchSocket) write(writes []Write, errs []error) {
 	first := b.seq + 1
 	var buf []byte
 	for i, w := range writes {
 		b.seq++
-		var flags int
-		if i == len(writes)-1 {
-			flags = unix.NLM_F_ACK
-		}
-		buf = append(buf, encodeWrite(b.family, b.seq, flags, w)...)
+		buf = append(buf, encodeWrite(b.family, b.seq, trainFlags(i, len(writes)), w)...)
 	}
-	if err := unix.Sendto(b.s.GetFd(), buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	sendTrain(b.s.GetFd(), buf, first, errs, "IPVS writes")
+}
+
+// trainFlags are the netlink flags of request i of n in a train: only the
+// last asks for an ACK.
+func trainFlags(i, n int) int {
+	if i == n-1 {
+		return unix.NLM_F_ACK
+	}
+	return 0
+}
+
+// sendTrain sends buf — len(errs) netlink requests numbered from first,
+// of which only the last asks for an ACK (trainFlags) — in one sendmsg
+// over fd, and reads the answers: errs[i] is request i's. The kernel runs
+// the requests of one sendmsg in order before it returns, answering only
+// the failed ones (NLMSG_ERROR) and the last, so that ACK says every
+// answer is in.
+func sendTrain(fd int, buf []byte, first uint32, errs []error, what string) {
+	n := len(errs)
+	if err := unix.Sendto(fd, buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		for i := range errs {
-			errs[i] = fmt.Errorf("send a batch of %d IPVS writes: %w", len(writes), err)
+			errs[i] = fmt.Errorf("send a batch of %d %s: %w", n, what, err)
 		}
 		return
 	}
@@ -150,29 +163,29 @@ func (b *batchSocket) write(writes []Write, errs []error) {
 	rb := make([]byte, 64<<10)
 	deadline := time.Now().Add(batchWait)
 	for time.Now().Before(deadline) {
-		n, _, err := unix.Recvfrom(b.s.GetFd(), rb, 0)
+		got, _, err := unix.Recvfrom(fd, rb, 0)
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
 			// ENOBUFS: answers were dropped, which ones is not known.
-			unknown(fmt.Errorf("read the answers to a batch of IPVS writes: %w", err))
+			unknown(fmt.Errorf("read the answers to a batch of %s: %w", what, err))
 			return
 		}
-		msgs, err := syscall.ParseNetlinkMessage(rb[:n])
+		msgs, err := syscall.ParseNetlinkMessage(rb[:got])
 		if err != nil {
-			unknown(fmt.Errorf("read the answers to a batch of IPVS writes: %w", err))
+			unknown(fmt.Errorf("read the answers to a batch of %s: %w", what, err))
 			return
 		}
 		for _, m := range msgs {
 			i := int(m.Header.Seq - first) // wraps for an earlier batch's
-			if m.Header.Type != unix.NLMSG_ERROR || m.Header.Seq < first || i >= len(writes) || len(m.Data) < 4 {
+			if m.Header.Type != unix.NLMSG_ERROR || m.Header.Seq < first || i >= n || len(m.Data) < 4 {
 				continue
 			}
 			if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
 				errs[i] = syscall.Errno(-code)
 			}
-			if i == len(writes)-1 {
+			if i == n-1 {
 				return // the last one's answer: every answer is in
 			}
 		}
