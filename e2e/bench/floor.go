@@ -1,18 +1,14 @@
 package bench
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
 	"runtime"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/google/nftables"
-	vnl "github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -26,7 +22,7 @@ import (
 // them, in a network namespace of their own in the same VM, with no
 // API, no planning and no reading back: IPVS in batches
 // (ipvs.Kernel.WriteBatch), the addresses as trains of RTM_NEWADDR per
-// sendmsg with an ACK on the last only, the nft elements as one
+// sendmsg with an ACK on the last only (as nftvs's addBatch), the nft elements as one
 // transaction; the three at once, as nftvs's full sync writes addresses
 // beside IPVS.
 type Floor struct {
@@ -80,16 +76,12 @@ func (f *Floor) write(path string, ns netns.NsHandle, n, eps int) error {
 		return err
 	}
 	defer k.Close()
-	h, err := vnl.NewHandleAt(ns)
+	a, err := ipvs.NewNetlinkAddresses(path)
 	if err != nil {
 		return err
 	}
-	defer h.Close()
-	if err := h.LinkAdd(&vnl.Dummy{LinkAttrs: vnl.LinkAttrs{Name: ipvs.DummyName}}); err != nil {
-		return fmt.Errorf("add %s: %w", ipvs.DummyName, err)
-	}
-	link, err := h.LinkByName(ipvs.DummyName)
-	if err != nil {
+	defer a.Close()
+	if err := a.EnsureDummy(ipvs.DummyName); err != nil {
 		return err
 	}
 	nft, err := nftables.New(nftables.WithNetNSFd(int(ns)))
@@ -127,7 +119,10 @@ func (f *Floor) write(path string, ns netns.NsHandle, n, eps int) error {
 	go func() {
 		defer wg.Done()
 		t := time.Now()
-		addrErr = addAddresses(ns, link.Attrs().Index, addrs)
+		// nftvs's own trains of RTM_NEWADDR (after a dump of the empty
+		// link): one ACK per sendmsg, as fast as the kernel's walk of
+		// the link's list allows.
+		_, _, addrErr = a.SyncAddresses(ipvs.DummyName, addrs)
 		f.AddressSeconds = time.Since(t).Seconds()
 	}()
 	go func() {
@@ -145,64 +140,6 @@ func firstError(errs []error) error {
 	for _, err := range errs {
 		if err != nil {
 			return err
-		}
-	}
-	return nil
-}
-
-// addAddresses adds each address as a /32 to the link, 256 RTM_NEWADDR
-// per sendmsg, only the last of each asking for an ACK (the kernel runs
-// the requests of one sendmsg in order and answers failures on their
-// own).
-func addAddresses(ns netns.NsHandle, index int, addrs []netip.Addr) error {
-	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	_ = unix.SetsockoptInt(s.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
-	seq := uint32(0)
-	rb := make([]byte, 64<<10)
-	for start := 0; start < len(addrs); start += ipvs.BatchWrites {
-		chunk := addrs[start:min(start+ipvs.BatchWrites, len(addrs))]
-		var buf []byte
-		for i, a := range chunk {
-			seq++
-			flags := unix.NLM_F_CREATE | unix.NLM_F_EXCL
-			if i == len(chunk)-1 {
-				flags |= unix.NLM_F_ACK
-			}
-			req := nl.NewNetlinkRequest(unix.RTM_NEWADDR, flags)
-			req.Seq = seq
-			msg := nl.NewIfAddrmsg(unix.AF_INET)
-			msg.Prefixlen, msg.Index = 32, uint32(index)
-			req.AddData(msg)
-			ip := a.AsSlice()
-			req.AddData(nl.NewRtAttr(unix.IFA_LOCAL, ip))
-			req.AddData(nl.NewRtAttr(unix.IFA_ADDRESS, ip))
-			buf = append(buf, req.Serialize()...)
-		}
-		if err := unix.Sendto(s.GetFd(), buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-			return err
-		}
-		for done := false; !done; {
-			n, _, err := unix.Recvfrom(s.GetFd(), rb, 0)
-			if err != nil {
-				return err
-			}
-			msgs, err := syscall.ParseNetlinkMessage(rb[:n])
-			if err != nil {
-				return err
-			}
-			for _, m := range msgs {
-				if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
-					continue
-				}
-				if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
-					return fmt.Errorf("add address (request %d): %w", m.Header.Seq, syscall.Errno(-code))
-				}
-				done = done || m.Header.Seq == seq
-			}
 		}
 	}
 	return nil
