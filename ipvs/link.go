@@ -99,11 +99,11 @@ func (s *AddressSnapshot) Elsewhere() []netip.Addr {
 type NetlinkAddresses struct {
 	h *netlink.Handle
 	// netnsPath is the namespace's ("" for the caller's), for the
-	// batches' own socket (addBatch).
+	// batches' own socket (batch).
 	netnsPath string
 	seq       uint32
 	// oneByOne adds addresses one netlink round trip each, as before
-	// addBatch: for BenchmarkKernelAddresses's side by side.
+	// batch: for BenchmarkKernelAddresses's side by side.
 	oneByOne bool
 }
 
@@ -183,19 +183,24 @@ func (n *NetlinkAddresses) DeleteDummy(name string) error {
 	return nil
 }
 
-// addBatch adds each address as a host prefix (/32, /128) to the link
-// at index, as netlink.AddrAdd would, BatchWrites RTM_NEWADDR per
-// sendmsg on a socket of its own (sendTrain): a first sync at 10k
-// Services adds 10k addresses, one round trip each before. errs[i] is
-// addrs[i]'s.
-func (n *NetlinkAddresses) addBatch(index int, addrs []netip.Addr) []error {
+// batch sends one RTM_NEWADDR (cmd, to add) or RTM_DELADDR per address
+// for the link at index, encoded as netlink.AddrAdd and AddrDel encode
+// them, BatchWrites per sendmsg on a socket of its own (sendTrain): a
+// first sync at 10k Services adds 10k addresses, one round trip each
+// before. errs[i] is addrs[i]'s.
+func (n *NetlinkAddresses) batch(cmd int, index int, addrs []*netlink.Addr) []error {
 	errs := make([]error, len(addrs))
 	if len(addrs) == 0 {
 		return errs
 	}
 	if n.oneByOne {
+		link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: index}}
 		for i, a := range addrs {
-			errs[i] = n.h.AddrAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: index}}, &netlink.Addr{IPNet: hostNet(a)})
+			if cmd == unix.RTM_NEWADDR {
+				errs[i] = n.h.AddrAdd(link, a)
+			} else {
+				errs[i] = n.h.AddrDel(link, a)
+			}
 		}
 		return errs
 	}
@@ -226,29 +231,65 @@ func (n *NetlinkAddresses) addBatch(index int, addrs []netip.Addr) []error {
 		_ = unix.SetsockoptInt(sock.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUF, batchRcvBuf)
 	}
 	_ = unix.SetsockoptInt(sock.GetFd(), unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
+	flags := 0
+	if cmd == unix.RTM_NEWADDR {
+		flags = unix.NLM_F_CREATE | unix.NLM_F_EXCL
+	}
 	for start := 0; start < len(addrs); start += BatchWrites {
 		chunk := addrs[start:min(start+BatchWrites, len(addrs))]
 		first := n.seq + 1
 		var buf []byte
 		for i, a := range chunk {
 			n.seq++
-			req := nl.NewNetlinkRequest(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL|trainFlags(i, len(chunk)))
+			req := nl.NewNetlinkRequest(cmd, flags|trainFlags(i, len(chunk)))
 			req.Seq = n.seq
-			a = a.Unmap()
-			family := unix.AF_INET
-			if a.Is6() {
-				family = unix.AF_INET6
-			}
-			msg := nl.NewIfAddrmsg(family)
-			msg.Prefixlen, msg.Index = uint8(a.BitLen()), uint32(index)
-			req.AddData(msg)
-			req.AddData(nl.NewRtAttr(unix.IFA_LOCAL, a.AsSlice()))
-			req.AddData(nl.NewRtAttr(unix.IFA_ADDRESS, a.AsSlice()))
+			encodeAddr(req, index, a)
 			buf = append(buf, req.Serialize()...)
 		}
-		sendTrain(sock.GetFd(), buf, first, errs[start:start+len(chunk)], "address adds")
+		sendTrain(sock.GetFd(), buf, first, errs[start:start+len(chunk)], "address writes")
 	}
 	return errs
+}
+
+// encodeAddr is a's ifaddrmsg and attributes as netlink.AddrAdd sends
+// them: the local address, the peer (the address itself without one),
+// and for IPv4 a broadcast and label when a has or implies them.
+func encodeAddr(req *nl.NetlinkRequest, index int, a *netlink.Addr) {
+	ip := a.IP.To4()
+	family := unix.AF_INET
+	if ip == nil {
+		ip, family = a.IP.To16(), unix.AF_INET6
+	}
+	msg := nl.NewIfAddrmsg(family)
+	msg.Index, msg.Scope = uint32(index), uint8(a.Scope)
+	mask := a.Mask
+	peer := ip
+	if a.Peer != nil {
+		mask = a.Peer.Mask
+		if peer = a.Peer.IP.To4(); family == unix.AF_INET6 {
+			peer = a.Peer.IP.To16()
+		}
+	}
+	prefixlen, _ := mask.Size()
+	msg.Prefixlen = uint8(prefixlen)
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFA_LOCAL, ip))
+	req.AddData(nl.NewRtAttr(unix.IFA_ADDRESS, peer))
+	if family == unix.AF_INET {
+		brd := a.Broadcast.To4()
+		if brd == nil && prefixlen < 31 {
+			brd = make([]byte, 4)
+			for i := range brd {
+				brd[i] = ip[i] | ^mask[len(mask)-4+i]
+			}
+		}
+		if brd != nil && !brd.Equal(net.IPv4zero) {
+			req.AddData(nl.NewRtAttr(unix.IFA_BROADCAST, brd))
+		}
+		if a.Label != "" {
+			req.AddData(nl.NewRtAttr(unix.IFA_LABEL, nl.ZeroTerminated(a.Label)))
+		}
+	}
 }
 
 // addrList dumps every address of every link; a dump interrupted by a
@@ -322,7 +363,11 @@ func (n *NetlinkAddresses) SyncAddressesFrom(name string, want []netip.Addr, hav
 		return ""
 	})
 	var errs []error
-	for i, err := range n.addBatch(l.Attrs().Index, toAdd) {
+	adds := make([]*netlink.Addr, len(toAdd))
+	for i, a := range toAdd {
+		adds[i] = &netlink.Addr{IPNet: hostNet(a)}
+	}
+	for i, err := range n.batch(unix.RTM_NEWADDR, l.Attrs().Index, adds) {
 		a := toAdd[i]
 		switch {
 		case err == nil:
@@ -340,8 +385,12 @@ func (n *NetlinkAddresses) SyncAddressesFrom(name string, want []netip.Addr, hav
 		}
 	}
 	slices.SortFunc(toDel, netip.Addr.Compare)
-	for _, a := range toDel {
-		err := n.h.AddrDel(l, have.own[a])
+	dels := make([]*netlink.Addr, len(toDel))
+	for i, a := range toDel {
+		dels[i] = have.own[a]
+	}
+	for i, err := range n.batch(unix.RTM_DELADDR, l.Attrs().Index, dels) {
+		a := toDel[i]
 		switch {
 		case err == nil:
 			removed = append(removed, a)

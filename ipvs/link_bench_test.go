@@ -14,8 +14,8 @@ import (
 // (addresses need no IPVS; a bridge stands in for the dummy). The kernel walks the link's address list on
 // every add, so the cost per address grows with N: ns/addr at 1k, 10k and
 // 30k shows that term. Deleting them all is timed too (the same walk).
-// Adds go in trains of BatchWrites per sendmsg (addBatch), or one round
-// trip each, side by side.
+// Adds and deletes go in trains of BatchWrites per sendmsg (batch), or
+// one round trip each, side by side.
 func BenchmarkKernelAddresses(b *testing.B) {
 	netnstest.RequireRoot(b)
 	for _, n := range []int{1000, 10000, 30000} {

@@ -22,7 +22,7 @@ import (
 // them, in a network namespace of their own in the same VM, with no
 // API, no planning and no reading back: IPVS in batches
 // (ipvs.Kernel.WriteBatch), the addresses as trains of RTM_NEWADDR per
-// sendmsg with an ACK on the last only (as nftvs's addBatch), the nft elements as one
+// sendmsg with an ACK on the last only (nftvs's own NetlinkAddresses.batch), the nft elements as one
 // transaction; the three at once, as nftvs's full sync writes addresses
 // beside IPVS.
 type Floor struct {
