@@ -5,8 +5,14 @@ package ipvs
 import (
 	"errors"
 	"fmt"
+	"os/exec"
+	"runtime"
+	"sort"
+	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/vishvananda/netns"
 )
 
 // TestKernelWriteBatch: a batch does to the kernel what the same writes
@@ -46,8 +52,8 @@ func TestKernelWriteBatch(t *testing.T) {
 		t.Fatalf("only %d writes: not several batches", len(writes))
 	}
 
-	batched, _ := newKernel(t)
-	plain, _ := newKernel(t)
+	batched, bns := newKernel(t)
+	plain, pns := newKernel(t)
 	got := batched.WriteBatch(writes)
 	want := oneByOne(plain, writes)
 	for i, w := range writes {
@@ -67,6 +73,44 @@ func TestKernelWriteBatch(t *testing.T) {
 	if g, w := Format(dump(t, batched)), Format(dump(t, plain)); g != w {
 		t.Errorf("the batch made\n%s\nthe calls made\n%s", g, w)
 	}
+	// ipvsadm's own view, every field it can print (forwarding method,
+	// weights, thresholds, persistence, netmask, flags, schedulers).
+	for _, args := range [][]string{{"-S", "-n"}, {"-L", "-n", "--thresholds"}, {"-L", "-n", "--persistent-conn"}} {
+		g, w := ipvsadmIn(t, bns, args...), ipvsadmIn(t, pns, args...)
+		if !strings.Contains(g, "10.96.0.1:80") || !strings.Contains(g, "10.244.0.2:8080") {
+			t.Fatalf("ipvsadm %v did not see the batch's namespace:\n%s", args, g)
+		}
+		if g != w {
+			t.Errorf("ipvsadm %v after the batch:\n%s\nafter the calls:\n%s", args, g, w)
+		}
+	}
+}
+
+// ipvsadmIn runs ipvsadm in ns (from a thread that entered it) and
+// returns its output, lines sorted.
+func ipvsadmIn(t *testing.T, ns netns.NsHandle, args ...string) string {
+	t.Helper()
+	type result struct {
+		out []byte
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // not unlocked: the thread ends in ns
+		if err := netns.Set(ns); err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		out, err := exec.Command("ipvsadm", args...).CombinedOutput()
+		ch <- result{out, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		t.Fatalf("ipvsadm %v: %v\n%s", args, r.err, r.out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(r.out)), "\n")
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
 }
 
 // TestKernelReconcilerBatchedAdopts: a first sync whose batch meets a
