@@ -270,6 +270,23 @@ func allZero(b []byte) bool {
 	return true
 }
 
+// writeEach makes writes through h's Interface calls, one round trip
+// each (a Batcher without batches).
+func writeEach(h Interface, writes []Write) []error {
+	errs := make([]error, len(writes))
+	for i, w := range writes {
+		switch w.Op {
+		case OpAddVirtualServer:
+			errs[i] = h.AddVirtualServer(w.VirtualServer)
+		case OpAddRealServer:
+			errs[i] = h.AddRealServer(w.VirtualServer.VSKey, w.RealServer)
+		default:
+			errs[i] = fmt.Errorf("%s cannot be batched", w.Op)
+		}
+	}
+	return errs
+}
+
 // batchable says whether WriteBatch sends op.
 func batchable(op Op) bool { return op == OpAddVirtualServer || op == OpAddRealServer }
 

@@ -55,7 +55,7 @@ func TestKernelWriteBatch(t *testing.T) {
 	batched, bns := newKernel(t)
 	plain, pns := newKernel(t)
 	got := batched.WriteBatch(writes)
-	want := oneByOne(plain, writes)
+	want := writeEach(plain, writes)
 	for i, w := range writes {
 		var ge, we syscall.Errno
 		errors.As(got[i], &ge)

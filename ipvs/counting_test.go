@@ -119,21 +119,7 @@ func (c *Counting) WriteBatch(writes []Write) []error {
 	if b, ok := c.Interface.(Batcher); ok {
 		return b.WriteBatch(writes)
 	}
-	return oneByOne(c.Interface, writes)
-}
-
-// oneByOne makes writes through h's Interface calls.
-func oneByOne(h Interface, writes []Write) []error {
-	errs := make([]error, len(writes))
-	for i, w := range writes {
-		switch w.Op {
-		case OpAddVirtualServer:
-			errs[i] = h.AddVirtualServer(w.VirtualServer)
-		case OpAddRealServer:
-			errs[i] = h.AddRealServer(w.VirtualServer.VSKey, w.RealServer)
-		}
-	}
-	return errs
+	return writeEach(c.Interface, writes)
 }
 
 // unbatched hides an Interface's WriteBatch: the Reconciler then writes

@@ -76,18 +76,7 @@ func (f *Fake) WriteBatch(writes []Write) []error {
 	f.mu.Lock()
 	f.Batches++
 	f.mu.Unlock()
-	errs := make([]error, len(writes))
-	for i, w := range writes {
-		switch w.Op {
-		case OpAddVirtualServer:
-			errs[i] = f.AddVirtualServer(w.VirtualServer)
-		case OpAddRealServer:
-			errs[i] = f.AddRealServer(w.VirtualServer.VSKey, w.RealServer)
-		default:
-			errs[i] = fmt.Errorf("%s cannot be batched", w.Op)
-		}
-	}
-	return errs
+	return writeEach(f, writes)
 }
 
 // NewFake returns an empty in-memory IPVS table.

@@ -269,52 +269,36 @@ func (r *Report) Markdown() string {
 	}
 	p("\nnft counts cover every table, so upstream IPVS mode's iptables rules (iptables-nft) appear both as iptables rules and as nft rules. N Services plus the API server's own `kubernetes` Service.\n")
 
-	restarts := false
-	for _, x := range r.Runs {
-		restarts = restarts || x.Restart != nil
-	}
-	if restarts {
+	if runs := r.nftvsWith(func(x *Run) bool { return x.Restart != nil }); len(runs) > 0 {
 		p("\n## Restart on a programmed node (nftvs)\n\n")
 		p("At the end of its run nftvs is stopped (SIGTERM) and started again with the same objects in the API server. Writes are its own counters until programmed (`nftvs_ipvs_netlink_writes_total`, `nftvs_address_writes_total`, `nftvs_nft_element_writes_total`); the goal is none, and programmed within 5 s of the informers' sync.\n\n")
 		p("| N | exec → programmed | exec → informers synced | informers synced → programmed | first sync (own metric) | IPVS writes | address writes | nft element writes | CPU |\n|---|---|---|---|---|---|---|---|---|\n")
-		for _, n := range r.Sizes() {
-			x := r.Get(ProxyNftvs, n)
-			if x == nil || x.Restart == nil {
-				continue
-			}
+		for _, x := range runs {
 			rs := x.Restart
 			if rs.Error != "" {
-				p("| %d | %s | | | | | | | |\n", n, strings.ReplaceAll(rs.Error, "|", "\\|"))
+				p("| %d | %s | | | | | | | |\n", x.Services, strings.ReplaceAll(rs.Error, "|", "\\|"))
 				continue
 			}
 			after := "–"
 			if rs.InformersSyncedSeconds > 0 {
 				after = fmtSec(rs.ProgrammedSeconds - rs.InformersSyncedSeconds)
 			}
-			p("| %d | %s | %s | %s | %s | %d | %d | %d | %.1f s |\n", n, fmtSec(rs.ProgrammedSeconds), fmtSec(rs.InformersSyncedSeconds), after,
+			p("| %d | %s | %s | %s | %s | %d | %d | %d | %.1f s |\n", x.Services, fmtSec(rs.ProgrammedSeconds), fmtSec(rs.InformersSyncedSeconds), after,
 				fmtSec(rs.FirstSyncSeconds), rs.IPVSWrites, rs.AddressWrites, rs.NFTElementWrites, rs.CPUSeconds)
 		}
 	}
 
-	floors := false
-	for _, x := range r.Runs {
-		floors = floors || x.Floor != nil
-	}
-	if floors {
+	if runs := r.nftvsWith(func(x *Run) bool { return x.Floor != nil }); len(runs) > 0 {
 		p("\n## The kernel floor (nftvs)\n\n")
 		p("After nftvs's run, in the same VM, the same kernel objects as its first sync — a virtual server per ClusterIP with its real servers, the ClusterIPs on kube-ipvs0, an nft element per ClusterIP and port — written as fast as netlink takes them in a network namespace of their own (`e2e/bench/floor.go`): no API, no planning, no reading back; IPVS in batches of 256 requests per sendmsg, the addresses likewise, the nft elements in one transaction, the three at once. nftvs's first sync (its own metric) divided by the floor is the goal's ratio (≤ 1.3× at 10k).\n\n")
 		p("| N | floor | IPVS (writes) | addresses | nft elements | nftvs first sync | ÷ floor | exec → programmed ÷ floor |\n|---|---|---|---|---|---|---|---|\n")
-		for _, n := range r.Sizes() {
-			x := r.Get(ProxyNftvs, n)
-			if x == nil || x.Floor == nil {
-				continue
-			}
+		for _, x := range runs {
 			f := x.Floor
 			if f.Error != "" || f.Seconds == 0 {
-				p("| %d | %s | | | | | | |\n", n, strings.ReplaceAll(f.Error, "|", "\\|"))
+				p("| %d | %s | | | | | | |\n", x.Services, strings.ReplaceAll(f.Error, "|", "\\|"))
 				continue
 			}
-			p("| %d | %s | %s (%d) | %s (%d) | %s (%d) | %s | %.2f× | %.2f× |\n", n, fmtSec(f.Seconds), fmtSec(f.IPVSSeconds), f.IPVSWrites,
+			p("| %d | %s | %s (%d) | %s (%d) | %s (%d) | %s | %.2f× | %.2f× |\n", x.Services, fmtSec(f.Seconds), fmtSec(f.IPVSSeconds), f.IPVSWrites,
 				fmtSec(f.AddressSeconds), f.AddressWrites, fmtSec(f.NFTSeconds), f.NFTElements, fmtSec(x.FirstSyncMetricSeconds),
 				x.FirstSyncMetricSeconds/f.Seconds, x.FirstSyncWallSeconds/f.Seconds)
 		}
@@ -370,6 +354,17 @@ func (r *Report) Markdown() string {
 const latencyMinChanges = 20
 
 // latencyRows are the latency table's rows, for runs of enough changes.
+// nftvsWith are nftvs's runs that has says yes to, by size.
+func (r *Report) nftvsWith(has func(*Run) bool) []*Run {
+	var out []*Run
+	for _, n := range r.Sizes() {
+		if x := r.Get(ProxyNftvs, n); x != nil && has(x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
 func (r *Report) latencyRows() []string {
 	var rows []string
 	for _, n := range r.Sizes() {
