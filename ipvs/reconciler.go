@@ -265,13 +265,22 @@ func (s *Snapshot) Len() int {
 	return len(s.virtual)
 }
 
-// Connections are the connection counts of every real server the
-// Snapshot read (as AllConnections), and whether it read them.
-func (s *Snapshot) Connections() (map[VSKey]map[netip.AddrPort]Connections, bool) {
+// ConnectionsOf are the connection counts of k's real servers as the
+// Snapshot read them, and whether it read k's (false for a nil Snapshot,
+// or one read without real servers).
+func (s *Snapshot) ConnectionsOf(k VSKey) (map[netip.AddrPort]Connections, bool) {
 	if s == nil || s.real == nil {
 		return nil, false
 	}
-	return connectionsOf(s.real), true
+	rss, ok := s.real[k]
+	if !ok {
+		return nil, false
+	}
+	m := make(map[netip.AddrPort]Connections, len(rss))
+	for _, x := range rss {
+		m[x.AddrPort] = x.Connections
+	}
+	return m, true
 }
 
 func connectionsOf(all map[VSKey][]RealServerConnections) map[VSKey]map[netip.AddrPort]Connections {

@@ -122,7 +122,7 @@ func (p *Proxier) served(n types.NamespacedName, vs ipvs.VSKey) map[netip.AddrPo
 			}
 		}
 	}
-	conns, ok := p.kernelConnections()[vs]
+	conns, ok := p.connectionsOf(vs)
 	if !ok {
 		var err error
 		if conns, err = p.k.IPVS.Connections(vs); err != nil {
@@ -133,6 +133,18 @@ func (p *Proxier) served(n types.NamespacedName, vs ipvs.VSKey) map[netip.AddrPo
 		out[ap] = !c.Idle()
 	}
 	return out
+}
+
+// connectionsOf are vs's real servers' connection counts, from the
+// sync's kernel read if it has them (a restart's: converted for this
+// virtual server only, not all 10k at once), else from
+// kernelConnections; false when neither has vs.
+func (p *Proxier) connectionsOf(vs ipvs.VSKey) (map[netip.AddrPort]ipvs.Connections, bool) {
+	if conns, ok := p.syncRead.ConnectionsOf(vs); ok {
+		return conns, true
+	}
+	conns, ok := p.kernelConnections()[vs]
+	return conns, ok
 }
 
 // kernelConnections reads every real server's connection counts once per

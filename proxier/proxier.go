@@ -195,9 +195,12 @@ type Proxier struct {
 	// (Proxier.due).
 	drains map[drainKey]*drain
 	// syncConns are every real server's connection counts, read once by
-	// the sync that needs them (kernelConnections), forgotten after it.
+	// the sync that needs them (kernelConnections), forgotten after it;
+	// syncRead is the sync's kernel read, which has them already (a
+	// restart's), looked up per virtual server (connectionsOf).
 	syncConns     map[ipvs.VSKey]map[netip.AddrPort]ipvs.Connections
 	syncConnsRead bool
+	syncRead      *ipvs.Snapshot
 	// nodePortAddresses and localAddresses are refreshed by full syncs.
 	nodePortAddresses, localAddresses []netip.Addr
 	// hostGen counts their refreshes: a kernelRead listed them at one.

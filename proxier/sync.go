@@ -106,10 +106,10 @@ func (p *Proxier) sync(full, repair bool, read *kernelRead) (SyncResult, error) 
 	if read != nil && read.ipvsErr == nil {
 		// Drains at a restart ask for every real server's connections:
 		// the read has them (a few seconds old at most).
-		p.syncConns, p.syncConnsRead = read.ipvs.Connections()
+		p.syncRead = read.ipvs
 	}
 	planned := p.plan(&w, start)
-	p.syncConns, p.syncConnsRead = nil, false
+	p.syncConns, p.syncConnsRead, p.syncRead = nil, false, nil
 	res.ServicesReplanned = len(planned)
 	step(&res.Steps.Plan)
 
