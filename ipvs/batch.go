@@ -86,33 +86,45 @@ func newBatchSocket(netnsPath string) (*batchSocket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("look up the IPVS generic netlink family: %w", err)
 	}
+	s, err := trainSocket(netnsPath, unix.NETLINK_GENERIC)
+	if err != nil {
+		return nil, fmt.Errorf("open IPVS netlink socket: %w", err)
+	}
+	return &batchSocket{s: s, family: fam.ID}, nil
+}
+
+func (b *batchSocket) close() { b.s.Close() }
+
+// trainSocket opens a netlink socket of proto in the namespace at
+// netnsPath ("" for the caller's) for sendTrain: a receive buffer that
+// holds a train's answers, error ACKs without a copy of the request, and
+// a receive timeout.
+func trainSocket(netnsPath string, proto int) (*nl.NetlinkSocket, error) {
 	ns := netns.None()
 	if netnsPath != "" {
+		var err error
 		if ns, err = netns.GetFromPath(netnsPath); err != nil {
 			return nil, fmt.Errorf("open netns %s: %w", netnsPath, err)
 		}
 		defer ns.Close()
 	}
-	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_GENERIC)
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), proto)
 	if err != nil {
-		return nil, fmt.Errorf("open IPVS netlink socket: %w", err)
+		return nil, err
 	}
 	fd := s.GetFd()
 	// Root may exceed rmem_max; otherwise the kernel caps SO_RCVBUF.
 	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, batchRcvBuf) != nil {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, batchRcvBuf)
 	}
-	// An error's ACK without a copy of the request.
 	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
 	tv := unix.NsecToTimeval(time.Second.Nanoseconds())
 	if err := s.SetReceiveTimeout(&tv); err != nil {
 		s.Close()
 		return nil, err
 	}
-	return &batchSocket{s: s, family: fam.ID}, nil
+	return s, nil
 }
-
-func (b *batchSocket) close() { b.s.Close() }
 
 // errNoAnswer is a write's error when the batch's last ACK never came:
 // the write may or may not have been applied.

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -204,33 +203,14 @@ func (n *NetlinkAddresses) batch(cmd int, index int, addrs []*netlink.Addr) []er
 		}
 		return errs
 	}
-	ns := netns.None()
-	if n.netnsPath != "" {
-		var err error
-		if ns, err = netns.GetFromPath(n.netnsPath); err != nil {
-			for i := range errs {
-				errs[i] = fmt.Errorf("open network namespace %s: %w", n.netnsPath, err)
-			}
-			return errs
-		}
-		defer ns.Close()
-	}
-	sock, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
-	if err == nil {
-		defer sock.Close()
-		tv := unix.NsecToTimeval(time.Second.Nanoseconds())
-		err = sock.SetReceiveTimeout(&tv)
-	}
+	sock, err := trainSocket(n.netnsPath, unix.NETLINK_ROUTE)
 	if err != nil {
 		for i := range errs {
 			errs[i] = fmt.Errorf("open rtnetlink socket: %w", err)
 		}
 		return errs
 	}
-	if unix.SetsockoptInt(sock.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, batchRcvBuf) != nil {
-		_ = unix.SetsockoptInt(sock.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUF, batchRcvBuf)
-	}
-	_ = unix.SetsockoptInt(sock.GetFd(), unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
+	defer sock.Close()
 	flags := 0
 	if cmd == unix.RTM_NEWADDR {
 		flags = unix.NLM_F_CREATE | unix.NLM_F_EXCL
