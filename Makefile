@@ -37,7 +37,12 @@ lint:
 # network namespaces; they need root and say so loudly when skipped).
 # -timeout 30m: e2e/controlplane boots a VM too (its test allows itself
 # 15 min; under load it ran past go test's 10 min default on 6 December).
+# Upstream kube-apiserver is built first (cold: ~12 min on two cores):
+# on a fresh machine, deploy's and e2e/controlplane's tests each started
+# the same cold build at once and deploy's gave up at its 10 min bound
+# (6 December, after the machine was reset).
 test-unit: deps
+	@echo "upstream kube-apiserver: $$(nice e2e/tools/build.sh)"
 	$(GO) test -count=1 -timeout 30m ./...
 
 # Tests that need IPVS, in a VM with Debian's kernel (e2e/vm/README.md).
