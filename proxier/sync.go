@@ -790,9 +790,15 @@ func (p *Proxier) account(plans []PortPlan, sign int) {
 }
 
 // trimElements is step 5: every replanned port keeps only its new nft
-// elements, and ports that are gone lose theirs.
+// elements, and ports that are gone lose theirs. A Service without an
+// old plan (every one at the first sync, at a restart too) got exactly
+// its new elements from addElements: nothing to trim (at 10k Services,
+// 0.6 s of the first sync under emulation).
 func (p *Proxier) trimElements(planned, old map[types.NamespacedName][]PortPlan, res *SyncResult) error {
 	for n, plans := range planned {
+		if len(old[n]) == 0 {
+			continue
+		}
 		now := portsByName(plans)
 		for _, pl := range plans {
 			p.setElements(pl.Name, pl.Elements, res)
