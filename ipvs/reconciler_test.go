@@ -966,3 +966,33 @@ func manyServices(n, r int) []Service {
 	}
 	return out
 }
+
+// TestWeightsSorted: the cache's real servers stay sorted and unique
+// whatever the order they are put in, removed or reweighed.
+func TestWeightsSorted(t *testing.T) {
+	rs := func(last byte, port uint16, weight int) RealServer {
+		return RealServer{Address: netip.AddrFrom4([4]byte{10, 0, 0, last}), Port: port, Weight: weight}
+	}
+	var w weights
+	for _, r := range []RealServer{rs(5, 80, 1), rs(1, 80, 1), rs(3, 80, 1), rs(3, 79, 1), rs(9, 80, 1), rs(1, 80, 0)} {
+		w.put(r)
+	}
+	w.remove(rs(9, 80, 0).AddrPort())
+	w.remove(rs(7, 80, 0).AddrPort()) // not held: nothing
+	want := []RealServer{rs(1, 80, 0), rs(3, 79, 1), rs(3, 80, 1), rs(5, 80, 1)}
+	if got := w.all(); !slices.Equal(got, want) {
+		t.Fatalf("weights %v, want %v", got, want)
+	}
+	if got, ok := w.get(rs(3, 79, 0).AddrPort()); !ok || got != rs(3, 79, 1) {
+		t.Errorf("get 10.0.0.3:79 = %v %v", got, ok)
+	}
+	if _, ok := w.get(rs(3, 81, 0).AddrPort()); ok {
+		t.Errorf("get 10.0.0.3:81 found a real server never put")
+	}
+	if !newWeights(want).sameAs([]RealServerConnections{
+		{AddrPort: rs(5, 80, 0).AddrPort(), Weight: 1}, {AddrPort: rs(1, 80, 0).AddrPort(), Weight: 0},
+		{AddrPort: rs(3, 80, 0).AddrPort(), Weight: 1}, {AddrPort: rs(3, 79, 0).AddrPort(), Weight: 1},
+	}) {
+		t.Errorf("sameAs: the same real servers read in another order differ")
+	}
+}

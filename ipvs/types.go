@@ -266,15 +266,24 @@ func (s Service) Validate() error {
 	if err := s.VSKey.Validate(); err != nil {
 		return err
 	}
-	seen := make(map[netip.AddrPort]bool, len(s.RealServers))
 	for _, r := range s.RealServers {
 		if err := r.validate(s.VSKey); err != nil {
 			return err
 		}
-		if seen[r.AddrPort()] {
-			return fmt.Errorf("real server %s listed twice in %s", r.AddrPort(), s.VSKey)
+	}
+	// The proxier gives real servers sorted: a twice-listed one is next
+	// to itself, and no map is needed (one per virtual server, the first
+	// sync's garbage).
+	byAddr := func(a, b RealServer) int { return a.AddrPort().Compare(b.AddrPort()) }
+	rss := s.RealServers
+	if !slices.IsSortedFunc(rss, byAddr) {
+		rss = slices.Clone(rss)
+		slices.SortFunc(rss, byAddr)
+	}
+	for i := 1; i < len(rss); i++ {
+		if rss[i].AddrPort() == rss[i-1].AddrPort() {
+			return fmt.Errorf("real server %s listed twice in %s", rss[i].AddrPort(), s.VSKey)
 		}
-		seen[r.AddrPort()] = true
 	}
 	return nil
 }
