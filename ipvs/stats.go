@@ -2,12 +2,11 @@ package ipvs
 
 import (
 	"bufio"
-	"encoding/hex"
+	"bytes"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 )
 
@@ -107,42 +106,54 @@ func (k *Kernel) Stats() (map[VSKey]Stats, error) {
 // as a big-endian number: "0A60000A" is 10.96.0.10); IPv6 ones are
 // written out in brackets.
 func ParseProcIPVS(r io.Reader) (map[VSKey][]RealServerConnections, error) {
+	// Byte by byte, without a string or a slice of fields per line: at 10k
+	// virtual servers the file has 110k lines, read at every restart
+	// (under emulation, seconds of a restart went to their garbage).
 	out := map[VSKey][]RealServerConnections{}
 	s := bufio.NewScanner(r)
 	s.Buffer(make([]byte, 64*1024), 1024*1024)
 	var cur VSKey
-	have := false
+	var rss []RealServerConnections // cur's, filed (copied) when the next begins
+	have, fwmarks := false, false
+	file := func() {
+		if have {
+			out[cur] = append(out[cur], rss...)
+		}
+	}
+	var f [8][]byte
 	for n := 1; s.Scan(); n++ {
-		line := s.Text()
-		f := strings.Fields(line)
-		if len(f) == 0 || n <= 3 {
+		line := s.Bytes()
+		nf := fields(line, &f)
+		if nf == 0 || n <= 3 {
 			continue // the three header lines
 		}
-		if f[0] == "->" {
-			if !have || len(f) < 6 {
+		if string(f[0]) == "->" {
+			if !have || nf < 6 {
 				return nil, fmt.Errorf("line %d: %q: real server without a virtual server", n, line)
 			}
 			ap, err := parseProcAddrPort(f[1])
 			if err != nil {
 				return nil, fmt.Errorf("line %d: %w", n, err)
 			}
-			w, err1 := strconv.Atoi(f[3])
-			a, err2 := strconv.Atoi(f[4])
-			i, err3 := strconv.Atoi(f[5])
-			if err1 != nil || err2 != nil || err3 != nil {
+			w, ok1 := atoi(f[3])
+			a, ok2 := atoi(f[4])
+			i, ok3 := atoi(f[5])
+			if !ok1 || !ok2 || !ok3 {
 				return nil, fmt.Errorf("line %d: %q: weight and connection counts are not numbers", n, line)
 			}
-			out[cur] = append(out[cur], RealServerConnections{AddrPort: ap, Weight: w, Connections: Connections{Active: a, Inactive: i}})
+			rss = append(rss, RealServerConnections{AddrPort: ap, Weight: w, Connections: Connections{Active: a, Inactive: i}})
 			continue
 		}
-		if len(f) < 2 {
+		if nf < 2 {
 			return nil, fmt.Errorf("line %d: %q: not a virtual server", n, line)
 		}
 		k, err := parseProcVirtualServer(f[0], f[1])
 		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", n, err)
 		}
-		cur, have = k, true
+		file()
+		cur, have, rss = k, true, rss[:0]
+		fwmarks = fwmarks || k.FWMark != 0
 		if _, ok := out[cur]; !ok {
 			out[cur] = nil
 		}
@@ -150,7 +161,69 @@ func ParseProcIPVS(r io.Reader) (map[VSKey][]RealServerConnections, error) {
 	if err := s.Err(); err != nil {
 		return nil, err
 	}
+	file()
+	if !fwmarks {
+		return out, nil
+	}
 	return splitFWMarkFamilies(out), nil
+}
+
+// fields splits line at spaces into f, as strings.Fields would the first
+// len(f) fields, and returns how many it found.
+func fields(line []byte, f *[8][]byte) int {
+	n := 0
+	for i := 0; i < len(line) && n < len(f); {
+		for i < len(line) && (line[i] == ' ' || line[i] == '\t') {
+			i++
+		}
+		j := i
+		for j < len(line) && line[j] != ' ' && line[j] != '\t' {
+			j++
+		}
+		if j > i {
+			f[n] = line[i:j]
+			n++
+		}
+		i = j
+	}
+	return n
+}
+
+// atoi reads a non-negative decimal number.
+func atoi(b []byte) (int, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	n := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}
+
+// hexUint reads len(b) hexadecimal digits.
+func hexUint(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 16 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'A' && c <= 'F':
+			c -= 'A' - 10
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		default:
+			return 0, false
+		}
+		n = n<<4 | uint64(c)
+	}
+	return n, true
 }
 
 // splitFWMarkFamilies files the real servers of a fwmark virtual server
@@ -171,13 +244,13 @@ func splitFWMarkFamilies(m map[VSKey][]RealServerConnections) map[VSKey][]RealSe
 	return out
 }
 
-func parseProcVirtualServer(proto, addr string) (VSKey, error) {
-	if proto == "FWM" {
+func parseProcVirtualServer(proto, addr []byte) (VSKey, error) {
+	if string(proto) == "FWM" {
 		// The family of a fwmark virtual server is not printed; its real
 		// servers' addresses tell it (splitFWMarkFamilies).
-		m, err := strconv.ParseUint(addr, 16, 32)
-		if err != nil {
-			return VSKey{}, fmt.Errorf("fwmark %q: %w", addr, err)
+		m, ok := hexUint(addr)
+		if !ok || len(addr) > 8 {
+			return VSKey{}, fmt.Errorf("fwmark %q is not hexadecimal", addr)
 		}
 		return VSKey{FWMark: uint32(m)}, nil
 	}
@@ -192,36 +265,36 @@ func parseProcVirtualServer(proto, addr string) (VSKey, error) {
 	return VSKey{Address: ap.Addr(), Protocol: p, Port: ap.Port()}.Key(), nil
 }
 
-func parseProcProtocol(s string) (Protocol, error) {
+func parseProcProtocol(b []byte) (Protocol, error) {
 	for _, p := range []Protocol{TCP, UDP, SCTP} {
-		if string(p) == s {
+		if string(p) == string(b) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("unknown protocol %q", s)
+	return "", fmt.Errorf("unknown protocol %q", b)
 }
 
 // parseProcAddrPort reads "0A60000A:0050" or "[fd00:...:000a]:0050".
-func parseProcAddrPort(s string) (netip.AddrPort, error) {
-	i := strings.LastIndexByte(s, ':')
+func parseProcAddrPort(s []byte) (netip.AddrPort, error) {
+	i := bytes.LastIndexByte(s, ':')
 	if i < 0 {
 		return netip.AddrPort{}, fmt.Errorf("address %q has no port", s)
 	}
-	port, err := strconv.ParseUint(s[i+1:], 16, 16)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("address %q: port: %w", s, err)
+	port, ok := hexUint(s[i+1:])
+	if !ok || len(s[i+1:]) > 4 {
+		return netip.AddrPort{}, fmt.Errorf("address %q: port is not 4 hex digits", s)
 	}
 	a := s[:i]
-	if strings.HasPrefix(a, "[") {
-		ip, err := netip.ParseAddr(strings.Trim(a, "[]"))
+	if len(a) > 0 && a[0] == '[' {
+		ip, err := netip.ParseAddr(strings.Trim(string(a), "[]"))
 		if err != nil {
 			return netip.AddrPort{}, fmt.Errorf("address %q: %w", s, err)
 		}
 		return netip.AddrPortFrom(ip, uint16(port)), nil
 	}
-	b, err := hex.DecodeString(a)
-	if err != nil || len(b) != 4 {
+	v, ok := hexUint(a)
+	if !ok || len(a) != 8 {
 		return netip.AddrPort{}, fmt.Errorf("address %q is not 8 hex digits", s)
 	}
-	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b)), uint16(port)), nil
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), uint16(port)), nil
 }
