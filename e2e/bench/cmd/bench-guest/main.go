@@ -25,6 +25,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -60,6 +61,7 @@ var (
 	conns       = flag.Int("conns", 3000, "data plane: at most this many connections")
 	connTime    = flag.Duration("conn-time", 8*time.Second, "data plane: at most this long")
 	proxyLog    = flag.String("log", "/tmp/bench-proxy.log", "the proxy's log")
+	profile     = flag.Duration("profile", 0, "nftvs: a CPU profile (/debug/pprof) of this long from its start, and one from its restart, written beside -out")
 )
 
 const (
@@ -600,6 +602,7 @@ hostnameOverride: %s
 clusterCIDR: %s
 metricsBindAddress: 127.0.0.1:10249
 healthzBindAddress: 127.0.0.1:10256
+enableProfiling: %[6]v
 conntrack:
   maxPerCore: 0
 iptables:
@@ -612,7 +615,7 @@ ipvs:
 nftables:
   minSyncPeriod: 1s
   syncPeriod: %[5]s
-`, mode, *kubeconfig, bench.NodeName, bench.ClusterCIDR, *syncPeriod)
+`, mode, *kubeconfig, bench.NodeName, bench.ClusterCIDR, *syncPeriod, *profile > 0)
 }
 
 func startProxy() (*proxyProc, error) { return startProxyLog(*proxyLog) }
@@ -645,7 +648,37 @@ func startProxyLog(logPath string) (*proxyProc, error) {
 		f.Close()
 		close(p.done)
 	}()
+	if *profile > 0 && *proxy == bench.ProxyNftvs {
+		name := "nftvs-first.pprof"
+		if logPath != *proxyLog {
+			name = "nftvs-restart.pprof"
+		}
+		go cpuProfile(p, filepath.Join(filepath.Dir(*out), name))
+	}
 	return p, nil
+}
+
+// cpuProfile writes the proxy's CPU profile of its first -profile (from
+// as soon as its metrics server answers) to path: where a first sync's or
+// a restart's time goes under emulation, which the host's benchmarks over
+// fakes cannot say (go tool pprof -top path).
+func cpuProfile(p *proxyProc, path string) {
+	url := fmt.Sprintf("http://127.0.0.1:10249/debug/pprof/profile?seconds=%d", int(profile.Seconds()))
+	client := &http.Client{Timeout: *profile + time.Minute}
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline) && !p.exited(); time.Sleep(50 * time.Millisecond) {
+		resp, err := client.Get(url)
+		if err != nil {
+			continue // not listening yet
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.StatusCode == http.StatusOK {
+			err = os.WriteFile(path, b, 0o644)
+		}
+		logf("CPU profile %s: %d bytes, status %d, %v", path, len(b), resp.StatusCode, err)
+		return
+	}
+	logf("CPU profile %s: the metrics server never answered", path)
 }
 
 // procCPU is user+system time of pid and its waited-for children, in seconds.

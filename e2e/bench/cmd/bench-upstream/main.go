@@ -62,6 +62,7 @@ var (
 	changeGap   = flag.Duration("change-gap", 1200*time.Millisecond, "pause after each change is programmed")
 	conns       = flag.Int("conns", 3000, "data plane: connections per run, at most")
 	connTime    = flag.Duration("conn-time", 8*time.Second, "data plane: seconds per run, at most")
+	profile     = flag.Duration("profile", 0, "nftvs: CPU profiles of this long from its start and from its restart (nftvs-first.pprof, nftvs-restart.pprof in the size's directory)")
 	render      = flag.String("render", "", "only re-render results.md and first-sync.svg from this results.json (into -out, default its directory)")
 	budget      = flag.Duration("budget", 55*time.Minute, "time budget of the whole run: runs that would start with less than 3 minutes left are skipped (reported as not run), and each first-sync bound is cut to what is left")
 	keep        = flag.Bool("keep", false, "keep the work directory (control plane logs, guest results, proxy logs)")
@@ -319,7 +320,7 @@ func runSize(ctx context.Context, root, work, upstreamDir string, n int, proxies
 			"-kubeconfig", guestKC, "-out", resFile,
 			"-first-bound", bound.String(), "-change-bound", changeBound.String(),
 			"-changes", strconv.Itoa(*changes), "-conns", strconv.Itoa(*conns), "-conn-time", connTime.String(),
-			"-sync-period", syncPeriod.String(), "-change-gap", changeGap.String()}
+			"-sync-period", syncPeriod.String(), "-change-gap", changeGap.String(), "-profile", profile.String()}
 		vmTimeout := bound + time.Duration(*changes+2)*(*changeBound+*changeGap) + *connTime + 5*time.Minute
 		cmd := exec.CommandContext(ctx, filepath.Join(root, "e2e", "vm", "vmexec"), args...)
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
