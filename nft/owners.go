@@ -67,6 +67,14 @@ func (s *owners) remove(owner string) {
 	}
 }
 
+// at is the i-th holder, 0 the first (i < len()).
+func (s *owners) at(i int) holder {
+	if i == 0 {
+		return s.first
+	}
+	return s.rest[i-1]
+}
+
 // all are the holders, first first.
 func (s *owners) all() []holder {
 	if s == nil || s.first.owner == "" {
