@@ -429,6 +429,7 @@ func (r *Reconciler) ResyncFrom(all []Service, s *Snapshot) (Result, error) {
 		var rss []RealServer
 		var err error
 		if all, ok := s.real[k]; ok {
+			rss = make([]RealServer, 0, len(all))
 			for _, x := range all {
 				rss = append(rss, RealServer{Address: x.AddrPort.Addr(), Port: x.AddrPort.Port(), Weight: x.Weight})
 			}

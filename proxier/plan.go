@@ -191,8 +191,8 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 		return nil, err
 	}
 	tmpl := virtualServerTemplate(svc, cfg, bad)
-	var plans []PortPlan
-	readyLocal := map[netip.Addr]bool{}
+	plans := make([]PortPlan, 0, len(svc.Spec.Ports))
+	var readyLocal addrSet
 	for _, sp := range svc.Spec.Ports {
 		if sp.Protocol == "" {
 			sp.Protocol = v1.ProtocolTCP // the API default
@@ -207,7 +207,7 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 			continue
 		}
 		pp := newPortPlanner(svc, sp, proto, fe, tmpl, cfg)
-		pp.bad, pp.readyLocal = bad, readyLocal
+		pp.bad, pp.readyLocal = bad, &readyLocal
 		for _, ipv6 := range []bool{false, true} {
 			if (ipv6 && cfg.IPv6) || (!ipv6 && cfg.IPv4) {
 				pp.planFamily(ipv6, eps)
@@ -218,7 +218,7 @@ func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfi
 		}
 	}
 	var local FamilyCount
-	for ip := range readyLocal {
+	for ip := range readyLocal.m {
 		if ip.Is6() {
 			local.IPv6++
 		} else {
@@ -394,7 +394,7 @@ type portPlanner struct {
 	// (every family): none means a node port drops it.
 	localCarrying int
 	// readyLocal collects the Service's ready local endpoints.
-	readyLocal map[netip.Addr]bool
+	readyLocal *addrSet
 }
 
 func newPortPlanner(svc *v1.Service, sp v1.ServicePort, proto l4.Protocol, fe frontends, tmpl ipvs.VirtualServer, cfg *PlanConfig) *portPlanner {
@@ -408,10 +408,24 @@ func newPortPlanner(svc *v1.Service, sp v1.ServicePort, proto l4.Protocol, fe fr
 	return pp
 }
 
+// addrSet is a set of addresses, its map made at the first add (most
+// Services have no ready local endpoint: no map for them).
+type addrSet struct{ m map[netip.Addr]bool }
+
+func (s *addrSet) add(a netip.Addr) {
+	if s.m == nil {
+		s.m = map[netip.Addr]bool{}
+	}
+	s.m[a] = true
+}
+
 // virtualServer adds a virtual server for key with the endpoints of sel.
 func (pp *portPlanner) virtualServer(key ipvs.VSKey, sel epSelection) {
 	s := ipvs.Service{VirtualServer: pp.tmpl}
 	s.VSKey = key
+	if len(sel) > 0 {
+		s.RealServers = make([]ipvs.RealServer, 0, len(sel))
+	}
 	for _, w := range sel {
 		s.RealServers = append(s.RealServers, ipvs.RealServer{Address: w.IP, Port: w.Port, Weight: w.Weight})
 	}
@@ -489,7 +503,7 @@ func (pp *portPlanner) planFamily(ipv6 bool, eps []*discovery.EndpointSlice) {
 	}
 	for _, e := range local {
 		if e.Ready {
-			pp.readyLocal[e.IP] = true
+			pp.readyLocal.add(e.IP)
 		}
 		pp.element(nft.Element{Set: nft.Hairpin, Addr: e.IP, Protocol: pp.proto, Port: e.Port})
 	}
