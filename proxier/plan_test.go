@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/nftvs/nftvs/internal/l4"
 	"github.com/nftvs/nftvs/ipvs"
@@ -670,5 +672,37 @@ func TestOwnsFWMark(t *testing.T) {
 				t.Errorf("masq %#x: foreign fwmark %#x owned", masq, foreign)
 			}
 		}
+	}
+}
+
+// TestPlanAllInParallel: a sync that replans many Services (a first or
+// full sync) plans them on several goroutines; every Service gets the
+// plans PlanService gives it alone, errors included.
+func TestPlanAllInParallel(t *testing.T) {
+	cfg := testConfig()
+	ins := map[types.NamespacedName]serviceInput{}
+	var names []types.NamespacedName
+	for i := range 3 * parallelPlanAt {
+		svc := makeService("ns", fmt.Sprintf("svc-%d", i), clusterIPs(fmt.Sprintf("10.96.%d.%d", i>>8, i&0xff)))
+		if i%7 == 0 {
+			svc.Spec.ExternalIPs = []string{"not-an-ip"} // a field error
+		}
+		n := types.NamespacedName{Namespace: "ns", Name: svc.Name}
+		ins[n] = serviceInput{svc: svc, slices: []*discovery.EndpointSlice{httpSlice(svc, ready(fmt.Sprintf("10.244.%d.%d", i>>8, i&0xff), "node-b"))}}
+		names = append(names, n)
+	}
+	names = append(names, types.NamespacedName{Namespace: "ns", Name: "deleted"}) // no Service: left zero
+	got := planAll(names, ins, cfg)
+	for i, n := range names {
+		var want planResult
+		if in := ins[n]; in.svc != nil {
+			want.plans, want.err = PlanService(in.svc, in.slices, cfg)
+		}
+		if !reflect.DeepEqual(got[i].plans, want.plans) || fmt.Sprint(got[i].err) != fmt.Sprint(want.err) {
+			t.Fatalf("%s: planAll gave %v (%v), PlanService %v (%v)", n, got[i].plans, got[i].err, want.plans, want.err)
+		}
+	}
+	if got[0].err == nil || got[1].err != nil || len(got[1].plans) == 0 {
+		t.Errorf("the workload lost its point: svc-0 err %v, svc-1 err %v plans %d", got[0].err, got[1].err, len(got[1].plans))
 	}
 }
