@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -99,17 +100,23 @@ func (p *Proxier) readAhead() *kernelRead {
 // resync; it takes no lock of the proxier's.
 func (p *Proxier) readKernel(resync bool) *kernelRead {
 	r := &kernelRead{resync: resync, hostGen: p.hostGen.Load()}
-	if p.k.Addresses != nil {
-		r.addrs, r.addrsErr = p.k.Addresses.ReadAddresses(p.cfg.DummyName)
-	}
-	if r.addrs != nil {
-		r.host = p.chooseHostAddresses(r.addrs.Elsewhere(), nil)
-	} else {
-		r.host = p.listHostAddresses()
-	}
+	// The addresses beside IPVS: two sockets, and at 10k Services a list
+	// of 10k addresses (most of a second under emulation).
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if p.k.Addresses != nil {
+			r.addrs, r.addrsErr = p.k.Addresses.ReadAddresses(p.cfg.DummyName)
+		}
+		if r.addrs != nil {
+			r.host = p.chooseHostAddresses(r.addrs.Elsewhere(), nil)
+		} else {
+			r.host = p.listHostAddresses()
+		}
+	})
 	start := time.Now()
 	r.ipvs, r.ipvsErr = p.k.IPVS.Read(resync)
 	r.ipvsTook = time.Since(start)
+	wg.Wait()
 	return r
 }
 
