@@ -270,6 +270,9 @@ func normalizeSourceRanges(elems []Element) []Element {
 			idx = append(idx, i)
 		}
 	}
+	if len(idx) < 2 {
+		return elems // nothing can cover anything (most Services: no copy)
+	}
 	slices.SortStableFunc(idx, func(i, j int) int {
 		a, b := elems[i], elems[j]
 		if c := compareElements(frontend(a), frontend(b)); c != 0 {

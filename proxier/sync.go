@@ -908,6 +908,9 @@ func (p *Proxier) cleanQueue() *cleanQueue {
 }
 
 func portsByName(plans []PortPlan) map[ServicePortName]PortPlan {
+	if len(plans) == 0 {
+		return nil // a new Service (all of them at a first sync): no map
+	}
 	m := make(map[ServicePortName]PortPlan, len(plans))
 	for _, pl := range plans {
 		m[pl.Name] = pl
