@@ -89,7 +89,14 @@ type rollResult struct {
 	attempts []attempt
 	synRetr  int // TcpExtTCPSynRetrans difference (TCP only)
 	syncAt   time.Time
-	maxStall time.Duration // the VM's longest stall during the run (TCP only)
+	// cleanedAt (UDP, cleaner on) is when the first conntrack clean after
+	// syncAt ended. A request sent between the two still follows the old
+	// flow, and the old pod's answer is lost when the clean deletes that
+	// flow under it: the race every cleaner has (kube-proxy's included),
+	// a few milliseconds wide, wider when the host starves the VM. The
+	// bar (failuresAfter) starts here; such a failure is reported.
+	cleanedAt time.Time
+	maxStall  time.Duration // the VM's longest stall during the run (TCP only)
 }
 
 // failures are the attempts that failed on the network: a connect or
@@ -143,15 +150,24 @@ func (r rollResult) localBusy() int {
 }
 
 // failuresAfter counts the failures that started after the removal was
-// synced (all of them when it never was).
+// synced, and its flows cleaned when that is known (all of them when it
+// never was).
 func (r rollResult) failuresAfter() int {
 	n := 0
 	for _, a := range r.failures() {
-		if r.syncAt.IsZero() || a.start.After(r.syncAt) {
+		if r.syncAt.IsZero() || a.start.After(r.bar()) {
 			n++
 		}
 	}
 	return n
+}
+
+// bar is when the removal was done: synced, and cleaned if known.
+func (r rollResult) bar() time.Time {
+	if r.cleanedAt.After(r.syncAt) {
+		return r.cleanedAt
+	}
+	return r.syncAt
 }
 
 // inNS runs fn on a goroutine whose thread is in n for good (the thread
@@ -414,7 +430,7 @@ func TestRollout81775(t *testing.T) {
 				len(r.res.failures()), lost, syn, r.res.failuresAfter(), r.oldAfterTerm, sync, r.res.localBusy(), stall)
 		}
 		fmt.Fprintf(&b, "suite ran %v", time.Since(begin).Round(time.Second))
-		t.Logf("#81775 rollout table (synLost: connects a lost SYN delayed by 1 s, the bar; synRetr: the client netns's TcpExtTCPSynRetrans, which also counts its listener's SYN-ACKs; failedAfter: failures that started after nftvs synced the removal; "+
+		t.Logf("#81775 rollout table (synLost: connects a lost SYN delayed by 1 s, the bar; synRetr: the client netns's TcpExtTCPSynRetrans, which also counts its listener's SYN-ACKs; failedAfter: failures that started after nftvs synced the removal (UDP with the cleaner: and its clean of the old flow ended); "+
 			"oldAfterTerm: answers by the old pod after it stopped being ready; localBusy: connects the client's own kernel refused with EADDRNOTAVAIL, not counted as failed; stall: the VM's longest stall, a case stalled over 300ms that missed the bar runs again as try 2):\n%s", b.String())
 	})
 	t.Cleanup(func() { tb.node.sysctls(t, "net/ipv4/vs/conn_reuse_mode=1") })
@@ -535,7 +551,7 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 	var (
 		mu                 sync.Mutex
 		syncLog            []string
-		tcpSynced, udpSync time.Time
+		tcpSynced, udpSync, udpCleaned time.Time
 		t0                 time.Time
 	)
 	rel := func(at time.Time) string {
@@ -581,6 +597,11 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 		ct = cleanLogger{cc, func(stale []conntrack.Stale, r conntrack.Result, err error) {
 			mu.Lock()
 			defer mu.Unlock()
+			for _, st := range stale {
+				if st.Endpoint == oldUDPRS && udpCleaned.IsZero() {
+					udpCleaned = time.Now()
+				}
+			}
 			syncLog = append(syncLog, fmt.Sprintf("%s conntrack clean of %d stale: deleted %d (vanished %d, scanned %d); err %v",
 				time.Now().Format("15:04:05.000"), len(stale), r.Deleted, r.Vanished, r.Scanned, err))
 		}}
@@ -635,7 +656,7 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 
 	mu.Lock()
 	tcp = rollResult{attempts: tcpAttempts, synRetr: synAfter - synBefore, syncAt: tcpSynced, maxStall: stalled()}
-	udp = rollResult{attempts: udpAttempts, syncAt: udpSync}
+	udp = rollResult{attempts: udpAttempts, syncAt: udpSync, cleanedAt: udpCleaned}
 	logged := strings.Join(syncLog, "\n  ")
 	mu.Unlock()
 	if synBefore < 0 || synAfter < 0 {
@@ -695,8 +716,11 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 		}
 		for _, f := range pr.res.failures() {
 			after := "before the sync"
-			if pr.res.syncAt.IsZero() || f.start.After(pr.res.syncAt) {
+			switch {
+			case pr.res.syncAt.IsZero() || f.start.After(pr.res.bar()):
 				after = "AFTER the sync"
+			case f.start.After(pr.res.syncAt):
+				after = "after the sync, before its flows were cleaned"
 			}
 			fmt.Fprintf(&b, "    %s failure started %s (%s), port %d, took %v: %v\n",
 				pr.name, rel(f.start), after, f.port, f.took.Round(time.Millisecond), f.err)
