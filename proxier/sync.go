@@ -643,13 +643,18 @@ func union(a, b []nft.Element) []nft.Element {
 // (IPVSResyncPeriod). It returns the virtual servers replanned Services
 // no longer want, to delete once their addresses are gone.
 func (p *Proxier) upsertVirtualServers(planned map[types.NamespacedName][]PortPlan, full bool, now time.Time, read *kernelRead, res *SyncResult) ([]ipvs.VSKey, error) {
-	var upserts []ipvs.Service
+	upserts := make([]ipvs.Service, 0, len(planned))
 	var deletes []ipvs.VSKey
 	for n, plans := range planned {
+		for _, pl := range plans {
+			upserts = append(upserts, pl.VirtualServers...)
+		}
+		if len(p.applied[n]) == 0 {
+			continue // new (every Service at a first sync): nothing to delete
+		}
 		want := map[ipvs.VSKey]bool{}
 		for _, pl := range plans {
 			for _, s := range pl.VirtualServers {
-				upserts = append(upserts, s)
 				want[s.Key()] = true
 			}
 		}
