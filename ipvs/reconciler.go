@@ -415,7 +415,9 @@ func (r *Reconciler) ResyncFrom(all []Service, s *Snapshot) (Result, error) {
 	if err != nil {
 		return res, errors.Join(append(errs, fmt.Errorf("resync: %w", err))...)
 	}
-	cache := make(map[VSKey]*applied, len(s.virtual))
+	// Sized for what will be held: at a first sync the kernel has none
+	// of the 10k virtual servers about to be created.
+	cache := make(map[VSKey]*applied, max(len(s.virtual), len(ups)))
 	for k := range touched {
 		if a, ok := r.cache[k]; ok {
 			cache[k] = a
