@@ -83,6 +83,19 @@ func (f *fakeNode) sync(t testing.TB, full bool) SyncResult {
 	return res
 }
 
+// restarted replaces f's proxier with a new one over the same kernels (a
+// restarted nftvs: new Reconciler, new nft Table), told no object yet.
+func (f *fakeNode) restarted(t testing.TB) {
+	t.Helper()
+	table, err := f.nft.NewTable(nft.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.table = table
+	f.p = New(f.p.cfg, Dataplane{IPVS: ipvs.NewReconciler(f.ipvs, nil), Addresses: f.addrs, NFT: table})
+	f.p.SetSynced()
+}
+
 func (f *fakeNode) ipvsText() string { return ipvs.Format(f.kern.Services()) }
 
 func (f *fakeNode) addresses(t testing.TB) []netip.Addr {
@@ -390,8 +403,7 @@ func BenchmarkProxierHeap(b *testing.B) {
 // changed Service is replanned).
 func BenchmarkProxierSync(b *testing.B) {
 	const endpoints = 10
-	build := func(services int) *fakeNode {
-		f := newFakeNode(b)
+	add := func(f *fakeNode, services int) {
 		for i := range services {
 			svc := makeService("ns", fmt.Sprintf("svc-%d", i), clusterIPs(fmt.Sprintf("10.%d.%d.%d", 96+i>>16, (i>>8)&0xff, i&0xff)))
 			var eps []ep
@@ -400,6 +412,10 @@ func BenchmarkProxierSync(b *testing.B) {
 			}
 			f.addService(svc, namedSlice(svc.Name, httpSlice(svc, eps...)))
 		}
+	}
+	build := func(services int) *fakeNode {
+		f := newFakeNode(b)
+		add(f, services)
 		return f
 	}
 	b.Run("first/N=10000", func(b *testing.B) {
@@ -421,21 +437,8 @@ func BenchmarkProxierSync(b *testing.B) {
 		b.ResetTimer()
 		for range b.N {
 			b.StopTimer()
-			table, err := f.nft.NewTable(nft.Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			f.table = table
-			f.p = New(f.p.cfg, Dataplane{IPVS: ipvs.NewReconciler(f.ipvs, nil), Addresses: f.addrs, NFT: table})
-			f.p.SetSynced()
-			for i := range 10000 {
-				svc := makeService("ns", fmt.Sprintf("svc-%d", i), clusterIPs(fmt.Sprintf("10.%d.%d.%d", 96+i>>16, (i>>8)&0xff, i&0xff)))
-				var eps []ep
-				for j := range endpoints {
-					eps = append(eps, ready(fmt.Sprintf("10.%d.%d.%d", 128+j, (i>>8)&0xff, i&0xff), "node-b"))
-				}
-				f.addService(svc, namedSlice(svc.Name, httpSlice(svc, eps...)))
-			}
+			f.restarted(b)
+			add(f, 10000)
 			f.p.ReadAhead()
 			b.StartTimer()
 			if res := f.sync(b, false); res.IPVS.Writes.Total() != 0 || res.AddressesAdded != 0 {
@@ -677,13 +680,7 @@ func TestRestartWritesNothing(t *testing.T) {
 	// A new process over the same kernels, told every object again.
 	restart := func(n int) {
 		t.Helper()
-		table, err := f.nft.NewTable(nft.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.table = table
-		f.p = New(f.p.cfg, Dataplane{IPVS: ipvs.NewReconciler(f.ipvs, nil), Addresses: f.addrs, NFT: table})
-		f.p.SetSynced()
+		f.restarted(t)
 		f.ipvs.Reset()
 		services(n)
 	}
