@@ -549,10 +549,10 @@ func runRollout(t *testing.T, tb *testbed, cl *pod, i int, rc rollCase) (tcp, ud
 	oldUDPRS := netip.AddrPortFrom(oldPod.v4, podUDPPort)
 
 	var (
-		mu                 sync.Mutex
-		syncLog            []string
+		mu                             sync.Mutex
+		syncLog                        []string
 		tcpSynced, udpSync, udpCleaned time.Time
-		t0                 time.Time
+		t0                             time.Time
 	)
 	rel := func(at time.Time) string {
 		if at.IsZero() {
