@@ -564,10 +564,23 @@ func sortedServices(in []Service) ([]Service, []error) {
 		s.VirtualServer = s.VirtualServer.normalized()
 		out = append(out, s)
 	}
-	slices.SortStableFunc(out, func(a, b Service) int { return a.VSKey.Compare(b.VSKey) })
-	dedup := out[:0]
-	for i, s := range out {
-		if i > 0 && s.VSKey == out[i-1].VSKey {
+	// Sorted by key, the first given first: through indices, since a
+	// stable sort of 10k Services moved their 100-byte structs about
+	// (0.8 s of a first sync under emulation).
+	order := make([]int, len(out))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(i, j int) int {
+		if c := out[i].VSKey.Compare(out[j].VSKey); c != 0 {
+			return c
+		}
+		return i - j
+	})
+	dedup := make([]Service, 0, len(out))
+	for n, i := range order {
+		s := out[i]
+		if n > 0 && s.VSKey == out[order[n-1]].VSKey {
 			errs = append(errs, &VirtualServerError{Key: s.VSKey, Err: fmt.Errorf("virtual server %s given twice: kept the first", s.VSKey)})
 			continue
 		}
