@@ -191,7 +191,7 @@ type Run struct {
 // programmed, with the same objects in the API server.
 type Restart struct {
 	// ProgrammedSeconds is from exec to the proxy's first sync reported
-	// (its metric seen, polled every 100 ms), CheckedSeconds to the
+	// (its metric seen, polled every 250 ms), CheckedSeconds to the
 	// outside check passing after that (the kernel was programmed all
 	// along; the check's own dump takes about a second at 10k under
 	// emulation, so runs before 7 December, which ran it in the same

@@ -272,7 +272,7 @@ func (r *Report) Markdown() string {
 	if runs := r.nftvsWith(func(x *Run) bool { return x.Restart != nil }); len(runs) > 0 {
 		p("\n## Restart on a programmed node (nftvs)\n\n")
 		p("At the end of its run nftvs is stopped (SIGTERM) and started again with the same objects in the API server. Writes are its own counters until programmed (`nftvs_ipvs_netlink_writes_total`, `nftvs_address_writes_total`, `nftvs_nft_element_writes_total`); the goal is none, and programmed within 5 s of the informers' sync.\n\n")
-		p("Programmed: the first sync's metric seen (polled every 100 ms); the outside check (as for the first start) then runs until it passes, and its time is shown apart: before 7 December both ran in one loop, and the check's own dump (about a second at 10k) counted in programmed.\n\n")
+		p("Programmed: the first sync's metric seen (polled every 250 ms); the outside check (as for the first start) then runs until it passes, and its time is shown apart: before 7 December both ran in one loop, and the check's own dump (about a second at 10k) counted in programmed.\n\n")
 		p("| N | exec → programmed | exec → informers synced | informers synced → programmed | first sync (own metric) | outside check passed | IPVS writes | address writes | nft element writes | CPU |\n|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, x := range runs {
 			rs := x.Restart
