@@ -112,7 +112,9 @@ type Run struct {
 	Programmed            bool    `json:"programmed"`
 	FirstSyncBoundSeconds float64 `json:"firstSyncBoundSeconds"`
 	// FirstSyncWallSeconds is from the proxy's exec (every object
-	// already in the API server) to the outside check passing.
+	// already in the API server) to the outside check passing, or to the
+	// proxy's first sync reported when the first check after that passes
+	// (bench-guest: the check waits for the report).
 	FirstSyncWallSeconds float64 `json:"firstSyncWallSeconds,omitempty"`
 	// KernelCompleteSeconds is from exec to the first time the kernel
 	// held every Service (IPVS or nftables maps), whether or not the
