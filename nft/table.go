@@ -472,8 +472,11 @@ func sortElements(es []KernelElement) {
 		if c := strings.Compare(string(a.Set), string(b.Set)); c != 0 {
 			return c
 		}
-		if fa, fb := a.family(), b.family(); fa != fb {
-			return int(fa) - int(fb)
+		// One set: family() of both in one look-up of its spec (a
+		// first sync sorts 20k elements; under emulation the two
+		// look-ups a comparison were half the sort's time).
+		if setSpecs[a.Set].perFamily && a.Addr.Is4() != b.Addr.Is4() {
+			return int(a.family()) - int(b.family())
 		}
 		return compareElements(a.Element, b.Element)
 	})
