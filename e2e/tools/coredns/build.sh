@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds CoreDNS (main.go: coremain and the plugins of kubeadm's Corefile)
+# Builds CoreDNS (main.go: coremain, the plugins of kubeadm's Corefile and `hosts`)
 # at the version go.mod requires into the cache, outside the git tree, and
 # prints the binary's path. Static (no cgo): the image holds nothing
 # else; stripped, as it is imported under emulation on every run.

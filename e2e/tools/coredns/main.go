@@ -1,6 +1,7 @@
 // Command coredns is CoreDNS as the real node (e2e/node) runs it for
 // cluster DNS: upstream's coremain with only the plugins kubeadm's default
-// Corefile uses (a full CoreDNS build compiles every cloud SDK). The
+// Corefile uses, and the one upstream's DNS tests' own server uses (a full
+// CoreDNS build compiles every cloud SDK). The
 // version is the one kubeadm 1.36 deploys (CoreDNSVersion in
 // k8s.io/kubernetes/cmd/kubeadm/app/constants).
 package main
@@ -13,6 +14,13 @@ import (
 	_ "github.com/coredns/coredns/plugin/errors"
 	_ "github.com/coredns/coredns/plugin/forward"
 	_ "github.com/coredns/coredns/plugin/health"
+	// Not in kubeadm's Corefile: upstream's DNS tests run /coredns from
+	// the agnhost image as their own test server, with a Corefile of
+	// `hosts` and `log` (test/e2e/network/dns_common.go,
+	// generateCoreDNSConfigmap). Without it that server never started,
+	// and "DNS configMap nameserver Change stubDomain" and "DNS should
+	// support configurable pod resolv.conf" failed under both proxies.
+	_ "github.com/coredns/coredns/plugin/hosts"
 	_ "github.com/coredns/coredns/plugin/kubernetes"
 	_ "github.com/coredns/coredns/plugin/loadbalance"
 	_ "github.com/coredns/coredns/plugin/log"
