@@ -3,7 +3,7 @@
 # cluster.sh (KUBECONFIG set, nodes Ready): installs nftvs when the
 # cluster's proxy is nftvs, then runs each PART of the selection in the
 # order given, e2e.sh output in OUTDIR/PART/ (junit_01.xml, e2e.log,
-# secs). BUDGET: minutes of e2e.test for all parts together.
+# secs) and the proxy pods' logs after it (proxy.log). BUDGET: minutes of e2e.test for all parts together.
 #
 # A test belongs to the first part, in the order of $all_parts, whose
 # focus file matches it: the parts never overlap, and "other" is the rest
@@ -56,5 +56,10 @@ for part in "$@"; do
   t=$(date +%s)
   NFTVS_E2E_TIMEOUT=${left}s "$here/e2e.sh" -f "$focus" -s "$out/$part/skip.txt" -o "$out/$part" || rc=1
   echo "$(($(date +%s) - t))" >"$out/$part/secs"
+  # Every node's proxy log (kube-proxy's or nftvs's pods; with a
+  # selector kubectl keeps only 10 lines unless told otherwise):
+  # conformance.sh keeps it beside the e2e log of a part that failed.
+  kubectl -n kube-system logs -l 'k8s-app in (kube-proxy,nftvs)' --all-containers --prefix --timestamps \
+    --tail=-1 --max-log-requests=20 >"$out/$part/proxy.log" 2>&1 || true
 done
 exit $rc

@@ -11,6 +11,8 @@
 #   junit-PROXY-PART.xml   each part's JUnit (a part not run this time
 #                          keeps its earlier file)
 #   logs/PROXY-PART.log    the e2e.test output of every failed test
+#   logs/PROXY-PART-proxy.log  the proxy pods' logs of a part that
+#                          failed (the last 4 MB)
 #   manifest.tsv           one line per PROXY-PART run: date, commit,
 #                          nftvs image commit, node count, kernel, wall
 #                          time, verdict counts
@@ -142,7 +144,13 @@ for proxy in $proxies; do
     awk '/^-+$/ && length($0) >= 20 { if (b ~ /\[(FAILED|PANICKED|TIMEDOUT|INTERRUPTED)\]/) printf "%s", b; b = ""; next }
          { b = b $0 "\n" }
          END { if (b ~ /\[(FAILED|PANICKED|TIMEDOUT|INTERRUPTED)\]/) printf "%s", b }' "$d/e2e.log" >"$out/logs/$proxy-$name.log"
-    [ -s "$out/logs/$proxy-$name.log" ] || rm -f "$out/logs/$proxy-$name.log"
+    if [ -s "$out/logs/$proxy-$name.log" ]; then
+      # The proxies' own side of those failures: the last 4 MB of every
+      # node's proxy log (conformance-parts.sh).
+      [ ! -s "$d/proxy.log" ] || tail -c 4000000 "$d/proxy.log" >"$out/logs/$proxy-$name-proxy.log"
+    else
+      rm -f "$out/logs/$proxy-$name.log"
+    fi
   done
 done
 
