@@ -151,4 +151,42 @@ func TestReport(t *testing.T) {
 	if strings.Count(svg, "<polyline") != 3 || !strings.Contains(svg, "&gt; 600 s") {
 		t.Errorf("SVG: want 3 series and a bound marker:\n%s", svg)
 	}
+
+	// The one-change chart: kube-proxy ipvs has no change at 1000 (never
+	// programmed), nftables's change at 1000 timed out (an open marker
+	// at its bound).
+	rep.Runs[5].Changes[2].TimedOut = true
+	rep.Runs[5].ChangeBoundSeconds = 120
+	svg = rep.LatencySVG()
+	if err := xml.Unmarshal([]byte(svg), new(struct{})); err != nil {
+		t.Fatalf("LatencySVG is not well-formed XML: %v\n%s", err, svg)
+	}
+	for _, want := range []string{">10 ms<", ">20 ms<", ">2.00 s<", ">1.00 s<", "&gt; 120 s", `fill="white" stroke="#2c6fbb"`} {
+		if !strings.Contains(svg, want) {
+			t.Errorf("LatencySVG lacks %q:\n%s", want, svg)
+		}
+	}
+	if strings.Count(svg, "<polyline") != 3 {
+		t.Errorf("LatencySVG: want 3 series:\n%s", svg)
+	}
+
+	// The restart chart: nftvs only; no restart at 100 (an error), so
+	// the restart series have one point each.
+	rep.Runs[0].Restart = &Restart{Error: "not restarted"}
+	rep.Runs[3].Restart = &Restart{ProgrammedSeconds: 9, InformersSyncedSeconds: 6.5}
+	svg = rep.RestartSVG()
+	if err := xml.Unmarshal([]byte(svg), new(struct{})); err != nil {
+		t.Fatalf("RestartSVG is not well-formed XML: %v\n%s", err, svg)
+	}
+	for _, want := range []string{">9.00 s<", ">2.50 s<", ">3.00 s<", ">7.00 s<", "goal: 5 s after the informers", "stroke-dasharray"} {
+		if !strings.Contains(svg, want) {
+			t.Errorf("RestartSVG lacks %q:\n%s", want, svg)
+		}
+	}
+	if strings.Count(svg, "<polyline") != 3 {
+		t.Errorf("RestartSVG: want 3 series (first start, restart, informers → programmed):\n%s", svg)
+	}
+	if (&Report{}).RestartSVG() == "" || !strings.Contains((&Report{}).LatencySVG(), "no data") {
+		t.Error("an empty report's charts say no data")
+	}
 }

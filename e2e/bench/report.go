@@ -29,7 +29,8 @@ type Report struct {
 	Differential []DiffResult `json:"differential"`
 }
 
-// Write writes results.json, results.md and first-sync.svg into dir.
+// Write writes results.json, results.md and the charts (first-sync.svg,
+// one-change.svg, restart.svg) into dir.
 func (r *Report) Write(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -41,8 +42,10 @@ func (r *Report) Write(dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "results.json"), append(b, '\n'), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "first-sync.svg"), []byte(r.SVG()), 0o644); err != nil {
-		return err
+	for name, svg := range map[string]string{"first-sync.svg": r.SVG(), "one-change.svg": r.LatencySVG(), "restart.svg": r.RestartSVG()} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(svg), 0o644); err != nil {
+			return err
+		}
 	}
 	return os.WriteFile(filepath.Join(dir, "results.md"), []byte(r.Markdown()), 0o644)
 }
@@ -535,31 +538,142 @@ func (r *Report) Goals() []string {
 	return g
 }
 
+// A series is one line of a chart: its value at a size, whether that
+// value is only a bound (drawn as an open marker), and whether there is
+// one at all.
+type series struct {
+	title string
+	color string
+	at    func(n int) (v float64, bound, ok bool)
+}
+
+// chart is a log–log chart against N; guide, when set, is a dashed
+// horizontal line (a goal) labelled guideTitle.
+type chart struct {
+	title, subtitle, yTitle string
+	series                  []series
+	guide                   float64
+	guideTitle              string
+}
+
+var proxyColors = map[string]string{ProxyNftvs: "#1b7f3b", ProxyIPVS: "#c0392b", ProxyNftables: "#2c6fbb"}
+
+// proxySeries is one series per proxy, value(run) at each size.
+func (r *Report) proxySeries(value func(*Run) (float64, bool)) []series {
+	var ss []series
+	for _, pr := range Proxies {
+		ss = append(ss, series{title: ProxyTitle(pr), color: proxyColors[pr], at: func(n int) (float64, bool, bool) {
+			x := r.Get(pr, n)
+			if x == nil {
+				return 0, false, false
+			}
+			v, bound := value(x)
+			return v, bound, v > 0
+		}})
+	}
+	return ss
+}
+
 // SVG is a log-log chart of the first sync (exec → programmed by the
-// outside check) against N,
-// one line per proxy; a run that hit its bound is an open marker at the
-// bound.
+// outside check) against N, one line per proxy; a run that hit its bound
+// is an open marker at the bound.
 func (r *Report) SVG() string {
+	return r.render(chart{
+		title:    "First sync: proxy exec → node fully programmed",
+		subtitle: fmt.Sprintf("vs Services (× %d endpoints); kernel %s, qemu TCG (emulated); outside check; log–log", r.eps(), r.Kernel),
+		yTitle:   "first sync",
+		series:   r.proxySeries(func(x *Run) (float64, bool) { return x.Wall() }),
+	})
+}
+
+// LatencySVG is a log–log chart of the one-endpoint change (the median
+// of the proxy's own sync durations) against N, one line per proxy; a
+// change that hit its bound is an open marker at the bound.
+func (r *Report) LatencySVG() string {
+	return r.render(chart{
+		title:    "One-endpoint change: the proxy's sync (median)",
+		subtitle: fmt.Sprintf("vs Services (× %d endpoints); kernel %s, qemu TCG (emulated); sync_proxy_rules_duration; log–log", r.eps(), r.Kernel),
+		yTitle:   "one-change sync",
+		series: r.proxySeries(func(x *Run) (float64, bool) {
+			if len(x.Changes) == 0 {
+				return 0, false
+			}
+			s, _, timedOut := x.ChangeMedian()
+			if timedOut {
+				return x.ChangeBoundSeconds, true
+			}
+			return s, false
+		}),
+	})
+}
+
+// RestartSVG is a log–log chart of nftvs restarted on the node it had
+// programmed, against N: exec → programmed and informers' sync →
+// programmed (the goal: 5 s), beside the first start on an empty node.
+func (r *Report) RestartSVG() string {
+	restart := func(value func(*Restart) float64) func(int) (float64, bool, bool) {
+		return func(n int) (float64, bool, bool) {
+			x := r.Get(ProxyNftvs, n)
+			if x == nil || x.Restart == nil || x.Restart.Error != "" || x.Restart.ProgrammedSeconds <= 0 {
+				return 0, false, false
+			}
+			v := value(x.Restart)
+			return v, false, v > 0
+		}
+	}
+	return r.render(chart{
+		title:    "nftvs restarted on a programmed node",
+		subtitle: fmt.Sprintf("vs Services (× %d endpoints); kernel %s, qemu TCG (emulated); log–log", r.eps(), r.Kernel),
+		yTitle:   "until programmed",
+		series: []series{
+			{title: "first start: exec → programmed", color: "#999999", at: func(n int) (float64, bool, bool) {
+				x := r.Get(ProxyNftvs, n)
+				if x == nil {
+					return 0, false, false
+				}
+				v, bound := x.Wall()
+				return v, bound, v > 0
+			}},
+			{title: "restart: exec → programmed", color: "#2c6fbb", at: restart(func(x *Restart) float64 { return x.ProgrammedSeconds })},
+			{title: "restart: informers → programmed", color: "#1b7f3b", at: restart(func(x *Restart) float64 {
+				if x.InformersSyncedSeconds <= 0 {
+					return 0
+				}
+				return x.ProgrammedSeconds - x.InformersSyncedSeconds
+			})},
+		},
+		guide:      5,
+		guideTitle: "goal: 5 s after the informers",
+	})
+}
+
+// render draws c: the title from the left edge (at 15 px bold it is
+// wider than the plot, and was cut off at the right when it started at
+// the plot's edge), the legend at the right, past the labels of the
+// rightmost size.
+func (r *Report) render(c chart) string {
 	const (
-		w, h                   = 720, 440
-		left, right, top, bott = 80, 190, 50, 60
+		w, h                   = 800, 440
+		left, right, top, bott = 80, 290, 50, 60
 	)
-	colors := map[string]string{ProxyNftvs: "#1b7f3b", ProxyIPVS: "#c0392b", ProxyNftables: "#2c6fbb"}
 	sizes := r.Sizes()
 	ymin, ymax := math.Inf(1), math.Inf(-1)
-	for _, x := range r.Runs {
-		if v, _ := x.Wall(); v > 0 {
-			ymin, ymax = math.Min(ymin, v), math.Max(ymax, v)
+	for _, s := range c.series {
+		for _, n := range sizes {
+			if v, _, ok := s.at(n); ok {
+				ymin, ymax = math.Min(ymin, v), math.Max(ymax, v)
+			}
 		}
+	}
+	if c.guide > 0 && !math.IsInf(ymin, 0) {
+		ymin, ymax = math.Min(ymin, c.guide), math.Max(ymax, c.guide)
 	}
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	p(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", w, h, w, h)
 	p(`<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
-	// The title starts at the left edge, not at the plot's: at 15 px bold
-	// it is wider than the plot, and was cut off at the right.
-	p(`<text x="12" y="24" font-size="15" font-weight="bold">First sync: proxy exec → node fully programmed</text>` + "\n")
-	p(`<text x="12" y="40" fill="#555">vs Services (× %d endpoints); kernel %s, qemu TCG (emulated); outside check; log–log</text>`+"\n", r.eps(), xmlEscape(r.Kernel))
+	p(`<text x="12" y="24" font-size="15" font-weight="bold">%s</text>`+"\n", xmlEscape(c.title))
+	p(`<text x="12" y="40" fill="#555">%s</text>`+"\n", xmlEscape(c.subtitle))
 	if len(sizes) == 0 || math.IsInf(ymin, 0) {
 		p(`<text x="%d" y="%d">no data</text></svg>`+"\n", left, h/2)
 		return b.String()
@@ -588,43 +702,44 @@ func (r *Report) SVG() string {
 		p(`<text x="%.1f" y="%.0f" text-anchor="middle">%d</text>`+"\n", x, float64(top)+ph+18, n)
 	}
 	p(`<text x="%.0f" y="%d" text-anchor="middle">Services (N)</text>`+"\n", float64(left)+pw/2, h-16)
-	p(`<text x="18" y="%.0f" text-anchor="middle" transform="rotate(-90 18 %.0f)">first sync</text>`+"\n", float64(top)+ph/2, float64(top)+ph/2)
-	// Series.
+	p(`<text x="18" y="%.0f" text-anchor="middle" transform="rotate(-90 18 %.0f)">%s</text>`+"\n", float64(top)+ph/2, float64(top)+ph/2, xmlEscape(c.yTitle))
+	// The legend leaves room for the labels of the rightmost size.
+	lx := float64(left) + pw + 60
 	ly := top + 10
-	for _, pr := range Proxies {
-		var pts []string
-		var marks []string
+	if c.guide > 0 {
+		y := py(c.guide)
+		p(`<line x1="%d" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#555" stroke-dasharray="6 4"/>`+"\n", left, y, float64(left)+pw, y)
+		p(`<line x1="%.0f" y1="%d" x2="%.0f" y2="%d" stroke="#555" stroke-dasharray="6 4"/>`+"\n", lx, ly, lx+24, ly)
+		p(`<text x="%.0f" y="%d" dominant-baseline="middle" font-size="11">%s</text>`+"\n", lx+30, ly, xmlEscape(c.guideTitle))
+		ly += 22
+	}
+	// Series.
+	for _, s := range c.series {
+		var pts, marks []string
 		for _, n := range sizes {
-			x := r.Get(pr, n)
-			if x == nil {
-				continue
-			}
-			v, low := x.Wall()
-			if v <= 0 {
+			v, bound, ok := s.at(n)
+			if !ok {
 				continue
 			}
 			cx, cy := px(n), py(v)
 			pts = append(pts, fmt.Sprintf("%.1f,%.1f", cx, cy))
-			fill := colors[pr]
-			label := fmtSec(v)
-			if low {
-				fill = "white"
-				label = "> " + label
+			fill, label := s.color, fmtSec(v)
+			if bound {
+				fill, label = "white", "> "+label
 			}
 			marks = append(marks, fmt.Sprintf(`<circle cx="%.1f" cy="%.1f" r="4.5" fill="%s" stroke="%s" stroke-width="2"/>`+"\n"+
-				`<text x="%.1f" y="%.1f" fill="%s" font-size="11">%s</text>`+"\n", cx, cy, fill, colors[pr], cx+7, cy-7, colors[pr], xmlEscape(label)))
+				`<text x="%.1f" y="%.1f" fill="%s" font-size="11">%s</text>`+"\n", cx, cy, fill, s.color, cx+7, cy-7, s.color, xmlEscape(label)))
 		}
 		if len(pts) == 0 {
 			continue
 		}
-		p(`<polyline points="%s" fill="none" stroke="%s" stroke-width="2"/>`+"\n", strings.Join(pts, " "), colors[pr])
+		p(`<polyline points="%s" fill="none" stroke="%s" stroke-width="2"/>`+"\n", strings.Join(pts, " "), s.color)
 		b.WriteString(strings.Join(marks, ""))
-		lx := float64(left) + pw + 20
-		p(`<line x1="%.0f" y1="%d" x2="%.0f" y2="%d" stroke="%s" stroke-width="3"/>`+"\n", lx, ly, lx+24, ly, colors[pr])
-		p(`<text x="%.0f" y="%d" dominant-baseline="middle">%s</text>`+"\n", lx+30, ly, xmlEscape(ProxyTitle(pr)))
+		p(`<line x1="%.0f" y1="%d" x2="%.0f" y2="%d" stroke="%s" stroke-width="3"/>`+"\n", lx, ly, lx+24, ly, s.color)
+		p(`<text x="%.0f" y="%d" dominant-baseline="middle" font-size="11">%s</text>`+"\n", lx+30, ly, xmlEscape(s.title))
 		ly += 22
 	}
-	p(`<text x="%.0f" y="%d" fill="#555" font-size="11">open marker: hit the bound</text>`+"\n", float64(left)+pw+20, ly+4)
+	p(`<text x="%.0f" y="%d" fill="#555" font-size="11">open marker: hit the bound</text>`+"\n", lx, ly+4)
 	p("</svg>\n")
 	return b.String()
 }

@@ -11,7 +11,7 @@
 // client QPS, and then, for each proxy, boots a fresh VM with real IPVS
 // (e2e/vm/vmexec) that runs bench-guest: it starts the proxy against that
 // API server and measures it. Results: docs/bench/results.{md,json} and
-// first-sync.svg. The run fails when nftvs's IPVS table differs from
+// the charts first-sync.svg, one-change.svg and restart.svg. The run fails when nftvs's IPVS table differs from
 // upstream IPVS mode's for the same objects (the differential check), and
 // in -small mode also when a proxy did not reach "fully programmed".
 package main
@@ -63,7 +63,7 @@ var (
 	conns       = flag.Int("conns", 3000, "data plane: connections per run, at most")
 	connTime    = flag.Duration("conn-time", 8*time.Second, "data plane: seconds per run, at most")
 	profile     = flag.Duration("profile", 0, "nftvs: CPU profiles of this long from its start and from its restart (nftvs-first.pprof, nftvs-restart.pprof in the size's directory)")
-	render      = flag.String("render", "", "only re-render results.md and first-sync.svg from this results.json (into -out, default its directory)")
+	render      = flag.String("render", "", "only re-render results.md and the charts (first-sync.svg, one-change.svg, restart.svg) from this results.json (into -out, default its directory)")
 	budget      = flag.Duration("budget", 55*time.Minute, "time budget of the whole run: runs that would start with less than 3 minutes left are skipped (reported as not run), and each first-sync bound is cut to what is left")
 	keep        = flag.Bool("keep", false, "keep the work directory (control plane logs, guest results, proxy logs)")
 )
