@@ -161,6 +161,7 @@ func run(r *bench.Run) error {
 	// so.
 	var firstSeenAt, lastCheck time.Time
 	checksAfter := 0
+	stopCPU := watchCPU("from exec to programmed", p.pid())
 	for {
 		if !firstSeen {
 			select {
@@ -231,6 +232,7 @@ func run(r *bench.Run) error {
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+	stopCPU()
 	cpu, _ := procCPU(p.pid())
 	r.CPUFirstSyncSeconds = cpu
 	if !firstSeen {
@@ -323,11 +325,13 @@ func restart(p *proxyProc, check *checker) *bench.Restart {
 	// emulation), so that the check's own time does not hide when the
 	// sync ended.
 	progress := "no first sync reported yet"
+	stopCPU := watchCPU("restart, from exec to programmed", q.pid())
 	for {
 		if res.ProgrammedSeconds == 0 {
 			if h, seen := scrapeHist(syncMetric); seen && h.count > 0 {
 				res.ProgrammedSeconds = time.Since(q.started).Seconds()
 				res.FirstSyncSeconds = h.sum / float64(h.count)
+				stopCPU()
 			}
 		} else {
 			var ok bool
@@ -337,6 +341,9 @@ func restart(p *proxyProc, check *checker) *bench.Restart {
 			}
 		}
 		if q.exited() || time.Now().After(deadline) {
+			if res.ProgrammedSeconds == 0 {
+				stopCPU()
+			}
 			res.Error = fmt.Sprintf("not programmed again within %v (%s): %v", *firstBound, progress, q.err)
 			return res
 		}
@@ -780,6 +787,69 @@ func procCPU(pid int) (float64, error) {
 		ticks += v
 	}
 	return ticks / 100, nil // USER_HZ
+}
+
+// vmCPU is the VM's busy and total CPU time (all vCPUs, seconds) from
+// /proc/stat: busy is everything but idle and iowait.
+func vmCPU() (busy, total float64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	for i, v := range f[1:] {
+		x, _ := strconv.ParseFloat(v, 64)
+		total += x / 100
+		if i != 3 && i != 4 { // idle, iowait
+			busy += x / 100
+		}
+	}
+	return busy, total
+}
+
+// watchCPU logs every second, until the returned stop, how many of the
+// VM's vCPUs were busy and how many of them the proxy (pid) kept busy:
+// whether a sync waits on the CPU or on something else (a lock, the
+// kernel). stop logs the averages over the whole window.
+func watchCPU(label string, pid int) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t0 := time.Now()
+		p0, _ := procCPU(pid)
+		b0, a0 := vmCPU()
+		t, b, a, pc := t0, b0, a0, p0
+		sample := func() (dt, busy, all, proc float64) {
+			nt := time.Now()
+			nb, na := vmCPU()
+			np, _ := procCPU(pid)
+			dt, busy, all, proc = nt.Sub(t).Seconds(), nb-b, na-a, np-pc
+			t, b, a, pc = nt, nb, na, np
+			return
+		}
+		for {
+			select {
+			case <-done:
+				sample()
+				if dt := t.Sub(t0).Seconds(); dt > 0 {
+					logf("cpu %s, %.1f s in all: the VM's vCPUs busy %.2f on average, the proxy %.2f (%.1f s of CPU)",
+						label, dt, (b-b0)/dt, (pc-p0)/dt, pc-p0)
+				}
+				return
+			case <-time.After(time.Second):
+				dt, busy, all, proc := sample()
+				if all > 0 && dt > 0 {
+					logf("cpu %s: vCPUs busy %.2f, the proxy %.2f", label, busy/dt, proc/dt)
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
 }
 
 // procHWM is VmHWM (peak RSS) of pid in bytes.
