@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // The address watch, in a network namespace of its own on the host's
@@ -133,6 +134,32 @@ func watchInThisNamespace(t *testing.T) error {
 	}
 	if ip := net.ParseIP("fe80::99"); serviceable(ip) {
 		t.Errorf("serviceable(%s)", ip)
+	}
+	cancel()
+
+	// Notifications lost to an overflowing socket are a change: a
+	// watch with the smallest receive buffer, 200 of the dummy's
+	// addresses (never a change themselves) added before it reads
+	// anything.
+	small, err := newAddrWatch(DummyName)
+	if err != nil {
+		return err
+	}
+	if err := unix.SetsockoptInt(small.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 0); err != nil {
+		return err
+	}
+	for i := range 200 {
+		if err := add(DummyName, fmt.Sprintf("10.97.0.%d/32", i+1)); err != nil {
+			return err
+		}
+	}
+	var lost atomic.Int64
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	go small.run(ctx2, func() { lost.Add(1) })
+	// Whatever fitted is read first, then the overflow (ENOBUFS) is.
+	if err := waitFor("no change after the socket overflowed", func() bool { return lost.Load() > 0 }); err != nil {
+		return err
 	}
 	return nil
 }
