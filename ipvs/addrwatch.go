@@ -72,22 +72,24 @@ func newAddrWatch(ignore string) (*addrWatch, error) {
 	// A receive that times out lets the reader see ctx end.
 	tv := unix.NsecToTimeval(time.Second.Nanoseconds())
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		unix.Close(fd)
+		w.close()
 		return nil, fmt.Errorf("subscribe to address changes: receive timeout: %w", err)
 	}
 	sa := &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV6_IFADDR}
 	if err := unix.Bind(fd, sa); err != nil {
-		unix.Close(fd)
+		w.close()
 		return nil, fmt.Errorf("subscribe to address changes: %w", err)
 	}
 	return w, nil
 }
 
+func (w *addrWatch) close() {
+	unix.Close(w.fd)
+	w.links.Close()
+}
+
 func (w *addrWatch) run(ctx context.Context, onChange func()) {
-	defer func() {
-		unix.Close(w.fd)
-		w.links.Close()
-	}()
+	defer w.close()
 	buf := make([]byte, 64<<10)
 	ignored := -1 // ignore's link index, once seen
 	for ctx.Err() == nil {
@@ -116,13 +118,13 @@ func (w *addrWatch) run(ctx context.Context, onChange func()) {
 		}
 		for i := range msgs {
 			index, addr, ok := parseAddrMessage(&msgs[i])
-			if !ok || index == ignored {
-				if ok && index == int(w.filtered.Load()) {
-					w.ignoredAfter.Add(1)
-				}
+			if !ok || !serviceable(addr) {
 				continue
 			}
-			if !serviceable(addr) {
+			if index == ignored {
+				if index == int(w.filtered.Load()) {
+					w.ignoredAfter.Add(1) // the filter let it through
+				}
 				continue
 			}
 			if l, err := w.links.LinkByIndex(index); err == nil && l.Attrs().Name == w.ignore {

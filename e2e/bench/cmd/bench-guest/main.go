@@ -798,6 +798,9 @@ func vmCPU() (busy, total float64) {
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
 	f := strings.Fields(line)
+	if len(f) < 2 || f[0] != "cpu" {
+		return 0, 0
+	}
 	for i, v := range f[1:] {
 		x, _ := strconv.ParseFloat(v, 64)
 		total += x / 100
