@@ -199,11 +199,36 @@ JSON
 done <<<"$cidrs"
 state "pod CIDRs routed: $(echo "$cidrs" | tr '\n' ';')"
 
+# Where the VM's CPU goes, every 30 s, into logs/vm-cpu.log: a cluster
+# that is slow for one proxy and not the other must be explained by
+# measurement. Per-process times miss what a process execs (kube-proxy
+# IPVS mode runs iptables-restore and ipset on each sync), so this reads
+# cgroup totals, which count every process that ever ran in the cgroup,
+# and the kernel's fork counter. CPU seconds are cumulative.
+cgroup_secs() { awk '$1 == "usage_usec" { printf "%.1f", $2 / 1e6 }' "$1/cpu.stat" 2>/dev/null || echo -; }
+sample_cpu() {
+  local line comm pid cg
+  line="t=$(($(date +%s) - t0))s load=$(cut -d' ' -f1 /proc/loadavg) forks=$(awk '$1 == "processes" { print $2 }' /proc/stat)"
+  for name in "${!waiter[@]}"; do
+    line+=" | $name=$(cgroup_secs "/sys/fs/cgroup/$name") pods=$(cgroup_secs "/sys/fs/cgroup/$name/kubepods" 2>/dev/null)"
+  done
+  echo "$line"
+  # The proxies and node daemons: own CPU, their children's, and the
+  # cgroup they run in (for a pod's container: every process it ran).
+  for pid in $(pgrep -x 'kube-proxy|nftvs|kubelet|containerd'); do
+    comm=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
+    cg=$(sed -n 's/^0:://p' "/proc/$pid/cgroup" 2>/dev/null)
+    awk -v comm="$comm" -v pid="$pid" -v cg="${cg:-?}" -v cgs="$(cgroup_secs "/sys/fs/cgroup$cg")" -v hz="$(getconf CLK_TCK)" \
+      '{ sub(/^.*\) /, ""); printf "  %s %s self=%.1f children=%.1f cgroup=%s %s\n", comm, pid, ($12 + $13) / hz, ($14 + $15) / hz, cgs, cg }' "/proc/$pid/stat"
+  done
+}
 deadline=$((t0 + ${NODE_MAX_SECONDS:-3600}))
+i=0
 while [ ! -e "$NODE_DIR/stop" ] && [ "$(date +%s)" -lt "$deadline" ]; do
   for name in "${!waiter[@]}"; do
     kill -0 "${waiter[$name]}" 2>/dev/null || fail "$name stopped (logs/$name.log)"
   done
+  [ $((i++ % 15)) != 0 ] || sample_cpu >>"$NODE_DIR/logs/vm-cpu.log" 2>&1
   sleep 2
 done
 state "stopping"
