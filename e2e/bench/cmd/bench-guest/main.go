@@ -249,6 +249,7 @@ func run(r *bench.Run) error {
 	}
 	if r.Programmed {
 		logf("programmed after %.2f s (proxy's first sync metric %.3f s), CPU %.2f s", r.FirstSyncWallSeconds, r.FirstSyncMetricSeconds, cpu)
+		logRSS("the first sync", p.pid())
 	}
 
 	// --- the table, for the differential check, and the counts ---
@@ -271,6 +272,7 @@ func run(r *bench.Run) error {
 	if err := runChanges(r, check); err != nil {
 		r.Errors = append(r.Errors, "changes: "+err.Error())
 	}
+	logRSS("the changes", p.pid())
 
 	// --- data plane: through the ClusterIP, then straight to a pod ---
 	svc := netip.AddrPortFrom(bench.ClusterIP(0), bench.ServicePort)
@@ -293,6 +295,7 @@ func run(r *bench.Run) error {
 			logf("%s (%s): %d connections in %.2f s = %.0f/s (%d errors)", t.what, t.dst, c.Connections, c.Seconds, c.PerSecond, c.Errors)
 		}
 	}
+	logRSS("the data plane test", p.pid())
 	finish(r, p)
 	if *proxy == bench.ProxyNftvs {
 		r.Restart = restart(p, check)
@@ -368,6 +371,7 @@ func restart(p *proxyProc, check *checker) *bench.Restart {
 			logf("%s: %s", l, sum)
 		}
 	}
+	logRSS("the restart", q.pid())
 	logf("restart: programmed after %.2f s (informers synced after %.2f s, first sync %.3f s, outside check passed after %.2f s), writes: IPVS %d, addresses %d, nft elements %d",
 		res.ProgrammedSeconds, res.InformersSyncedSeconds, res.FirstSyncSeconds, res.CheckedSeconds, res.IPVSWrites, res.AddressWrites, res.NFTElementWrites)
 	return res
@@ -856,18 +860,34 @@ func watchCPU(label string, pid int) (stop func()) {
 }
 
 // procHWM is VmHWM (peak RSS) of pid in bytes.
-func procHWM(pid int) (int64, error) {
+func procHWM(pid int) (int64, error) { return procStatus(pid, "VmHWM") }
+
+// procStatus is a size field of /proc/PID/status (VmHWM, VmRSS), in bytes.
+func procStatus(pid int, field string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(l, field+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			return kb * 1024, err
 		}
 	}
-	return 0, errors.New("no VmHWM")
+	return 0, fmt.Errorf("no %s", field)
+}
+
+// logRSS logs the proxy's RSS now and its peak so far, after a phase:
+// which phase (first sync, changes, periodic syncs, data plane) set the
+// peak RSS reported at the end.
+func logRSS(phase string, pid int) {
+	rss, err1 := procStatus(pid, "VmRSS")
+	hwm, err2 := procStatus(pid, "VmHWM")
+	if err := errors.Join(err1, err2); err != nil {
+		logf("RSS after %s: %v", phase, err)
+		return
+	}
+	logf("RSS after %s: %.1f MB, peak so far %.1f MB", phase, float64(rss)/1e6, float64(hwm)/1e6)
 }
 
 func tail(path string, n int) string {
