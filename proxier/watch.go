@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -158,39 +159,55 @@ func serviceInformers(client kubernetes.Interface, resync time.Duration) (inform
 // own scheduling annotations and kube-router's (docs/scheduling.md).
 var keptAnnotationPrefixes = []string{"ipvs.nftvs.io/", "kube-router.io/"}
 
+// keptServiceLabelPrefix: the Service labels kube-proxy honours
+// (service-proxy-name, headless) are all under it.
+const keptServiceLabelPrefix = "service.kubernetes.io/"
+
 // StripUnread is the informers' transform: it drops from each object what
 // nftvs never reads before the object is cached, since every node caches
 // every Service and EndpointSlice of the cluster. Managed fields and
-// kubectl's last-applied-configuration are often most of an object.
-// Kept: everything planning reads, the EndpointSlice trigger-time
-// annotation (network programming latency), labels (the Service name of
-// a slice, topology).
+// kubectl's last-applied-configuration are often most of an object;
+// selectors and the labels copied from a Service onto its slices are
+// maps of their own; UIDs are never read (objects are known by
+// namespace and name, as in kube-proxy). Kept: everything planning and `nftvs explain` read,
+// the creation time (the older Service keeps a contested frontend), the
+// resource version (a resync is no change), the EndpointSlice
+// trigger-time annotation (network programming latency), a slice's
+// Service name label. The values repeated across a cluster's endpoints
+// (conditions, node names, zones) are shared, not one copy each.
 func StripUnread(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *v1.Service:
 		o.ManagedFields = nil
 		o.OwnerReferences = nil
-		for k := range o.Annotations {
-			if !slices.ContainsFunc(keptAnnotationPrefixes, func(p string) bool { return strings.HasPrefix(k, p) }) {
-				delete(o.Annotations, k)
-			}
+		o.Finalizers = nil
+		o.UID = ""
+		o.Spec.Selector = nil
+		o.Status.Conditions = nil
+		for i := range o.Status.LoadBalancer.Ingress {
+			o.Status.LoadBalancer.Ingress[i].Ports = nil
 		}
-		if len(o.Annotations) == 0 {
-			o.Annotations = nil
-		}
+		o.Annotations = keepKeys(o.Annotations, func(k string) bool {
+			return slices.ContainsFunc(keptAnnotationPrefixes, func(p string) bool { return strings.HasPrefix(k, p) })
+		})
+		o.Labels = keepKeys(o.Labels, func(k string) bool { return strings.HasPrefix(k, keptServiceLabelPrefix) })
 	case *discovery.EndpointSlice:
 		o.ManagedFields = nil
 		o.OwnerReferences = nil
-		if t, ok := o.Annotations[v1.EndpointsLastChangeTriggerTime]; ok {
-			o.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: t}
-		} else {
-			o.Annotations = nil
-		}
+		o.UID, o.GenerateName = "", ""
+		o.Annotations = keepKeys(o.Annotations, func(k string) bool { return k == v1.EndpointsLastChangeTriggerTime })
+		o.Labels = keepKeys(o.Labels, func(k string) bool { return k == discovery.LabelServiceName })
 		for i := range o.Endpoints {
+			e := &o.Endpoints[i]
 			// The pod a slice points at and its hostname: never read.
-			o.Endpoints[i].TargetRef = nil
-			o.Endpoints[i].Hostname = nil
-			o.Endpoints[i].DeprecatedTopology = nil
+			e.TargetRef = nil
+			e.Hostname = nil
+			e.DeprecatedTopology = nil
+			e.Conditions.Ready = sharedBool(e.Conditions.Ready)
+			e.Conditions.Serving = sharedBool(e.Conditions.Serving)
+			e.Conditions.Terminating = sharedBool(e.Conditions.Terminating)
+			e.NodeName = endpointStrings.share(e.NodeName)
+			e.Zone = endpointStrings.share(e.Zone)
 		}
 	case *v1.Node:
 		o.ManagedFields = nil
@@ -200,6 +217,65 @@ func StripUnread(obj any) (any, error) {
 		o.Status.VolumesInUse = nil
 	}
 	return obj, nil
+}
+
+// keepKeys deletes from m the keys keep refuses; nil if none is left.
+func keepKeys(m map[string]string, keep func(string) bool) map[string]string {
+	for k := range m {
+		if !keep(k) {
+			delete(m, k)
+		}
+	}
+	if len(m) == 0 {
+		return nil
+	}
+	return m
+}
+
+// The informers' objects are never written through (client-go's
+// contract for cached objects), so endpoints can point at one true and
+// one false.
+var sharedTrue, sharedFalse = true, false
+
+func sharedBool(b *bool) *bool {
+	switch {
+	case b == nil:
+		return nil
+	case *b:
+		return &sharedTrue
+	default:
+		return &sharedFalse
+	}
+}
+
+// stringPool hands out one *string per value: a node name or zone is
+// repeated on every endpoint of the cluster (10 endpoints × 10k Services:
+// 200k copies of a few node and zone names). It holds at most
+// maxPooledStrings values, so that made-up names in EndpointSlices
+// (any namespace user writes them) cannot grow it without bound; beyond
+// that a value keeps its own copy.
+type stringPool struct {
+	mu sync.Mutex
+	m  map[string]*string
+}
+
+const maxPooledStrings = 1 << 14
+
+var endpointStrings = &stringPool{m: map[string]*string{}}
+
+func (p *stringPool) share(s *string) *string {
+	if s == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if v, ok := p.m[*s]; ok {
+		return v
+	}
+	if len(p.m) < maxPooledStrings {
+		p.m[*s] = s
+	}
+	return s
 }
 
 // serviceHandler hands Service events to the proxier, then to onChange.

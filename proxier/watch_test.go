@@ -25,7 +25,7 @@ func TestStripUnread(t *testing.T) {
 	want := svc.DeepCopy()
 	want.ManagedFields = nil
 	delete(want.Annotations, "kubectl.kubernetes.io/last-applied-configuration")
-	slice := httpSlice(svc, ready("10.244.1.5", thisNode))
+	slice := httpSlice(svc, ready("10.244.1.5", thisNode), ready("10.244.2.6", "node-b"))
 	slice.ManagedFields = svc.ManagedFields
 	slice.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: "2026-12-06T00:00:00Z", "other": big}
 	host := "pod-1"
@@ -37,11 +37,33 @@ func TestStripUnread(t *testing.T) {
 		s.Annotations["kube-router.io/service.scheduler"] != "mh" {
 		t.Errorf("Service stripped to %+v", s.ObjectMeta)
 	}
+	svc.Labels = map[string]string{"app": "web", "service.kubernetes.io/topology-mode": "Auto"}
+	svc.Spec.Selector = map[string]string{"app": "web"}
+	gotSvc, _ = StripUnread(svc.DeepCopy())
+	if s := gotSvc.(*v1.Service); s.Spec.Selector != nil || len(s.Labels) != 1 || s.Labels["service.kubernetes.io/topology-mode"] != "Auto" ||
+		!s.CreationTimestamp.Equal(&svc.CreationTimestamp) || s.ResourceVersion != svc.ResourceVersion {
+		t.Errorf("Service labels and selector stripped to %v, %v", s.Labels, s.Spec.Selector)
+	}
+	zone := "zone-a"
+	for i := range slice.Endpoints {
+		z, r := zone, true // each endpoint its own copy, as decoded
+		slice.Endpoints[i].Zone, slice.Endpoints[i].Conditions.Ready = &z, &r
+	}
+	slice.Labels[discovery.LabelManagedBy] = "endpointslice-controller.k8s.io"
+	slice.Labels["app"] = "web"
 	plansBefore, _ := PlanService(svc, []*discovery.EndpointSlice{slice}, testConfig())
 	gotSlice, _ := StripUnread(slice.DeepCopy())
 	s := gotSlice.(*discovery.EndpointSlice)
 	if s.ManagedFields != nil || len(s.Annotations) != 1 || s.Endpoints[0].TargetRef != nil || s.Endpoints[0].Hostname != nil {
 		t.Errorf("EndpointSlice stripped to %+v", s)
+	}
+	if len(s.Labels) != 1 || s.Labels[discovery.LabelServiceName] != svc.Name {
+		t.Errorf("EndpointSlice labels stripped to %v", s.Labels)
+	}
+	// Repeated values are shared, and still what the API server sent.
+	a, b := s.Endpoints[0], s.Endpoints[1]
+	if a.Zone != b.Zone || *a.Zone != zone || a.Conditions.Ready != b.Conditions.Ready || !*a.Conditions.Ready || *a.NodeName != thisNode || *b.NodeName != "node-b" {
+		t.Errorf("endpoints not shared: %+v %+v", a, b)
 	}
 	if _, ok := lastChangeTriggerTime(s); !ok {
 		t.Error("the trigger-time annotation was stripped")
@@ -55,6 +77,26 @@ func TestStripUnread(t *testing.T) {
 	gotNode, _ := StripUnread(node)
 	if n := gotNode.(*v1.Node); n.Status.Images != nil || len(n.Status.Addresses) != 1 || n.Labels[v1.LabelTopologyZone] != "a" {
 		t.Errorf("Node stripped to %+v", n)
+	}
+}
+
+// TestStringPoolIsBounded: names made up in EndpointSlices cannot grow
+// the pool of shared node names and zones without bound; past the bound
+// each keeps its own copy, with its value.
+func TestStringPoolIsBounded(t *testing.T) {
+	p := &stringPool{m: map[string]*string{}}
+	for i := range 2 * maxPooledStrings {
+		v := fmt.Sprintf("node-%d", i)
+		if got := p.share(&v); *got != v {
+			t.Fatalf("share(%q) = %q", v, *got)
+		}
+	}
+	if len(p.m) != maxPooledStrings {
+		t.Errorf("pool holds %d values, want %d", len(p.m), maxPooledStrings)
+	}
+	v := "node-1"
+	if got := p.share(&v); got == &v || *got != v {
+		t.Error("a pooled value was not shared")
 	}
 }
 
@@ -81,11 +123,20 @@ func BenchmarkStripUnreadHeap(b *testing.B) {
 			s.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "endpointslice-controller.k8s.io", Operation: metav1.ManagedFieldsOperationUpdate,
 				APIVersion: "discovery.k8s.io/v1", FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(sliceFields)}}}
 			s.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Service", Name: svc.Name, UID: "0b7a1e2c-5d3f-4a8e-9c1b-2f6d7e8a9b0c"}}
+			svc.Labels = map[string]string{"app": "web", "tier": "frontend"}
+			svc.Spec.Selector = map[string]string{"app": "web"}
+			// The EndpointSlice controller copies the Service's labels.
+			s.Labels = map[string]string{discovery.LabelServiceName: svc.Name, discovery.LabelManagedBy: "endpointslice-controller.k8s.io", "app": "web", "tier": "frontend"}
 			for k := range s.Endpoints {
 				host := fmt.Sprintf("web-%d", k)
+				zone := fmt.Sprintf("zone-%c", 'a'+k%3)
 				s.Endpoints[k].TargetRef = &v1.ObjectReference{Kind: "Pod", Namespace: "ns", Name: "web-7d9f8c6b5-" + host, UID: "1c2d3e4f-5a6b-7c8d-9e0f-1a2b3c4d5e6f"}
 				s.Endpoints[k].Hostname = &host
+				s.Endpoints[k].Zone = &zone
 			}
+			// Decoded from the API server's protobuf, as an informer
+			// holds them: every field its own allocation.
+			svc, s = protoCopy(b, svc, &v1.Service{}), protoCopy(b, s, &discovery.EndpointSlice{})
 			svcs, slices = append(svcs, svc), append(slices, s)
 		}
 		return svcs, slices
@@ -111,6 +162,21 @@ func BenchmarkStripUnreadHeap(b *testing.B) {
 			}
 		})
 	}
+}
+
+// protoCopy is obj marshalled and unmarshalled into out.
+func protoCopy[T interface {
+	Marshal() ([]byte, error)
+	Unmarshal([]byte) error
+}](b testing.TB, obj, out T) T {
+	data, err := obj.Marshal()
+	if err == nil {
+		err = out.Unmarshal(data)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	return out
 }
 
 const lastApplied = `{"apiVersion":"v1","kind":"Service","metadata":{"annotations":{},"labels":{"app":"web","tier":"frontend"},"name":"web","namespace":"ns"},"spec":{"ports":[{"name":"http","port":80,"protocol":"TCP","targetPort":8080}],"selector":{"app":"web"},"type":"ClusterIP"}}` + "\n"
