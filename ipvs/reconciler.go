@@ -35,6 +35,10 @@ type Reconciler struct {
 	// the lock is stale for those, and only for those.
 	snapshot uint64
 	touched  map[VSKey]bool
+	// batch is create's buffer of writes, kept between calls: a first
+	// sync at 10k Services creates in 100 batches of about 1,000 writes,
+	// and a buffer grown anew each time was 40 MB of its garbage.
+	batch []Write
 }
 
 // YieldBatch is how many virtual servers Apply, Resync and Repair go
@@ -641,13 +645,14 @@ func (r *Reconciler) syncAll(services []Service, pace int, skip func(Service) bo
 // ESRCH).
 func (r *Reconciler) create(b Batcher, services []Service, res *Result) []error {
 	var errs []error
-	writes := make([]Write, 0, len(services))
+	writes := r.batch[:0]
+	defer func() { r.batch = writes[:0] }()
 	for _, s := range services {
 		r.touch(s.Key())
 		writes = append(writes, Write{Op: OpAddVirtualServer, VirtualServer: s.VirtualServer})
 	}
 	res.Writes.AddVirtualServer += len(services)
-	var added []Service
+	added := make([]Service, 0, len(services))
 	for i, err := range b.WriteBatch(writes) {
 		s := services[i]
 		switch {

@@ -401,6 +401,7 @@ func (t *Table) pending() transaction {
 	var tx transaction
 	if t.needsBuild {
 		tx.rebuild = true
+		tx.add = make([]KernelElement, 0, len(t.owners))
 		for k := range t.owners {
 			d, _ := t.desired(k)
 			tx.add = append(tx.add, d)
@@ -438,7 +439,9 @@ func (t *Table) commit(tx transaction, res *SyncResult) error {
 	}
 	t.ownGeneration(gen)
 	if tx.rebuild {
-		clear(t.programmed)
+		// Sized once: grown from empty, the record of a first sync at 10k
+		// Services (20k elements) was 21 MB of garbage.
+		t.programmed = make(map[Element]KernelElement, len(tx.add))
 		t.needsBuild = false
 		res.Rebuilt = true
 	}

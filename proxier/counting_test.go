@@ -112,3 +112,20 @@ func (c *counting) DeleteRealServer(k ipvs.VSKey, r ipvs.RealServer) error {
 	c.count(func(w *ipvs.WriteCounts) { w.DeleteRealServer++ })
 	return c.Interface.DeleteRealServer(k, r)
 }
+
+// WriteBatch counts each write and passes the batch on, as the kernel
+// adapter takes it: a first sync creates its virtual and real servers in
+// batches, and the tests and benchmarks go the way a node does.
+func (c *counting) WriteBatch(writes []ipvs.Write) []error {
+	c.count(func(w *ipvs.WriteCounts) {
+		for _, x := range writes {
+			switch x.Op {
+			case ipvs.OpAddVirtualServer:
+				w.AddVirtualServer++
+			case ipvs.OpAddRealServer:
+				w.AddRealServer++
+			}
+		}
+	})
+	return c.Interface.(ipvs.Batcher).WriteBatch(writes)
+}
