@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -18,6 +19,9 @@ type Interface interface {
 	// programmed are left out and reported in the error; the others are
 	// kept.
 	SetElements(owner string, elems []Element) error
+	// Reserve says that about n elements are about to be declared (a first
+	// or full sync), so that the mirror sizes its maps once.
+	Reserve(n int)
 	// Sync sends what changed since the last Sync in one atomic
 	// transaction. With full set, it also repairs drift: when anyone
 	// changed the ruleset since our last commit (with a drift watch up:
@@ -136,6 +140,30 @@ func newTable(cfg Config, b backend) (*Table, error) {
 }
 
 // SetElements implements Interface.
+// Reserve implements Interface. Only a mirror far smaller than n is
+// sized again (a first sync): grown from empty, the owners and dirty keys
+// of a first sync at 10k Services (20k elements) were 21 MB of garbage.
+func (t *Table) Reserve(n int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if n < 1024 {
+		return
+	}
+	if len(t.owners) < n/4 {
+		t.owners = resized(t.owners, n)
+	}
+	if len(t.dirty) < n/4 {
+		t.dirty = resized(t.dirty, n)
+	}
+}
+
+// resized is a copy of m with room for n keys.
+func resized[V any](m map[Element]V, n int) map[Element]V {
+	r := make(map[Element]V, n)
+	maps.Copy(r, m)
+	return r
+}
+
 func (t *Table) SetElements(owner string, elems []Element) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()

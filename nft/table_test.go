@@ -607,3 +607,29 @@ func TestReadAhead(t *testing.T) {
 		t.Fatalf("restart with a commit after the read ahead: %+v, %d reads; want a second read, and a rebuild", res, f.Reads-reads)
 	}
 }
+
+// TestReserveKeepsWhatWasDeclared: sizing the mirror for a first sync
+// keeps the owners declared before it, and what each owns.
+func TestReserveKeepsWhatWasDeclared(t *testing.T) {
+	tbl, f := mustFake(t, Config{})
+	if err := tbl.SetElements("ns/early:http", svc(1, "10.244.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	tbl.Reserve(4000)
+	for i := 2; i < 1000; i++ {
+		if err := tbl.SetElements(fmt.Sprintf("ns/svc-%d:http", i), svc(i, fmt.Sprintf("10.244.%d.%d", i>>8, i&0xff))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustSync(t, tbl, false)
+	if n := len(f.Elements()); n != 999*3 {
+		t.Fatalf("%d elements programmed, want %d", n, 999*3)
+	}
+	// The early owner still owns its elements: removing it deletes them.
+	if err := tbl.SetElements("ns/early:http", nil); err != nil {
+		t.Fatal(err)
+	}
+	if res := mustSync(t, tbl, false); res.Deleted != 3 {
+		t.Errorf("removing the owner declared before Reserve deleted %d elements, want 3", res.Deleted)
+	}
+}

@@ -549,6 +549,15 @@ func truncate(s string, n int) string {
 // and new nft elements, so new frontends are accepted before their VIP
 // answers. A failure here stops the sync.
 func (p *Proxier) addElements(planned map[types.NamespacedName][]PortPlan, full bool, res *SyncResult) error {
+	if full {
+		n := 0
+		for _, plans := range planned {
+			for _, pl := range plans {
+				n += len(pl.Elements)
+			}
+		}
+		p.k.NFT.Reserve(n)
+	}
 	for n, plans := range planned {
 		old := portsByName(p.applied[n])
 		for _, pl := range plans {
