@@ -23,13 +23,22 @@ func staleFlows(removed []ipvs.RemovedRealServer, old map[types.NamespacedName][
 		proto     l4.Protocol
 		frontends []netip.AddrPort
 	}
+	// Only the virtual servers that lost a real server: a first sync or
+	// a restart plans every Service and removes nothing.
+	lost := make(map[ipvs.VSKey]bool, len(removed))
+	for _, r := range removed {
+		lost[r.VirtualServer.Key()] = true
+	}
 	targets := map[ipvs.VSKey]target{}
 	add := func(plans map[types.NamespacedName][]PortPlan) {
+		if len(lost) == 0 {
+			return
+		}
 		for _, ps := range plans {
 			for _, pl := range ps {
 				for _, s := range pl.VirtualServers {
 					k := s.Key()
-					if _, done := targets[k]; done {
+					if _, done := targets[k]; done || !lost[k] {
 						continue
 					}
 					t := target{proto: l4.Protocol(pl.Name.Protocol)}

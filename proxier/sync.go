@@ -328,6 +328,7 @@ func (p *Proxier) plan(w *work, now time.Time) map[types.NamespacedName][]PortPl
 		var affected []types.NamespacedName
 		names := slices.Collect(maps.Keys(pending))
 		results := planAll(names, pending, &cfg)
+		p.claims.reserve(results)
 		for i, n := range names {
 			in := pending[n]
 			var created time.Time

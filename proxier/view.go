@@ -64,6 +64,13 @@ func (v *view) publish(planned, old map[types.NamespacedName][]PortPlan) {
 		v.plans = map[types.NamespacedName][]PortPlan{}
 		v.problems = map[types.NamespacedName][]Problem{}
 	}
+	frontends := 0
+	for _, plans := range planned {
+		for _, pl := range plans {
+			frontends += len(pl.VirtualServers)
+		}
+	}
+	v.owners, v.plans = grown(v.owners, frontends), grown(v.plans, len(planned))
 	for n := range planned {
 		for _, pl := range old[n] {
 			for _, s := range pl.VirtualServers {
