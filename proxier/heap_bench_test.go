@@ -91,6 +91,30 @@ func BenchmarkProxierPeakHeap(b *testing.B) {
 						b.Fatal(err)
 					}
 				}))
+				// Steady state: changes and periodic repairs, as a node lives
+				// after its first sync. Their garbage piles up to the GC's
+				// goal (GOGC: by default twice the live heap) before a
+				// collection: the heap's sawtooth, which peak RSS sees.
+				liveHeap()
+				report("steady-peak", peakHeap(func() {
+					svc := svcs[7]
+					for i := range 200 {
+						eps := []ep{ready(fmt.Sprintf("10.200.%d.%d", i>>8&0xff, i&0xff), "node-b")}
+						for j := 1; j < 10; j++ {
+							eps = append(eps, ready(fmt.Sprintf("10.%d.0.7", 128+j), "node-b"))
+						}
+						f.p.OnEndpointSliceUpdate("ns", svc.Name, namedSlice(svc.Name, httpSlice(svc, eps...)), svc.Name)
+						f.sync(b, false)
+						if i%20 == 0 {
+							f.clock.Step(30 * time.Second)
+							if _, err := f.p.Repair(); err != nil {
+								b.Fatal(err)
+							}
+						}
+					}
+					f.addService(svc, slices[7]) // as the restart is told
+					f.sync(b, false)
+				}))
 				liveHeap()
 				report("resync-peak", peakHeap(func() {
 					f.clock.Step(DefaultIPVSResyncPeriod)

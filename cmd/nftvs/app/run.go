@@ -123,8 +123,10 @@ func run(parent context.Context, cfg *config.Config) error {
 	}
 	changes.initialize()
 	takeOverKubeProxy(cfg.TakeoverKubeProxy, takeover.Node(), ev.event)
+	gc := newGCTuner()
 	p.Run(ctx, func(res proxier.SyncResult, err error) {
 		observeSync(res, err, p, node.Families, m, health, changes, serviceHealth)
+		gc.synced()
 	})
 	return stopped(ctx)
 }
