@@ -12,6 +12,22 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 )
 
+// benchObjects are n Services with a slice of 10 endpoints each, on
+// another node, as the benchmarks plan them.
+func benchObjects(n int) ([]*v1.Service, []*discovery.EndpointSlice) {
+	var svcs []*v1.Service
+	var slices []*discovery.EndpointSlice
+	for i := range n {
+		svc := makeService("ns", fmt.Sprintf("svc-%d", i), clusterIPs(fmt.Sprintf("10.%d.%d.%d", 96+i>>16, (i>>8)&0xff, i&0xff)))
+		var eps []ep
+		for j := range 10 {
+			eps = append(eps, ready(fmt.Sprintf("10.%d.%d.%d", 128+j, (i>>8)&0xff, i&0xff), "node-b"))
+		}
+		svcs, slices = append(svcs, svc), append(slices, namedSlice(svc.Name, httpSlice(svc, eps...)))
+	}
+	return svcs, slices
+}
+
 // heapObjects is the heap the GC has not freed yet, live and dead: what
 // a process's RSS follows (runtime/metrics reads it without stopping the
 // world, so it can be sampled often).
@@ -63,16 +79,7 @@ func BenchmarkProxierPeakHeap(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
 			for range b.N {
-				var svcs []*v1.Service
-				var slices []*discovery.EndpointSlice
-				for i := range n {
-					svc := makeService("ns", fmt.Sprintf("svc-%d", i), clusterIPs(fmt.Sprintf("10.%d.%d.%d", 96+i>>16, (i>>8)&0xff, i&0xff)))
-					var eps []ep
-					for j := range 10 {
-						eps = append(eps, ready(fmt.Sprintf("10.%d.%d.%d", 128+j, (i>>8)&0xff, i&0xff), "node-b"))
-					}
-					svcs, slices = append(svcs, svc), append(slices, namedSlice(svc.Name, httpSlice(svc, eps...)))
-				}
+				svcs, slices := benchObjects(n)
 				f := newFakeNode(b)
 				base := liveHeap()
 				perService := func(v uint64) float64 { return float64(int64(v)-int64(base)) / float64(n) }

@@ -368,16 +368,7 @@ func BenchmarkProxierHeap(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
 			for range b.N {
-				var svcs []*v1.Service
-				var slices []*discovery.EndpointSlice
-				for i := range n {
-					svc := makeService("ns", fmt.Sprintf("svc-%d", i), clusterIPs(fmt.Sprintf("10.%d.%d.%d", 96+i>>16, (i>>8)&0xff, i&0xff)))
-					var eps []ep
-					for j := range 10 {
-						eps = append(eps, ready(fmt.Sprintf("10.%d.%d.%d", 128+j, (i>>8)&0xff, i&0xff), "node-b"))
-					}
-					svcs, slices = append(svcs, svc), append(slices, namedSlice(svc.Name, httpSlice(svc, eps...)))
-				}
+				svcs, slices := benchObjects(n)
 				var before, after goruntime.MemStats
 				goruntime.GC()
 				goruntime.ReadMemStats(&before)
