@@ -815,9 +815,14 @@ func (p *Proxier) deleteVirtualServers(deletes []ipvs.VSKey, res *SyncResult) er
 // counts up to date as it goes, so that reading them after a sync costs
 // what the sync changed, not a walk of every Service.
 func (p *Proxier) commit(planned map[types.NamespacedName][]PortPlan) map[types.NamespacedName][]PortPlan {
-	old := make(map[types.NamespacedName][]PortPlan, len(planned))
+	// Only Services that had plans: a first sync or a restart replans
+	// 10k Services that had none.
+	old := map[types.NamespacedName][]PortPlan{}
+	p.applied = grown(p.applied, len(planned))
 	for n, plans := range planned {
-		old[n] = p.applied[n]
+		if a := p.applied[n]; a != nil {
+			old[n] = a
+		}
 		p.account(p.applied[n], -1)
 		p.account(plans, +1)
 		if plans == nil {
