@@ -424,10 +424,8 @@ func (pp *portPlanner) virtualServer(key ipvs.VSKey, sel epSelection) {
 	s := ipvs.Service{VirtualServer: pp.tmpl}
 	s.VSKey = key
 	if len(sel) > 0 {
-		s.RealServers = make([]ipvs.RealServer, 0, len(sel))
-	}
-	for _, w := range sel {
-		s.RealServers = append(s.RealServers, ipvs.RealServer{Address: w.IP, Port: w.Port, Weight: w.Weight})
+		// A copy each: drains filter a virtual server's own in place.
+		s.RealServers = slices.Clone(sel)
 	}
 	pp.plan.VirtualServers = append(pp.plan.VirtualServers, s)
 }
@@ -488,7 +486,10 @@ func (pp *portPlanner) planFamily(ipv6 bool, eps []*discovery.EndpointSlice) {
 	all := endpointsForPort(eps, pp.portName, pp.k8sProto, ipv6)
 	local := localOnly(all, node.Name)
 	cluster := selectEndpoints(all, true, node.Name, node.Zone)
-	localSel := selectEndpoints(local, false, node.Name, node.Zone)
+	var localSel epSelection
+	if pp.fe.internalLocal || pp.fe.externalLocal {
+		localSel = selectEndpoints(local, false, node.Name, node.Zone)
+	}
 	internal := cluster
 	if pp.fe.internalLocal {
 		internal = localSel
