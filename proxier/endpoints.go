@@ -18,8 +18,26 @@ type Endpoint struct {
 	Ready       bool
 	Serving     bool
 	Terminating bool
-	ZoneHints   []string
-	NodeHints   []string
+	// Hints are the topology hints, nil when there are none (nearly
+	// always: one pointer instead of two slices in every endpoint).
+	Hints *Hints
+}
+
+// Hints are an endpoint's topology hints: the zones and nodes it is for.
+type Hints struct{ Zones, Nodes []string }
+
+func (e Endpoint) zoneHints() []string {
+	if e.Hints == nil {
+		return nil
+	}
+	return e.Hints.Zones
+}
+
+func (e Endpoint) nodeHints() []string {
+	if e.Hints == nil {
+		return nil
+	}
+	return e.Hints.Nodes
 }
 
 // Local reports whether the endpoint runs on node.
@@ -86,12 +104,13 @@ func endpointsForPort(slices_ []*discovery.EndpointSlice, portName string, proto
 			if ep.NodeName != nil {
 				e.NodeName = *ep.NodeName
 			}
-			if ep.Hints != nil {
+			if ep.Hints != nil && len(ep.Hints.ForZones)+len(ep.Hints.ForNodes) > 0 {
+				e.Hints = &Hints{}
 				for _, z := range ep.Hints.ForZones {
-					e.ZoneHints = append(e.ZoneHints, z.Name)
+					e.Hints.Zones = append(e.Hints.Zones, z.Name)
 				}
 				for _, n := range ep.Hints.ForNodes {
-					e.NodeHints = append(e.NodeHints, n.Name)
+					e.Hints.Nodes = append(e.Hints.Nodes, n.Name)
 				}
 			}
 			if out == nil {
@@ -139,14 +158,14 @@ func topologyMode(eps []Endpoint, node, zone string) string {
 			continue
 		}
 		anyReady = true
-		if len(e.NodeHints) == 0 {
+		if len(e.nodeHints()) == 0 {
 			allNode = false
-		} else if slices.Contains(e.NodeHints, node) {
+		} else if slices.Contains(e.nodeHints(), node) {
 			forNode = true
 		}
-		if len(e.ZoneHints) == 0 {
+		if len(e.zoneHints()) == 0 {
 			allZone = false
-		} else if slices.Contains(e.ZoneHints, zone) {
+		} else if slices.Contains(e.zoneHints(), zone) {
 			forZone = true
 		}
 	}
@@ -164,9 +183,9 @@ func topologyMode(eps []Endpoint, node, zone string) string {
 func availableForTopology(e Endpoint, mode, node, zone string) bool {
 	switch mode {
 	case v1.ServiceTrafficDistributionPreferSameNode:
-		return slices.Contains(e.NodeHints, node)
+		return slices.Contains(e.nodeHints(), node)
 	case v1.ServiceTrafficDistributionPreferSameZone:
-		return slices.Contains(e.ZoneHints, zone)
+		return slices.Contains(e.zoneHints(), zone)
 	}
 	return true
 }
