@@ -397,9 +397,9 @@ type portPlanner struct {
 	readyLocal *addrSet
 }
 
-func newPortPlanner(svc *v1.Service, sp v1.ServicePort, proto l4.Protocol, fe frontends, tmpl ipvs.VirtualServer, cfg *PlanConfig) *portPlanner {
+func newPortPlanner(svc *v1.Service, sp v1.ServicePort, proto l4.Protocol, fe frontends, tmpl ipvs.VirtualServer, cfg *PlanConfig) portPlanner {
 	name := ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: sp.Name, Protocol: sp.Protocol}
-	pp := &portPlanner{cfg: cfg, fe: fe, tmpl: tmpl, portName: sp.Name, k8sProto: sp.Protocol, proto: proto,
+	pp := portPlanner{cfg: cfg, fe: fe, tmpl: tmpl, portName: sp.Name, k8sProto: sp.Protocol, proto: proto,
 		port: uint16(sp.Port), nodePort: uint16(sp.NodePort), plan: PortPlan{Name: name}}
 	pp.mark = fwmark(name, proto, pp.nodePort, cfg.masqueradeMark())
 	if fe.externalLocal {
