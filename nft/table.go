@@ -139,7 +139,6 @@ func newTable(cfg Config, b backend) (*Table, error) {
 	}, nil
 }
 
-// SetElements implements Interface.
 // Reserve implements Interface. Only a mirror far smaller than n is
 // sized again (a first sync): grown from empty, the owners and dirty keys
 // of a first sync at 10k Services (20k elements) were 21 MB of garbage.
@@ -164,6 +163,7 @@ func resized[V any](m map[Element]V, n int) map[Element]V {
 	return r
 }
 
+// SetElements implements Interface.
 func (t *Table) SetElements(owner string, elems []Element) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
