@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -84,6 +85,14 @@ func (f *Floor) write(path string, ns netns.NsHandle, n, eps int) error {
 	if err := a.EnsureDummy(ipvs.DummyName); err != nil {
 		return err
 	}
+	// A node's namespace has its loopback up, hence a local routing
+	// table. A new namespace has none until an address comes up, and
+	// until then IPVS refuses every real server (EINVAL: it checks that
+	// the address is unicast in the local table), which raced with the
+	// address writes beside it (TestRunFloor failed so on 7 December).
+	if err := loopbackUp(ns); err != nil {
+		return fmt.Errorf("loopback up: %w", err)
+	}
 	nft, err := nftables.New(nftables.WithNetNSFd(int(ns)))
 	if err != nil {
 		return err
@@ -134,6 +143,20 @@ func (f *Floor) write(path string, ns netns.NsHandle, n, eps int) error {
 	wg.Wait()
 	f.Seconds = time.Since(start).Seconds()
 	return errors.Join(ipvsErr, addrErr, nftErr)
+}
+
+// loopbackUp sets lo up in ns.
+func loopbackUp(ns netns.NsHandle) error {
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	return h.LinkSetUp(lo)
 }
 
 func firstError(errs []error) error {
