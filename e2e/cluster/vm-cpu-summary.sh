@@ -5,15 +5,20 @@
 # the mean load average, forks per second, and CPUs used (CPU seconds
 # per second, summed over the nodes) by the nodes, their pods, and each
 # kind of process — its own time and its children's (what it exec'd:
-# kube-proxy IPVS mode's iptables and ipset).
+# kube-proxy IPVS mode's iptables and ipset), each from the first sample
+# it appears in.
 set -euo pipefail
 log=${1:?usage: vm-cpu-summary.sh LOG [FROM_SECONDS]}
 from=${2:-0}
 awk -v from="$from" '
 function flush() {
   if (t == "") return
-  if (t0 == "" && t + 0 >= from + 0) { t0 = t; f0 = forks; for (k in cur) first[k] = cur[k] }
-  if (t0 != "") { t1 = t; f1 = forks; for (k in cur) last[k] = cur[k]; loads += load; n++ }
+  if (t0 == "" && t + 0 >= from + 0) { t0 = t; f0 = forks }
+  if (t0 != "") {
+    t1 = t; f1 = forks; loads += load; n++
+    # A process that starts later (a proxy pod) counts from its first sample.
+    for (k in cur) { if (!(k in first)) { first[k] = cur[k]; firstT[k] = t }; last[k] = cur[k] }
+  }
   delete cur
 }
 /^t=/ {
@@ -35,8 +40,8 @@ END {
   if (n < 2) { print "vm-cpu-summary: fewer than two samples after " from " s"; exit 1 }
   dt = t1 - t0
   printf "%d samples, %d s (t=%s…%ss): load average %.1f (mean), forks %.1f/s\n", n, dt, t0, t1, loads / n, (f1 - f0) / dt
-  for (k in last) if (k in first) {
-    d = (last[k] - first[k]) / dt
+  for (k in last) if (t1 + 0 > firstT[k] + 0) {
+    d = (last[k] - first[k]) / (t1 - firstT[k])
     if (k ~ /^proc /) { split(k, w, " "); sum[w[2] " (" w[4] ")"] += d } else if (k ~ /pods$/) sum["pods"] += d; else sum["nodes"] += d
   }
   for (k in sum) printf "  %-28s %.2f CPUs\n", k, sum[k] | "sort"
