@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/nftvs/nftvs/internal/mapsize"
 )
 
 // Interface is what the proxier sees of the nftables companion table.
@@ -145,22 +146,8 @@ func newTable(cfg Config, b backend) (*Table, error) {
 func (t *Table) Reserve(n int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if n < 1024 {
-		return
-	}
-	if len(t.owners) < n/4 {
-		t.owners = resized(t.owners, n)
-	}
-	if len(t.dirty) < n/4 {
-		t.dirty = resized(t.dirty, n)
-	}
-}
-
-// resized is a copy of m with room for n keys.
-func resized[V any](m map[Element]V, n int) map[Element]V {
-	r := make(map[Element]V, n)
-	maps.Copy(r, m)
-	return r
+	t.owners = mapsize.Grown(t.owners, n)
+	t.dirty = mapsize.Grown(t.dirty, n)
 }
 
 // SetElements implements Interface.

@@ -3,12 +3,12 @@ package proxier
 import (
 	"cmp"
 	"fmt"
-	"maps"
 	"slices"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/nftvs/nftvs/internal/mapsize"
 	"github.com/nftvs/nftvs/ipvs"
 	"github.com/nftvs/nftvs/nft"
 )
@@ -91,19 +91,8 @@ func (c *frontendClaims) reserve(results []planResult) {
 			frontends += len(pl.VirtualServers)
 		}
 	}
-	c.by = grown(c.by, frontends)
-	c.of = grown(c.of, len(results))
-}
-
-// grown is m, or a copy of it with room for n keys when m is far
-// smaller: a map is cheaper sized once than grown from empty.
-func grown[K comparable, V any](m map[K]V, n int) map[K]V {
-	if n < 1024 || len(m) >= n/4 {
-		return m
-	}
-	r := make(map[K]V, n)
-	maps.Copy(r, m)
-	return r
+	c.by = mapsize.Grown(c.by, frontends)
+	c.of = mapsize.Grown(c.of, len(results))
 }
 
 // claimOf is n's claim on k (zero if n has none).

@@ -17,6 +17,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/nftvs/nftvs/internal/l4"
+	"github.com/nftvs/nftvs/internal/mapsize"
 	"github.com/nftvs/nftvs/ipvs"
 	"github.com/nftvs/nftvs/nft"
 )
@@ -818,7 +819,7 @@ func (p *Proxier) commit(planned map[types.NamespacedName][]PortPlan) map[types.
 	// Only Services that had plans: a first sync or a restart replans
 	// 10k Services that had none.
 	old := map[types.NamespacedName][]PortPlan{}
-	p.applied = grown(p.applied, len(planned))
+	p.applied = mapsize.Grown(p.applied, len(planned))
 	for n, plans := range planned {
 		if a := p.applied[n]; a != nil {
 			old[n] = a

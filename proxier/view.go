@@ -8,6 +8,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/nftvs/nftvs/internal/mapsize"
 	"github.com/nftvs/nftvs/ipvs"
 )
 
@@ -70,7 +71,7 @@ func (v *view) publish(planned, old map[types.NamespacedName][]PortPlan) {
 			frontends += len(pl.VirtualServers)
 		}
 	}
-	v.owners, v.plans = grown(v.owners, frontends), grown(v.plans, len(planned))
+	v.owners, v.plans = mapsize.Grown(v.owners, frontends), mapsize.Grown(v.plans, len(planned))
 	for n := range planned {
 		for _, pl := range old[n] {
 			for _, s := range pl.VirtualServers {
