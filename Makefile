@@ -86,11 +86,16 @@ bench: deps
 	$(GO) test -run '^$$' -tags vmtest -bench . -benchtime 5x -exec $(VMEXEC) ./servicemetrics/
 
 # Side by side with upstream kube-proxy (ipvs and nftables modes), a fresh
-# VM per proxy and size, one real kube-apiserver (e2e/bench, docs/bench).
-# Up to ~60 min (-budget 55m drops the largest sizes when it runs out).
+# VM per proxy and size, one real kube-apiserver (e2e/bench, docs/bench):
+# every figure of docs/bench in one run, at kube-proxy's default
+# syncPeriod (30 s), upstream IPVS mode at 10k too (bounded at 10 min),
+# 20 changes for nftvs's p99, its restart and the kernel floor, CPU
+# profiles of nftvs kept. About 80 min (-budget 100m drops the largest
+# sizes when it runs out).
+BENCH_UPSTREAM_FLAGS ?= -sync-period 30s -nftvs-changes 20 -ipvs-max 10000 -profile 45s -budget 100m -keep
 bench-upstream: deps vm-bins
 	e2e/vm/build-initramfs.sh $(NFTVS_KERNEL) >/dev/null
-	$(GO) run ./e2e/bench/cmd/bench-upstream
+	$(GO) run ./e2e/bench/cmd/bench-upstream $(BENCH_UPSTREAM_FLAGS)
 
 # One-change latency at kube-proxy's default syncPeriod (30 s), IPVS
 # resync (5 min) included: nftvs at 10k Services, 200 changes, p50 and p99

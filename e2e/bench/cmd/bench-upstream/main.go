@@ -49,23 +49,24 @@ import (
 )
 
 var (
-	small       = flag.Bool("small", false, "the make test version: N=100, nftvs and upstream IPVS mode, asserts the differential check and that every proxy got programmed; results in a temporary directory")
-	sizesFlag   = flag.String("sizes", "100,1000,5000,10000", "Services per run, comma-separated")
-	proxiesFlag = flag.String("proxies", "nftvs,ipvs,nftables", "proxies to run")
-	ipvsMax     = flag.Int("ipvs-max", 5000, "largest size run for upstream IPVS mode")
-	eps         = flag.Int("eps", 10, "endpoints per Service")
-	outDir      = flag.String("out", "", "results directory (default docs/bench, or a temporary one with -small)")
-	firstBound  = flag.Duration("first-bound", 10*time.Minute, "bound on the first sync (longer is reported as > bound)")
-	changeBound = flag.Duration("change-bound", 3*time.Minute, "bound on each one-endpoint change")
-	changes     = flag.Int("changes", 5, "one-endpoint changes per run (median reported; p50 and p99 too from 20)")
-	syncPeriod  = flag.Duration("sync-period", time.Hour, "the proxies' syncPeriod (kube-proxy's default: 30s)")
-	changeGap   = flag.Duration("change-gap", 1200*time.Millisecond, "pause after each change is programmed")
-	conns       = flag.Int("conns", 3000, "data plane: connections per run, at most")
-	connTime    = flag.Duration("conn-time", 8*time.Second, "data plane: seconds per run, at most")
-	profile     = flag.Duration("profile", 0, "nftvs: CPU profiles of this long from its start and from its restart (nftvs-first.pprof, nftvs-restart.pprof in the size's directory)")
-	render      = flag.String("render", "", "only re-render results.md and the charts (first-sync.svg, one-change.svg, restart.svg) from this results.json (into -out, default its directory)")
-	budget      = flag.Duration("budget", 55*time.Minute, "time budget of the whole run: runs that would start with less than 3 minutes left are skipped (reported as not run), and each first-sync bound is cut to what is left")
-	keep        = flag.Bool("keep", false, "keep the work directory (control plane logs, guest results, proxy logs)")
+	small        = flag.Bool("small", false, "the make test version: N=100, nftvs and upstream IPVS mode, asserts the differential check and that every proxy got programmed; results in a temporary directory")
+	sizesFlag    = flag.String("sizes", "100,1000,5000,10000", "Services per run, comma-separated")
+	proxiesFlag  = flag.String("proxies", "nftvs,ipvs,nftables", "proxies to run")
+	ipvsMax      = flag.Int("ipvs-max", 5000, "largest size run for upstream IPVS mode")
+	eps          = flag.Int("eps", 10, "endpoints per Service")
+	outDir       = flag.String("out", "", "results directory (default docs/bench, or a temporary one with -small)")
+	firstBound   = flag.Duration("first-bound", 10*time.Minute, "bound on the first sync (longer is reported as > bound)")
+	changeBound  = flag.Duration("change-bound", 3*time.Minute, "bound on each one-endpoint change")
+	changes      = flag.Int("changes", 5, "one-endpoint changes per run (median reported; p50 and p99 too from 20)")
+	nftvsChanges = flag.Int("nftvs-changes", 0, "one-endpoint changes per nftvs run, if not -changes: enough for a p99 of nftvs's without 20 minute-long changes of upstream's at 10k")
+	syncPeriod   = flag.Duration("sync-period", time.Hour, "the proxies' syncPeriod (kube-proxy's default: 30s)")
+	changeGap    = flag.Duration("change-gap", 1200*time.Millisecond, "pause after each change is programmed")
+	conns        = flag.Int("conns", 3000, "data plane: connections per run, at most")
+	connTime     = flag.Duration("conn-time", 8*time.Second, "data plane: seconds per run, at most")
+	profile      = flag.Duration("profile", 0, "nftvs: CPU profiles of this long from its start and from its restart (nftvs-first.pprof, nftvs-restart.pprof in the size's directory)")
+	render       = flag.String("render", "", "only re-render results.md and the charts (first-sync.svg, one-change.svg, restart.svg) from this results.json (into -out, default its directory)")
+	budget       = flag.Duration("budget", 55*time.Minute, "time budget of the whole run: runs that would start with less than 3 minutes left are skipped (reported as not run), and each first-sync bound is cut to what is left")
+	keep         = flag.Bool("keep", false, "keep the work directory (control plane logs, guest results, proxy logs)")
 )
 
 func logf(format string, args ...any) {
@@ -315,13 +316,17 @@ func runSize(ctx context.Context, root, work, upstreamDir string, n int, proxies
 			bin = filepath.Join(upstreamDir, "kube-proxy")
 		}
 		resFile := filepath.Join(dir, p+".json")
+		nChanges := *changes
+		if p == bench.ProxyNftvs && *nftvsChanges > 0 {
+			nChanges = *nftvsChanges
+		}
 		args := []string{filepath.Join(work, "bench-guest"),
 			"-proxy", p, "-bin", bin, "-n", strconv.Itoa(n), "-eps", strconv.Itoa(*eps),
 			"-kubeconfig", guestKC, "-out", resFile,
 			"-first-bound", bound.String(), "-change-bound", changeBound.String(),
-			"-changes", strconv.Itoa(*changes), "-conns", strconv.Itoa(*conns), "-conn-time", connTime.String(),
+			"-changes", strconv.Itoa(nChanges), "-conns", strconv.Itoa(*conns), "-conn-time", connTime.String(),
 			"-sync-period", syncPeriod.String(), "-change-gap", changeGap.String(), "-profile", profile.String()}
-		vmTimeout := bound + time.Duration(*changes+2)*(*changeBound+*changeGap) + *connTime + 5*time.Minute
+		vmTimeout := bound + time.Duration(nChanges+2)*(*changeBound+*changeGap) + *connTime + 5*time.Minute
 		cmd := exec.CommandContext(ctx, filepath.Join(root, "e2e", "vm", "vmexec"), args...)
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 		cmd.WaitDelay = 30 * time.Second
