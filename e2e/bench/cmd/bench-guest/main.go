@@ -359,6 +359,9 @@ func restart(p *proxyProc, check *checker) *bench.Restart {
 	if t, ok := logLineTime(logPath, "Informer caches synced"); ok {
 		res.InformersSyncedSeconds = t.Sub(q.started).Seconds()
 	}
+	if t, ok := logLineTime(logPath, `"Full sync"`); ok {
+		res.FirstSyncDoneSeconds = t.Sub(q.started).Seconds()
+	}
 	for _, l := range []string{*proxyLog, logPath} {
 		for _, what := range []string{`"Read the kernel ahead`, `"Full sync"`} {
 			if line, ok := logLine(l, what); ok {
@@ -372,8 +375,8 @@ func restart(p *proxyProc, check *checker) *bench.Restart {
 		}
 	}
 	logRSS("the restart", q.pid())
-	logf("restart: programmed after %.2f s (informers synced after %.2f s, first sync %.3f s, outside check passed after %.2f s), writes: IPVS %d, addresses %d, nft elements %d",
-		res.ProgrammedSeconds, res.InformersSyncedSeconds, res.FirstSyncSeconds, res.CheckedSeconds, res.IPVSWrites, res.AddressWrites, res.NFTElementWrites)
+	logf("restart: programmed after %.2f s (informers synced after %.2f s, first sync %.3f s done after %.2f s by its log, outside check passed after %.2f s), writes: IPVS %d, addresses %d, nft elements %d",
+		res.ProgrammedSeconds, res.InformersSyncedSeconds, res.FirstSyncSeconds, res.FirstSyncDoneSeconds, res.CheckedSeconds, res.IPVSWrites, res.AddressWrites, res.NFTElementWrites)
 	return res
 }
 
