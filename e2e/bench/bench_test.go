@@ -190,3 +190,36 @@ func TestReport(t *testing.T) {
 		t.Error("an empty report's charts say no data")
 	}
 }
+
+// TestIssue27Goals: memory against the smaller upstream mode (an
+// unfinished upstream run makes the ratio an upper bound), the floor
+// ratio judged at 10k only, and the restart judged by the proxy's own
+// log when it has it.
+func TestIssue27Goals(t *testing.T) {
+	mb := func(x float64) int64 { return int64(x * 1e6) }
+	rep := &Report{Runs: []*Run{
+		{Proxy: ProxyNftvs, Services: 1000, Programmed: true, PeakRSSBytes: mb(63), FirstSyncMetricSeconds: 1.4,
+			Floor:   &Floor{Seconds: 0.7},
+			Restart: &Restart{ProgrammedSeconds: 3, InformersSyncedSeconds: 2.4}},
+		{Proxy: ProxyIPVS, Services: 1000, Programmed: true, PeakRSSBytes: mb(97)},
+		{Proxy: ProxyNftables, Services: 1000, Programmed: true, PeakRSSBytes: mb(119)},
+		{Proxy: ProxyNftvs, Services: 10000, Programmed: true, PeakRSSBytes: mb(100), FirstSyncMetricSeconds: 15,
+			Floor:   &Floor{Seconds: 5},
+			Restart: &Restart{ProgrammedSeconds: 20.3, InformersSyncedSeconds: 14.8, FirstSyncDoneSeconds: 19.4, NFTElementWrites: 1}},
+		{Proxy: ProxyIPVS, Services: 10000, Programmed: false, PeakRSSBytes: mb(239)},
+		{Proxy: ProxyNftables, Services: 10000, Programmed: true, PeakRSSBytes: mb(555)},
+	}}
+	md := rep.Markdown()
+	for _, want := range []string{
+		"peak RSS at N=1000 ≤ 0.6× the smaller upstream mode's: **missed**, 0.65× (nftvs 63 MB, kube-proxy ipvs 97 MB)",
+		"peak RSS at N=10000 ≤ 0.6× the smaller upstream mode's: **met**, 0.42× (nftvs 100 MB, kube-proxy ipvs 239 MB); kube-proxy ipvs stopped at the first-sync bound, unfinished",
+		"nftvs first sync at N=1000 within 1.3× of the kernel floor: reported (the goal is at 10k), 2.00×",
+		"nftvs first sync at N=10000 within 1.3× of the kernel floor: **missed**, 3.00×",
+		"nftvs restart at N=1000: no writes and first sync done within 5 s of the informers' sync: **met**, 0/0/0 IPVS/address/nft element writes, 600 ms (by the metric seen)",
+		"nftvs restart at N=10000: no writes and first sync done within 5 s of the informers' sync: **missed**, 0/0/1 IPVS/address/nft element writes, 4.60 s (by its own log)",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("Markdown lacks %q:\n%s", want, md)
+		}
+	}
+}

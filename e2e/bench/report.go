@@ -432,7 +432,8 @@ func (r *Report) eps() int {
 	return 0
 }
 
-// Goals evaluates issue #9's goals against what was measured.
+// Goals evaluates issue #9's and issue #27's goals against what was
+// measured.
 func (r *Report) Goals() []string {
 	var g []string
 	verdict := func(ok bool) string {
@@ -465,7 +466,11 @@ func (r *Report) Goals() []string {
 			u := r.Get(want.proxy, n)
 			name := fmt.Sprintf("one-endpoint change at N=%d ≥ %.0f× faster than %s", n, want.x, ProxyTitle(want.proxy))
 			if a == nil || u == nil || a.changeSync() <= 0 || u.changeSync() <= 0 {
-				g = append(g, name+": not measured (size not run)")
+				why := "size not run"
+				if u != nil && !u.Programmed {
+					why = ProxyTitle(want.proxy) + " did not finish its first sync within the bound"
+				}
+				g = append(g, name+": not measured ("+why+")")
 				continue
 			}
 			ratio := u.changeSync() / a.changeSync()
@@ -519,6 +524,7 @@ func (r *Report) Goals() []string {
 			g = append(g, fmt.Sprintf("peak RSS at N=%d no higher than upstream's: %s (nftvs %s; %s)", n, verdict(ok), fmtMB(a.PeakRSSBytes), strings.Join(parts, ", ")))
 		}
 	}
+	g = append(g, r.issue27Goals(verdict)...)
 	if len(sizes) > 1 {
 		lo, hi := sizes[0], sizes[len(sizes)-1]
 		a, b := r.Get(ProxyNftvs, lo), r.Get(ProxyNftvs, hi)
@@ -751,4 +757,69 @@ func (r *Report) render(c chart) string {
 
 func xmlEscape(s string) string {
 	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&quot;").Replace(s)
+}
+
+// issue27Goals: peak RSS at most 0.6× the smaller upstream mode's, the
+// first sync within 1.3× of the kernel floor at 10k (reported at every
+// size with a floor), and a restart on a programmed node that writes
+// nothing and is programmed within 5 s of its informers' sync.
+func (r *Report) issue27Goals(verdict func(bool) string) []string {
+	var g []string
+	for _, n := range r.Sizes() {
+		a := r.Get(ProxyNftvs, n)
+		if a == nil || a.PeakRSSBytes <= 0 {
+			continue
+		}
+		var least *Run
+		var bounded []string
+		for _, up := range []string{ProxyIPVS, ProxyNftables} {
+			u := r.Get(up, n)
+			if u == nil || u.PeakRSSBytes <= 0 {
+				continue
+			}
+			if !u.Programmed {
+				bounded = append(bounded, ProxyTitle(up))
+			}
+			if least == nil || u.PeakRSSBytes < least.PeakRSSBytes {
+				least = u
+			}
+		}
+		if least == nil {
+			continue
+		}
+		ratio := float64(a.PeakRSSBytes) / float64(least.PeakRSSBytes)
+		line := fmt.Sprintf("peak RSS at N=%d ≤ 0.6× the smaller upstream mode's: %s, %.2f× (nftvs %s, %s %s)", n, verdict(ratio <= 0.6), ratio,
+			fmtMB(a.PeakRSSBytes), ProxyTitle(least.Proxy), fmtMB(least.PeakRSSBytes))
+		if len(bounded) > 0 {
+			line += fmt.Sprintf("; %s stopped at the first-sync bound, unfinished (a peak that could only have grown): the ratio is an upper bound", strings.Join(bounded, " and "))
+		}
+		g = append(g, line)
+	}
+	for _, n := range r.Sizes() {
+		a := r.Get(ProxyNftvs, n)
+		if a == nil || a.Floor == nil || a.Floor.Error != "" || a.Floor.Seconds <= 0 || a.FirstSyncMetricSeconds <= 0 {
+			continue
+		}
+		ratio := a.FirstSyncMetricSeconds / a.Floor.Seconds
+		v := verdict(ratio <= 1.3)
+		if n != 10000 {
+			v = "reported (the goal is at 10k)"
+		}
+		g = append(g, fmt.Sprintf("nftvs first sync at N=%d within 1.3× of the kernel floor: %s, %.2f× (%s vs %s)", n, v, ratio, fmtSec(a.FirstSyncMetricSeconds), fmtSec(a.Floor.Seconds)))
+	}
+	for _, n := range r.Sizes() {
+		a := r.Get(ProxyNftvs, n)
+		if a == nil || a.Restart == nil || a.Restart.Error != "" || a.Restart.InformersSyncedSeconds <= 0 {
+			continue
+		}
+		rs := a.Restart
+		after, by := rs.ProgrammedSeconds-rs.InformersSyncedSeconds, "the metric seen"
+		if rs.FirstSyncDoneSeconds > 0 {
+			after, by = rs.FirstSyncDoneSeconds-rs.InformersSyncedSeconds, "its own log"
+		}
+		writes := rs.IPVSWrites + rs.AddressWrites + rs.NFTElementWrites
+		g = append(g, fmt.Sprintf("nftvs restart at N=%d: no writes and first sync done within 5 s of the informers' sync: %s, %d/%d/%d IPVS/address/nft element writes, %s (by %s)",
+			n, verdict(writes == 0 && after <= 5), rs.IPVSWrites, rs.AddressWrites, rs.NFTElementWrites, fmtSec(after), by))
+	}
+	return g
 }
