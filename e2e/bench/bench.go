@@ -234,9 +234,11 @@ type Change struct {
 	// NetProgSeconds is network_programming_duration (delta mean), 0
 	// when the proxy reported none.
 	NetProgSeconds float64 `json:"networkProgrammingSeconds,omitempty"`
-	// ObservedSeconds is from the update's return to the outside check
-	// seeing the new endpoint programmed (checked after the sync
-	// metric moved, so an upper bound).
+	// ObservedSeconds is from the update's start (before 7 December
+	// 09:10 UTC its return) to the outside check seeing the new endpoint
+	// programmed (for IPVS proxies polled in the kernel every 20 ms;
+	// before 09:00, and for nftables mode, checked only after the sync
+	// metric moved).
 	ObservedSeconds float64 `json:"observedSeconds"`
 	TimedOut        bool    `json:"timedOut,omitempty"`
 }
