@@ -100,15 +100,11 @@ func TestPercentileAndLatency(t *testing.T) {
 	}
 	rep := &Report{Kernel: "6.1.0-test", Runs: []*Run{r}}
 	md := rep.Markdown()
-	for _, want := range []string{
+	markdownHas(t, md,
 		"syncPeriod 30s",
 		"| 10000 | nftvs | 30s | 100 | 200 ms | 4.00 s | 20.0× |",
 		"nftvs one-change latency at N=10000 with syncPeriod 30s: p99 ≤ 3× p50 (observed): **missed**, 20.0×",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("Markdown lacks %q:\n%s", want, md)
-		}
-	}
+	)
 }
 
 func TestReport(t *testing.T) {
@@ -129,7 +125,7 @@ func TestReport(t *testing.T) {
 	rep.Runs[4].KernelCompleteSeconds = 400
 	rep.Runs[3].Conn.PerSecond = 90 // nftvs at 1000
 	md := rep.Markdown()
-	for _, want := range []string{
+	markdownHas(t, md,
 		"| 100 | kube-proxy ipvs | 22.0 s | 20.0 s | 20.0 s (1) |",
 		"| 1000 | kube-proxy ipvs | > 600 s (bound); kernel complete at 400 s, sync not yet reported | > 600 s (bound) |",
 		"| 100 | nftvs | 100 | 0 | 1.00 | 100 | 125 | 0.80 |",
@@ -139,11 +135,7 @@ func TestReport(t *testing.T) {
 		"one-endpoint change at N=1000 ≥ 30× faster than kube-proxy nftables: **met**, 150×",
 		"first full sync at N=1000 ≥ 5× faster than kube-proxy ipvs (exec → programmed, outside check): **met**, > 85.7× (upstream hit the bound)",
 		"one-endpoint change at N=10000 ≥ 100× faster than kube-proxy ipvs: not measured",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("Markdown lacks %q:\n%s", want, md)
-		}
-	}
+	)
 	svg := rep.SVG()
 	if err := xml.Unmarshal([]byte(svg), new(struct{})); err != nil {
 		t.Fatalf("SVG is not well-formed XML: %v\n%s", err, svg)
@@ -210,16 +202,22 @@ func TestIssue27Goals(t *testing.T) {
 		{Proxy: ProxyNftables, Services: 10000, Programmed: true, PeakRSSBytes: mb(555)},
 	}}
 	md := rep.Markdown()
-	for _, want := range []string{
+	markdownHas(t, md,
 		"peak RSS at N=1000 ≤ 0.6× the smaller upstream mode's: **missed**, 0.65× (nftvs 63 MB, kube-proxy ipvs 97 MB)",
 		"peak RSS at N=10000 ≤ 0.6× the smaller upstream mode's: **met**, 0.42× (nftvs 100 MB, kube-proxy ipvs 239 MB); kube-proxy ipvs stopped at the first-sync bound, unfinished",
 		"nftvs first sync at N=1000 within 1.3× of the kernel floor: reported (the goal is at 10k), 2.00×",
 		"nftvs first sync at N=10000 within 1.3× of the kernel floor: **missed**, 3.00×",
 		"nftvs restart at N=1000: no writes and first sync done within 5 s of the informers' sync: **met**, 0/0/0 IPVS/address/nft element writes, 600 ms (by the metric seen)",
 		"nftvs restart at N=10000: no writes and first sync done within 5 s of the informers' sync: **missed**, 0/0/1 IPVS/address/nft element writes, 4.60 s (by its own log)",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("Markdown lacks %q:\n%s", want, md)
+	)
+}
+
+// markdownHas fails t for every line of want md lacks.
+func markdownHas(t *testing.T, md string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(md, w) {
+			t.Errorf("Markdown lacks %q:\n%s", w, md)
 		}
 	}
 }
