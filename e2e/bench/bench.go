@@ -224,6 +224,14 @@ type Restart struct {
 	Error      string  `json:"error,omitempty"`
 }
 
+// sinceInformers is t less the informers' sync, 0 when either is unknown.
+func (rs *Restart) sinceInformers(t float64) float64 {
+	if rs.InformersSyncedSeconds <= 0 || t <= 0 {
+		return 0
+	}
+	return t - rs.InformersSyncedSeconds
+}
+
 // Change is one one-endpoint change: an EndpointSlice update through the
 // API server.
 type Change struct {

@@ -285,16 +285,16 @@ func (r *Report) Markdown() string {
 				continue
 			}
 			after := "–"
-			if rs.InformersSyncedSeconds > 0 {
-				after = fmtSec(rs.ProgrammedSeconds - rs.InformersSyncedSeconds)
+			if d := rs.sinceInformers(rs.ProgrammedSeconds); d != 0 {
+				after = fmtSec(d)
 			}
 			checked := "–"
 			if rs.CheckedSeconds > 0 {
 				checked = fmtSec(rs.CheckedSeconds)
 			}
 			done := "–"
-			if rs.InformersSyncedSeconds > 0 && rs.FirstSyncDoneSeconds > 0 {
-				done = fmtSec(rs.FirstSyncDoneSeconds - rs.InformersSyncedSeconds)
+			if d := rs.sinceInformers(rs.FirstSyncDoneSeconds); d != 0 {
+				done = fmtSec(d)
 			}
 			p("| %d | %s | %s | %s | %s | %s | %s | %d | %d | %d | %.1f s |\n", x.Services, fmtSec(rs.ProgrammedSeconds), fmtSec(rs.InformersSyncedSeconds), done, after,
 				fmtSec(rs.FirstSyncSeconds), checked, rs.IPVSWrites, rs.AddressWrites, rs.NFTElementWrites, rs.CPUSeconds)
@@ -646,12 +646,7 @@ func (r *Report) RestartSVG() string {
 				return v, bound, v > 0
 			}},
 			{title: "restart: exec → programmed", color: "#2c6fbb", at: restart(func(x *Restart) float64 { return x.ProgrammedSeconds })},
-			{title: "restart: informers → programmed", color: "#1b7f3b", at: restart(func(x *Restart) float64 {
-				if x.InformersSyncedSeconds <= 0 {
-					return 0
-				}
-				return x.ProgrammedSeconds - x.InformersSyncedSeconds
-			})},
+			{title: "restart: informers → programmed", color: "#1b7f3b", at: restart(func(x *Restart) float64 { return x.sinceInformers(x.ProgrammedSeconds) })},
 		},
 		guide:      5,
 		guideTitle: "goal: 5 s after the informers",
@@ -813,9 +808,9 @@ func (r *Report) issue27Goals(verdict func(bool) string) []string {
 			continue
 		}
 		rs := a.Restart
-		after, by := rs.ProgrammedSeconds-rs.InformersSyncedSeconds, "the metric seen"
-		if rs.FirstSyncDoneSeconds > 0 {
-			after, by = rs.FirstSyncDoneSeconds-rs.InformersSyncedSeconds, "its own log"
+		after, by := rs.sinceInformers(rs.ProgrammedSeconds), "the metric seen"
+		if d := rs.sinceInformers(rs.FirstSyncDoneSeconds); d != 0 {
+			after, by = d, "its own log"
 		}
 		writes := rs.IPVSWrites + rs.AddressWrites + rs.NFTElementWrites
 		g = append(g, fmt.Sprintf("nftvs restart at N=%d: no writes and first sync done within 5 s of the informers' sync: %s, %d/%d/%d IPVS/address/nft element writes, %s (by %s)",

@@ -917,6 +917,19 @@ var metricLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? (
 // at the first sync's polling (its CPU profile, 6 December).
 var metricsClient = &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableCompression: true}}
 
+// histGrown polls the histogram name every period until its count
+// passes before's, or until end, and returns what it grew by.
+func histGrown(name string, before hist, end time.Time, period time.Duration) (hist, bool) {
+	for ; ; time.Sleep(period) {
+		if h, _ := scrapeHist(name); h.count > before.count {
+			return hist{sum: h.sum - before.sum, count: h.count - before.count}, true
+		}
+		if time.Now().After(end) {
+			return hist{}, false
+		}
+	}
+}
+
 func scrapeHist(name string) (hist, bool) {
 	resp, err := metricsClient.Get(metricsURL)
 	if err != nil {
@@ -1303,26 +1316,14 @@ func runChanges(r *bench.Run, check *checker) error {
 			// mode goes on to its iptables and ipsets for seconds after
 			// the kernel's IPVS shows the change: wait for it within the
 			// change's bound.
-			for ; ; time.Sleep(50 * time.Millisecond) {
-				h, _ := scrapeHist(syncMetric)
-				if h.count > beforeSync.count {
-					ch.Syncs = h.count - beforeSync.count
-					ch.SyncSeconds = (h.sum - beforeSync.sum) / float64(ch.Syncs)
-					break
-				}
-				if time.Now().After(deadline) {
-					logf("change %d: programmed, but the sync metric did not move within the bound", i+1)
-					break
-				}
+			if d, ok := histGrown(syncMetric, beforeSync, deadline, 50*time.Millisecond); ok {
+				ch.Syncs, ch.SyncSeconds = d.count, d.sum/float64(d.count)
+			} else {
+				logf("change %d: programmed, but the sync metric did not move within the bound", i+1)
 			}
-		}
-		if !ch.TimedOut {
 			// nftvs observes network programming up to a poll (1 s) late.
-			for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
-				if np, _ := scrapeHist(netProg); np.count > beforeNP.count {
-					ch.NetProgSeconds = (np.sum - beforeNP.sum) / float64(np.count-beforeNP.count)
-					break
-				}
+			if d, ok := histGrown(netProg, beforeNP, time.Now().Add(3*time.Second), 200*time.Millisecond); ok {
+				ch.NetProgSeconds = d.sum / float64(d.count)
 			}
 		}
 		if i < *changes {
