@@ -10,7 +10,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/component-base/metrics/legacyregistry"
-	_ "k8s.io/component-base/metrics/prometheus/clientgo" // rest_client_* and informer metrics, as kube-proxy registers them
+	// The client-go metrics kube-proxy's binary registers
+	// (k8s.io/component-base/metrics/prometheus/clientgo), but for the
+	// leader election ones: nftvs elects no leader, and their package
+	// imports client-go's clientset (internal/kubeclient says why not).
+	_ "k8s.io/component-base/metrics/prometheus/clientgo/fifo"
+	_ "k8s.io/component-base/metrics/prometheus/restclient"
+	_ "k8s.io/component-base/metrics/prometheus/workqueue"
 
 	"github.com/nftvs/nftvs/internal/version"
 	"github.com/nftvs/nftvs/proxier"

@@ -24,6 +24,7 @@ import (
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/nftvs/nftvs/internal/kubeclient/clientset"
 	"github.com/nftvs/nftvs/ipvs"
 	"github.com/nftvs/nftvs/nft"
 )
@@ -313,7 +314,7 @@ func TestProxierWatchesTheAPI(t *testing.T) {
 	client := fake.NewClientset(web, other, slice, node)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := f.p.Watch(ctx, client, WatchOptions{Node: NewNodeInformer(client, thisNode, 0)}); err != nil {
+	if err := f.p.Watch(ctx, clientset.New(client), WatchOptions{Node: NewNodeInformer(clientset.New(client), thisNode, 0)}); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
@@ -484,7 +485,7 @@ func TestWatchFailsLoudlyWithoutPermission(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := f.p.Watch(ctx, client, WatchOptions{Node: NewNodeInformer(client, thisNode, 0)})
+	err := f.p.Watch(ctx, clientset.New(client), WatchOptions{Node: NewNodeInformer(clientset.New(client), thisNode, 0)})
 	if err == nil {
 		t.Fatal("Watch succeeded without permission to list EndpointSlices")
 	}
@@ -581,11 +582,11 @@ func TestWatchWithARunningNodeInformer(t *testing.T) {
 	client := fake.NewClientset(makeService("ns", "web"), node)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ni := NewNodeInformer(client, thisNode, 0)
+	ni := NewNodeInformer(clientset.New(client), thisNode, 0)
 	if err := StartAndSync(ctx, map[string]cache.SharedIndexInformer{"nodes": ni}, nil, func() { ni.Start(ctx.Done()) }); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.p.Watch(ctx, client, WatchOptions{Node: ni}); err != nil {
+	if err := f.p.Watch(ctx, clientset.New(client), WatchOptions{Node: ni}); err != nil {
 		t.Fatalf("Watch with a running Node informer: %v", err)
 	}
 }

@@ -17,10 +17,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 )
@@ -58,28 +58,49 @@ type Change struct {
 	Changed bool
 }
 
+// Source lists and watches what the proxier is fed: nftvs's API client
+// (internal/kubeclient), or in tests a clientset
+// (internal/kubeclient/clientset). Each tweak, if not nil, sets the
+// selectors of every list and watch.
+type Source interface {
+	Services(tweak func(*metav1.ListOptions)) cache.ListerWatcher
+	EndpointSlices(tweak func(*metav1.ListOptions)) cache.ListerWatcher
+}
+
+// NodeSource lists and watches Nodes.
+type NodeSource interface {
+	Nodes(tweak func(*metav1.ListOptions)) cache.ListerWatcher
+}
+
 // NodeInformer is an informer on one Node only, by name.
 type NodeInformer struct {
 	cache.SharedIndexInformer
-	factory informers.SharedInformerFactory
 	started atomic.Bool
 }
 
 // NewNodeInformer returns an informer on the Node named nodeName; it does
 // not start it.
-func NewNodeInformer(client kubernetes.Interface, nodeName string, resync time.Duration) *NodeInformer {
-	factory := informers.NewSharedInformerFactoryWithOptions(client, resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", nodeName).String()
-		}),
-		informers.WithTransform(StripUnread))
-	return &NodeInformer{SharedIndexInformer: factory.Core().V1().Nodes().Informer(), factory: factory}
+func NewNodeInformer(client NodeSource, nodeName string, resync time.Duration) *NodeInformer {
+	lw := client.Nodes(func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", nodeName).String()
+	})
+	return &NodeInformer{SharedIndexInformer: newInformer(lw, &v1.Node{}, resync)}
+}
+
+// newInformer is an informer on what lw lists, its objects stripped of
+// what nftvs never reads (StripUnread).
+func newInformer(lw cache.ListerWatcher, obj runtime.Object, resync time.Duration) cache.SharedIndexInformer {
+	inf := cache.NewSharedIndexInformerWithOptions(lw, obj, cache.SharedIndexInformerOptions{ResyncPeriod: resync})
+	// Only a running informer refuses a transform.
+	utilruntime.Must(inf.SetTransform(StripUnread))
+	return inf
 }
 
 // Start starts the informer unless it runs already.
 func (n *NodeInformer) Start(stop <-chan struct{}) {
-	n.started.Store(true)
-	n.factory.Start(stop)
+	if !n.started.Swap(true) {
+		go n.Run(stop)
+	}
 }
 
 // Watch starts informers for Services and EndpointSlices, adds the
@@ -88,16 +109,16 @@ func (n *NodeInformer) Start(stop <-chan struct{}) {
 // kube-proxy, it ignores objects labelled with another proxy's name and
 // EndpointSlices of headless Services. The Node's informer is the
 // command's, so that the Node is watched once.
-func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, o WatchOptions) error {
+func (p *Proxier) Watch(ctx context.Context, client Source, o WatchOptions) error {
 	if o.Node == nil {
 		return errors.New("watch: no Node informer")
 	}
-	factory, err := serviceInformers(client, o.Resync)
+	tweak, err := serviceSelector()
 	if err != nil {
 		return err
 	}
-	svcInformer := factory.Core().V1().Services().Informer()
-	sliceInformer := factory.Discovery().V1().EndpointSlices().Informer()
+	svcInformer := newInformer(client.Services(tweak), &v1.Service{}, o.Resync)
+	sliceInformer := newInformer(client.EndpointSlices(tweak), &discovery.EndpointSlice{}, o.Resync)
 	nodeInformer := o.Node.SharedIndexInformer
 	onChange := o.OnChange
 	if onChange == nil {
@@ -125,7 +146,8 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, o Watc
 		toStart["nodes"] = nodeInformer
 	}
 	err = StartAndSync(ctx, toStart, handlers, func() {
-		factory.Start(ctx.Done())
+		go svcInformer.Run(ctx.Done())
+		go sliceInformer.Run(ctx.Done())
 		o.Node.Start(ctx.Done())
 	})
 	if err != nil {
@@ -137,10 +159,10 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, o Watc
 	return nil
 }
 
-// serviceInformers is the informer factory for Services and
-// EndpointSlices, without the objects kube-proxy ignores: those labelled
-// with another proxy's name, and headless Services' EndpointSlices.
-func serviceInformers(client kubernetes.Interface, resync time.Duration) (informers.SharedInformerFactory, error) {
+// serviceSelector is the label selector of the Services and
+// EndpointSlices watched: not those kube-proxy ignores, labelled with
+// another proxy's name, and headless Services' EndpointSlices.
+func serviceSelector() (func(*metav1.ListOptions), error) {
 	noProxyName, err := labels.NewRequirement(labelServiceProxyName, selection.DoesNotExist, nil)
 	if err != nil {
 		return nil, err
@@ -150,9 +172,7 @@ func serviceInformers(client kubernetes.Interface, resync time.Duration) (inform
 		return nil, err
 	}
 	sel := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
-	return informers.NewSharedInformerFactoryWithOptions(client, resync,
-		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = sel }),
-		informers.WithTransform(StripUnread)), nil
+	return func(lo *metav1.ListOptions) { lo.LabelSelector = sel }, nil
 }
 
 // keptAnnotationPrefixes are the Service annotations nftvs reads: its

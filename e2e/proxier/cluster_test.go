@@ -34,6 +34,7 @@ import (
 	"github.com/nftvs/nftvs/config"
 	"github.com/nftvs/nftvs/conntrack"
 	"github.com/nftvs/nftvs/internal/k8stest"
+	"github.com/nftvs/nftvs/internal/kubeclient/clientset"
 	"github.com/nftvs/nftvs/ipvs"
 	"github.com/nftvs/nftvs/nft"
 	"github.com/nftvs/nftvs/proxier"
@@ -207,7 +208,7 @@ func startClusterOpts(t *testing.T, tb *testbed, o clusterOptions) *cluster {
 	watched := make(chan error, 1)
 	c.p.ReadAhead() // as the app does: the kernel read back while the informers list
 	go func() {
-		watched <- c.p.Watch(ctx, c.client, proxier.WatchOptions{Node: proxier.NewNodeInformer(c.client, nodeName, 0)})
+		watched <- c.p.Watch(ctx, clientset.New(c.client), proxier.WatchOptions{Node: proxier.NewNodeInformer(clientset.New(c.client), nodeName, 0)})
 	}()
 	select {
 	case err := <-watched:

@@ -8,13 +8,13 @@ import (
 	"net/url"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/klog/v2"
 	"k8s.io/kube-proxy/config/v1alpha1"
 
+	"github.com/nftvs/nftvs/internal/kubeclient"
 	"github.com/nftvs/nftvs/internal/version"
 	"github.com/nftvs/nftvs/ipvs"
 )
@@ -24,7 +24,7 @@ import (
 // The API server's addresses are those of the host in its URL, unless
 // the in-cluster configuration is used: its host is the kubernetes
 // Service's ClusterIP, which kube-ipvs0 holds on purpose.
-func newClient(c v1alpha1.KubeProxyConfiguration, master string) (kubernetes.Interface, []netip.Addr, error) {
+func newClient(c v1alpha1.KubeProxyConfiguration, master string) (*kubeclient.Client, []netip.Addr, error) {
 	var (
 		rc        *rest.Config
 		err       error
@@ -52,7 +52,7 @@ func newClient(c v1alpha1.KubeProxyConfiguration, master string) (kubernetes.Int
 	rc.QPS = cc.QPS
 	rc.Burst = int(cc.Burst)
 	rc.UserAgent = "nftvs/" + version.Get()
-	client, err := kubernetes.NewForConfig(rc)
+	client, err := kubeclient.NewForConfig(rc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("API server client: %w", err)
 	}

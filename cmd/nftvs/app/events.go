@@ -6,25 +6,22 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 
 	"github.com/nftvs/nftvs/config"
+	"github.com/nftvs/nftvs/internal/kubeclient"
 	"github.com/nftvs/nftvs/internal/takeover"
 )
 
-// nodeEvents records Events on this Node.
+// nodeEvents records Events on this Node, and on Services it does not
+// program as asked; recorder.Run writes them.
 type nodeEvents struct {
-	broadcaster events.EventBroadcaster
-	recorder    events.EventRecorder
-	node        *v1.ObjectReference
+	recorder *kubeclient.Recorder
+	node     *v1.ObjectReference
 }
 
-func newNodeEvents(client kubernetes.Interface, name string) *nodeEvents {
-	b := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
-	return &nodeEvents{broadcaster: b, recorder: b.NewRecorder(scheme.Scheme, "nftvs"),
+func newNodeEvents(sink kubeclient.EventSink, name string) *nodeEvents {
+	return &nodeEvents{recorder: kubeclient.NewRecorder(sink, "nftvs"),
 		node: &v1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: name}}
 }
 

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
@@ -73,7 +72,7 @@ const (
 // podCIDRs change later (also from none to some: a node whose IPAM came
 // after nftvs): nftvs then exits, as kube-proxy does in NodeCIDR mode,
 // to be restarted with them.
-func watchNode(ctx context.Context, client kubernetes.Interface, name string, resync time.Duration, needPodCIDRs bool, onPodCIDRsChange func()) (*nodeWatcher, error) {
+func watchNode(ctx context.Context, client proxier.NodeSource, name string, resync time.Duration, needPodCIDRs bool, onPodCIDRsChange func()) (*nodeWatcher, error) {
 	w := &nodeWatcher{
 		informer: proxier.NewNodeInformer(client, name, resync), name: name,
 		needPodCIDRs: needPodCIDRs, onPodCIDRsChange: onPodCIDRsChange,

@@ -12,9 +12,9 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/nftvs/nftvs/config"
+	"github.com/nftvs/nftvs/internal/kubeclient/clientset"
 	"github.com/nftvs/nftvs/proxier"
 )
 
@@ -29,12 +29,12 @@ func TestNodeWatchedOnce(t *testing.T) {
 	client := fake.NewClientset(node)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	nw, err := watchNode(ctx, client, "node-a", 0, false, nil)
+	nw, err := watchNode(ctx, clientset.New(client), "node-a", 0, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := newFakeNode(t)
-	if err := f.p.Watch(ctx, client, proxier.WatchOptions{Node: nw.informer}); err != nil {
+	if err := f.p.Watch(ctx, clientset.New(client), proxier.WatchOptions{Node: nw.informer}); err != nil {
 		t.Fatal(err)
 	}
 	counts := map[string]int{}
@@ -63,7 +63,7 @@ func TestPodCIDRsChangeRestarts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	changed := make(chan struct{}, 10)
-	nw, err := watchNode(ctx, client, "node-a", 0, false, func() { changed <- struct{}{} })
+	nw, err := watchNode(ctx, clientset.New(client), "node-a", 0, false, func() { changed <- struct{}{} })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,9 +169,11 @@ func TestClientRateLimited(t *testing.T) {
 	if fmt.Sprint(api) != "[127.0.0.1]" {
 		t.Errorf("the API server's addresses are %v, want the --master host", api)
 	}
-	for name, rc := range map[string]interface {
-		GetRateLimiter() flowcontrol.RateLimiter
-	}{"core": client.CoreV1().RESTClient(), "discovery": client.DiscoveryV1().RESTClient(), "events": client.EventsV1().RESTClient()} {
+	rcs := client.RESTClients()
+	if len(rcs) != 3 {
+		t.Errorf("%d REST clients, want core, discovery and events", len(rcs))
+	}
+	for name, rc := range rcs {
 		rl := rc.GetRateLimiter()
 		if rl == nil || rl.QPS() != 7 {
 			t.Errorf("%s client: rate limiter %v, want 7 QPS", name, rl)

@@ -46,8 +46,7 @@ func run(parent context.Context, cfg *config.Config) error {
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
 	ev := newNodeEvents(client, name)
-	defer ev.broadcaster.Shutdown()
-	ev.broadcaster.StartRecordingToSink(ctx.Done())
+	go ev.recorder.Run(ctx)
 
 	health := healthcheck.NewHealthServer(2*cfg.KubeProxy.IPVS.SyncPeriod.Duration, clock.RealClock{})
 	var servers sync.WaitGroup

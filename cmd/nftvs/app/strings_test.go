@@ -12,6 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/klog/v2"
+
+	"github.com/nftvs/nftvs/internal/kubeclient/clientset"
 )
 
 // The start-up lines runbooks grep for in kube-proxy's log are there,
@@ -42,11 +44,10 @@ func TestStartupLogLines(t *testing.T) {
 // its action was StartNftvs and its note "Starting nftvs".
 func TestStartingEvent(t *testing.T) {
 	client := fake.NewClientset()
-	ev := newNodeEvents(client, "node-a")
+	ev := newNodeEvents(clientset.New(client), "node-a")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ev.broadcaster.StartRecordingToSink(ctx.Done())
-	defer ev.broadcaster.Shutdown()
+	go ev.recorder.Run(ctx)
 	ev.event(v1.EventTypeNormal, "Starting", "")
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
