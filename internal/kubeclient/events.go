@@ -117,18 +117,41 @@ func (r *Recorder) Eventf(regarding, related runtime.Object, eventType, reason, 
 	}
 }
 
-// Run writes the queued Events until ctx ends.
+// flushTimeout bounds the last writes when Run stops.
+const flushTimeout = 2 * time.Second
+
+// Run writes the queued Events until ctx ends, then, for at most
+// flushTimeout, those still queued: the Event that says why nftvs stops
+// (a server that cannot bind with --bind-address-hard-fail) is queued
+// right before it does.
 func (r *Recorder) Run(ctx context.Context) {
 	t := r.clock.NewTicker(seriesWindow)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			r.flush()
 			return
 		case e := <-r.queue:
 			r.record(ctx, e)
 		case <-t.C():
 			r.finishSeries(ctx)
+		}
+	}
+}
+
+// flush writes what is queued, once each, within flushTimeout.
+func (r *Recorder) flush() {
+	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+	defer cancel()
+	for ctx.Err() == nil {
+		select {
+		case e := <-r.queue:
+			if err := r.writeOnce(ctx, &recorded{event: e}); err != nil {
+				klog.ErrorS(err, "Unable to write event at exit", "regarding", e.Regarding.Name, "reason", e.Reason)
+			}
+		default:
+			return
 		}
 	}
 }

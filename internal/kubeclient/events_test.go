@@ -190,3 +190,16 @@ func TestRecorderQueueBounded(t *testing.T) {
 		t.Errorf("%d queued, want %d", len(r.queue), maxQueuedEvents)
 	}
 }
+
+// The Event queued right before nftvs stops is written when Run returns.
+func TestRecorderFlushesAtStop(t *testing.T) {
+	s := &sink{}
+	r, _ := newTestRecorder(s)
+	ctx, cancel := context.WithCancel(context.Background())
+	r.Eventf(service, nil, v1.EventTypeWarning, "FailedToStartMetricServer", "StartKubeProxy", "bind: address in use")
+	cancel()
+	r.Run(ctx)
+	if len(s.created) != 1 || s.created[0].Reason != "FailedToStartMetricServer" {
+		t.Fatalf("created %v, want the Event queued before the stop", s.created)
+	}
+}
