@@ -259,7 +259,7 @@ var kubernetesService = types.NamespacedName{Namespace: "default", Name: "kubern
 func (p *Proxier) apiServerAddresses() []netip.Addr {
 	out := slices.Clone(p.cfg.APIServer)
 	for _, s := range p.slices[kubernetesService] {
-		for _, e := range s.Endpoints {
+		for _, e := range s.slice.Endpoints {
 			for _, a := range e.Addresses {
 				if ip, err := netip.ParseAddr(a); err == nil {
 					out = append(out, ip.Unmap())
@@ -272,9 +272,10 @@ func (p *Proxier) apiServerAddresses() []netip.Addr {
 
 // input is what n is planned from; p.mu is held.
 func (p *Proxier) input(n types.NamespacedName) serviceInput {
-	in := serviceInput{svc: p.services[n]}
-	for _, s := range p.slices[n] {
-		in.slices = append(in.slices, s)
+	filed := p.slices[n]
+	in := serviceInput{svc: p.services[n], slices: make([]*discovery.EndpointSlice, 0, len(filed))}
+	for _, s := range filed {
+		in.slices = append(in.slices, s.slice)
 	}
 	return in
 }
