@@ -49,8 +49,8 @@ func (t *Table) adopt(res *SyncResult) {
 	}
 	clear(t.programmed)
 	for _, e := range kt.elements {
-		k := e.kernelKey()
-		t.programmed[k] = e
+		k := packKey(e.Element)
+		t.programmed[k] = programmedAs{e.Mark, e.Comment}
 		t.dirty[k] = struct{}{}
 	}
 	t.needsBuild = false

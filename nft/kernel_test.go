@@ -130,8 +130,8 @@ func (t *Table) Programmed() []KernelElement {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := make([]KernelElement, 0, len(t.programmed))
-	for _, e := range t.programmed {
-		out = append(out, e)
+	for k, p := range t.programmed {
+		out = append(out, p.kernelElement(k))
 	}
 	sortElements(out)
 	return out
@@ -441,9 +441,9 @@ func TestKernelRefusedOwnerIsIsolated(t *testing.T) {
 	// An overlapping range, past normalisation and the overlap check.
 	inner := Element{Set: LoadBalancerSourceRanges, Addr: lb, Protocol: TCP, Port: 443, Source: netip.MustParsePrefix("10.1.0.0/16")}
 	tbl.mu.Lock()
-	tbl.owners[inner] = &owners{first: holder{owner: "ns/bad:https", mark: inner.Mark}}
-	tbl.byOwner["ns/bad:https"] = append(tbl.byOwner["ns/bad:https"], inner)
-	tbl.dirty[inner] = struct{}{}
+	tbl.owners[packKey(inner)] = owners{first: holder{owner: "ns/bad:https", mark: inner.Mark}}
+	tbl.byOwner["ns/bad:https"] = append(tbl.byOwner["ns/bad:https"], packKey(inner))
+	tbl.dirty[packKey(inner)] = struct{}{}
 	tbl.mu.Unlock()
 	_ = tbl.SetElements("ns/svc-3:p", nil)
 	_ = tbl.SetElements("ns/svc-30:p", bigSvc(30))

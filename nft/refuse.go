@@ -94,9 +94,10 @@ func (t *Table) bisect(groups []ownerChange, res *SyncResult, refused map[string
 // add.
 func (t *Table) changesByOwner(tx transaction) []ownerChange {
 	m := map[string]*ownerChange{}
-	get := func(k Element) *ownerChange {
+	get := func(k elemKey) *ownerChange {
 		owner := ""
-		for _, h := range t.owners[k].all() {
+		hs := t.owners[k]
+		for _, h := range hs.all() {
 			if owner == "" || h.owner < owner {
 				owner = h.owner
 			}
@@ -107,11 +108,11 @@ func (t *Table) changesByOwner(tx transaction) []ownerChange {
 		return m[owner]
 	}
 	for _, e := range tx.add {
-		g := get(e.kernelKey())
+		g := get(packKey(e.Element))
 		g.tx.add = append(g.tx.add, e)
 	}
 	for _, e := range tx.del {
-		g := get(e.kernelKey())
+		g := get(packKey(e.Element))
 		g.tx.del = append(g.tx.del, e)
 	}
 	out := make([]ownerChange, 0, len(m))
@@ -141,9 +142,8 @@ func (t *Table) failClosed(refused map[string]error, res *SyncResult) {
 	slices.Sort(owners)
 	for _, o := range owners {
 		var tx transaction
-		for _, e := range t.byOwner[o] {
-			k := e.kernelKey()
-			if _, ok := t.programmed[k]; ok || !restrictive[e.Set] {
+		for _, k := range t.byOwner[o] {
+			if _, ok := t.programmed[k]; ok || !restrictive[k.setName()] {
 				continue
 			}
 			want, _ := t.desired(k)

@@ -102,13 +102,13 @@ type Table struct {
 	backend backend
 
 	mu      sync.Mutex
-	owners  map[Element]*owners // kernel key → its owners and the map value each asks for
-	byOwner map[string][]Element
+	owners  map[elemKey]owners // kernel key → its owners and the map value each asks for
+	byOwner map[string][]elemKey
 	// ranges indexes LoadBalancerSourceRanges keys by frontend, to find
 	// overlaps without walking every element.
-	ranges     map[Element]map[Element]struct{}
-	programmed map[Element]KernelElement // kernel key → as programmed
-	dirty      map[Element]struct{}      // kernel keys to reconcile
+	ranges     map[elemKey]map[elemKey]struct{}
+	programmed map[elemKey]programmedAs // kernel key → as programmed
+	dirty      map[elemKey]struct{}     // kernel keys to reconcile
 	needsBuild bool                      // next sync rebuilds the table
 	// lastGen is the ruleset generation of our last commit; own holds
 	// our recent ones, so that drift watching can tell them from others'.
@@ -131,11 +131,11 @@ func newTable(cfg Config, b backend) (*Table, error) {
 	return &Table{
 		cfg:        cfg,
 		backend:    b,
-		owners:     map[Element]*owners{},
-		byOwner:    map[string][]Element{},
-		ranges:     map[Element]map[Element]struct{}{},
-		programmed: map[Element]KernelElement{},
-		dirty:      map[Element]struct{}{},
+		owners:     map[elemKey]owners{},
+		byOwner:    map[string][]elemKey{},
+		ranges:     map[elemKey]map[elemKey]struct{}{},
+		programmed: map[elemKey]programmedAs{},
+		dirty:      map[elemKey]struct{}{},
 		needsBuild: true,
 	}, nil
 }
@@ -155,25 +155,24 @@ func (t *Table) SetElements(owner string, elems []Element) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 
-	for _, e := range t.byOwner[owner] {
-		k := e.kernelKey()
+	for _, k := range t.byOwner[owner] {
 		hs := t.owners[k]
-		if hs != nil {
-			hs.remove(owner)
-		}
+		hs.remove(owner)
 		if hs.len() == 0 {
 			delete(t.owners, k)
-			if k.Set == LoadBalancerSourceRanges {
-				delete(t.ranges[frontend(k)], k)
+			if k.setName() == LoadBalancerSourceRanges {
+				delete(t.ranges[k.frontend()], k)
 			}
+		} else {
+			t.owners[k] = hs
 		}
 		t.dirty[k] = struct{}{}
 	}
 	delete(t.byOwner, owner)
 
 	var errs []error
-	var kept []Element
-	others := map[Element]sortedRanges{} // by frontend, built when needed
+	var kept []elemKey
+	others := map[elemKey]sortedRanges{} // by frontend, built when needed
 	for _, e := range normalizeSourceRanges(elems) {
 		if err := e.Validate(); err != nil {
 			errs = append(errs, err)
@@ -185,27 +184,25 @@ func (t *Table) SetElements(owner string, elems []Element) error {
 		}
 		// One lookup of the key's holders an element: the first sync
 		// declares 20k elements at 10k Services.
-		k := e.kernelKey()
-		hs := t.owners[k]
-		if err := t.conflict(owner, e, hs, others); err != nil {
+		k := packKey(e)
+		hs, held := t.owners[k]
+		if err := t.conflict(owner, e, &hs, others); err != nil {
 			errs = append(errs, err)
 			continue
-		}
-		if hs == nil {
-			hs = &owners{}
-			t.owners[k] = hs
-			if k.Set == LoadBalancerSourceRanges {
-				if t.ranges[frontend(k)] == nil {
-					t.ranges[frontend(k)] = map[Element]struct{}{}
-				}
-				t.ranges[frontend(k)][k] = struct{}{}
-			}
 		}
 		if !hs.add(owner, e.Mark) {
 			continue
 		}
+		t.owners[k] = hs
+		if !held && e.Set == LoadBalancerSourceRanges {
+			fe := k.frontend()
+			if t.ranges[fe] == nil {
+				t.ranges[fe] = map[elemKey]struct{}{}
+			}
+			t.ranges[fe][k] = struct{}{}
+		}
 		t.dirty[k] = struct{}{}
-		kept = append(kept, e)
+		kept = append(kept, k)
 	}
 	if len(kept) > 0 {
 		t.byOwner[owner] = kept
@@ -221,7 +218,7 @@ func (t *Table) SetElements(owner string, elems []Element) error {
 // an overlapping source range for the same frontend. others caches, per
 // frontend, the ranges held before this SetElements call; hs holds e's
 // key.
-func (t *Table) conflict(owner string, e Element, hs *owners, others map[Element]sortedRanges) error {
+func (t *Table) conflict(owner string, e Element, hs *owners, others map[elemKey]sortedRanges) error {
 	for i := range hs.len() {
 		if h := hs.at(i); h.owner != owner && h.mark != e.Mark {
 			return fmt.Errorf("%s %s: already mapped to %#x by %s", e.Set, e, h.mark, h.owner)
@@ -230,11 +227,11 @@ func (t *Table) conflict(owner string, e Element, hs *owners, others map[Element
 	if e.Set != LoadBalancerSourceRanges {
 		return nil
 	}
-	fe := frontend(e.kernelKey())
+	fe := packKey(e).frontend()
 	held, ok := others[fe]
 	if !ok {
 		for r := range t.ranges[fe] {
-			held = append(held, r.Source)
+			held = append(held, r.element().Source)
 		}
 		slices.SortFunc(held, comparePrefixes)
 		others[fe] = held
@@ -320,12 +317,12 @@ func normalizeSourceRanges(elems []Element) []Element {
 // desired is the element the kernel should hold for key k, if any: the
 // key with its owners' map value (conflict keeps it one), commented with
 // the owners' names.
-func (t *Table) desired(k Element) (KernelElement, bool) {
+func (t *Table) desired(k elemKey) (KernelElement, bool) {
 	hs := t.owners[k]
 	if hs.len() == 0 {
 		return KernelElement{}, false
 	}
-	e := k
+	e := k.element()
 	e.Mark = hs.first.mark
 	comment := hs.first.owner
 	if len(hs.rest) > 0 {
@@ -397,7 +394,7 @@ func (t *Table) Sync(full bool) (SyncResult, error) {
 // is dropped instead.
 func (t *Table) clearDirty() {
 	if len(t.dirty) > 1024 {
-		t.dirty = map[Element]struct{}{}
+		t.dirty = map[elemKey]struct{}{}
 		return
 	}
 	clear(t.dirty)
@@ -426,16 +423,16 @@ func (t *Table) pending() transaction {
 			want, ok := t.desired(k)
 			have, programmed := t.programmed[k]
 			switch {
-			case ok && programmed && have == want:
+			case ok && programmed && have == (programmedAs{want.Mark, want.Comment}):
 			case ok && programmed:
 				// A new map value or comment: replace in the same
 				// transaction, so the key never goes missing.
-				tx.del = append(tx.del, have)
+				tx.del = append(tx.del, have.kernelElement(k))
 				tx.add = append(tx.add, want)
 			case ok:
 				tx.add = append(tx.add, want)
 			case programmed:
-				tx.del = append(tx.del, have)
+				tx.del = append(tx.del, have.kernelElement(k))
 			}
 		}
 	}
@@ -456,15 +453,15 @@ func (t *Table) commit(tx transaction, res *SyncResult) error {
 	if tx.rebuild {
 		// Sized once: grown from empty, the record of a first sync at 10k
 		// Services (20k elements) was 21 MB of garbage.
-		t.programmed = make(map[Element]KernelElement, len(tx.add))
+		t.programmed = make(map[elemKey]programmedAs, len(tx.add))
 		t.needsBuild = false
 		res.Rebuilt = true
 	}
 	for _, e := range tx.del {
-		delete(t.programmed, e.kernelKey())
+		delete(t.programmed, packKey(e.Element))
 	}
 	for _, e := range tx.add {
-		t.programmed[e.kernelKey()] = e
+		t.programmed[packKey(e.Element)] = programmedAs{e.Mark, e.Comment}
 	}
 	res.Added += len(tx.add)
 	res.Deleted += len(tx.del)
