@@ -995,4 +995,15 @@ func TestWeightsSorted(t *testing.T) {
 	}) {
 		t.Errorf("sameAs: the same real servers read in another order differ")
 	}
+
+	// IPv6 and IPv4-mapped addresses: packed, they come back as put
+	// (mapped ones unmapped, as AddrPort gives them), in AddrPort order.
+	v6 := RealServer{Address: netip.MustParseAddr("fd00::1"), Port: 80, Weight: maxWeight}
+	mapped := RealServer{Address: netip.MustParseAddr("::ffff:10.0.0.4"), Port: 80, Weight: 2}
+	w.put(v6)
+	w.put(mapped)
+	want = []RealServer{rs(1, 80, 0), rs(3, 79, 1), rs(3, 80, 1), rs(4, 80, 2), rs(5, 80, 1), v6}
+	if got := w.all(); !slices.Equal(got, want) {
+		t.Fatalf("weights %v, want %v", got, want)
+	}
 }
