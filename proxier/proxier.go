@@ -320,6 +320,16 @@ func (p *Proxier) markDirty(name types.NamespacedName) { p.dirty[name] = true }
 // a slice whose label changed, or went, leaves the Service it was filed
 // under, whatever the event says its old label was.
 func (p *Proxier) OnEndpointSliceUpdate(namespace, sliceName string, slice *discovery.EndpointSlice, service string) {
+	trigger := ""
+	if slice != nil {
+		trigger = slice.Annotations[v1.EndpointsLastChangeTriggerTime]
+	}
+	p.updateEndpointSlice(namespace, sliceName, slice, service, trigger)
+}
+
+// updateEndpointSlice is OnEndpointSliceUpdate with the slice's
+// trigger-time annotation (the informers cache it apart: cachedSlice).
+func (p *Proxier) updateEndpointSlice(namespace, sliceName string, slice *discovery.EndpointSlice, service, trigger string) {
 	key := types.NamespacedName{Namespace: namespace, Name: sliceName}
 	p.mu.Lock()
 	if prevService, ok := p.sliceOwner[key]; ok && (prevService != service || slice == nil) {
@@ -336,7 +346,7 @@ func (p *Proxier) OnEndpointSliceUpdate(namespace, sliceName string, slice *disc
 	name := types.NamespacedName{Namespace: namespace, Name: service}
 	p.sliceOwner[key] = service
 	p.fileSlice(name, sliceName, slice)
-	if t, ok := lastChangeTriggerTime(slice); ok && t.After(p.started) {
+	if t, ok := lastChangeTriggerTime(trigger); ok && t.After(p.started) {
 		f := v1.IPv4Protocol
 		if slice.AddressType == discovery.AddressTypeIPv6 {
 			f = v1.IPv6Protocol
@@ -376,10 +386,9 @@ func (p *Proxier) fileSlice(n types.NamespacedName, name string, slice *discover
 }
 
 // lastChangeTriggerTime is when the change an EndpointSlice carries was
-// triggered (the EndpointSlice controller's annotation).
-func lastChangeTriggerTime(s *discovery.EndpointSlice) (time.Time, bool) {
-	v, ok := s.Annotations[v1.EndpointsLastChangeTriggerTime]
-	if !ok {
+// triggered: the EndpointSlice controller's annotation v, if set.
+func lastChangeTriggerTime(v string) (time.Time, bool) {
+	if v == "" {
 		return time.Time{}, false
 	}
 	t, err := time.Parse(time.RFC3339Nano, v)

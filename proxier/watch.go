@@ -183,6 +183,29 @@ var keptAnnotationPrefixes = []string{"ipvs.nftvs.io/", "kube-router.io/"}
 // (service-proxy-name, headless) are all under it.
 const keptServiceLabelPrefix = "service.kubernetes.io/"
 
+// cachedSlice is an EndpointSlice as the informers cache it (StripUnread):
+// without labels and annotations, but for the two values nftvs reads.
+type cachedSlice struct {
+	discovery.EndpointSlice
+	service string // its kubernetes.io/service-name label
+	trigger string // its endpoints.kubernetes.io/last-change-trigger-time annotation
+}
+
+// endpointSliceOf is an informer's EndpointSlice (cached, plain, or in a
+// tombstone) with its Service's name and its trigger-time annotation.
+func endpointSliceOf(obj any) (s *discovery.EndpointSlice, service, trigger string, ok bool) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	switch o := obj.(type) {
+	case *cachedSlice:
+		return &o.EndpointSlice, o.service, o.trigger, true
+	case *discovery.EndpointSlice:
+		return o, o.Labels[discovery.LabelServiceName], o.Annotations[v1.EndpointsLastChangeTriggerTime], true
+	}
+	return nil, "", "", false
+}
+
 // StripUnread is the informers' transform: it drops from each object what
 // nftvs never reads before the object is cached, since every node caches
 // every Service and EndpointSlice of the cluster. Managed fields and
@@ -193,7 +216,8 @@ const keptServiceLabelPrefix = "service.kubernetes.io/"
 // the creation time (the older Service keeps a contested frontend), the
 // resource version (a resync is no change), the EndpointSlice
 // trigger-time annotation (network programming latency), a slice's
-// Service name label. The values repeated across a cluster's endpoints
+// Service name label (EndpointSlices are cached as cachedSlice). It is
+// idempotent, as client-go asks. The values repeated across a cluster's endpoints
 // (conditions, node names, zones) are shared, not one copy each.
 func StripUnread(obj any) (any, error) {
 	switch o := obj.(type) {
@@ -215,8 +239,11 @@ func StripUnread(obj any) (any, error) {
 		o.ManagedFields = nil
 		o.OwnerReferences = nil
 		o.UID, o.GenerateName = "", ""
-		o.Annotations = keepKeys(o.Annotations, func(k string) bool { return k == v1.EndpointsLastChangeTriggerTime })
-		o.Labels = keepKeys(o.Labels, func(k string) bool { return k == discovery.LabelServiceName })
+		// Decoded, the endpoints were appended one by one: 10 of them sit
+		// in an array grown for 16 (1.5 KB where 1 KB does).
+		if cap(o.Endpoints) > len(o.Endpoints) {
+			o.Endpoints = slices.Clone(o.Endpoints)
+		}
 		for i := range o.Endpoints {
 			e := &o.Endpoints[i]
 			// The pod a slice points at and its hostname: never read.
@@ -229,6 +256,12 @@ func StripUnread(obj any) (any, error) {
 			e.NodeName = endpointStrings.share(e.NodeName)
 			e.Zone = endpointStrings.share(e.Zone)
 		}
+		// The one label and the one annotation read, as fields: two maps
+		// of one entry each were 800 bytes a slice.
+		c := &cachedSlice{EndpointSlice: *o, service: o.Labels[discovery.LabelServiceName],
+			trigger: o.Annotations[v1.EndpointsLastChangeTriggerTime]}
+		c.Labels, c.Annotations = nil, nil
+		return c, nil
 	case *v1.Node:
 		o.ManagedFields = nil
 		// The images a node holds can be thousands of names.
@@ -318,17 +351,17 @@ func (p *Proxier) serviceHandler(onChange func(Change)) func(old, obj any, delet
 // onChange.
 func (p *Proxier) sliceHandler(onChange func(Change)) func(old, obj any, deleted bool) {
 	return func(old, obj any, deleted bool) {
-		s, ok := unwrap[*discovery.EndpointSlice](obj)
+		s, owner, trigger, ok := endpointSliceOf(obj)
 		if !ok {
 			return
 		}
-		owner := s.Labels[discovery.LabelServiceName]
+		namespace, name := s.Namespace, s.Name
 		if deleted {
 			s = nil
 		}
-		p.OnEndpointSliceUpdate(sliceNamespace(obj), sliceName(obj), s, owner)
+		p.updateEndpointSlice(namespace, name, s, owner, trigger)
 		if owner != "" {
-			onChange(Change{EndpointSlice: true, Service: types.NamespacedName{Namespace: sliceNamespace(obj), Name: owner}, Changed: changed(old, obj)})
+			onChange(Change{EndpointSlice: true, Service: types.NamespacedName{Namespace: namespace, Name: owner}, Changed: changed(old, obj)})
 		}
 	}
 }
@@ -362,16 +395,6 @@ func unwrap[T any](obj any) (T, bool) {
 	}
 	v, ok := obj.(T)
 	return v, ok
-}
-
-func sliceName(obj any) string {
-	s, _ := unwrap[*discovery.EndpointSlice](obj)
-	return s.Name
-}
-
-func sliceNamespace(obj any) string {
-	s, _ := unwrap[*discovery.EndpointSlice](obj)
-	return s.Namespace
 }
 
 // StartAndSync starts informers (start starts their factories) and waits

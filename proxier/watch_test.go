@@ -9,6 +9,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
 )
 
 // TestStripUnread: the informers cache only what nftvs reads, and keep
@@ -53,19 +54,26 @@ func TestStripUnread(t *testing.T) {
 	slice.Labels["app"] = "web"
 	plansBefore, _ := PlanService(svc, []*discovery.EndpointSlice{slice}, testConfig())
 	gotSlice, _ := StripUnread(slice.DeepCopy())
-	s := gotSlice.(*discovery.EndpointSlice)
-	if s.ManagedFields != nil || len(s.Annotations) != 1 || s.Endpoints[0].TargetRef != nil || s.Endpoints[0].Hostname != nil {
+	c := gotSlice.(*cachedSlice)
+	s := &c.EndpointSlice
+	if s.ManagedFields != nil || s.Annotations != nil || s.Endpoints[0].TargetRef != nil || s.Endpoints[0].Hostname != nil {
 		t.Errorf("EndpointSlice stripped to %+v", s)
 	}
-	if len(s.Labels) != 1 || s.Labels[discovery.LabelServiceName] != svc.Name {
-		t.Errorf("EndpointSlice labels stripped to %v", s.Labels)
+	if s.Labels != nil || c.service != svc.Name {
+		t.Errorf("EndpointSlice labels stripped to %v, Service %q", s.Labels, c.service)
+	}
+	if again, _ := StripUnread(c); again != c {
+		t.Errorf("StripUnread of a stripped slice: %#v", again)
+	}
+	if got, service, trigger, ok := endpointSliceOf(cache.DeletedFinalStateUnknown{Obj: c}); !ok || got != s || service != svc.Name || trigger != c.trigger {
+		t.Errorf("endpointSliceOf a tombstone: %v %q %q %v", got, service, trigger, ok)
 	}
 	// Repeated values are shared, and still what the API server sent.
 	a, b := s.Endpoints[0], s.Endpoints[1]
 	if a.Zone != b.Zone || *a.Zone != zone || a.Conditions.Ready != b.Conditions.Ready || !*a.Conditions.Ready || *a.NodeName != thisNode || *b.NodeName != "node-b" {
 		t.Errorf("endpoints not shared: %+v %+v", a, b)
 	}
-	if _, ok := lastChangeTriggerTime(s); !ok {
+	if _, ok := lastChangeTriggerTime(c.trigger); !ok {
 		t.Error("the trigger-time annotation was stripped")
 	}
 	plansAfter, _ := PlanService(gotSvc.(*v1.Service), []*discovery.EndpointSlice{s}, testConfig())
@@ -148,17 +156,22 @@ func BenchmarkStripUnreadHeap(b *testing.B) {
 				runtime.GC()
 				runtime.ReadMemStats(&before)
 				svcs, slices := objects()
-				if strip {
-					for i := range svcs {
-						_, _ = StripUnread(svcs[i])
-						_, _ = StripUnread(slices[i])
+				// What the informers cache: the transform's output.
+				cached := make([]any, 0, 2*n)
+				for i := range svcs {
+					if !strip {
+						cached = append(cached, svcs[i], slices[i])
+						continue
 					}
+					svc, _ := StripUnread(svcs[i])
+					slice, _ := StripUnread(slices[i])
+					cached = append(cached, svc, slice)
 				}
+				svcs, slices = nil, nil
 				runtime.GC()
 				runtime.ReadMemStats(&after)
 				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/service")
-				runtime.KeepAlive(svcs)
-				runtime.KeepAlive(slices)
+				runtime.KeepAlive(cached)
 			}
 		})
 	}
