@@ -175,8 +175,8 @@ conformance-node: node-bins
 # client's source IP, ETP=Local answered only where an endpoint is,
 # health-check node ports per node, upstream tests that must all run);
 # conformance runs upstream's IPVS CI selection in parts, for both proxies
-# (NFTVS_CONFORMANCE_PARTS, NFTVS_CONFORMANCE_PROXIES; part dual on a
-# dual-stack cluster): docs/conformance/three-node. conformance-cluster is
+# (NFTVS_CONFORMANCE_PARTS, NFTVS_CONFORMANCE_PROXIES; parts dual and
+# dual-rest on a dual-stack cluster): docs/conformance/three-node. conformance-cluster is
 # its old name.
 .PHONY: cluster-bins test-cluster conformance conformance-cluster
 

@@ -7,8 +7,9 @@
 #
 # A test belongs to the first part, in the order of $all_parts, whose
 # focus file matches it: the parts never overlap, and "other" is the rest
-# of the selection. Part "dual" runs alone, on a dual-stack cluster
-# (conformance.sh starts one for it).
+# of the selection. Parts "dual" and "dual-rest" run on a dual-stack
+# cluster (conformance.sh starts one for them): dual the DualStack
+# tests, dual-rest the rest of the dual job's selection.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=$1 budget=$2
@@ -29,9 +30,12 @@ for part in "$@"; do
   fi
   mkdir -p "$out/$part"
   # Skip: the selection's skip list and every part before this one
-  # (part dual, on its own dual-stack cluster: the dual job's skip list).
+  # (parts dual and dual-rest, on their dual-stack cluster: the dual
+  # job's skip list, and for dual-rest part dual's tests).
   if [ "$part" = dual ]; then
     cp "$here/conformance-skip-dual.txt" "$out/$part/skip.txt"
+  elif [ "$part" = dual-rest ]; then
+    cat "$here/conformance-skip-dual.txt" "$here/conformance-part-dual.txt" >"$out/$part/skip.txt"
   else
     cp "$here/conformance-skip.txt" "$out/$part/skip.txt"
     for p in $all_parts; do
@@ -43,7 +47,7 @@ for part in "$@"; do
   # tests earlier runs gave a verdict are skipped too.
   [ ! -f "$out/resume-skip-$part.txt" ] || cat "$out/resume-skip-$part.txt" >>"$out/$part/skip.txt"
   focus=$here/conformance-part-$part.txt
-  [ "$part" != other ] || focus=$here/conformance-focus.txt
+  [ "$part" != other ] && [ "$part" != dual-rest ] || focus=$here/conformance-focus.txt
   if [ "$part" = disruptive ] && [ "$NFTVS_NODE_PROXY" = nftvs ]; then
     # The test restarts the pods labelled k8s-app=kube-proxy: nftvs's
     # DaemonSet is replaced by the same one under that label, the way a

@@ -17,11 +17,17 @@
 #                          nftvs image commit, node count, kernel, wall
 #                          time, verdict counts
 #   results.md             the table (e2e/node/report) of every JUnit here
+#                          but part dual-rest's
+#   results-dual.md        the table of the dual-stack cluster's parts
+#                          (dual, dual-rest): the dual job's selection
 #
 # Environment: NFTVS_CONFORMANCE_PROXIES (default "kube-proxy nftvs"),
 # NFTVS_CONFORMANCE_PARTS (which parts, in that order; default
-# "conformance services granular other slow disruptive dual"; part dual
-# runs last, on a dual-stack cluster of its own),
+# "conformance services granular other slow disruptive dual dual-rest"; parts dual
+# and dual-rest run last, on a dual-stack cluster of their own: dual
+# is the DualStack tests, dual-rest the rest of upstream's dual-stack
+# job's selection, most of it the tests the other parts run on the
+# single-stack cluster),
 # NFTVS_CONFORMANCE_PARALLEL=1 (both clusters at once, each in its own
 # network namespace and VM), NFTVS_CONFORMANCE_BUDGET (minutes of
 # e2e.test per proxy, default 600: what is not reached in time is not in
@@ -38,7 +44,7 @@ mkdir -p "$out/logs"
 export PATH=/usr/local/go/bin:$PATH
 work=$(mktemp -d /var/tmp/nftvs-conformance.XXXXXX)
 budget=${NFTVS_CONFORMANCE_BUDGET:-600}
-all_parts="conformance services granular other slow disruptive dual"
+all_parts="conformance services granular other slow disruptive dual dual-rest"
 parts=${NFTVS_CONFORMANCE_PARTS:-$all_parts}
 for part in $parts; do
   case " $all_parts " in *" $part "*) ;; *) echo "conformance: NFTVS_CONFORMANCE_PARTS: unknown part $part" >&2; exit 2 ;; esac
@@ -47,21 +53,26 @@ proxies=${NFTVS_CONFORMANCE_PROXIES:-kube-proxy nftvs}
 echo "conformance: work directory $work"
 
 run() { # PROXY: one cluster, the parts in order; its output in $work/PROXY.log
-  local proxy=$1 t st=0 v4parts
+  local proxy=$1 t st=0 v4parts='' dualparts='' part
   t=$(date +%s)
-  # Part dual needs a dual-stack cluster of its own, after the others.
-  v4parts=$(echo " $parts " | sed 's/ dual / /')
+  # Parts dual and dual-rest need a dual-stack cluster of their own,
+  # after the others.
+  for part in $parts; do
+    case $part in
+      dual | dual-rest) dualparts+=" $part" ;;
+      *) v4parts+=" $part" ;;
+    esac
+  done
   if [ -n "${v4parts// /}" ]; then
     # shellcheck disable=SC2086 # the parts are words
     NFTVS_NODE_DIR=$work/$proxy-cluster NFTVS_NODE_TIMEOUT=${NFTVS_NODE_TIMEOUT:-$((budget * 60 + 1800))} \
       "$here/cluster.sh" -p "$proxy" -k "$here/conformance-parts.sh" "$work/$proxy" "$budget" $v4parts >"$work/$proxy.log" 2>&1 || st=1
   fi
-  case " $parts " in
-    *" dual "*)
-      NFTVS_CLUSTER_STACK=dual NFTVS_NODE_DIR=$work/$proxy-dual-cluster NFTVS_NODE_TIMEOUT=${NFTVS_NODE_TIMEOUT:-$((budget * 60 + 1800))} \
-        "$here/cluster.sh" -p "$proxy" -k "$here/conformance-parts.sh" "$work/$proxy" "$budget" dual >>"$work/$proxy.log" 2>&1 || st=1
-      ;;
-  esac
+  if [ -n "${dualparts// /}" ]; then
+    # shellcheck disable=SC2086 # the parts are words
+    NFTVS_CLUSTER_STACK=dual NFTVS_NODE_DIR=$work/$proxy-dual-cluster NFTVS_NODE_TIMEOUT=${NFTVS_NODE_TIMEOUT:-$((budget * 60 + 1800))} \
+      "$here/cluster.sh" -p "$proxy" -k "$here/conformance-parts.sh" "$work/$proxy" "$budget" $dualparts >>"$work/$proxy.log" 2>&1 || st=1
+  fi
   echo "$(($(date +%s) - t))" >"$work/$proxy.secs"
   return $st
 }
@@ -154,19 +165,28 @@ for proxy in $proxies; do
   done
 done
 
-args=()
-for proxy in kube-proxy nftvs; do
-  files=()
-  for part in $all_parts; do
-    mapfile -t -O ${#files[@]} files < <(part_files "$proxy" "$part")
+# table FILE TITLE PART...: the table of those parts' JUnit files. A test
+# is one row, so the single-stack and the dual-stack cluster's runs of
+# one test go in two tables.
+table() {
+  local file=$1 title=$2 proxy part label files args=()
+  shift 2
+  for proxy in kube-proxy nftvs; do
+    files=()
+    for part in "$@"; do
+      mapfile -t -O ${#files[@]} files < <(part_files "$proxy" "$part")
+    done
+    [ ${#files[@]} -gt 0 ] || continue
+    label=$proxy
+    [ "$proxy" = kube-proxy ] && label="kube-proxy 1.36.3 IPVS mode"
+    args+=("$label=$(IFS=,; echo "${files[*]}")")
   done
-  [ ${#files[@]} -gt 0 ] || continue
-  label=$proxy
-  [ "$proxy" = kube-proxy ] && label="kube-proxy 1.36.3 IPVS mode"
-  args+=("$label=$(IFS=,; echo "${files[*]}")")
-done
-if [ ${#args[@]} -gt 0 ]; then
-  (cd "$root" && go run ./e2e/node/report -title "Upstream e2e [sig-network] tests (upstream's IPVS CI selection) on ${NFTVS_NODES:-3} nodes" "${args[@]}") >"$out/results.md"
-  echo "conformance: $out/results.md"
-fi
+  [ ${#args[@]} -gt 0 ] || return 0
+  (cd "$root" && go run ./e2e/node/report -title "$title" "${args[@]}") >"$out/$file"
+  echo "conformance: $out/$file"
+}
+table results.md "Upstream e2e [sig-network] tests (upstream's IPVS CI selection) on ${NFTVS_NODES:-3} nodes" \
+  conformance services granular other slow disruptive dual
+table results-dual.md "Upstream e2e [sig-network] tests (upstream's dual-stack IPVS CI job's selection) on ${NFTVS_NODES:-3} dual-stack nodes" \
+  dual dual-rest
 exit $rc
