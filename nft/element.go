@@ -133,6 +133,16 @@ func (e Element) kernelSet() string {
 }
 
 func kernelSetName(s SetName, f Family) string {
+	if names, ok := kernelSetNames[s]; ok {
+		switch f {
+		case 0:
+			return names[0]
+		case IPv4:
+			return names[1]
+		case IPv6:
+			return names[2]
+		}
+	}
 	switch f {
 	case IPv4:
 		return string(s) + "-v4"
@@ -141,6 +151,16 @@ func kernelSetName(s SetName, f Family) string {
 	}
 	return string(s)
 }
+
+// kernelSetNames are every set's kernel names by family, made once: a
+// first sync names the set of each of its 20k elements twice.
+var kernelSetNames = func() map[SetName][3]string {
+	m := map[SetName][3]string{}
+	for _, s := range tableSets {
+		m[s.name] = [3]string{string(s.name), string(s.name) + "-v4", string(s.name) + "-v6"}
+	}
+	return m
+}()
 
 // String renders the key (and map value) the way `nft list` prints it.
 func (e Element) String() string {

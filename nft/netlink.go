@@ -207,14 +207,26 @@ func writeElements(c *nftables.Conn, sets map[string]*nftables.Set, tx transacti
 	return nil
 }
 
+// bySet groups es by kernel set, in the order the sets first appear. Each
+// set's list is sized before it is filled: grown by append, a first
+// sync's 10k-element lists were reallocated at 1.25× a time, five times
+// their size in garbage (about 15 MB at 10k Services).
 func bySet(es []KernelElement) ([]string, map[string][]nftables.SetElement) {
-	m := map[string][]nftables.SetElement{}
+	count := map[string]int{}
 	var order []string
 	for _, e := range es {
 		n := e.kernelSet()
-		if _, ok := m[n]; !ok {
+		if count[n] == 0 {
 			order = append(order, n)
 		}
+		count[n]++
+	}
+	m := make(map[string][]nftables.SetElement, len(order))
+	for _, n := range order {
+		m[n] = make([]nftables.SetElement, 0, count[n])
+	}
+	for _, e := range es {
+		n := e.kernelSet()
 		m[n] = append(m[n], toSetElement(e))
 	}
 	return order, m
