@@ -109,7 +109,7 @@ type Table struct {
 	ranges     map[elemKey]map[elemKey]struct{}
 	programmed map[elemKey]programmedAs // kernel key → as programmed
 	dirty      map[elemKey]struct{}     // kernel keys to reconcile
-	needsBuild bool                      // next sync rebuilds the table
+	needsBuild bool                     // next sync rebuilds the table
 	// lastGen is the ruleset generation of our last commit; own holds
 	// our recent ones, so that drift watching can tell them from others'.
 	lastGen uint32
