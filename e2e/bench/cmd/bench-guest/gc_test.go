@@ -20,7 +20,7 @@ gc 8 @9.800s 3%: 0.1+80+0.01 ms clock, 0.2+1/60/0+0.02 ms cpu, 240->250->100 MB,
 		t.Fatal(err)
 	}
 	got, ok := gcSummary(p)
-	want := "GC: 3 cycles; largest heap at a cycle's start 240 MB (@9.800s), largest live heap after one 120 MB (@5.100s)"
+	want := "GC: 3 cycles; largest heap at a cycle's start 240 MB (@9.800s), at its end 250 MB (@9.800s), largest live heap after one 120 MB (@5.100s)"
 	if !ok || got != want {
 		t.Errorf("gcSummary = %q, %v\nwant %q", got, ok, want)
 	}

@@ -63,7 +63,7 @@ var (
 	changeGap    = flag.Duration("change-gap", 1200*time.Millisecond, "pause after each change is programmed")
 	conns        = flag.Int("conns", 3000, "data plane: connections per run, at most")
 	connTime     = flag.Duration("conn-time", 8*time.Second, "data plane: seconds per run, at most")
-	profile      = flag.Duration("profile", 0, "nftvs: CPU profiles of this long from its start and from its restart (nftvs-first.pprof, nftvs-restart.pprof in the size's directory)")
+	profile      = flag.Duration("profile", 0, "nftvs: CPU profiles of this long from its start and from its restart (nftvs-first.pprof, nftvs-restart.pprof in the size's directory), and heap profiles as each stops (nftvs-first-heap.pprof, nftvs-restart-heap.pprof)")
 	render       = flag.String("render", "", "only re-render results.md and the charts (first-sync.svg, one-change.svg, restart.svg) from this results.json (into -out, default its directory)")
 	budget       = flag.Duration("budget", 55*time.Minute, "time budget of the whole run: runs that would start with less than 3 minutes left are skipped (reported as not run), and each first-sync bound is cut to what is left")
 	keep         = flag.Bool("keep", false, "keep the work directory (control plane logs, guest results, proxy logs)")
