@@ -51,19 +51,19 @@ func (e Endpoint) AddrPort() netip.AddrPort { return netip.AddrPortFrom(e.IP, e.
 // endpoints with unusable addresses, are ignored; an endpoint listed twice
 // (slices overlap while the controller moves it) counts once, the most
 // ready copy winning.
-func endpointsForPort(slices_ []*discovery.EndpointSlice, portName string, proto v1.Protocol, ipv6 bool) []Endpoint {
+func endpointsForPort(slices_ []*epSlice, portName string, proto v1.Protocol, ipv6 bool) []Endpoint {
 	want := discovery.AddressTypeIPv4
 	if ipv6 {
 		want = discovery.AddressTypeIPv6
 	}
 	var out []Endpoint
 	for _, s := range slices_ {
-		if s == nil || s.AddressType != want {
+		if s == nil || s.addressType != want {
 			continue
 		}
 		var port uint16
 		found := false
-		for _, p := range s.Ports {
+		for _, p := range s.ports {
 			name := ""
 			if p.Name != nil {
 				name = *p.Name
@@ -80,41 +80,25 @@ func endpointsForPort(slices_ []*discovery.EndpointSlice, portName string, proto
 		if !found {
 			continue
 		}
-		for _, ep := range s.Endpoints {
-			if len(ep.Addresses) == 0 {
-				continue
-			}
+		for i := range s.endpoints {
+			ep := &s.endpoints[i]
 			// Like kube-proxy: only the first address of an endpoint is used.
-			ip, err := netip.ParseAddr(ep.Addresses[0])
-			if err != nil || ip.Is6() != ipv6 || ip.Zone() != "" {
+			ip := ep.addr
+			if !ip.IsValid() || ip.Is6() != ipv6 || ip.Zone() != "" {
 				continue
 			}
-			ip = ip.Unmap()
-			e := Endpoint{IP: ip, Port: port}
-			// The conditions as the EndpointSlice API defines them and
-			// kube-proxy reads them: unset ready and serving mean true,
-			// unset terminating false. Ready is taken as it is, also on a
-			// terminating endpoint: the EndpointSlice controller keeps the
-			// pods of a Service with publishNotReadyAddresses ready while
-			// they terminate, and their traffic must keep flowing (upstream
-			// e2e "Services should create endpoints for unready pods").
-			e.Ready = ep.Conditions.Ready == nil || *ep.Conditions.Ready
-			e.Serving = ep.Conditions.Serving == nil || *ep.Conditions.Serving
-			e.Terminating = ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
-			if ep.NodeName != nil {
-				e.NodeName = *ep.NodeName
-			}
-			if ep.Hints != nil && len(ep.Hints.ForZones)+len(ep.Hints.ForNodes) > 0 {
-				e.Hints = &Hints{}
-				for _, z := range ep.Hints.ForZones {
-					e.Hints.Zones = append(e.Hints.Zones, z.Name)
-				}
-				for _, n := range ep.Hints.ForNodes {
-					e.Hints.Nodes = append(e.Hints.Nodes, n.Name)
-				}
+			// Ready is taken as it is, also on a terminating endpoint: the
+			// EndpointSlice controller keeps the pods of a Service with
+			// publishNotReadyAddresses ready while they terminate, and
+			// their traffic must keep flowing (upstream e2e "Services
+			// should create endpoints for unready pods").
+			e := Endpoint{IP: ip.Unmap(), Port: port, Ready: ep.ready(), Serving: ep.serving(),
+				Terminating: ep.terminating(), Hints: ep.hints()}
+			if ep.node != nil {
+				e.NodeName = *ep.node
 			}
 			if out == nil {
-				out = make([]Endpoint, 0, len(s.Endpoints))
+				out = make([]Endpoint, 0, len(s.endpoints))
 			}
 			out = append(out, e)
 		}

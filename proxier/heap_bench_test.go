@@ -10,6 +10,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // benchObjects are n Services with a slice of 10 endpoints each, on
@@ -79,15 +80,27 @@ func BenchmarkProxierPeakHeap(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
 			for range b.N {
-				svcs, slices := benchObjects(n)
+				svcs, apiSlices := benchObjects(n)
+				// The slices as the informers hold them and hand them over.
+				slices := make([]*cachedSlice, n)
+				for i, s := range apiSlices {
+					c, _ := StripUnread(s)
+					slices[i] = c.(*cachedSlice)
+				}
+				apiSlices = nil
 				f := newFakeNode(b)
+				addService := func(i int) {
+					f.p.OnServiceUpdate(types.NamespacedName{Namespace: svcs[i].Namespace, Name: svcs[i].Name}, svcs[i])
+					c := slices[i]
+					f.p.updateEndpointSlice(c.Namespace, c.Name, &c.eps, c.service, c.trigger)
+				}
 				base := liveHeap()
 				perService := func(v uint64) float64 { return float64(int64(v)-int64(base)) / float64(n) }
 				report := func(name string, v uint64) { b.ReportMetric(perService(v), name+"-B/svc") }
 
 				report("first-sync-peak", peakHeap(func() {
 					for i := range svcs {
-						f.addService(svcs[i], slices[i])
+						addService(i)
 					}
 					f.sync(b, false)
 				}))
@@ -119,7 +132,7 @@ func BenchmarkProxierPeakHeap(b *testing.B) {
 							}
 						}
 					}
-					f.addService(svc, slices[7]) // as the restart is told
+					addService(7) // as the restart is told
 					f.sync(b, false)
 				}))
 				liveHeap()
@@ -137,7 +150,7 @@ func BenchmarkProxierPeakHeap(b *testing.B) {
 				report("restart-peak", peakHeap(func() {
 					f.p.ReadAhead()
 					for i := range svcs {
-						f.addService(svcs[i], slices[i])
+						addService(i)
 					}
 					if res := f.sync(b, false); res.IPVS.Writes.Total() != 0 {
 						b.Fatalf("restart wrote: %+v", res)

@@ -176,6 +176,11 @@ const defaultAffinityTimeout = 10800 // seconds, the API default for ClientIP
 // be used (a malformed IP, an unsupported protocol) are left out and
 // reported in the error; the rest is planned.
 func PlanService(svc *v1.Service, eps []*discovery.EndpointSlice, cfg *PlanConfig) ([]PortPlan, error) {
+	return planService(svc, newEpSlices(eps), cfg)
+}
+
+// planService is PlanService on the slices as the proxier keeps them.
+func planService(svc *v1.Service, eps []*epSlice, cfg *PlanConfig) ([]PortPlan, error) {
 	if svc == nil {
 		return nil, errors.New("nil Service")
 	}
@@ -468,7 +473,7 @@ func (pp *portPlanner) externalFrontend(ip netip.Addr, set nft.SetName, src Addr
 }
 
 // planFamily plans the port's frontends of one IP family.
-func (pp *portPlanner) planFamily(ipv6 bool, eps []*discovery.EndpointSlice) {
+func (pp *portPlanner) planFamily(ipv6 bool, eps []*epSlice) {
 	family := func(ips []netip.Addr) []netip.Addr {
 		var out []netip.Addr
 		for _, ip := range ips {

@@ -688,7 +688,7 @@ func TestPlanAllInParallel(t *testing.T) {
 			svc.Spec.ExternalIPs = []string{"not-an-ip"} // a field error
 		}
 		n := types.NamespacedName{Namespace: "ns", Name: svc.Name}
-		ins[n] = serviceInput{svc: svc, slices: []*discovery.EndpointSlice{httpSlice(svc, ready(fmt.Sprintf("10.244.%d.%d", i>>8, i&0xff), "node-b"))}}
+		ins[n] = serviceInput{svc: svc, slices: []*epSlice{newEpSlice(httpSlice(svc, ready(fmt.Sprintf("10.244.%d.%d", i>>8, i&0xff), "node-b")))}}
 		names = append(names, n)
 	}
 	names = append(names, types.NamespacedName{Namespace: "ns", Name: "deleted"}) // no Service: left zero
@@ -696,7 +696,7 @@ func TestPlanAllInParallel(t *testing.T) {
 	for i, n := range names {
 		var want planResult
 		if in := ins[n]; in.svc != nil {
-			want.plans, want.err = PlanService(in.svc, in.slices, cfg)
+			want.plans, want.err = planService(in.svc, in.slices, cfg)
 		}
 		if !reflect.DeepEqual(got[i].plans, want.plans) || fmt.Sprint(got[i].err) != fmt.Sprint(want.err) {
 			t.Fatalf("%s: planAll gave %v (%v), PlanService %v (%v)", n, got[i].plans, got[i].err, want.plans, want.err)

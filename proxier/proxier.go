@@ -324,12 +324,12 @@ func (p *Proxier) OnEndpointSliceUpdate(namespace, sliceName string, slice *disc
 	if slice != nil {
 		trigger = slice.Annotations[v1.EndpointsLastChangeTriggerTime]
 	}
-	p.updateEndpointSlice(namespace, sliceName, slice, service, trigger)
+	p.updateEndpointSlice(namespace, sliceName, newEpSlice(slice), service, trigger)
 }
 
 // updateEndpointSlice is OnEndpointSliceUpdate with the slice's
 // trigger-time annotation (the informers cache it apart: cachedSlice).
-func (p *Proxier) updateEndpointSlice(namespace, sliceName string, slice *discovery.EndpointSlice, service, trigger string) {
+func (p *Proxier) updateEndpointSlice(namespace, sliceName string, slice *epSlice, service, trigger string) {
 	key := types.NamespacedName{Namespace: namespace, Name: sliceName}
 	p.mu.Lock()
 	if prevService, ok := p.sliceOwner[key]; ok && (prevService != service || slice == nil) {
@@ -348,7 +348,7 @@ func (p *Proxier) updateEndpointSlice(namespace, sliceName string, slice *discov
 	p.fileSlice(name, sliceName, slice)
 	if t, ok := lastChangeTriggerTime(trigger); ok && t.After(p.started) {
 		f := v1.IPv4Protocol
-		if slice.AddressType == discovery.AddressTypeIPv6 {
+		if slice.addressType == discovery.AddressTypeIPv6 {
 			f = v1.IPv6Protocol
 		}
 		p.triggers[name] = append(p.triggers[name], TriggerTime{At: t, Family: f})
@@ -361,12 +361,12 @@ func (p *Proxier) updateEndpointSlice(namespace, sliceName string, slice *discov
 // filedSlice is an EndpointSlice filed under its Service, with its name.
 type filedSlice struct {
 	name  string
-	slice *discovery.EndpointSlice
+	slice *epSlice
 }
 
 // fileSlice files slice under Service n by name, or removes the named
 // slice if slice is nil; p.mu is held.
-func (p *Proxier) fileSlice(n types.NamespacedName, name string, slice *discovery.EndpointSlice) {
+func (p *Proxier) fileSlice(n types.NamespacedName, name string, slice *epSlice) {
 	filed := p.slices[n]
 	i, found := slices.BinarySearchFunc(filed, name, func(f filedSlice, name string) int { return strings.Compare(f.name, name) })
 	switch {

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
@@ -41,7 +40,7 @@ type work struct {
 
 type serviceInput struct {
 	svc    *v1.Service
-	slices []*discovery.EndpointSlice
+	slices []*epSlice
 }
 
 // Sync plans the Services that changed (all of them when full, or when a
@@ -259,8 +258,8 @@ var kubernetesService = types.NamespacedName{Namespace: "default", Name: "kubern
 func (p *Proxier) apiServerAddresses() []netip.Addr {
 	out := slices.Clone(p.cfg.APIServer)
 	for _, s := range p.slices[kubernetesService] {
-		for _, e := range s.slice.Endpoints {
-			for _, a := range e.Addresses {
+		for i := range s.slice.endpoints {
+			for _, a := range s.slice.endpoints[i].addresses() {
 				if ip, err := netip.ParseAddr(a); err == nil {
 					out = append(out, ip.Unmap())
 				}
@@ -273,7 +272,7 @@ func (p *Proxier) apiServerAddresses() []netip.Addr {
 // input is what n is planned from; p.mu is held.
 func (p *Proxier) input(n types.NamespacedName) serviceInput {
 	filed := p.slices[n]
-	in := serviceInput{svc: p.services[n], slices: make([]*discovery.EndpointSlice, 0, len(filed))}
+	in := serviceInput{svc: p.services[n], slices: make([]*epSlice, 0, len(filed))}
 	for _, s := range filed {
 		in.slices = append(in.slices, s.slice)
 	}
@@ -380,7 +379,7 @@ func planAll(names []types.NamespacedName, ins map[types.NamespacedName]serviceI
 	out := make([]planResult, len(names))
 	plan := func(i int) {
 		if in := ins[names[i]]; in.svc != nil {
-			out[i].plans, out[i].err = PlanService(in.svc, in.slices, cfg)
+			out[i].plans, out[i].err = planService(in.svc, in.slices, cfg)
 		}
 	}
 	workers := min(goruntime.GOMAXPROCS(0), len(names)/parallelPlanAt+1)

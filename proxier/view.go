@@ -129,5 +129,8 @@ func (p *Proxier) Watched(n types.NamespacedName) (svc *v1.Service, slices []*di
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	in := p.input(n)
-	return in.svc, in.slices, p.cfg.Node.Name, p.node.Zone
+	for _, s := range in.slices {
+		slices = append(slices, s.apiSlice())
+	}
+	return in.svc, slices, p.cfg.Node.Name, p.node.Zone
 }

@@ -184,26 +184,30 @@ var keptAnnotationPrefixes = []string{"ipvs.nftvs.io/", "kube-router.io/"}
 const keptServiceLabelPrefix = "service.kubernetes.io/"
 
 // cachedSlice is an EndpointSlice as the informers cache it (StripUnread):
-// without labels and annotations, but for the two values nftvs reads.
+// its metadata, address type and ports; its endpoints only in the
+// compact form planning reads (epSlice), with the one label and the one
+// annotation nftvs reads as fields.
 type cachedSlice struct {
 	discovery.EndpointSlice
+	eps     epSlice
 	service string // its kubernetes.io/service-name label
 	trigger string // its endpoints.kubernetes.io/last-change-trigger-time annotation
 }
 
 // endpointSliceOf is an informer's EndpointSlice (cached, plain, or in a
-// tombstone) with its Service's name and its trigger-time annotation.
-func endpointSliceOf(obj any) (s *discovery.EndpointSlice, service, trigger string, ok bool) {
+// tombstone): its namespace and name, its endpoints as the proxier keeps
+// them, its Service's name and its trigger-time annotation.
+func endpointSliceOf(obj any) (namespace, name string, s *epSlice, service, trigger string, ok bool) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
 	}
 	switch o := obj.(type) {
 	case *cachedSlice:
-		return &o.EndpointSlice, o.service, o.trigger, true
+		return o.Namespace, o.Name, &o.eps, o.service, o.trigger, true
 	case *discovery.EndpointSlice:
-		return o, o.Labels[discovery.LabelServiceName], o.Annotations[v1.EndpointsLastChangeTriggerTime], true
+		return o.Namespace, o.Name, newEpSlice(o), o.Labels[discovery.LabelServiceName], o.Annotations[v1.EndpointsLastChangeTriggerTime], true
 	}
-	return nil, "", "", false
+	return "", "", nil, "", "", false
 }
 
 // StripUnread is the informers' transform: it drops from each object what
@@ -216,9 +220,10 @@ func endpointSliceOf(obj any) (s *discovery.EndpointSlice, service, trigger stri
 // the creation time (the older Service keeps a contested frontend), the
 // resource version (a resync is no change), the EndpointSlice
 // trigger-time annotation (network programming latency), a slice's
-// Service name label (EndpointSlices are cached as cachedSlice). It is
-// idempotent, as client-go asks. The values repeated across a cluster's endpoints
-// (conditions, node names, zones) are shared, not one copy each.
+// Service name label (EndpointSlices are cached as cachedSlice, their
+// endpoints as epSlice). It is idempotent, as client-go asks. The values
+// repeated across a cluster's endpoints (node names, zones) are shared,
+// not one copy each.
 func StripUnread(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *v1.Service:
@@ -236,31 +241,14 @@ func StripUnread(obj any) (any, error) {
 		})
 		o.Labels = keepKeys(o.Labels, func(k string) bool { return strings.HasPrefix(k, keptServiceLabelPrefix) })
 	case *discovery.EndpointSlice:
-		o.ManagedFields = nil
-		o.OwnerReferences = nil
-		o.UID, o.GenerateName = "", ""
-		// Decoded, the endpoints were appended one by one: 10 of them sit
-		// in an array grown for 16 (1.5 KB where 1 KB does).
-		if cap(o.Endpoints) > len(o.Endpoints) {
-			o.Endpoints = slices.Clone(o.Endpoints)
-		}
-		for i := range o.Endpoints {
-			e := &o.Endpoints[i]
-			// The pod a slice points at and its hostname: never read.
-			e.TargetRef = nil
-			e.Hostname = nil
-			e.DeprecatedTopology = nil
-			e.Conditions.Ready = sharedBool(e.Conditions.Ready)
-			e.Conditions.Serving = sharedBool(e.Conditions.Serving)
-			e.Conditions.Terminating = sharedBool(e.Conditions.Terminating)
-			e.NodeName = endpointStrings.share(e.NodeName)
-			e.Zone = endpointStrings.share(e.Zone)
-		}
-		// The one label and the one annotation read, as fields: two maps
-		// of one entry each were 800 bytes a slice.
-		c := &cachedSlice{EndpointSlice: *o, service: o.Labels[discovery.LabelServiceName],
+		// The endpoints are kept only as planning reads them (epSlice):
+		// the API's structs were most of a slice. The one label and the
+		// one annotation read, as fields: two maps of one entry each
+		// were 800 bytes a slice.
+		c := &cachedSlice{eps: *newEpSlice(o), service: o.Labels[discovery.LabelServiceName],
 			trigger: o.Annotations[v1.EndpointsLastChangeTriggerTime]}
-		c.Labels, c.Annotations = nil, nil
+		c.ObjectMeta = metav1.ObjectMeta{Namespace: o.Namespace, Name: o.Name, ResourceVersion: o.ResourceVersion}
+		c.TypeMeta, c.AddressType, c.Ports = o.TypeMeta, o.AddressType, o.Ports
 		return c, nil
 	case *v1.Node:
 		o.ManagedFields = nil
@@ -283,22 +271,6 @@ func keepKeys(m map[string]string, keep func(string) bool) map[string]string {
 		return nil
 	}
 	return m
-}
-
-// The informers' objects are never written through (client-go's
-// contract for cached objects), so endpoints can point at one true and
-// one false.
-var sharedTrue, sharedFalse = true, false
-
-func sharedBool(b *bool) *bool {
-	switch {
-	case b == nil:
-		return nil
-	case *b:
-		return &sharedTrue
-	default:
-		return &sharedFalse
-	}
 }
 
 // stringPool hands out one *string per value: a node name or zone is
@@ -351,11 +323,10 @@ func (p *Proxier) serviceHandler(onChange func(Change)) func(old, obj any, delet
 // onChange.
 func (p *Proxier) sliceHandler(onChange func(Change)) func(old, obj any, deleted bool) {
 	return func(old, obj any, deleted bool) {
-		s, owner, trigger, ok := endpointSliceOf(obj)
+		namespace, name, s, owner, trigger, ok := endpointSliceOf(obj)
 		if !ok {
 			return
 		}
-		namespace, name := s.Namespace, s.Name
 		if deleted {
 			s = nil
 		}

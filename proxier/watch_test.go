@@ -56,7 +56,8 @@ func TestStripUnread(t *testing.T) {
 	gotSlice, _ := StripUnread(slice.DeepCopy())
 	c := gotSlice.(*cachedSlice)
 	s := &c.EndpointSlice
-	if s.ManagedFields != nil || s.Annotations != nil || s.Endpoints[0].TargetRef != nil || s.Endpoints[0].Hostname != nil {
+	if s.ManagedFields != nil || s.Annotations != nil || s.Endpoints != nil || s.Namespace != slice.Namespace || s.Name != slice.Name ||
+		s.ResourceVersion != slice.ResourceVersion || s.AddressType != slice.AddressType || len(s.Ports) != len(slice.Ports) {
 		t.Errorf("EndpointSlice stripped to %+v", s)
 	}
 	if s.Labels != nil || c.service != svc.Name {
@@ -65,18 +66,28 @@ func TestStripUnread(t *testing.T) {
 	if again, _ := StripUnread(c); again != c {
 		t.Errorf("StripUnread of a stripped slice: %#v", again)
 	}
-	if got, service, trigger, ok := endpointSliceOf(cache.DeletedFinalStateUnknown{Obj: c}); !ok || got != s || service != svc.Name || trigger != c.trigger {
-		t.Errorf("endpointSliceOf a tombstone: %v %q %q %v", got, service, trigger, ok)
+	if ns, name, got, service, trigger, ok := endpointSliceOf(cache.DeletedFinalStateUnknown{Obj: c}); !ok || ns != slice.Namespace ||
+		name != slice.Name || got != &c.eps || service != svc.Name || trigger != c.trigger {
+		t.Errorf("endpointSliceOf a tombstone: %s/%s %v %q %q %v", ns, name, got, service, trigger, ok)
 	}
 	// Repeated values are shared, and still what the API server sent.
-	a, b := s.Endpoints[0], s.Endpoints[1]
-	if a.Zone != b.Zone || *a.Zone != zone || a.Conditions.Ready != b.Conditions.Ready || !*a.Conditions.Ready || *a.NodeName != thisNode || *b.NodeName != "node-b" {
+	a, b := c.eps.endpoints[0], c.eps.endpoints[1]
+	if a.zone != b.zone || *a.zone != zone || !a.ready() || !b.ready() || *a.node != thisNode || *b.node != "node-b" {
 		t.Errorf("endpoints not shared: %+v %+v", a, b)
 	}
 	if _, ok := lastChangeTriggerTime(c.trigger); !ok {
 		t.Error("the trigger-time annotation was stripped")
 	}
-	plansAfter, _ := PlanService(gotSvc.(*v1.Service), []*discovery.EndpointSlice{s}, testConfig())
+	// What `nftvs explain` reads of the slice is still there.
+	back := c.eps.apiSlice()
+	for i, e := range back.Endpoints {
+		w := slice.Endpoints[i]
+		if fmt.Sprint(e.Addresses) != fmt.Sprint(w.Addresses) || *e.NodeName != *w.NodeName || *e.Zone != *w.Zone || !*e.Conditions.Ready ||
+			!*e.Conditions.Serving || *e.Conditions.Terminating {
+			t.Errorf("endpoint %d given back as %+v, was %+v", i, e, w)
+		}
+	}
+	plansAfter, _ := planService(gotSvc.(*v1.Service), []*epSlice{&c.eps}, testConfig())
 	if dump(plansBefore) != dump(plansAfter) {
 		t.Errorf("stripping changed the plan:\n%s\nvs\n%s", dump(plansBefore), dump(plansAfter))
 	}
