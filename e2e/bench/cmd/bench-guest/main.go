@@ -923,7 +923,15 @@ func logRSS(phase string, pid int) {
 		logf("RSS after %s: %v", phase, err)
 		return
 	}
-	logf("RSS after %s: %.1f MB, peak so far %.1f MB", phase, float64(rss)/1e6, float64(hwm)/1e6)
+	// Anonymous (the Go heap, stacks, the runtime's own) and file-backed
+	// (the binary's pages) apart: what a smaller heap can win.
+	anon, err1 := procStatus(pid, "RssAnon")
+	file, err2 := procStatus(pid, "RssFile")
+	if errors.Join(err1, err2) != nil {
+		logf("RSS after %s: %.1f MB, peak so far %.1f MB", phase, float64(rss)/1e6, float64(hwm)/1e6)
+		return
+	}
+	logf("RSS after %s: %.1f MB (anonymous %.1f, file %.1f), peak so far %.1f MB", phase, float64(rss)/1e6, float64(anon)/1e6, float64(file)/1e6, float64(hwm)/1e6)
 }
 
 func tail(path string, n int) string {
