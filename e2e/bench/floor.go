@@ -18,8 +18,9 @@ import (
 
 // Floor is the kernel floor of a first sync (issue 27): the same kernel
 // objects nftvs's first sync makes for the workload — a virtual server
-// per ClusterIP with its real servers, the ClusterIPs on kube-ipvs0, one
-// nft element per ClusterIP and port — written as fast as netlink takes
+// per ClusterIP with its real servers, the ClusterIPs on kube-ipvs0, the
+// nft elements of each ClusterIP (its address and port, its address on
+// kube-ipvs0) — written as fast as netlink takes
 // them, in a network namespace of their own in the same VM, with no
 // API, no planning and no reading back: IPVS in batches
 // (ipvs.Kernel.WriteBatch), the addresses as trains of RTM_NEWADDR per
@@ -110,7 +111,7 @@ func (f *Floor) write(path string, ns netns.NsHandle, n, eps int) error {
 		}
 		addrs = append(addrs, ClusterIP(i))
 	}
-	f.IPVSWrites, f.AddressWrites, f.NFTElements = len(vss)+len(rss), len(addrs), len(addrs)
+	f.IPVSWrites, f.AddressWrites, f.NFTElements = len(vss)+len(rss), len(addrs), 2*len(addrs)
 
 	var wg sync.WaitGroup
 	var ipvsErr, addrErr, nftErr error
@@ -168,20 +169,27 @@ func firstError(errs []error) error {
 	return nil
 }
 
-// addElements makes a table with a set of ClusterIP . protocol . port
-// and adds an element per address, in one transaction, as nftvs's table
-// holds its Services' (nft/).
+// addElements makes a table with the two sets nftvs fills for a
+// ClusterIP Service (nft/: cluster-ips-v4, ClusterIP . protocol . port,
+// and ipvs-addresses-v4, the addresses on kube-ipvs0) and adds an element
+// per address to each, in one transaction.
 func addElements(c *nftables.Conn, addrs []netip.Addr) error {
 	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: "floor"})
-	set := &nftables.Set{Table: t, Name: "service-ips-v4", Concatenation: true,
+	fronts := &nftables.Set{Table: t, Name: "cluster-ips-v4", Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)}
-	els := make([]nftables.SetElement, 0, len(addrs))
+	onLink := &nftables.Set{Table: t, Name: "ipvs-addresses-v4", KeyType: nftables.TypeIPAddr}
+	frontEls := make([]nftables.SetElement, 0, len(addrs))
+	linkEls := make([]nftables.SetElement, 0, len(addrs))
 	for _, a := range addrs {
 		ip := a.As4()
 		key := append(append(ip[:], unix.IPPROTO_TCP, 0, 0, 0), byte(ServicePort>>8), byte(ServicePort&0xff), 0, 0)
-		els = append(els, nftables.SetElement{Key: key})
+		frontEls = append(frontEls, nftables.SetElement{Key: key})
+		linkEls = append(linkEls, nftables.SetElement{Key: ip[:]})
 	}
-	if err := c.AddSet(set, els); err != nil {
+	if err := c.AddSet(fronts, frontEls); err != nil {
+		return err
+	}
+	if err := c.AddSet(onLink, linkEls); err != nil {
 		return err
 	}
 	return c.Flush()

@@ -303,7 +303,7 @@ func (r *Report) Markdown() string {
 
 	if runs := r.nftvsWith(func(x *Run) bool { return x.Floor != nil }); len(runs) > 0 {
 		p("\n## The kernel floor (nftvs)\n\n")
-		p("After nftvs's run, in the same VM, the same kernel objects as its first sync — a virtual server per ClusterIP with its real servers, the ClusterIPs on kube-ipvs0, an nft element per ClusterIP and port — written as fast as netlink takes them in a network namespace of their own (`e2e/bench/floor.go`): no API, no planning, no reading back; IPVS in batches of 256 requests per sendmsg, the addresses likewise, the nft elements in one transaction, the three at once. nftvs's first sync (its own metric) divided by the floor is the goal's ratio (≤ 1.3× at 10k).\n\n")
+		p("After nftvs's run, in the same VM, the same kernel objects as its first sync — a virtual server per ClusterIP with its real servers, the ClusterIPs on kube-ipvs0, the nft elements of each ClusterIP (its address and port in cluster-ips, its address in ipvs-addresses, as nftvs's table has them; one per ClusterIP and port before 7 December evening) — written as fast as netlink takes them in a network namespace of their own (`e2e/bench/floor.go`): no API, no planning, no reading back; IPVS in batches of 256 requests per sendmsg, the addresses likewise, the nft elements in one transaction, the three at once. nftvs's first sync (its own metric) divided by the floor is the goal's ratio (≤ 1.3× at 10k).\n\n")
 		p("| N | floor | IPVS (writes) | addresses | nft elements | nftvs first sync | ÷ floor | exec → programmed ÷ floor |\n|---|---|---|---|---|---|---|---|\n")
 		for _, x := range runs {
 			f := x.Floor
