@@ -706,3 +706,38 @@ func TestPlanAllInParallel(t *testing.T) {
 		t.Errorf("the workload lost its point: svc-0 err %v, svc-1 err %v plans %d", got[0].err, got[1].err, len(got[1].plans))
 	}
 }
+
+// TestVirtualServersOwnTheirRealServers: no two virtual servers share
+// their real servers' array (the first to use a selection takes it, the
+// others get a copy), since drains filter a virtual server's own in
+// place.
+func TestVirtualServersOwnTheirRealServers(t *testing.T) {
+	for _, local := range []bool{false, true} {
+		tweaks := []func(*v1.Service){nodePort(30080), loadBalancer(30080, "192.0.2.1"), externalIPs("192.0.2.9")}
+		if local {
+			tweaks = append(tweaks, etpLocal(32000))
+		}
+		svc := makeService("ns", "web", tweaks...)
+		plans, err := PlanService(svc, []*discovery.EndpointSlice{httpSlice(svc, ready("10.244.1.5", thisNode), ready("10.244.2.6", "node-b"))}, testConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[*ipvs.RealServer]string{}
+		n := 0
+		for _, pl := range plans {
+			for _, s := range pl.VirtualServers {
+				if len(s.RealServers) == 0 {
+					continue
+				}
+				n++
+				if other, ok := seen[&s.RealServers[0]]; ok {
+					t.Errorf("local %v: %s shares its real servers with %s", local, s.VSKey, other)
+				}
+				seen[&s.RealServers[0]] = s.VSKey.String()
+			}
+		}
+		if n < 4 {
+			t.Errorf("local %v: only %d virtual servers with real servers", local, n)
+		}
+	}
+}
