@@ -3,6 +3,7 @@ package proxier
 import (
 	"net/netip"
 	"slices"
+	"sync"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -52,11 +53,16 @@ func (e Endpoint) AddrPort() netip.AddrPort { return netip.AddrPortFrom(e.IP, e.
 // (slices overlap while the controller moves it) counts once, the most
 // ready copy winning.
 func endpointsForPort(slices_ []*epSlice, portName string, proto v1.Protocol, ipv6 bool) []Endpoint {
+	return appendEndpointsForPort(nil, slices_, portName, proto, ipv6)
+}
+
+// appendEndpointsForPort is endpointsForPort appending to out (a
+// buffer of endpointBuffers).
+func appendEndpointsForPort(out []Endpoint, slices_ []*epSlice, portName string, proto v1.Protocol, ipv6 bool) []Endpoint {
 	want := discovery.AddressTypeIPv4
 	if ipv6 {
 		want = discovery.AddressTypeIPv6
 	}
-	var out []Endpoint
 	for _, s := range slices_ {
 		if s == nil || s.addressType != want {
 			continue
@@ -113,6 +119,30 @@ func endpointsForPort(slices_ []*epSlice, portName string, proto v1.Protocol, ip
 		return rank(b) - rank(a)
 	})
 	return slices.CompactFunc(out, func(a, b Endpoint) bool { return a.AddrPort() == b.AddrPort() })
+}
+
+// endpointBuffers hold the endpoints a port is planned from while it is
+// planned: they are garbage right after (the plan keeps real servers),
+// and were a quarter of a first sync's planning garbage (10 endpoints ×
+// 10k Services, 5.6 MB). Planning runs on several goroutines, hence a
+// pool.
+var endpointBuffers = sync.Pool{New: func() any { return new([]Endpoint) }}
+
+// maxPooledEndpoints bounds the buffers kept: a Service with thousands of
+// endpoints keeps its own.
+const maxPooledEndpoints = 1024
+
+func getEndpointBuffer() *[]Endpoint { return endpointBuffers.Get().(*[]Endpoint) }
+
+// putEndpointBuffer returns buf, its endpoints eps (dropped: they point
+// at node names and hints).
+func putEndpointBuffer(buf *[]Endpoint, eps []Endpoint) {
+	if cap(eps) > maxPooledEndpoints {
+		return
+	}
+	clear(eps)
+	*buf = eps[:0]
+	endpointBuffers.Put(buf)
 }
 
 func rank(e Endpoint) int {

@@ -503,7 +503,9 @@ func (pp *portPlanner) planFamily(ipv6 bool, eps []*epSlice) {
 		return // the Service is not of this family (single-stack)
 	}
 	node := pp.cfg.Node
-	all := endpointsForPort(eps, pp.portName, pp.k8sProto, ipv6)
+	buf := getEndpointBuffer()
+	all := appendEndpointsForPort(*buf, eps, pp.portName, pp.k8sProto, ipv6)
+	defer putEndpointBuffer(buf, all)
 	local := localOnly(all, node.Name)
 	cluster := selectEndpoints(all, true, node.Name, node.Zone)
 	var localSel epSelection
