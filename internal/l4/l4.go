@@ -33,6 +33,8 @@ func (p Protocol) Number() uint8 {
 		return numUDP
 	case SCTP:
 		return numSCTP
+	case "":
+		return 0 // an element keyed by address alone: no error to make
 	}
 	if n, err := strconv.ParseUint(string(p), 10, 8); err == nil {
 		return uint8(n)
