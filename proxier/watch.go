@@ -117,8 +117,8 @@ func (p *Proxier) Watch(ctx context.Context, client Source, o WatchOptions) erro
 	if err != nil {
 		return err
 	}
-	svcInformer := newInformer(client.Services(tweak), &v1.Service{}, o.Resync)
-	sliceInformer := newInformer(client.EndpointSlices(tweak), &discovery.EndpointSlice{}, o.Resync)
+	svcInformer := newInformer(strippedPages(client.Services(tweak)), &v1.Service{}, o.Resync)
+	sliceInformer := newInformer(strippedPages(client.EndpointSlices(tweak)), &discovery.EndpointSlice{}, o.Resync)
 	nodeInformer := o.Node.SharedIndexInformer
 	onChange := o.OnChange
 	if onChange == nil {
