@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/nftvs/nftvs/internal/netnstest"
 )
 
@@ -53,5 +55,45 @@ func BenchmarkKernelAddresses(b *testing.B) {
 				b.ReportMetric(float64(del.Nanoseconds())/float64(b.N*n), "del-ns/addr")
 			})
 		}
+	}
+}
+
+// BenchmarkKernelAddressDump reads a namespace whose kube-ipvs0 holds N
+// addresses (a node with N Services), with nftvs's own dump and with the
+// netlink package's AddrList it replaced, side by side: the garbage of
+// every read (B/op), which every periodic sync's address check pays.
+func BenchmarkKernelAddressDump(b *testing.B) {
+	netnstest.RequireRoot(b)
+	for _, n := range []int{1000, 10000} {
+		ns := netnstest.New(b)
+		a, err := NewNetlinkAddresses("/run/netns/" + ns.Name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ns.Run(b, "ip", "link", "add", DummyName, "type", "bridge")
+		want := make([]netip.Addr, n)
+		for i := range want {
+			want[i] = netip.AddrFrom4([4]byte{10, 96 + byte(i>>16), byte(i >> 8), byte(i)})
+		}
+		if _, _, err := a.SyncAddresses(DummyName, want); err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("N=%d/nftvs", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for range b.N {
+				if got, err := a.addrList(); err != nil || len(got) < n {
+					b.Fatalf("%d addresses: %v", len(got), err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("N=%d/AddrList", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for range b.N {
+				if got, err := a.h.AddrList(nil, netlink.FAMILY_ALL); err != nil || len(got) < n {
+					b.Fatalf("%d addresses: %v", len(got), err)
+				}
+			}
+		})
+		a.Close()
 	}
 }
