@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -365,14 +366,25 @@ func batchable(op Op) bool { return op == OpAddVirtualServer || op == OpAddRealS
 // own, under the write lock. Its errors read as the Interface calls'.
 func (k *Kernel) WriteBatch(writes []Write) []error {
 	errs := make([]error, len(writes))
-	var send []Write
-	var at []int // send[j] is writes[at[j]]
-	for i, w := range writes {
-		if !batchable(w.Op) {
-			errs[i] = fmt.Errorf("%s cannot be batched", w.Op)
-			continue
+	// send[j] is writes[at[j]]: writes itself when all can be batched, as
+	// they always are from the reconciler (a copy grown write by write
+	// was 58 MB of a first sync's garbage at 10k Services).
+	send, at := writes, []int(nil)
+	if !slices.ContainsFunc(writes, func(w Write) bool { return !batchable(w.Op) }) {
+		at = make([]int, len(writes))
+		for i := range at {
+			at[i] = i
 		}
-		send, at = append(send, w), append(at, i)
+	} else {
+		send = make([]Write, 0, len(writes))
+		at = make([]int, 0, len(writes))
+		for i, w := range writes {
+			if !batchable(w.Op) {
+				errs[i] = fmt.Errorf("%s cannot be batched", w.Op)
+				continue
+			}
+			send, at = append(send, w), append(at, i)
+		}
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
