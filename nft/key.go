@@ -1,6 +1,8 @@
 package nft
 
 import (
+	"bytes"
+	"cmp"
 	"net/netip"
 
 	"github.com/nftvs/nftvs/internal/l4"
@@ -19,6 +21,33 @@ type elemKey struct {
 	proto                uint8 // IP protocol number, 0 for none
 	addrKind, sourceKind uint8 // 0: none, 4: IPv4, 6: IPv6
 	bits                 uint8 // the source range's prefix length
+}
+
+// compareKeys orders keys by set (tableSets' order: by name), address
+// family and address, protocol number, port, then source range.
+func compareKeys(a, b elemKey) int {
+	if c := cmp.Compare(a.set, b.set); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.addrKind, b.addrKind); c != 0 {
+		return c
+	}
+	if c := bytes.Compare(a.addr[:], b.addr[:]); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.proto, b.proto); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.port, b.port); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.sourceKind, b.sourceKind); c != 0 {
+		return c
+	}
+	if c := bytes.Compare(a.source[:], b.source[:]); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.bits, b.bits)
 }
 
 // setIndex numbers the per-Service sets by their place in tableSets.

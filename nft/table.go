@@ -412,28 +412,37 @@ func (t *Table) othersCommitted() bool {
 func (t *Table) pending() transaction {
 	var tx transaction
 	if t.needsBuild {
+		// Sorted by packed key, then made elements: a first sync sorts
+		// 20k, and comparing Elements (set names, netip values, protocol
+		// names) was a fifth of its nft step under emulation.
 		tx.rebuild = true
-		tx.add = make([]KernelElement, 0, len(t.owners))
+		keys := make([]elemKey, 0, len(t.owners))
 		for k := range t.owners {
-			d, _ := t.desired(k)
-			tx.add = append(tx.add, d)
+			keys = append(keys, k)
 		}
-	} else {
-		for k := range t.dirty {
-			want, ok := t.desired(k)
-			have, programmed := t.programmed[k]
-			switch {
-			case ok && programmed && have == (programmedAs{want.Mark, want.Comment}):
-			case ok && programmed:
-				// A new map value or comment: replace in the same
-				// transaction, so the key never goes missing.
-				tx.del = append(tx.del, have.kernelElement(k))
-				tx.add = append(tx.add, want)
-			case ok:
-				tx.add = append(tx.add, want)
-			case programmed:
-				tx.del = append(tx.del, have.kernelElement(k))
+		slices.SortFunc(keys, compareKeys)
+		tx.add = make([]KernelElement, 0, len(keys))
+		for _, k := range keys {
+			if d, ok := t.desired(k); ok {
+				tx.add = append(tx.add, d)
 			}
+		}
+		return tx
+	}
+	for k := range t.dirty {
+		want, ok := t.desired(k)
+		have, programmed := t.programmed[k]
+		switch {
+		case ok && programmed && have == (programmedAs{want.Mark, want.Comment}):
+		case ok && programmed:
+			// A new map value or comment: replace in the same
+			// transaction, so the key never goes missing.
+			tx.del = append(tx.del, have.kernelElement(k))
+			tx.add = append(tx.add, want)
+		case ok:
+			tx.add = append(tx.add, want)
+		case programmed:
+			tx.del = append(tx.del, have.kernelElement(k))
 		}
 	}
 	sortElements(tx.add)
