@@ -366,24 +366,25 @@ func batchable(op Op) bool { return op == OpAddVirtualServer || op == OpAddRealS
 // own, under the write lock. Its errors read as the Interface calls'.
 func (k *Kernel) WriteBatch(writes []Write) []error {
 	errs := make([]error, len(writes))
-	// send[j] is writes[at[j]]: writes itself when all can be batched, as
+	// send[j] is writes[at(j)]: writes itself when all can be batched, as
 	// they always are from the reconciler (a copy grown write by write
 	// was 58 MB of a first sync's garbage at 10k Services).
-	send, at := writes, []int(nil)
-	if !slices.ContainsFunc(writes, func(w Write) bool { return !batchable(w.Op) }) {
-		at = make([]int, len(writes))
-		for i := range at {
-			at[i] = i
+	send, index := writes, []int(nil)
+	at := func(j int) int {
+		if index == nil {
+			return j
 		}
-	} else {
+		return index[j]
+	}
+	if slices.ContainsFunc(writes, func(w Write) bool { return !batchable(w.Op) }) {
 		send = make([]Write, 0, len(writes))
-		at = make([]int, 0, len(writes))
+		index = make([]int, 0, len(writes))
 		for i, w := range writes {
 			if !batchable(w.Op) {
 				errs[i] = fmt.Errorf("%s cannot be batched", w.Op)
 				continue
 			}
-			send, at = append(send, w), append(at, i)
+			send, index = append(send, w), append(index, i)
 		}
 	}
 	k.mu.Lock()
@@ -391,8 +392,8 @@ func (k *Kernel) WriteBatch(writes []Write) []error {
 	if k.batch == nil {
 		b, err := newBatchSocket(k.netns)
 		if err != nil {
-			for _, i := range at {
-				errs[i] = err
+			for j := range send {
+				errs[at(j)] = err
 			}
 			return errs
 		}
@@ -409,9 +410,9 @@ func (k *Kernel) WriteBatch(writes []Write) []error {
 		}
 		w := send[j]
 		if w.Op == OpAddVirtualServer {
-			errs[at[j]] = fmt.Errorf("add virtual server %s: %w", w.VirtualServer, err)
+			errs[at(j)] = fmt.Errorf("add virtual server %s: %w", w.VirtualServer, err)
 		} else {
-			errs[at[j]] = fmt.Errorf("add real server %s to %s: %w", w.RealServer.AddrPort(), w.VirtualServer.VSKey, err)
+			errs[at(j)] = fmt.Errorf("add real server %s to %s: %w", w.RealServer.AddrPort(), w.VirtualServer.VSKey, err)
 		}
 	}
 	return errs

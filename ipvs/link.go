@@ -304,53 +304,26 @@ func (n *NetlinkAddresses) addrList() ([]linkAddr, error) {
 	return nil, fmt.Errorf("list addresses: %w", err)
 }
 
+// dumpAddresses is one RTM_GETADDR dump of the namespace, over a socket
+// of its own there, read by the netlink package's ExecuteIter (sequence,
+// errors, NLM_F_DUMP_INTR) but parsed here.
 func (n *NetlinkAddresses) dumpAddresses() ([]linkAddr, error) {
 	sock, err := trainSocket(n.netnsPath, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("open rtnetlink socket: %w", err)
 	}
 	defer sock.Close()
-	n.seq++
 	req := nl.NewNetlinkRequest(unix.RTM_GETADDR, unix.NLM_F_DUMP)
-	req.Seq = n.seq
 	req.AddData(nl.NewIfAddrmsg(unix.AF_UNSPEC))
-	if err := sock.Send(req); err != nil {
-		return nil, err
-	}
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: sock}}
 	var out []linkAddr
-	interrupted := false
-	for {
-		msgs, _, err := sock.Receive()
-		if err != nil {
-			return nil, err
+	err = req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWADDR, func(m []byte) bool {
+		if a, ok := parseAddrMsg(m); ok {
+			out = append(out, a)
 		}
-		for _, m := range msgs {
-			if m.Header.Seq != req.Seq {
-				continue
-			}
-			if m.Header.Flags&unix.NLM_F_DUMP_INTR != 0 {
-				interrupted = true
-			}
-			switch m.Header.Type {
-			case unix.NLMSG_DONE:
-				if interrupted {
-					return nil, netlink.ErrDumpInterrupted
-				}
-				return out, nil
-			case unix.NLMSG_ERROR:
-				if len(m.Data) >= 4 {
-					if errno := int32(nl.NativeEndian().Uint32(m.Data[:4])); errno != 0 {
-						return nil, unix.Errno(-errno)
-					}
-				}
-				return out, nil
-			case unix.RTM_NEWADDR:
-				if a, ok := parseAddrMsg(m.Data); ok {
-					out = append(out, a)
-				}
-			}
-		}
-	}
+		return true
+	})
+	return out, err
 }
 
 // parseAddrMsg reads one RTM_NEWADDR: an ifaddrmsg and its attributes.
