@@ -51,14 +51,9 @@ func (e Endpoint) AddrPort() netip.AddrPort { return netip.AddrPortFrom(e.IP, e.
 // from the Service's EndpointSlices. Slices of another address family, and
 // endpoints with unusable addresses, are ignored; an endpoint listed twice
 // (slices overlap while the controller moves it) counts once, the most
-// ready copy winning.
-func endpointsForPort(slices_ []*epSlice, portName string, proto v1.Protocol, ipv6 bool) []Endpoint {
-	return appendEndpointsForPort(nil, slices_, portName, proto, ipv6)
-}
-
-// appendEndpointsForPort is endpointsForPort appending to out (a
-// buffer of endpointBuffers).
-func appendEndpointsForPort(out []Endpoint, slices_ []*epSlice, portName string, proto v1.Protocol, ipv6 bool) []Endpoint {
+// ready copy winning. They are appended to out (a buffer of
+// endpointBuffers, or nil).
+func endpointsForPort(out []Endpoint, slices_ []*epSlice, portName string, proto v1.Protocol, ipv6 bool) []Endpoint {
 	want := discovery.AddressTypeIPv4
 	if ipv6 {
 		want = discovery.AddressTypeIPv6

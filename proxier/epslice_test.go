@@ -53,13 +53,13 @@ func TestEpSlice(t *testing.T) {
 	}
 	// Planning takes only the usable ones: a plain address of the slice's
 	// family (the mapped IPv4 address, unmapped, as before).
-	eps := endpointsForPort([]*epSlice{c}, "", "TCP", true)
+	eps := endpointsForPort(nil, []*epSlice{c}, "", "TCP", true)
 	if len(eps) != 0 {
 		t.Errorf("no port in the slice, yet endpoints %v", eps)
 	}
 	port := int32(80)
 	c.ports = []discovery.EndpointPort{{Port: &port}}
-	eps = endpointsForPort([]*epSlice{c}, "", "TCP", true)
+	eps = endpointsForPort(nil, []*epSlice{c}, "", "TCP", true)
 	var got []string
 	for _, e := range eps {
 		got = append(got, e.AddrPort().String())

@@ -504,7 +504,7 @@ func (pp *portPlanner) planFamily(ipv6 bool, eps []*epSlice) {
 	}
 	node := pp.cfg.Node
 	buf := getEndpointBuffer()
-	all := appendEndpointsForPort(*buf, eps, pp.portName, pp.k8sProto, ipv6)
+	all := endpointsForPort(*buf, eps, pp.portName, pp.k8sProto, ipv6)
 	defer putEndpointBuffer(buf, all)
 	local := localOnly(all, node.Name)
 	cluster := selectEndpoints(all, true, node.Name, node.Zone)
