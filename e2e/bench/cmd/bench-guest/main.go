@@ -768,17 +768,9 @@ func cpuProfile(p *proxyProc, path string) {
 	url := fmt.Sprintf("http://127.0.0.1:10249/debug/pprof/profile?seconds=%d", int(profile.Seconds()))
 	client := &http.Client{Timeout: *profile + time.Minute}
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline) && !p.exited(); time.Sleep(50 * time.Millisecond) {
-		resp, err := client.Get(url)
-		if err != nil {
-			continue // not listening yet
+		if saveProfile(client, url, path, "CPU profile") {
+			return
 		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err == nil && resp.StatusCode == http.StatusOK {
-			err = os.WriteFile(path, b, 0o644)
-		}
-		logf("CPU profile %s: %d bytes, status %d, %v", path, len(b), resp.StatusCode, err)
-		return
 	}
 	logf("CPU profile %s: the metrics server never answered", path)
 }
@@ -789,18 +781,25 @@ func cpuProfile(p *proxyProc, path string) {
 // host's benchmarks over fakes see neither the informers' objects nor the
 // API client's (go tool pprof -sample_index=inuse_space -top path).
 func heapProfile(path string) {
-	client := &http.Client{Timeout: time.Minute}
-	resp, err := client.Get("http://127.0.0.1:10249/debug/pprof/heap?gc=1")
+	if !saveProfile(&http.Client{Timeout: time.Minute}, "http://127.0.0.1:10249/debug/pprof/heap?gc=1", path, "heap profile") {
+		logf("heap profile %s: the metrics server did not answer", path)
+	}
+}
+
+// saveProfile writes what url answers to path and logs it; false if
+// nothing answered.
+func saveProfile(client *http.Client, url, path, what string) bool {
+	resp, err := client.Get(url)
 	if err != nil {
-		logf("heap profile %s: %v", path, err)
-		return
+		return false
 	}
 	b, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err == nil && resp.StatusCode == http.StatusOK {
 		err = os.WriteFile(path, b, 0o644)
 	}
-	logf("heap profile %s: %d bytes, status %d, %v", path, len(b), resp.StatusCode, err)
+	logf("%s %s: %d bytes, status %d, %v", what, path, len(b), resp.StatusCode, err)
+	return true
 }
 
 // procCPU is user+system time of pid and its waited-for children, in seconds.
