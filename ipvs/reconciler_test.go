@@ -1006,4 +1006,20 @@ func TestWeightsSorted(t *testing.T) {
 	if got := w.all(); !slices.Equal(got, want) {
 		t.Fatalf("weights %v, want %v", got, want)
 	}
+
+	// The packed order is AddrPort's, pair by pair: the search and the
+	// diff's merge rely on it.
+	var aps []netip.AddrPort
+	for _, a := range []string{"0.0.0.0", "10.0.0.1", "10.0.0.2", "255.255.255.255", "::", "::1", "::ffff:10.0.0.1", "fd00::1", "fd00::1:0", "ffff::"} {
+		for _, port := range []uint16{0, 79, 80, 65535} {
+			aps = append(aps, netip.AddrPortFrom(netip.MustParseAddr(a), port))
+		}
+	}
+	for _, a := range aps {
+		for _, b := range aps {
+			if got, want := newWeighted(a, 1).compare(newWeighted(b, 2)), a.Compare(b); got != want {
+				t.Errorf("compare(%v, %v) = %d, AddrPort.Compare says %d", a, b, got, want)
+			}
+		}
+	}
 }

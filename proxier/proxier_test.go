@@ -451,6 +451,30 @@ func BenchmarkProxierSync(b *testing.B) {
 			}
 		}
 	})
+	// What a change can wait behind under Run: the periodic repair's part
+	// under syncMu (the kernel read is off the loop), with and without
+	// the IPVS resync (every real server compared) that comes every
+	// IPVSResyncPeriod.
+	for _, resync := range []bool{false, true} {
+		b.Run(fmt.Sprintf("repair-unchanged/resync=%v/N=10000", resync), func(b *testing.B) {
+			f := build(10000)
+			f.sync(b, false)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				if resync {
+					f.p.lastIPVSResync = time.Time{}
+				}
+				r := f.p.readForRepair()
+				b.StartTimer()
+				res, err := f.p.repair(r)
+				if err != nil || res.IPVS.Writes.Total() != 0 || res.IPVSResync != resync {
+					b.Fatalf("repair: %v, %+v", err, res)
+				}
+			}
+		})
+	}
 	for _, n := range []int{100, 1000, 10000} {
 		b.Run(fmt.Sprintf("one-endpoint-change/N=%d", n), func(b *testing.B) {
 			f := build(n)
