@@ -363,6 +363,11 @@ type Snapshot struct {
 	// real is every virtual server's real servers, read in bulk (nil when
 	// not asked for, or when the bulk read failed).
 	real map[VSKey][]RealServerConnections
+	// held and read are settle's, index for index with virtual: the cache
+	// held the virtual server exactly as read, or else the cache entry
+	// the read makes of it (nil: its real servers were not read).
+	held []bool
+	read []*applied
 }
 
 // Len is the number of virtual servers read (0 for a nil Snapshot).
@@ -438,7 +443,49 @@ func (r *Reconciler) Read(realServers bool) (*Snapshot, error) {
 		klog.V(2).InfoS("Reading every IPVS real server at once failed; dumping each virtual server's", "err", realErr)
 		s.real = nil
 	}
+	if s.real != nil {
+		r.settle(s)
+	}
 	return s, nil
+}
+
+// settleBatch is how many virtual servers settle compares under one
+// hold of r.mu.
+const settleBatch = 500
+
+// settle compares what s read with the cache, where Read runs: off the
+// sync loop for a periodic resync, and while the informers list at a
+// restart. At 10k Services these compares (a resync: 100k real servers)
+// and conversions (a restart: every cache entry made anew) were most of
+// ResyncFrom's time under r.mu, which a change arriving meanwhile waited
+// for; ResyncFrom now only takes the verdicts. A virtual server written
+// after the read is touched, and ResyncFrom takes the cache's entry for
+// it, not these: so the verdicts hold for the others whenever they were
+// made. r.mu is taken batch by batch, so that a sync's Apply can run
+// between them.
+func (r *Reconciler) settle(s *Snapshot) {
+	s.held = make([]bool, len(s.virtual))
+	s.read = make([]*applied, len(s.virtual))
+	for from := 0; from < len(s.virtual); from += settleBatch {
+		r.mu.Lock()
+		for i := from; i < min(from+settleBatch, len(s.virtual)); i++ {
+			k, vs := s.virtual[i].Key(), s.virtual[i].normalized()
+			rss, ok := s.real[k]
+			if !ok {
+				continue // missed by the bulk read: ResyncFrom dumps it alone
+			}
+			if a, ok := r.cache[k]; ok && a.vs == vs && a.rs.sameAs(rss) {
+				s.held[i] = true // as the kernel holds it (most of them)
+				continue
+			}
+			w := make(weights, 0, len(rss))
+			for _, x := range rss {
+				w.put(RealServer{Address: x.AddrPort.Addr(), Port: x.AddrPort.Port(), Weight: x.Weight})
+			}
+			s.read[i] = &applied{vs: vs, rs: w}
+		}
+		r.mu.Unlock()
+	}
 }
 
 // touch records a write to k for the outstanding Snapshot; r.mu is held.
@@ -480,46 +527,47 @@ func (r *Reconciler) ResyncFrom(all []Service, s *Snapshot) (Result, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var res Result
-	ups, errs := sortedServices(all)
-	wanted := wantedKeys(all)
+	// How many times each key is wanted, invalid Services included (see
+	// wantedKeys).
+	wanted := make(map[VSKey]int, len(all))
+	for _, svc := range all {
+		wanted[svc.Key()]++
+	}
 	touched, err := r.takeSnapshot(s)
 	if err != nil {
+		_, errs := sortedServices(all)
 		return res, errors.Join(append(errs, fmt.Errorf("resync: %w", err))...)
 	}
 	// Sized for what will be held: at a first sync the kernel has none
 	// of the 10k virtual servers about to be created.
-	cache := make(map[VSKey]*applied, max(len(s.virtual), len(ups)))
+	cache := make(map[VSKey]*applied, max(len(s.virtual), len(all)))
 	for k := range touched {
 		if a, ok := r.cache[k]; ok {
 			cache[k] = a
 		}
 	}
+	var errs []error
 	var unreadable []VSKey
 	for i, v := range s.virtual {
 		r.pace(i)
 		k := v.Key()
-		if touched[k] || (!wanted[k] && r.Excluded(k)) {
+		if touched[k] || (wanted[k] == 0 && r.Excluded(k)) {
 			continue // written since the read; or someone else's: never read, never written
 		}
-		if a, ok := r.cache[k]; ok && a.vs == v.normalized() && a.rs.sameAs(s.real[k]) {
+		if a, ok := r.cache[k]; ok && s.held != nil && s.held[i] {
 			cache[k] = a // as the kernel holds it: no new entry (most of them)
 			continue
 		}
-		var rss []RealServer
-		var err error
-		if all, ok := s.real[k]; ok {
-			rss = make([]RealServer, 0, len(all))
-			for _, x := range all {
-				rss = append(rss, RealServer{Address: x.AddrPort.Addr(), Port: x.AddrPort.Port(), Weight: x.Weight})
-			}
-		} else {
-			rss, err = r.h.GetRealServers(k)
+		if s.read != nil && s.read[i] != nil {
+			cache[k] = s.read[i]
+			continue
 		}
+		rss, err := r.h.GetRealServers(k)
 		if err != nil {
 			// Left out of the cache: a desired one is adopted by sync
 			// (AddVirtualServer says EEXIST), another one deleted below.
 			errs = append(errs, fmt.Errorf("resync: %w", err))
-			if !wanted[k] {
+			if wanted[k] == 0 {
 				unreadable = append(unreadable, k)
 			}
 			continue
@@ -527,15 +575,29 @@ func (r *Reconciler) ResyncFrom(all []Service, s *Snapshot) (Result, error) {
 		cache[k] = &applied{vs: v.normalized(), rs: newWeights(rss)}
 	}
 	r.cache = cache
+	s.held, s.read = nil, nil
 
-	held := func(svc Service) bool {
-		a, ok := r.cache[svc.Key()]
-		return ok && a.holds(svc) // already as desired: nothing to diff (most of them)
+	// Those held as desired already (most of them) need no write, so no
+	// place in the order of the writes: only the others are sorted.
+	// Sorting all 10k was most of what a resync that writes nothing
+	// spent under r.mu. A key given twice is left to sortedServices,
+	// which keeps the first given and reports the other.
+	todo := make([]Service, 0, max(len(all)-len(cache), 0))
+	for _, svc := range all {
+		if wanted[svc.Key()] == 1 && svc.Validate() == nil {
+			svc.VirtualServer = svc.VirtualServer.normalized()
+			if a, ok := r.cache[svc.Key()]; ok && a.holds(svc) {
+				continue
+			}
+		}
+		todo = append(todo, svc)
 	}
-	errs = append(errs, r.syncAll(ups, len(s.virtual), held, &res)...)
+	ups, verrs := sortedServices(todo)
+	errs = append(errs, verrs...)
+	errs = append(errs, r.syncAll(ups, len(s.virtual), nil, &res)...)
 	var stale []VSKey
 	for k := range r.cache {
-		if !wanted[k] {
+		if wanted[k] == 0 {
 			stale = append(stale, k)
 		}
 	}
