@@ -109,7 +109,12 @@ func (c *frontendClaims) claimOf(k ipvs.VSKey, n types.NamespacedName) claim {
 // and returns the Services whose ownership of a frontend may have changed
 // with it: the other claimants of every frontend n took or let go.
 func (c *frontendClaims) set(n types.NamespacedName, created time.Time, plans []PortPlan) []types.NamespacedName {
-	before := map[ipvs.VSKey]bool{}
+	// A map only when n had claims: at a first sync or a restart no
+	// Service had, and 10k empty maps a sync were garbage.
+	var before map[ipvs.VSKey]bool
+	if len(c.of[n]) > 0 {
+		before = make(map[ipvs.VSKey]bool, len(c.of[n]))
+	}
 	for _, k := range c.of[n] {
 		left := slices.DeleteFunc(c.by[k], func(cl claim) bool { return cl.name == n })
 		if len(left) == 0 {
@@ -130,23 +135,25 @@ func (c *frontendClaims) set(n types.NamespacedName, created time.Time, plans []
 			c.of[n] = append(c.of[n], k)
 		}
 	}
-	// The frontends n took or let go: in one of before and now only.
-	changed := map[ipvs.VSKey]bool{}
-	for k := range before {
-		changed[k] = true
-	}
-	for _, k := range c.of[n] {
-		changed[k] = !before[k]
-	}
+	// The frontends n took or let go (in one of before and now only):
+	// their other claimants.
 	var others []types.NamespacedName
-	for k, ch := range changed {
-		if !ch {
-			continue
-		}
+	claimants := func(k ipvs.VSKey) {
 		for _, cl := range c.by[k] {
 			if o := cl.name; o != n && !slices.Contains(others, o) {
 				others = append(others, o)
 			}
+		}
+	}
+	now := c.of[n]
+	for k := range before {
+		if !slices.Contains(now, k) {
+			claimants(k)
+		}
+	}
+	for _, k := range now {
+		if !before[k] {
+			claimants(k)
 		}
 	}
 	return others
@@ -193,7 +200,9 @@ func (c *frontendClaims) keepOwned(n types.NamespacedName, plans []PortPlan) []e
 			kept = append(kept, s)
 		}
 		pl.VirtualServers = kept
-		pl.Elements = slices.DeleteFunc(pl.Elements, func(e nft.Element) bool { return elementOfLost(e, lost) })
+		if len(kept) < len(lost) { // a frontend lost: its elements go too
+			pl.Elements = slices.DeleteFunc(pl.Elements, func(e nft.Element) bool { return elementOfLost(e, lost) })
+		}
 	}
 	return errs
 }
