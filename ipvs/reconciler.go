@@ -363,11 +363,11 @@ type Snapshot struct {
 	// real is every virtual server's real servers, read in bulk (nil when
 	// not asked for, or when the bulk read failed).
 	real map[VSKey][]RealServerConnections
-	// held and read are settle's, index for index with virtual: the cache
-	// held the virtual server exactly as read, or else the cache entry
-	// the read makes of it (nil: its real servers were not read).
-	held []bool
-	read []*applied
+	// settled is settle's, index for index with virtual: the cache entry
+	// for the virtual server as read — the cache's own when it held it
+	// exactly, else one made from the read (nil: its real servers were
+	// not read).
+	settled []*applied
 }
 
 // Len is the number of virtual servers read (0 for a nil Snapshot).
@@ -464,8 +464,7 @@ const settleBatch = 500
 // made. r.mu is taken batch by batch, so that a sync's Apply can run
 // between them.
 func (r *Reconciler) settle(s *Snapshot) {
-	s.held = make([]bool, len(s.virtual))
-	s.read = make([]*applied, len(s.virtual))
+	s.settled = make([]*applied, len(s.virtual))
 	for from := 0; from < len(s.virtual); from += settleBatch {
 		r.mu.Lock()
 		for i := from; i < min(from+settleBatch, len(s.virtual)); i++ {
@@ -475,14 +474,14 @@ func (r *Reconciler) settle(s *Snapshot) {
 				continue // missed by the bulk read: ResyncFrom dumps it alone
 			}
 			if a, ok := r.cache[k]; ok && a.vs == vs && a.rs.sameAs(rss) {
-				s.held[i] = true // as the kernel holds it (most of them)
+				s.settled[i] = a // as the kernel holds it: no new entry (most of them)
 				continue
 			}
 			w := make(weights, 0, len(rss))
 			for _, x := range rss {
 				w.put(RealServer{Address: x.AddrPort.Addr(), Port: x.AddrPort.Port(), Weight: x.Weight})
 			}
-			s.read[i] = &applied{vs: vs, rs: w}
+			s.settled[i] = &applied{vs: vs, rs: w}
 		}
 		r.mu.Unlock()
 	}
@@ -554,12 +553,8 @@ func (r *Reconciler) ResyncFrom(all []Service, s *Snapshot) (Result, error) {
 		if touched[k] || (wanted[k] == 0 && r.Excluded(k)) {
 			continue // written since the read; or someone else's: never read, never written
 		}
-		if a, ok := r.cache[k]; ok && s.held != nil && s.held[i] {
-			cache[k] = a // as the kernel holds it: no new entry (most of them)
-			continue
-		}
-		if s.read != nil && s.read[i] != nil {
-			cache[k] = s.read[i]
+		if s.settled != nil && s.settled[i] != nil {
+			cache[k] = s.settled[i] // untouched since the read: its verdict holds
 			continue
 		}
 		rss, err := r.h.GetRealServers(k)
@@ -575,7 +570,7 @@ func (r *Reconciler) ResyncFrom(all []Service, s *Snapshot) (Result, error) {
 		cache[k] = &applied{vs: v.normalized(), rs: newWeights(rss)}
 	}
 	r.cache = cache
-	s.held, s.read = nil, nil
+	s.settled = nil
 
 	// Those held as desired already (most of them) need no write, so no
 	// place in the order of the writes: only the others are sorted.
